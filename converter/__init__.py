@@ -1,0 +1,1 @@
+"""Hugging Face safetensors checkpoint -> RDRR package (manifest, plan, expert-aligned shards)."""

@@ -1,0 +1,83 @@
+"""A Hugging Face checkpoint directory: config, tokenizer files and lazily read safetensors weights."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConversionError
+from .safetensors_file import SafetensorsFile
+
+
+def read_json(path: Path, what: str, required: bool = True) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise ConversionError(f"missing {what}: {path}")
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"malformed {what} {path.name}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"malformed {what} {path.name}: expected a JSON object")
+    return data
+
+
+class Checkpoint:
+    def __init__(self, src: Path):
+        src = Path(src)
+        if not src.is_dir():
+            raise ConversionError(f"checkpoint directory not found: {src}")
+        self.dir = src
+        self.config = read_json(src / "config.json", "config.json")
+        self.generation_config = read_json(src / "generation_config.json", "generation_config.json",
+                                           required=False) or {}
+        self.tokenizer_config = read_json(src / "tokenizer_config.json", "tokenizer_config.json",
+                                          required=False) or {}
+        if not (src / "tokenizer.json").is_file():
+            raise ConversionError(f"missing tokenizer.json in {src} (webmoe packages carry the fast "
+                                  "tokenizer; save it with tokenizer.save_pretrained)")
+        self.files: dict[str, SafetensorsFile] = {}
+        self.where: dict[str, SafetensorsFile] = {}
+        for path in self._weight_files():
+            f = SafetensorsFile(path)
+            self.files[path.name] = f
+            for name in f.entries:
+                self.where[name] = f
+
+    def _weight_files(self) -> list[Path]:
+        index = read_json(self.dir / "model.safetensors.index.json", "safetensors index", required=False)
+        if index is not None:
+            names = sorted(set((index.get("weight_map") or {}).values()))
+            if not names:
+                raise ConversionError("model.safetensors.index.json has no weight_map")
+            missing = [n for n in names if not (self.dir / n).is_file()]
+            if missing:
+                raise ConversionError(f"shards named in model.safetensors.index.json are missing: {missing}")
+            return [self.dir / n for n in names]
+        files = sorted(self.dir.glob("*.safetensors"))
+        if not files:
+            raise ConversionError(f"no *.safetensors weights in {self.dir} (PyTorch .bin checkpoints are "
+                                  "not read: re-save with safe_serialization=True)")
+        return files
+
+    def has(self, name: str) -> bool:
+        return name in self.where
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._file(name).shape(name)
+
+    def read(self, name: str, shape: tuple[int, ...] | None = None, index: int | None = None) -> np.ndarray:
+        """The float32 tensor `name` (or its slice [index]), checked against the expected shape."""
+        t = self._file(name).read(name, index)
+        if shape is not None and tuple(t.shape) != tuple(shape):
+            what = f"{name}[{index}]" if index is not None else name
+            raise ConversionError(f"tensor {what} has shape {list(t.shape)}, expected {list(shape)} "
+                                  "from config.json")
+        return t
+
+    def _file(self, name: str) -> SafetensorsFile:
+        if name not in self.where:
+            raise ConversionError(f"missing tensor {name} in the checkpoint")
+        return self.where[name]

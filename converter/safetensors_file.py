@@ -1,0 +1,77 @@
+"""Lazy, validated reading of .safetensors files through numpy memory maps.
+
+The `safetensors` package's numpy API cannot return bfloat16 (numpy has no such dtype) and its torch API
+would make torch a converter dependency, so the converter reads the (simple, documented) format itself:
+an 8-byte little-endian header length, a JSON header of {name: {dtype, shape, data_offsets}}, then the
+data. Every entry is checked against the file size before any tensor is read, so a truncated or corrupt
+file is a clear error, and only the tensors (or expert slices) asked for are paged in.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConversionError
+
+# safetensors dtype -> (numpy storage dtype, element bytes). BF16 is stored as uint16 and widened on read.
+DTYPES = {
+    "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2),
+    "F64": (np.float64, 8), "I64": (np.int64, 8), "I32": (np.int32, 4), "I16": (np.int16, 2),
+    "I8": (np.int8, 1), "U8": (np.uint8, 1), "BOOL": (np.bool_, 1),
+}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsFile:
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise ConversionError(f"{path.name}: truncated safetensors file (no header)")
+                (n,) = struct.unpack("<Q", head)
+                if n > min(_MAX_HEADER, size - 8):
+                    raise ConversionError(f"{path.name}: corrupt safetensors header (length {n})")
+                header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConversionError(f"{path.name}: corrupt safetensors header ({e})") from None
+        if not isinstance(header, dict):
+            raise ConversionError(f"{path.name}: corrupt safetensors header (not a JSON object)")
+        header.pop("__metadata__", None)
+        self.data_start = 8 + n
+        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, e in header.items():
+            try:
+                dtype, shape, (begin, end) = e["dtype"], tuple(int(d) for d in e["shape"]), e["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise ConversionError(f"{path.name}: corrupt header entry for {name}") from None
+            if dtype not in DTYPES:
+                raise ConversionError(f"{path.name}: tensor {name} has unsupported dtype {dtype}")
+            if end - begin != math.prod(shape) * DTYPES[dtype][1] or begin < 0:
+                raise ConversionError(f"{path.name}: tensor {name}: byte range does not match its shape")
+            if self.data_start + end > size:
+                raise ConversionError(f"{path.name}: truncated file: tensor {name} ends at byte "
+                                      f"{self.data_start + end}, file has {size}")
+            self.entries[name] = (dtype, shape, begin, end)
+        self._map = np.memmap(path, dtype=np.uint8, mode="r") if size > 0 else None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][1]
+
+    def read(self, name: str, index: int | None = None) -> np.ndarray:
+        """The tensor as float32 (or its slice [index] along the first axis), reading only those bytes."""
+        dtype, shape, begin, end = self.entries[name]
+        np_dtype, size = DTYPES[dtype]
+        if index is not None:
+            row = math.prod(shape[1:]) * size
+            begin, end, shape = begin + index * row, begin + (index + 1) * row, shape[1:]
+        raw = self._map[self.data_start + begin:self.data_start + end].view(np_dtype).reshape(shape)
+        if dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32)

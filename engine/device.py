@@ -1,0 +1,76 @@
+"""Picks a WebGPU adapter and opens a device with the limits webmoe needs.
+
+Order of preference: a real GPU (discrete, then integrated), then CPU rasterisers such as Mesa lavapipe
+or SwiftShader. `WEBMOE_ADAPTER` (or the `adapter` argument) picks by a case-insensitive substring of the
+adapter's description, e.g. "llvmpipe", "swiftshader", "nvidia". SwiftShader is reached through Vulkan:
+set VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json before the first import of wgpu.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+# wgpu's Vulkan loader warns, and some drivers fail, without a runtime dir (e.g. as root in CI).
+if not os.environ.get("XDG_RUNTIME_DIR"):
+    _runtime = os.path.join(tempfile.gettempdir(), f"webmoe-xdg-{os.getuid()}")
+    os.makedirs(_runtime, mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = _runtime
+
+import wgpu  # noqa: E402
+
+_TYPE_RANK = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "CPU": 3, "Unknown": 4}
+_BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 0, "OpenGL": 2}
+
+
+class DeviceError(RuntimeError):
+    pass
+
+
+@dataclass
+class Gpu:
+    adapter: "wgpu.GPUAdapter"
+    device: "wgpu.GPUDevice"
+    description: str
+    limits: dict
+    modules: dict = field(default_factory=dict)   # compiled shader modules, by (kernel, defines)
+
+    @property
+    def max_binding(self) -> int:
+        return self.limits["max-storage-buffer-binding-size"]
+
+
+def describe(adapter) -> str:
+    info = adapter.info
+    parts = [info.get("device") or info.get("vendor") or "unknown", info.get("backend_type", ""),
+             info.get("adapter_type", "")]
+    return " / ".join(p for p in parts if p)
+
+
+def pick_adapter(choice: str | None = None):
+    choice = choice or os.environ.get("WEBMOE_ADAPTER") or None
+    adapters = wgpu.gpu.enumerate_adapters_sync()
+    if not adapters:
+        raise DeviceError("no WebGPU adapter found; on Debian install mesa-vulkan-drivers (lavapipe) "
+                          "or a GPU driver")
+    if choice:
+        matches = [a for a in adapters if choice.lower() in (describe(a) + " " + str(a.info)).lower()]
+        if not matches:
+            names = "; ".join(describe(a) for a in adapters)
+            raise DeviceError(f"no adapter matches {choice!r}; available: {names}")
+        adapters = matches
+    return min(adapters, key=lambda a: (_TYPE_RANK.get(a.info.get("adapter_type"), 5),
+                                        _BACKEND_RANK.get(a.info.get("backend_type"), 1)))
+
+
+def open_gpu(choice: str | None = None) -> Gpu:
+    adapter = pick_adapter(choice)
+    al = adapter.limits
+    wanted = {
+        "max-storage-buffer-binding-size": al["max-storage-buffer-binding-size"],
+        "max-buffer-size": al["max-buffer-size"],
+        "max-storage-buffers-per-shader-stage": min(al["max-storage-buffers-per-shader-stage"], 10),
+        "max-compute-workgroup-storage-size": min(al["max-compute-workgroup-storage-size"], 16384),
+    }
+    device = adapter.request_device_sync(required_limits=wanted, label="webmoe")
+    return Gpu(adapter, device, describe(adapter), dict(device.limits))

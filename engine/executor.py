@@ -1,0 +1,129 @@
+"""The plan interpreter: allocates the plan's buffers, compiles each step's kernel once, and runs the
+steps for given runtime variables (T, pos, ...). Knows no model family; see converter/plan.py."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import wgpu
+
+from .device import Gpu
+from .expr import evaluate, variables
+from .shaders import load_kernel
+
+STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
+_U32 = {"u32": np.uint32, "i32": np.int32, "f32": np.float32}
+
+
+class PlanError(ValueError):
+    pass
+
+
+class Readback:
+    """A reused MAP_READ staging buffer for copying results to the host."""
+
+    def __init__(self, device, size: int):
+        self.device = device
+        self.buffer = device.create_buffer(size=max(size, 16),
+                                           usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+
+    def read(self, size: int) -> memoryview:
+        self.buffer.map_sync(wgpu.MapMode.READ, 0, size)
+        try:
+            return self.buffer.read_mapped(0, size, copy=True)
+        finally:
+            self.buffer.unmap()
+
+
+class Executor:
+    def __init__(self, gpu: Gpu, plan: dict, tensors: dict, runtime_buffers: dict, dims: dict[str, int]):
+        """tensors, runtime_buffers: name -> GPUBuffer. dims: sizes for "T" and "S" in buffer shapes."""
+        self.gpu, self.device = gpu, gpu.device
+        self.buffers = dict(tensors)
+        self.buffers.update(runtime_buffers)
+        for name, spec in plan["buffers"].items():
+            shape = [dims[d] if isinstance(d, str) else d for d in spec["shape"]]
+            size = max(4 * math.prod(shape), 4)
+            if size > gpu.max_binding:
+                raise PlanError(f"buffer {name} needs {size} bytes, above this adapter's storage binding "
+                                f"limit of {gpu.max_binding}; lower max_seq_len or the chunk size")
+            self.buffers[name] = self.device.create_buffer(size=(size + 3) // 4 * 4, usage=STORAGE, label=name)
+        self.steps = [self._compile(i, s) for i, s in enumerate(plan["steps"])]
+        # each step's Params block sits at its own aligned offset of one uniform buffer
+        align = gpu.limits.get("min-uniform-buffer-offset-alignment", 256)
+        block = max([_block_size(st["kernel"]) for st in self.steps] + [16])
+        self.align = -(-block // align) * align
+        self.params = self.device.create_buffer(size=max(len(self.steps), 1) * self.align,
+                                                usage=wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST)
+        for st in self.steps:
+            st["bind_group"] = self._bind_group(st)
+        self._template = np.zeros(len(self.steps) * self.align // 4, np.uint32)
+        self._dynamic: list[tuple[int, object, type]] = []
+        for st in self.steps:
+            for j, (field, wtype) in enumerate(st["kernel"].params):
+                word = st["index"] * self.align // 4 + j
+                value = st["params"][field]
+                if variables(value):
+                    self._dynamic.append((word, value, _U32[wtype]))
+                else:
+                    self._template[word] = np.array(value, dtype=_U32[wtype]).view(np.uint32)
+        self._last_params = None
+
+    def _compile(self, index: int, step: dict) -> dict:
+        label = step.get("label") or step["kernel"]
+        kernel = load_kernel(step["kernel"], frozenset(step.get("defines", ())))
+        missing = [f for f, _ in kernel.params if f not in step["params"]]
+        unbound = [b for b in kernel.bindings if b != "p" and b not in step["bind"]]
+        unknown = [b for b, t in step["bind"].items() if b not in kernel.bindings or t not in self.buffers]
+        if missing or unbound or unknown:
+            raise PlanError(f"plan step {label}: params missing {missing}, bindings missing {unbound}, "
+                            f"unknown bindings {unknown}")
+        key = (kernel.name, kernel.defines)
+        if key not in self.gpu.modules:
+            self.gpu.modules[key] = self.device.create_shader_module(code=kernel.source, label=kernel.name)
+        module = self.gpu.modules[key]
+        pipeline = self.device.create_compute_pipeline(layout="auto", compute={"module": module,
+                                                                               "entry_point": "main"},
+                                                       label=label)
+        return {"index": index, "label": label, "kernel": kernel, "pipeline": pipeline,
+                "params": step["params"], "bind": step["bind"], "dispatch": step["dispatch"]}
+
+    def _bind_group(self, st: dict):
+        kernel = st["kernel"]
+        entries = []
+        if "p" in kernel.bindings:
+            entries.append({"binding": kernel.bindings["p"].index,
+                            "resource": {"buffer": self.params, "offset": st["index"] * self.align,
+                                         "size": _block_size(kernel)}})
+        for var, target in st["bind"].items():
+            buf = self.buffers[target]
+            entries.append({"binding": kernel.bindings[var].index,
+                            "resource": {"buffer": buf, "offset": 0, "size": buf.size}})
+        return self.device.create_bind_group(layout=st["pipeline"].get_bind_group_layout(0), entries=entries)
+
+    def write_params(self, env: dict[str, int]) -> None:
+        words = self._template.copy()
+        for word, expr, wtype in self._dynamic:
+            words[word] = np.array(evaluate(expr, env), dtype=wtype).view(np.uint32)
+        if self._last_params is None or not np.array_equal(words, self._last_params):
+            self.device.queue.write_buffer(self.params, 0, words)
+            self._last_params = words
+
+    def encode(self, encoder, env: dict[str, int]) -> None:
+        """Records every step into one compute pass (WebGPU orders the dispatches' memory accesses)."""
+        self.write_params(env)
+        cpass = encoder.begin_compute_pass()
+        for st in self.steps:
+            counts = [evaluate(d, env) for d in st["dispatch"]]
+            if min(counts) <= 0:
+                continue
+            cpass.set_pipeline(st["pipeline"])
+            cpass.set_bind_group(0, st["bind_group"])
+            cpass.dispatch_workgroups(*counts)
+        cpass.end()
+
+
+
+def _block_size(kernel) -> int:
+    """Bytes of a kernel's Params uniform: 4-byte fields, padded to 16 as WGSL requires."""
+    return max(16, -(-len(kernel.params) * 4 // 16) * 16)

@@ -1,0 +1,66 @@
+// Causal grouped-query attention of T new queries over the KV cache, one workgroup per (head, query).
+//   q: [T, n_heads, D]   k_cache: [S_max, n_kv, D]   v_cache: [S_max, n_kv, Dv]   out: [T, n_heads, Dv]
+// Query t sits at absolute position pos0 + t and sees keys lo..pos0 + t, where lo = 0, or with a sliding
+// window the last `window` positions. Keys are visited in chunks of 64 with an online softmax, so no
+// score buffer is needed whatever the context length. Each lane owns up to 4 output dims (Dv <= 256).
+struct Params { T: u32, pos0: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, window: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const LANES: u32 = 64u;
+const MAX_D: u32 = 256u;
+var<workgroup> q_s: array<f32, 256>;  // [D], pre-scaled
+var<workgroup> score: array<f32, 64>; // [chunk]
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let head = wg.x;
+    let t = wg.y;
+    if (head >= p.n_heads || t >= p.T) { return; }
+    let kv = head / (p.n_heads / p.n_kv);
+    let pos = p.pos0 + t;
+    var lo = 0u;
+    if (p.window > 0u && pos + 1u > p.window) { lo = pos + 1u - p.window; }
+
+    for (var d = lid; d < p.D; d += LANES) { q_s[d] = q[(t * p.n_heads + head) * p.D + d] * p.scale; }
+    workgroupBarrier();
+
+    var m = -3.0e38;      // running max
+    var l = 0.0;          // running sum of exp(score - m)
+    var acc = array<f32, 4>();
+    for (var s0 = lo; s0 <= pos; s0 += LANES) {
+        let s = s0 + lid;
+        var sc = -3.0e38;
+        if (s <= pos) {
+            let kb = (s * p.n_kv + kv) * p.D;
+            sc = 0.0;
+            for (var d = 0u; d < p.D; d++) { sc += q_s[d] * k_cache[kb + d]; }
+        }
+        score[lid] = sc;
+        workgroupBarrier();
+        let n = min(LANES, pos + 1u - s0);
+        var cmax = m;
+        for (var j = 0u; j < n; j++) { cmax = max(cmax, score[j]); }
+        let rescale = exp(m - cmax);
+        l *= rescale;
+        for (var c = 0u; c < 4u; c++) { acc[c] *= rescale; }
+        for (var j = 0u; j < n; j++) {
+            let e = exp(score[j] - cmax);
+            l += e;
+            let vb = ((s0 + j) * p.n_kv + kv) * p.Dv;
+            for (var c = 0u; c < 4u; c++) {
+                let d = lid + c * LANES;
+                if (d < p.Dv) { acc[c] += e * v_cache[vb + d]; }
+            }
+        }
+        m = cmax;
+        workgroupBarrier();
+    }
+    for (var c = 0u; c < 4u; c++) {
+        let d = lid + c * LANES;
+        if (d < p.Dv) { out[(t * p.n_heads + head) * p.Dv + d] = acc[c] / l; }
+    }
+}

@@ -1,0 +1,38 @@
+// Expert FFN, second half: y[p, h] = act[p] . down[h] for each pair p routed to expert e.
+//   act: [pairs, I]   down: [H, I] inside the expert's slot   y: [pairs, H]
+// Dispatch: [ceil(H / ROWS), E, ceil(T / TILE)].
+struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, slot0: u32, n_slots: u32, slot_elems: u32,
+                down_off: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> act: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;              // expert slab
+@group(0) @binding(3) var<storage, read> slots: array<u32>;          // [layers, E] -> slot
+@group(0) @binding(4) var<storage, read> expert_offsets: array<u32>; // [E + 1]
+@group(0) @binding(5) var<storage, read> pair_order: array<u32>;     // [pairs]
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;        // [pairs, H]
+//!include weights.wgsl
+//!include reduce.wgsl
+//!include moe_tile.wgsl
+
+const ROWS: u32 = 4u;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = load_tile(lid, wg.y, wg.z);
+    if (n == 0u) { return; }
+    let base = workgroupUniformLoad(&tile_base);
+    for (var r = 0u; r < ROWS; r++) {
+        let h = wg.x * ROWS + r;
+        if (h >= p.H) { break; }
+        var acc = array<f32, 8>();   // explicit: naga zeroes uninitialised locals only once per call
+        let down_row = base + p.down_off + h * p.I;
+        for (var i = lid; i < p.I; i += LANES) {
+            let wv = w_at(down_row + i);
+            for (var j = 0u; j < n; j++) { acc[j] += wv * act[tile_pair[j] * p.I + i]; }
+        }
+        for (var j = 0u; j < n; j++) { red[j * LANES + lid] = acc[j]; }
+        reduce_lanes(lid, n);
+        if (lid < n) { y[tile_pair[lid] * p.H + h] = red[lid * LANES]; }
+        workgroupBarrier();
+    }
+}

@@ -1,0 +1,52 @@
+// Expert FFN, first half: act[p, i] = silu(x[t] . gate[i]) * (x[t] . up[i]) for each pair p = (t, j)
+// routed to expert e.    x: [T, H]   gate, up: [I, H] inside the expert's slot   act: [pairs, I]
+// Dispatch: [ceil(I / ROWS), E, ceil(T / TILE)].
+struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, slot0: u32, n_slots: u32, slot_elems: u32,
+                gate_off: u32, up_off: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;              // expert slab
+@group(0) @binding(3) var<storage, read> slots: array<u32>;          // [layers, E] -> slot
+@group(0) @binding(4) var<storage, read> expert_offsets: array<u32>; // [E + 1]
+@group(0) @binding(5) var<storage, read> pair_order: array<u32>;     // [pairs]
+@group(0) @binding(6) var<storage, read_write> act: array<f32>;      // [pairs, I]
+//!include weights.wgsl
+//!include reduce.wgsl
+//!include moe_tile.wgsl
+
+const ROWS: u32 = 4u;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = load_tile(lid, wg.y, wg.z);
+    if (n == 0u) { return; }
+    let base = workgroupUniformLoad(&tile_base);
+    for (var r = 0u; r < ROWS; r++) {
+        let i = wg.x * ROWS + r;
+        if (i >= p.I) { break; }
+        var g = array<f32, 8>();   // explicit: naga zeroes uninitialised locals only once per call
+        var u = array<f32, 8>();
+        let gate_row = base + p.gate_off + i * p.H;
+        let up_row = base + p.up_off + i * p.H;
+        for (var h = lid; h < p.H; h += LANES) {
+            let wg_ = w_at(gate_row + h);
+            let wu = w_at(up_row + h);
+            for (var j = 0u; j < n; j++) {
+                let xv = x[(tile_pair[j] / p.K) * p.H + h];
+                g[j] += wg_ * xv;
+                u[j] += wu * xv;
+            }
+        }
+        for (var j = 0u; j < n; j++) {
+            red[j * LANES + lid] = g[j];
+            red[(j + n) * LANES + lid] = u[j];
+        }
+        reduce_lanes(lid, 2u * n);
+        if (lid < n) {
+            let gv = red[lid * LANES];
+            let uv = red[(lid + n) * LANES];
+            act[tile_pair[lid] * p.I + i] = gv / (1.0 + exp(-gv)) * uv;
+        }
+        workgroupBarrier();
+    }
+}

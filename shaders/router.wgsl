@@ -1,0 +1,47 @@
+// MoE router: expert scores from router logits, top-k selection and weight normalisation, per token.
+//   logits: [T, E]  ->  topk_ids: [T, K] (u32), topk_w: [T, K]
+// scoring 0 = softmax over all experts, 1 = sigmoid. Ranking by logit equals ranking by score for both,
+// so no per-token score array is kept. normalize = 1 divides the k weights by their sum; `scale`
+// multiplies them afterwards (routed_scaling_factor). Ties go to the lower expert index.
+struct Params { T: u32, E: u32, K: u32, scoring: u32, normalize: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> topk_ids: array<u32>;
+@group(0) @binding(3) var<storage, read_write> topk_w: array<f32>;
+
+const MAX_K: u32 = 32u;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    let t = g.x;
+    if (t >= p.T) { return; }
+    let row = t * p.E;
+    var mx = -3.0e38;
+    for (var e = 0u; e < p.E; e++) { mx = max(mx, logits[row + e]); }
+    var z = 0.0;
+    for (var e = 0u; e < p.E; e++) { z += exp(logits[row + e] - mx); }
+
+    var chosen = array<u32, 32>();
+    var total = 0.0;
+    for (var j = 0u; j < p.K; j++) {
+        var best = -3.4e38;
+        var best_e = 0u;
+        for (var e = 0u; e < p.E; e++) {
+            var taken = false;
+            for (var i = 0u; i < j; i++) { taken = taken || chosen[i] == e; }
+            let v = logits[row + e];
+            if (!taken && v > best) { best = v; best_e = e; }
+        }
+        chosen[j] = best_e;
+        var wgt = 0.0;
+        if (p.scoring == 0u) { wgt = exp(best - mx) / z; } else { wgt = 1.0 / (1.0 + exp(-best)); }
+        topk_ids[t * p.K + j] = best_e;
+        topk_w[t * p.K + j] = wgt;
+        total += wgt;
+    }
+    for (var j = 0u; j < p.K; j++) {
+        var wgt = topk_w[t * p.K + j];
+        if (p.normalize != 0u) { wgt = wgt / total; }
+        topk_w[t * p.K + j] = wgt * p.scale;
+    }
+}

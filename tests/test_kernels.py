@@ -1,0 +1,250 @@
+"""Every kernel in shaders/ against a numpy reference, with sizes that are not powers of two."""
+import numpy as np
+import pytest
+
+from kernel_runner import run_kernel
+
+rng = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def close(a, b, tol=1e-4):
+    scale = max(1.0, float(np.abs(b).max()))
+    assert np.abs(a - b).max() <= tol * scale, f"max abs err {np.abs(a - b).max()} (scale {scale})"
+
+
+@pytest.mark.parametrize("wdtype", ["f32", "f16"])
+def test_embed(gpu, wdtype):
+    V, H, T = 37, 71, 5
+    w = rand(V, H)
+    ids = np.array([3, 0, 36, 3, 17], np.uint32)
+    out = run_kernel(gpu, "embed", {"ids": ids, "w": w}, {"y": (np.zeros((T, H)), "f32")},
+                     {"T": T, "H": H}, [-(-H // 64), T, 1], ["W_F16"] if wdtype == "f16" else [],
+                     dtypes={"ids": "u32", "w": wdtype})
+    ref = (w.astype(np.float16).astype(np.float32) if wdtype == "f16" else w)[ids]
+    np.testing.assert_array_equal(out["y"], ref)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_rmsnorm(gpu, in_place):
+    rows, H, eps = 7, 93, 1e-5
+    x, wt = rand(rows, H), rand(H)
+    ref = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * wt
+    if in_place:
+        out = run_kernel(gpu, "rmsnorm", {"weight": wt}, {"y": (x, "f32")}, {"rows": rows, "H": H, "eps": eps},
+                         [rows, 1, 1], ["IN_PLACE"])
+    else:
+        out = run_kernel(gpu, "rmsnorm", {"weight": wt, "x": x}, {"y": (np.zeros_like(x), "f32")},
+                         {"rows": rows, "H": H, "eps": eps}, [rows, 1, 1])
+    close(out["y"], ref)
+
+
+@pytest.mark.parametrize("wdtype,T,K,N,bias,acc", [
+    ("f32", 1, 67, 45, False, False),   # decode
+    ("f32", 13, 130, 29, True, True),   # prefill with a partial token tile, bias, accumulate
+    ("f16", 9, 51, 33, False, False),   # odd K: f16 rows start mid-word
+    ("f16", 3, 200, 7, True, False),
+])
+def test_matmul(gpu, wdtype, T, K, N, bias, acc):
+    x_row0, y_row0 = 2, 1
+    x, w, b, y0 = rand(T + x_row0 + 1, K), rand(N, K), rand(N), rand(T + y_row0, N)
+    inputs = {"x": x, "w": w}
+    defines = ["W_F16"] if wdtype == "f16" else []
+    if bias:
+        inputs["bias"] = b
+        defines.append("BIAS")
+    out = run_kernel(gpu, "matmul", inputs, {"y": (y0, "f32")},
+                     {"T": T, "K": K, "N": N, "x_row0": x_row0, "y_row0": y_row0, "accumulate": int(acc)},
+                     [-(-N // 4), -(-T // 8), 1], defines, dtypes={"w": wdtype})
+    wq = w.astype(np.float16).astype(np.float32) if wdtype == "f16" else w
+    ref = y0.copy()
+    r = x[x_row0:x_row0 + T].astype(np.float64) @ wq.T.astype(np.float64) + (b if bias else 0)
+    ref[y_row0:y_row0 + T] = r + (y0[y_row0:y_row0 + T] if acc else 0)
+    close(out["y"], ref)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rope(gpu, interleaved):
+    T, row0, pos0, nh, D, rot = 5, 3, 11, 3, 18, 12
+    x = rand(row0 + T + 2, nh, D)
+    inv_freq = (1.0 / 500.0 ** (np.arange(0, rot, 2) / rot)).astype(np.float32)
+    out = run_kernel(gpu, "rope", {"inv_freq": inv_freq}, {"x": (x, "f32")},
+                     {"T": T, "row0": row0, "pos0": pos0, "n_heads": nh, "D": D, "rot": rot, "attn_factor": 1.5},
+                     [1, nh, T], ["INTERLEAVED"] if interleaved else [])
+    ref = x.copy()
+    ang = (pos0 + np.arange(T))[:, None] * inv_freq[None, :]           # [T, rot/2]
+    c, s = (np.cos(ang) * 1.5)[:, None, :], (np.sin(ang) * 1.5)[:, None, :]
+    seg = x[row0:row0 + T]
+    if interleaved:
+        a, b = seg[..., 0:rot:2], seg[..., 1:rot:2]
+        ref[row0:row0 + T, :, 0:rot:2], ref[row0:row0 + T, :, 1:rot:2] = a * c - b * s, b * c + a * s
+    else:
+        a, b = seg[..., :rot // 2], seg[..., rot // 2:rot]
+        ref[row0:row0 + T, :, :rot // 2], ref[row0:row0 + T, :, rot // 2:rot] = a * c - b * s, b * c + a * s
+    close(out["x"], ref)
+
+
+def attention_ref(q, kc, vc, pos0, window, scale):
+    T, nh, D = q.shape
+    nkv = kc.shape[1]
+    out = np.zeros((T, nh, vc.shape[2]))
+    for t in range(T):
+        p = pos0 + t
+        lo = max(0, p - window + 1) if window else 0
+        for h in range(nh):
+            kv = h // (nh // nkv)
+            s = kc[lo:p + 1, kv] @ q[t, h] * scale
+            e = np.exp(s - s.max())
+            out[t, h] = e @ vc[lo:p + 1, kv] / e.sum()
+    return out
+
+
+@pytest.mark.parametrize("T,pos0,nh,nkv,D,Dv,window", [
+    (1, 130, 6, 2, 20, 20, 0),     # decode over more than two 64-key chunks, GQA
+    (7, 0, 3, 3, 33, 17, 0),       # prefill, MHA, value dim differs from key dim (MLA)
+    (9, 70, 4, 1, 16, 16, 5),      # sliding window shorter than the sequence, MQA
+    (2, 3, 2, 2, 200, 200, 0),     # head dims above 128: several dims per lane
+])
+def test_attention(gpu, T, pos0, nh, nkv, D, Dv, window):
+    S = pos0 + T + 3
+    q, kc, vc = rand(T, nh, D), rand(S, nkv, D), rand(S, nkv, Dv)
+    scale = D ** -0.5
+    out = run_kernel(gpu, "attention", {"q": q, "k_cache": kc, "v_cache": vc}, {"out": (np.zeros((T, nh, Dv)), "f32")},
+                     {"T": T, "pos0": pos0, "n_heads": nh, "n_kv": nkv, "D": D, "Dv": Dv, "window": window,
+                      "scale": scale}, [nh, T, 1])
+    close(out["out"], attention_ref(q, kc, vc, pos0, window, scale))
+
+
+@pytest.mark.parametrize("scoring,normalize,K,scale", [("softmax", 1, 2, 1.0), ("softmax", 0, 3, 1.0),
+                                                       ("sigmoid", 1, 4, 2.5), ("softmax", 1, 1, 1.0)])
+def test_router(gpu, scoring, normalize, K, scale):
+    T, E = 11, 13
+    logits = rand(T, E)
+    out = run_kernel(gpu, "router", {"logits": logits},
+                     {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
+                     {"T": T, "E": E, "K": K, "scoring": int(scoring == "sigmoid"), "normalize": normalize,
+                      "scale": scale}, [1, 1, 1])
+    if scoring == "softmax":
+        prob = np.exp(logits - logits.max(-1, keepdims=True))
+        prob /= prob.sum(-1, keepdims=True)
+    else:
+        prob = 1 / (1 + np.exp(-logits))
+    ids = np.argsort(-prob, axis=-1, kind="stable")[:, :K]
+    w = np.take_along_axis(prob, ids, -1)
+    if normalize:
+        w /= w.sum(-1, keepdims=True)
+    np.testing.assert_array_equal(out["topk_ids"], ids)
+    close(out["topk_w"], w * scale, 1e-5)
+
+
+def test_moe_gather(gpu):
+    T, K, E = 23, 3, 10
+    ids = np.stack([rng.choice(E, K, replace=False) for _ in range(T)]).astype(np.uint32)
+    out = run_kernel(gpu, "moe_gather", {"topk_ids": ids},
+                     {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")},
+                     {"pairs": T * K, "E": E}, [1, 1, 1], dtypes={"topk_ids": "u32"})
+    counts = np.bincount(ids.reshape(-1), minlength=E)
+    np.testing.assert_array_equal(out["expert_offsets"], np.concatenate([[0], np.cumsum(counts)]))
+    flat = ids.reshape(-1)
+    for e in range(E):
+        group = out["pair_order"][out["expert_offsets"][e]:out["expert_offsets"][e + 1]]
+        assert sorted(group) == list(np.nonzero(flat == e)[0])
+
+
+def silu(v):
+    return v / (1 + np.exp(-v))
+
+
+@pytest.mark.parametrize("wdtype", ["f32", "f16"])
+def test_grouped_experts_and_scatter_add(gpu, wdtype):
+    """moe_gate_up + moe_down over a slab whose slots are shuffled, then scatter_add, vs a dense loop."""
+    T, K, E, H, I, layer, L = 19, 2, 5, 37, 23, 1, 2
+    x, gate, up, down = rand(T, H), rand(E, I, H), rand(E, I, H), rand(E, H, I)
+    q = (lambda a: a.astype(np.float16).astype(np.float32)) if wdtype == "f16" else (lambda a: a)
+    ids = np.stack([rng.choice(E, K, replace=False) for _ in range(T)]).astype(np.uint32)
+    topw = rng.random((T, K)).astype(np.float32)
+    # slot layout: gate, up, down, each padded to an even element count; slots in shuffled order
+    part = [I * H + (I * H) % 2, I * H + (I * H) % 2, H * I + (H * I) % 2]
+    slot_elems = sum(part)
+    slot_of = rng.permutation(L * E).astype(np.uint32)        # [L * E]
+    slab = np.zeros(L * E * slot_elems, np.float32)
+    for e in range(E):
+        base = slot_of[layer * E + e] * slot_elems
+        slab[base:base + I * H] = gate[e].ravel()
+        slab[base + part[0]:base + part[0] + I * H] = up[e].ravel()
+        slab[base + part[0] + part[1]:base + part[0] + part[1] + H * I] = down[e].ravel()
+    g = run_kernel(gpu, "moe_gather", {"topk_ids": ids},
+                   {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")},
+                   {"pairs": T * K, "E": E}, [1, 1, 1], dtypes={"topk_ids": "u32"})
+    common = {"layer": layer, "E": E, "K": K, "H": H, "I": I, "slot0": 0, "n_slots": L * E,
+              "slot_elems": slot_elems}
+    defines = ["W_F16"] if wdtype == "f16" else []
+    grouped = {"w": slab, "slots": slot_of, "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"]}
+    dt = {"w": wdtype, "slots": "u32", "expert_offsets": "u32", "pair_order": "u32"}
+    act = run_kernel(gpu, "moe_gate_up", {"x": x, **grouped}, {"act": (np.zeros((T * K, I)), "f32")},
+                     {**common, "gate_off": 0, "up_off": part[0]}, [-(-I // 4), E, -(-T // 8)], defines,
+                     dtypes=dt)["act"]
+    y = run_kernel(gpu, "moe_down", {"act": act, **grouped}, {"y": (np.zeros((T * K, H)), "f32")},
+                   {**common, "down_off": part[0] + part[1]}, [-(-H // 4), E, -(-T // 8)], defines,
+                   dtypes=dt)["y"]
+    ref_act = np.zeros((T * K, I))
+    ref_y = np.zeros((T * K, H))
+    for t in range(T):
+        for j in range(K):
+            e = ids[t, j]
+            a = silu(q(gate[e]) @ x[t]) * (q(up[e]) @ x[t])
+            ref_act[t * K + j], ref_y[t * K + j] = a, q(down[e]) @ a
+    close(act, ref_act)
+    close(y, ref_y)
+    resid = rand(T, H)
+    out = run_kernel(gpu, "scatter_add", {"expert_out": y, "topk_w": topw}, {"y": (resid, "f32")},
+                     {"T": T, "K": K, "H": H}, [1, T, 1])
+    close(out["y"], resid + np.einsum("tk,tkh->th", topw, ref_y.reshape(T, K, H)))
+
+
+def test_experts_outside_the_bound_slab_are_skipped(gpu):
+    """With slot0/n_slots naming another slab buffer's range, no output is written for these experts."""
+    T, K, E, H, I = 3, 1, 2, 8, 6
+    ids = np.zeros((T, K), np.uint32)
+    act0 = np.full((T * K, I), 7.0, np.float32)
+    out = run_kernel(gpu, "moe_gate_up",
+                     {"x": rand(T, H), "w": rand(2 * (2 * I * H + H * I)), "slots": np.array([0, 1], np.uint32),
+                      "expert_offsets": np.array([0, T, T], np.uint32), "pair_order": np.arange(T, dtype=np.uint32)},
+                     {"act": (act0, "f32")},
+                     {"layer": 0, "E": E, "K": K, "H": H, "I": I, "slot0": 1, "n_slots": 1,
+                      "slot_elems": 2 * I * H + H * I, "gate_off": 0, "up_off": I * H}, [2, E, 1],
+                     dtypes={"slots": "u32", "expert_offsets": "u32", "pair_order": "u32"})
+    np.testing.assert_array_equal(out["act"], act0)
+
+
+def test_sample_greedy_ties_and_rows(gpu):
+    V = 1000
+    logits = rand(3, V)
+    logits[1, [17, 512, 999]] = 50.0
+    out = run_kernel(gpu, "sample", {"logits": logits}, {"token": (np.zeros(1), "u32")},
+                     {"V": V, "row": 1, "temperature": 0.0, "top_p": 1.0, "u": 0.5}, [1, 1, 1])
+    assert out["token"][0] == 17
+
+
+def sample_ref(logits, temperature, top_p, u):
+    q = np.exp((logits.astype(np.float64) - logits.max()) / temperature)
+    order = np.argsort(-q, kind="stable")
+    cum = np.cumsum(q[order]) / q.sum()
+    keep = order[: int(np.searchsorted(cum, top_p) + 1)]
+    mask = np.zeros_like(q, bool)
+    mask[keep] = True
+    kept = np.where(mask, q, 0)
+    return int(np.searchsorted(np.cumsum(kept), u * kept.sum(), side="right"))
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5)])
+def test_sample_matches_inverse_cdf(gpu, temperature, top_p):
+    V = 517
+    logits = rand(1, V) * 3
+    for u in [0.01, 0.3, 0.77, 0.999]:
+        out = run_kernel(gpu, "sample", {"logits": logits}, {"token": (np.zeros(1), "u32")},
+                         {"V": V, "row": 0, "temperature": temperature, "top_p": top_p, "u": u}, [1, 1, 1])
+        assert out["token"][0] == sample_ref(logits[0], temperature, top_p, u), (u, out["token"][0])
