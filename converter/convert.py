@@ -1,0 +1,80 @@
+"""HF checkpoint directory -> RDRR package directory."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint
+from .errors import ConversionError
+from .families import family_for
+from .plan import Plan
+from .tokenizer_info import tokenizer_files, tokenizer_info
+from .writer import PackageWriter, expert_layout
+
+DTYPES = ("f32", "f16")
+
+
+def storage_dtype(shape: tuple[int, ...], is_router: bool, dtype: str) -> str:
+    """Matrices are stored in the requested dtype; norms, biases and routers stay f32 (routing decisions
+    are sensitive, and those tensors are small)."""
+    return dtype if len(shape) == 2 and not is_router else "f32"
+
+
+def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progress: bool | None = None) -> Path:
+    if dtype not in DTYPES:
+        raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}")
+    ckpt = Checkpoint(src)
+    family = family_for(ckpt.config)
+    d, moe = family.dims, family.moe
+    dense = family.dense_tensors(ckpt)
+    for name, shape in dense.items():           # headers only: fail before writing anything
+        if tuple(ckpt.shape(name)) != tuple(shape):
+            raise ConversionError(f"tensor {name} has shape {list(ckpt.shape(name))}, expected {list(shape)} "
+                                  "from config.json")
+    for l in moe.moe_layers:
+        family.check_experts(ckpt, l)
+    routers = {family.resolve(ckpt, family.router, l=l) for l in moe.moe_layers}
+    tok_info = tokenizer_info(ckpt, d.vocab_size)
+    layout = expert_layout(family.expert_shapes(), dtype)
+
+    dtypes = {n: storage_dtype(s, n in routers, dtype) for n, s in dense.items()}
+    generated = family.generated_tensors()
+    dtypes.update({n: "f32" for n in generated})
+    total = sum(math.prod(s) * (2 if dtypes[n] == "f16" else 4) for n, s in dense.items()) + \
+        len(moe.moe_layers) * moe.num_experts * layout["slot_bytes"]
+
+    writer = PackageWriter(out, force)
+    try:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"convert {family.name}",
+                  disable=(not progress) if progress is not None else None) as bar:
+            for name, shape in dense.items():
+                writer.add_dense(name, ckpt.read(name, shape), dtypes[name])
+                bar.update(math.prod(shape) * (2 if dtypes[name] == "f16" else 4))
+            for name, array in generated.items():
+                writer.add_dense(name, array, "f32")
+            for l in moe.moe_layers:
+                for e in range(moe.num_experts):
+                    writer.add_expert(l, e, family.expert_weights(ckpt, l, e), layout)
+                    bar.update(layout["slot_bytes"])
+        plan = Plan(dtypes)
+        family.build_plan(plan, ckpt, layout, dtype)
+        for f in tokenizer_files(ckpt):
+            writer.copy_file(f, f.name)
+        moe_info = {**family.describe()["moe"], "expert_layout": layout, "router": f"{moe.scoring}_topk"}
+        manifest = {
+            "family": family.name,
+            "architecture": (ckpt.config.get("architectures") or [None])[0],
+            "dtype": dtype,
+            "config": family.describe()["dims"],
+            "moe": moe_info,
+            "hf_config": ckpt.config,
+            "generation_config": ckpt.generation_config,
+            "tokenizer": tok_info,
+            "plan": plan.to_json(),
+        }
+        return writer.finish(manifest)
+    except BaseException:
+        writer.abort()
+        raise

@@ -1,0 +1,247 @@
+"""What every decoder-only family shares: reading its config, naming and checking its tensors, and
+building its plan from the kernel steps of converter/plan.py. A family module sets class attributes
+(tensor name templates, config keys) and overrides a block only where the architecture differs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..checkpoint import Checkpoint
+from ..errors import ConversionError
+from ..plan import Plan
+
+
+@dataclass
+class Dims:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    rope_theta: float
+    rope_dim: int
+    sliding_window: int          # 0 = full attention
+
+
+@dataclass
+class MoE:
+    num_experts: int
+    top_k: int
+    intermediate_size: int       # of one routed expert
+    scoring: str                 # "softmax" | "sigmoid"
+    norm_topk_prob: bool
+    routed_scaling_factor: float
+    moe_layers: list[int]
+    shared_experts: int = 0
+
+
+def need(config: dict, key: str, kind=int):
+    if key not in config or config[key] is None:
+        raise ConversionError(f"config.json lacks {key!r}")
+    try:
+        value = kind(config[key])
+    except (TypeError, ValueError):
+        raise ConversionError(f"config.json: {key!r} must be {kind.__name__}, got {config[key]!r}") from None
+    if kind is int and value <= 0:
+        raise ConversionError(f"config.json: {key!r} must be positive, got {value}")
+    return value
+
+
+class DecoderFamily:
+    name = ""
+    model_types: tuple[str, ...] = ()
+    real_models = ""             # the public checkpoints of this architecture, for docs and `info`
+
+    # tensor name templates ({l} = layer, {e} = expert); a tuple lists accepted aliases
+    embed = "model.embed_tokens.weight"
+    final_norm = "model.norm.weight"
+    lm_head = "lm_head.weight"
+    attn_norm = "model.layers.{l}.input_layernorm.weight"
+    ffn_norm = "model.layers.{l}.post_attention_layernorm.weight"
+    attn = {"q": "model.layers.{l}.self_attn.q_proj.weight", "k": "model.layers.{l}.self_attn.k_proj.weight",
+            "v": "model.layers.{l}.self_attn.v_proj.weight", "o": "model.layers.{l}.self_attn.o_proj.weight"}
+    router: tuple[str, ...] = ("model.layers.{l}.mlp.gate.weight",)
+    # routed experts, either one tensor per expert ...
+    expert_gate: tuple[str, ...] = ("model.layers.{l}.mlp.experts.{e}.gate_proj.weight",)
+    expert_up: tuple[str, ...] = ("model.layers.{l}.mlp.experts.{e}.up_proj.weight",)
+    expert_down: tuple[str, ...] = ("model.layers.{l}.mlp.experts.{e}.down_proj.weight",)
+    # ... or fused 3-D tensors: gate_up [E, 2I, H] (gate rows first), down [E, H, I]
+    fused_gate_up = "model.layers.{l}.mlp.experts.gate_up_proj"
+    fused_down = "model.layers.{l}.mlp.experts.down_proj"
+
+    # config keys
+    num_experts_key = "num_experts"
+    moe_intermediate_key = "moe_intermediate_size"
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.dims = self.read_dims(config)
+        self.moe = self.read_moe(config)
+
+    # --- config -------------------------------------------------------------------------------------
+
+    def read_dims(self, c: dict) -> Dims:
+        heads = need(c, "num_attention_heads")
+        hidden = need(c, "hidden_size")
+        head_dim = c.get("head_dim") or hidden // heads
+        kv = c.get("num_key_value_heads") or heads
+        if heads % kv:
+            raise ConversionError(f"num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv})")
+        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type") or rope.get("type") or "default"
+        if rope_type != "default":
+            raise ConversionError(f"rope type {rope_type!r} is not supported yet for {self.name}")
+        theta = rope.get("rope_theta") or c.get("rope_theta") or 10000.0
+        partial = c.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1.0
+        return Dims(
+            vocab_size=need(c, "vocab_size"), hidden_size=hidden, num_layers=need(c, "num_hidden_layers"),
+            num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
+            rms_norm_eps=float(c.get("rms_norm_eps") or 1e-6),
+            max_position_embeddings=int(c.get("max_position_embeddings") or 4096),
+            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)), rope_theta=float(theta),
+            rope_dim=int(head_dim * partial), sliding_window=int(c.get("sliding_window") or 0))
+
+    def read_moe(self, c: dict) -> MoE:
+        E, k = need(c, self.num_experts_key), need(c, "num_experts_per_tok")
+        if k > E or k > 32:
+            raise ConversionError(f"num_experts_per_tok ({k}) must be at most num_experts ({E}) and 32")
+        if E > 1024:
+            raise ConversionError(f"{E} experts per layer; webmoe supports up to 1024")
+        return MoE(num_experts=E, top_k=k, intermediate_size=need(c, self.moe_intermediate_key),
+                   scoring="softmax", norm_topk_prob=bool(c.get("norm_topk_prob", True)),
+                   routed_scaling_factor=float(c.get("routed_scaling_factor") or 1.0),
+                   moe_layers=list(range(self.dims.num_layers)))
+
+    def describe(self) -> dict:
+        return {"dims": asdict(self.dims), "moe": asdict(self.moe)}
+
+    # --- tensors --------------------------------------------------------------------------------------
+
+    def resolve(self, ckpt: Checkpoint, names, **fmt) -> str:
+        """The first alias present in the checkpoint."""
+        names = (names,) if isinstance(names, str) else names
+        for n in names:
+            if ckpt.has(n.format(**fmt)):
+                return n.format(**fmt)
+        raise ConversionError(f"missing tensor {names[0].format(**fmt)} in the checkpoint")
+
+    def dense_tensors(self, ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
+        """Every non-expert tensor the plan reads: checkpoint name -> expected shape."""
+        d, H = self.dims, self.dims.hidden_size
+        out = {self.embed: (d.vocab_size, H), self.final_norm: (H,)}
+        if not d.tie_word_embeddings:
+            out[self.lm_head] = (d.vocab_size, H)
+        for l in range(d.num_layers):
+            out.update(self.layer_tensors(ckpt, l))
+        return out
+
+    def layer_tensors(self, ckpt: Checkpoint, l: int) -> dict[str, tuple[int, ...]]:
+        d, H = self.dims, self.dims.hidden_size
+        qd, kvd = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
+        out = {self.attn_norm.format(l=l): (H,), self.ffn_norm.format(l=l): (H,),
+               self.attn["q"].format(l=l): (qd, H), self.attn["k"].format(l=l): (kvd, H),
+               self.attn["v"].format(l=l): (kvd, H), self.attn["o"].format(l=l): (H, qd)}
+        if l in self.moe.moe_layers:
+            out[self.resolve(ckpt, self.router, l=l)] = (self.moe.num_experts, H)
+        return out
+
+    def generated_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors the converter computes rather than copies (RoPE frequencies)."""
+        rot = self.dims.rope_dim
+        inv_freq = 1.0 / self.dims.rope_theta ** (np.arange(0, rot, 2, dtype=np.float64) / rot)
+        return {"rope.inv_freq": inv_freq.astype(np.float32)}
+
+    def expert_shapes(self) -> dict[str, tuple[int, int]]:
+        I, H = self.moe.intermediate_size, self.dims.hidden_size
+        return {"gate": (I, H), "up": (I, H), "down": (H, I)}
+
+    def check_experts(self, ckpt: Checkpoint, l: int) -> None:
+        """Checks names and shapes from the headers only, before anything is written."""
+        E, (I, H) = self.moe.num_experts, self.expert_shapes()["gate"]
+        fused = self.fused_gate_up.format(l=l)
+        if ckpt.has(fused):
+            for name, shape in ((fused, (E, 2 * I, H)), (self.fused_down.format(l=l), (E, H, I))):
+                if ckpt.shape(name) != shape:
+                    raise ConversionError(f"tensor {name} has shape {list(ckpt.shape(name))}, expected {list(shape)}")
+            return
+        for e in range(E):
+            for role, templates in (("gate", self.expert_gate), ("up", self.expert_up), ("down", self.expert_down)):
+                name = self.resolve(ckpt, templates, l=l, e=e)
+                if ckpt.shape(name) != self.expert_shapes()[role]:
+                    raise ConversionError(f"tensor {name} has shape {list(ckpt.shape(name))}, "
+                                          f"expected {list(self.expert_shapes()[role])}")
+
+    def expert_weights(self, ckpt: Checkpoint, l: int, e: int) -> dict[str, np.ndarray]:
+        """Expert e of layer l as {gate: [I, H], up: [I, H], down: [H, I]}, reading only that expert."""
+        shapes = self.expert_shapes()
+        I = shapes["gate"][0]
+        fused = self.fused_gate_up.format(l=l)
+        if ckpt.has(fused):
+            gate_up = ckpt.read(fused, (2 * I, shapes["gate"][1]), index=e)
+            return {"gate": gate_up[:I], "up": gate_up[I:],
+                    "down": ckpt.read(self.fused_down.format(l=l), shapes["down"], index=e)}
+        return {role: ckpt.read(self.resolve(ckpt, t, l=l, e=e), shapes[role])
+                for role, t in (("gate", self.expert_gate), ("up", self.expert_up), ("down", self.expert_down))}
+
+    # --- plan -----------------------------------------------------------------------------------------
+
+    def build_plan(self, plan: Plan, ckpt: Checkpoint, expert_layout: dict, expert_dtype: str) -> None:
+        d = self.dims
+        H, V = d.hidden_size, d.vocab_size
+        plan.buffer("ids", ["T"], "u32")
+        plan.buffer("h", ["T", H])          # residual stream
+        plan.buffer("xn", ["T", H])         # normalised input of a block
+        plan.buffer("logits", ["T", V])
+        plan.embed("ids", self.embed, "h", H)
+        for l in range(d.num_layers):
+            self.attention_block(plan, l)
+            if l in self.moe.moe_layers:
+                self.moe_block(plan, ckpt, l, expert_layout, expert_dtype)
+            else:
+                self.dense_ffn_block(plan, l)
+        plan.rmsnorm("h", self.final_norm, "xn", "T", H, d.rms_norm_eps, label="final_norm")
+        head = self.embed if d.tie_word_embeddings else self.lm_head
+        plan.matmul("xn", head, "logits", H, V, T="n_logits", x_row0="logit_row0", label="lm_head")
+
+    def attention_block(self, plan: Plan, l: int) -> None:
+        d = self.dims
+        H, D, nh, nkv = d.hidden_size, d.head_dim, d.num_heads, d.num_kv_heads
+        q, kc, vc = plan.buffer("q", ["T", nh * D]), plan.buffer(f"k_cache.{l}", ["S", nkv * D]), \
+            plan.buffer(f"v_cache.{l}", ["S", nkv * D])
+        attn = plan.buffer("attn", ["T", nh * D])
+        name = {k: v.format(l=l) for k, v in self.attn.items()}
+        plan.rmsnorm("h", self.attn_norm.format(l=l), "xn", "T", H, d.rms_norm_eps, label=f"L{l}.attn_norm")
+        plan.matmul("xn", name["q"], q, H, nh * D, label=f"L{l}.q_proj")
+        plan.matmul("xn", name["k"], kc, H, nkv * D, y_row0="pos", label=f"L{l}.k_proj")
+        plan.matmul("xn", name["v"], vc, H, nkv * D, y_row0="pos", label=f"L{l}.v_proj")
+        plan.rope(q, "rope.inv_freq", nh, D, d.rope_dim, 1.0, label=f"L{l}.rope_q")
+        plan.rope(kc, "rope.inv_freq", nkv, D, d.rope_dim, 1.0, row0="pos", label=f"L{l}.rope_k")
+        plan.attention(q, kc, vc, attn, nh, nkv, D, D, D ** -0.5, window=d.sliding_window, label=f"L{l}.attention")
+        plan.matmul(attn, name["o"], "h", nh * D, H, accumulate=True, label=f"L{l}.o_proj")
+
+    def moe_block(self, plan: Plan, ckpt: Checkpoint, l: int, layout: dict, expert_dtype: str) -> None:
+        d, m = self.dims, self.moe
+        H, E, K, I = d.hidden_size, m.num_experts, m.top_k, m.intermediate_size
+        plan.buffer("router_logits", ["T", E])
+        plan.buffer("topk_ids", ["T", K], "u32")
+        plan.buffer("topk_w", ["T", K])
+        plan.buffer("expert_offsets", [E + 1], "u32")
+        plan.buffer("pair_order", ["T", K], "u32")
+        plan.buffer("act", ["T", K, I])
+        plan.buffer("expert_out", ["T", K, H])
+        plan.rmsnorm("h", self.ffn_norm.format(l=l), "xn", "T", H, d.rms_norm_eps, label=f"L{l}.ffn_norm")
+        plan.matmul("xn", self.resolve(ckpt, self.router, l=l), "router_logits", H, E, label=f"L{l}.router_logits")
+        plan.router("router_logits", "topk_ids", "topk_w", E, K, m.scoring, m.norm_topk_prob,
+                    m.routed_scaling_factor, label=f"L{l}.router")
+        plan.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K, label=f"L{l}.moe_gather")
+        plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", l, E, K, H, I, layout,
+                         expert_dtype, label=f"L{l}.experts")
+        plan.scatter_add("expert_out", "topk_w", "h", K, H, label=f"L{l}.scatter_add")
+
+    def dense_ffn_block(self, plan: Plan, l: int) -> None:
+        raise ConversionError(f"{self.name}: dense feed-forward layers are not supported yet")

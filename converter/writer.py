@@ -1,0 +1,140 @@
+"""Writes an RDRR package atomically: everything goes to a hidden temporary directory beside OUT_DIR,
+which is renamed into place only once the manifest is complete. A failed conversion removes it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConversionError
+
+ALIGN = 256                      # byte alignment of every tensor in a shard (GPU copy offsets)
+DENSE_SHARD_BYTES = 64 << 20     # dense shards are cut at about this size
+FORMAT_VERSION = 1
+
+
+def encode(a: np.ndarray, dtype: str) -> bytes:
+    """Little-endian bytes as the kernels read them (f16 padded to whole 32-bit words)."""
+    if dtype == "f16":
+        h = np.ascontiguousarray(a, dtype="<f2")
+        if not np.isfinite(h).all() and np.isfinite(a).all():
+            raise ConversionError("a weight overflows float16; convert with --dtype f32")
+        raw = h.tobytes()
+    elif dtype == "f32":
+        raw = np.ascontiguousarray(a, dtype="<f4").tobytes()
+    else:
+        raise ValueError(dtype)
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def pad(n: int) -> int:
+    return -n % ALIGN
+
+
+def expert_layout(shapes: dict[str, tuple[int, ...]], dtype: str) -> dict:
+    """Byte layout of one expert's shard, which is also its GPU slot: each part aligned to ALIGN."""
+    elem = 2 if dtype == "f16" else 4
+    layout, off = {}, 0
+    for role, shape in shapes.items():
+        size = len(encode(np.zeros(shape, np.float32), dtype))
+        layout[role] = {"offset": off, "size": size, "shape": list(shape), "elem_offset": off // elem}
+        off += size + pad(size)
+    layout["slot_bytes"] = off
+    layout["slot_elems"] = off // elem
+    layout["dtype"] = dtype
+    return layout
+
+
+class _Shard:
+    def __init__(self, path: Path):
+        self.path, self.size, self.sha = path, 0, hashlib.sha256()
+        self.file = open(path, "wb")
+
+    def write(self, data: bytes) -> int:
+        """Appends aligned data; returns its offset."""
+        gap = pad(self.size)
+        if gap:
+            self.file.write(b"\0" * gap)
+            self.sha.update(b"\0" * gap)
+            self.size += gap
+        off = self.size
+        self.file.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        return off
+
+    def close(self) -> dict:
+        self.file.close()
+        return {"file": self.path.name, "size": self.size, "sha256": self.sha.hexdigest()}
+
+
+class PackageWriter:
+    def __init__(self, out_dir: Path, force: bool = False):
+        self.out = Path(out_dir)
+        if self.out.exists() and not force:
+            raise ConversionError(f"{self.out} already exists (use --force to replace it)")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        self.tensors: dict[str, dict] = {}
+        self.experts: dict[str, dict] = {}
+        self.shards: list[dict] = []
+        self._dense: _Shard | None = None
+        self.bytes_written = 0
+
+    def add_dense(self, name: str, array: np.ndarray, dtype: str) -> None:
+        data = encode(array, dtype)
+        if self._dense is not None and self._dense.size + pad(self._dense.size) + len(data) > DENSE_SHARD_BYTES:
+            self._close_dense()
+        if self._dense is None:
+            self._dense = _Shard(self.tmp / f"dense-{sum(s['kind'] == 'dense' for s in self.shards):05d}.bin")
+        off = self._dense.write(data)
+        self.tensors[name] = {"shard": self._dense.path.name, "offset": off, "size": len(data),
+                              "shape": list(array.shape), "dtype": dtype}
+        self.bytes_written += len(data)
+
+    def add_expert(self, layer: int, expert: int, parts: dict[str, np.ndarray], layout: dict) -> None:
+        key = f"{layer}_{expert}"
+        shard = _Shard(self.tmp / f"expert-L{layer:03d}-E{expert:03d}.bin")
+        for role, part in parts.items():
+            off = shard.write(encode(part, layout["dtype"]))
+            assert off == layout[role]["offset"], (role, off)
+        shard.write(b"\0" * (layout["slot_bytes"] - shard.size))
+        self.shards.append({**shard.close(), "kind": "expert", "expert": key})
+        self.experts[key] = {"shard": shard.path.name, "size": layout["slot_bytes"]}
+        self.bytes_written += layout["slot_bytes"]
+
+    def _close_dense(self) -> None:
+        self.shards.append({**self._dense.close(), "kind": "dense"})
+        self._dense = None
+
+    def copy_file(self, src: Path, name: str) -> None:
+        shutil.copyfile(src, self.tmp / name)
+
+    def finish(self, manifest: dict) -> Path:
+        if self._dense is not None:
+            self._close_dense()
+        manifest = {**manifest, "format": "rdrr", "format_version": FORMAT_VERSION, "tensors": self.tensors,
+                    "experts": self.experts, "shards": self.shards}
+        with open(self.tmp / "manifest.json", "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def abort(self) -> None:
+        if self._dense is not None:
+            self._dense.file.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""The public native API: load a package, compute logits, generate text."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import wgpu
+
+from .device import Gpu, open_gpu
+from .executor import STORAGE, Executor, Readback
+from .expert_cache import ExpertCache
+from .generation import GenerationConfig, Generator
+from .package import Package, PackageError
+from .tokenizer import PromptError, TextTokenizer
+
+
+@dataclass
+class Token:
+    id: int
+    text: str    # the new text this token completes (may be "" while a character or stop string is pending)
+
+
+class Engine:
+    def __init__(self, package: Package, gpu: Gpu, max_seq_len: int | None = None, chunk_tokens: int = 64):
+        self.package, self.gpu = package, gpu
+        cfg = package.config
+        self.vocab_size = cfg["vocab_size"]
+        self.max_seq_len = min(max_seq_len or 4096, cfg["max_position_embeddings"])
+        self.chunk = max(1, min(chunk_tokens, self.max_seq_len))
+        self.tokenizer = TextTokenizer(package)
+        device = gpu.device
+        self.weights = {}
+        for name, t in package.manifest["tensors"].items():
+            if t["size"] > gpu.max_binding:
+                raise PackageError(f"tensor {name} ({t['size'] / 2**20:.0f} MiB) exceeds this adapter's storage "
+                                   f"binding limit of {gpu.max_binding / 2**20:.0f} MiB")
+            buf = device.create_buffer(size=max(t["size"], 4), usage=STORAGE, label=name)
+            device.queue.write_buffer(buf, 0, package.tensor_bytes(name))
+            self.weights[name] = buf
+        self.experts = ExpertCache(gpu, package)
+        self.executor = Executor(gpu, package.manifest["plan"], self.weights, self.experts.buffers,
+                                 {"T": self.chunk, "S": self.max_seq_len})
+        self.token_buf = device.create_buffer(size=16, usage=STORAGE, label="sampled token")
+        self.sampler = Executor(gpu, {"buffers": {}, "steps": [{
+            "kernel": "sample", "bind": {"logits": "logits", "token": "token"},
+            "params": {"V": self.vocab_size, "row": 0, "temperature": "temperature", "top_p": "top_p", "u": "u"},
+            "dispatch": [1, 1, 1]}]}, {"logits": self.executor.buffers["logits"], "token": self.token_buf}, {}, {})
+        self._logits_rb = Readback(device, self.chunk * self.vocab_size * 4)
+        self._token_rb = Readback(device, 4)
+        self.pos = 0    # tokens held in the KV cache
+
+    @classmethod
+    def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None,
+             chunk_tokens: int = 64, quiet: bool = False) -> "Engine":
+        """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
+        else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk."""
+        package = Package(path)
+        gpu = open_gpu(adapter)
+        if not quiet:
+            print(f"webmoe: {package.manifest['family']} on {gpu.description}", file=sys.stderr)
+        return cls(package, gpu, max_seq_len, chunk_tokens)
+
+    @property
+    def adapter(self) -> str:
+        return self.gpu.description
+
+    # --- forward --------------------------------------------------------------------------------------
+
+    def _check_ids(self, ids) -> np.ndarray:
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise PromptError("token ids must be a non-empty 1-D list of integers")
+        if arr.min() < 0 or arr.max() >= self.vocab_size:
+            raise PromptError(f"token ids must lie in [0, {self.vocab_size})")
+        if arr.size > self.max_seq_len:
+            raise PromptError(f"{arr.size} tokens exceed the maximum sequence length {self.max_seq_len}")
+        return arr.astype(np.uint32)
+
+    def _encode_forward(self, encoder, ids: np.ndarray, pos: int, logit_row0: int, n_logits: int) -> None:
+        self.gpu.device.queue.write_buffer(self.executor.buffers["ids"], 0, ids)
+        env = {"T": len(ids), "pos": pos, "logit_row0": logit_row0, "n_logits": n_logits,
+               **self.experts.variables}
+        self.executor.encode(encoder, env)
+
+    def reset(self) -> None:
+        """Forgets the sequence held in the KV cache."""
+        self.pos = 0
+
+    def _room(self, n: int) -> None:
+        if self.pos + n > self.max_seq_len:
+            raise PromptError(f"{self.pos + n} tokens exceed the maximum sequence length {self.max_seq_len}")
+
+    def extend(self, token_ids) -> np.ndarray:
+        """Appends tokens to the sequence in the KV cache; returns their logits [n, vocab]."""
+        ids = self._check_ids(token_ids)
+        self._room(len(ids))
+        device = self.gpu.device
+        out = []
+        for start in range(0, len(ids), self.chunk):
+            chunk = ids[start:start + self.chunk]
+            encoder = device.create_command_encoder()
+            self._encode_forward(encoder, chunk, self.pos, 0, len(chunk))
+            size = len(chunk) * self.vocab_size * 4
+            encoder.copy_buffer_to_buffer(self.executor.buffers["logits"], 0, self._logits_rb.buffer, 0, size)
+            device.queue.submit([encoder.finish()])
+            self.pos += len(chunk)
+            out.append(np.frombuffer(self._logits_rb.read(size), np.float32).reshape(len(chunk), self.vocab_size))
+        return np.concatenate(out)
+
+    def logits(self, token_ids) -> np.ndarray:
+        """Logits [T, vocab] of a fresh sequence."""
+        self.reset()
+        return self.extend(token_ids)
+
+    def step(self, token_ids, temperature: float = 0.0, top_p: float = 1.0, u: float = 0.0) -> int:
+        """Appends tokens to the sequence and samples the next token on the GPU from the last one's
+        logits; the only read-back is the token id. u in [0, 1) drives the sampling."""
+        ids = self._check_ids(token_ids)
+        self._room(len(ids))
+        device = self.gpu.device
+        for start in range(0, len(ids), self.chunk):
+            chunk = ids[start:start + self.chunk]
+            last = start + self.chunk >= len(ids)
+            encoder = device.create_command_encoder()
+            self._encode_forward(encoder, chunk, self.pos, len(chunk) - 1, 1 if last else 0)
+            self.pos += len(chunk)
+            if not last:
+                device.queue.submit([encoder.finish()])
+        self.sampler.encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u})
+        encoder.copy_buffer_to_buffer(self.token_buf, 0, self._token_rb.buffer, 0, 4)
+        device.queue.submit([encoder.finish()])
+        return int(np.frombuffer(self._token_rb.read(4), np.uint32)[0])
+
+    # --- generation -----------------------------------------------------------------------------------
+
+    def generate(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, stop=None) -> Iterator[Token]:
+        """Yields each new token as it is produced. prompt: text, token ids, or chat messages.
+        temperature 0 is greedy; stop: strings that end generation (not included in the text)."""
+        config = GenerationConfig(max_new_tokens, temperature, top_p, seed, stop)
+        ids = self._check_ids(self.tokenizer.prompt_ids(prompt))
+        self.reset()
+        return Generator(self, config).run(ids)

@@ -1,0 +1,71 @@
+"""The decoding loop: prefill, then one token at a time with the KV cache, stop conditions and
+incremental detokenisation with stop strings held back until they are ruled out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tokenizer import PromptError, StreamDecoder
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] | str | None = None
+
+    def __post_init__(self):
+        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0):
+            raise PromptError("max_new_tokens must be a non-negative integer")
+        if not (0.0 <= float(self.temperature) <= 100.0):
+            raise PromptError("temperature must lie in [0, 100]")
+        if not (0.0 < float(self.top_p) <= 1.0):
+            raise PromptError("top_p must lie in (0, 1]")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [s for s in (self.stop or []) if s]
+        if not all(isinstance(s, str) for s in self.stop):
+            raise PromptError("stop must be a string or a list of strings")
+
+
+def _pending_stop(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of text that is a proper prefix of a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                best = max(best, n)
+                break
+    return best
+
+
+class Generator:
+    def __init__(self, engine, config: GenerationConfig):
+        self.engine, self.config = engine, config
+        self.rng = np.random.default_rng(config.seed)
+
+    def run(self, prompt_ids: np.ndarray):
+        from .engine import Token
+        engine, cfg = self.engine, self.config
+        budget = min(cfg.max_new_tokens, engine.max_seq_len - len(prompt_ids) + 1)
+        decoder = StreamDecoder(engine.tokenizer)
+        emitted = 0
+        ids = prompt_ids
+        for i in range(budget):
+            token = engine.step(ids, float(cfg.temperature), float(cfg.top_p), float(self.rng.random()))
+            ids = np.array([token], np.uint32)
+            if token in engine.tokenizer.eos_token_ids:
+                yield Token(token, decoder.text[emitted:])   # a pending stop-string prefix is plain text now
+                return
+            decoder.push(token)
+            text = decoder.text
+            hits = [j for j in (text.find(s, max(0, emitted - len(s))) for s in cfg.stop) if j >= 0]
+            if hits:
+                yield Token(token, text[emitted:min(hits)])
+                return
+            safe = len(text) if i == budget - 1 else len(text) - _pending_stop(text, cfg.stop)
+            yield Token(token, text[emitted:safe])
+            emitted = max(emitted, safe)

@@ -1,0 +1,45 @@
+"""What `webmoe info` prints: sizes and parameter counts from the manifest alone."""
+from __future__ import annotations
+
+import math
+
+from .package import Package
+
+
+def summarize(package: Package) -> dict[str, str]:
+    m = package.manifest
+    moe, cfg = m["moe"], m["config"]
+    layout = moe["expert_layout"]
+    expert_params = sum(math.prod(layout[r]["shape"]) for r in ("gate", "up", "down"))
+    dense_params = sum(math.prod(t["shape"]) for n, t in m["tensors"].items() if not n.startswith("rope."))
+    n_moe = len(moe["moe_layers"])
+    total = dense_params + n_moe * moe["num_experts"] * expert_params
+    active = dense_params + n_moe * moe["top_k"] * expert_params
+    dense_bytes = sum(s["size"] for s in m["shards"] if s["kind"] == "dense")
+    return {
+        "family": f"{m['family']} ({m.get('architecture')})",
+        "layers": f"{cfg['num_layers']} ({n_moe} MoE)",
+        "hidden size": str(cfg["hidden_size"]),
+        "attention": f"{cfg['num_heads']} heads, {cfg['num_kv_heads']} KV heads, head dim {cfg['head_dim']}",
+        "experts": f"{moe['num_experts']} per layer, top-{moe['top_k']}, router {moe['router']}",
+        "total parameters": _count(total),
+        "active parameters": f"{_count(active)} per token (embeddings included)",
+        "storage dtype": m["dtype"],
+        "bytes per expert": _bytes(layout["slot_bytes"]),
+        "dense bytes": _bytes(dense_bytes),
+        "shards": f"{len(m['shards'])} ({sum(s['kind'] == 'expert' for s in m['shards'])} expert)",
+    }
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit} ({n:,})"
+    return str(n)
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,83 @@
+"""Text <-> token ids with the package's tokenizer.json (Hugging Face `tokenizers`) and chat templates
+rendered with jinja2 the way transformers renders them."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from jinja2 import StrictUndefined, TemplateError  # noqa: F401  (TemplateError is re-raised to callers)
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from .package import Package
+
+
+class PromptError(ValueError):
+    pass
+
+
+def _raise(message):
+    raise TemplateError(message)
+
+
+class TextTokenizer:
+    def __init__(self, package: Package):
+        info = package.manifest["tokenizer"]
+        try:
+            self.tok = Tokenizer.from_file(str(package.dir / info.get("file", "tokenizer.json")))
+        except Exception as e:
+            raise PromptError(f"cannot read the package's tokenizer: {e}") from None
+        self.chat_template = info.get("chat_template")
+        self.special_tokens = info.get("special_tokens", {})
+        self.eos_token_ids = set(info.get("eos_token_ids", []))
+        self._template = None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise PromptError("this model has no chat template; pass a plain text prompt instead")
+        for m in messages:
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise PromptError("chat messages must be objects with string 'role' and 'content'")
+        if self._template is None:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+            env.globals["raise_exception"] = _raise
+            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+            self._template = env.from_string(self.chat_template)
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         **self.special_tokens)
+        except TemplateError as e:
+            raise PromptError(f"chat template: {e}") from None
+
+    def prompt_ids(self, prompt) -> list[int]:
+        """A prompt is text, a list of token ids, or a list of chat messages."""
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+            return self.encode(self.render_chat(list(prompt)), add_special_tokens=False)
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return list(prompt)
+        raise PromptError("a prompt is a string, a list of token ids, or a list of chat messages")
+
+
+class StreamDecoder:
+    """Turns a growing list of ids into text pieces, holding back bytes of an unfinished UTF-8 character."""
+
+    def __init__(self, tokenizer: TextTokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece

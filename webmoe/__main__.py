@@ -1,0 +1,5 @@
+import sys
+
+from webmoe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""The `webmoe` command: convert, run, info."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _convert(args) -> int:
+    from webmoe.converter.convert import convert
+    out = convert(args.src, args.out, dtype=args.dtype, force=args.force)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _run(args) -> int:
+    from webmoe.engine.engine import Engine
+    engine = Engine.load(args.package, adapter=args.adapter, max_seq_len=args.max_seq_len)
+    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    for token in engine.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 top_p=args.top_p, seed=args.seed, stop=args.stop):
+        sys.stdout.write(token.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _info(args) -> int:
+    from webmoe.engine.package import Package
+    from webmoe.engine.summary import summarize
+    for key, value in summarize(Package(args.package)).items():
+        print(f"{key:<22}{value}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="webmoe", description="Mixture-of-Experts models on WebGPU")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="Hugging Face checkpoint directory -> RDRR package")
+    c.add_argument("src", help="directory with config.json, *.safetensors and tokenizer.json")
+    c.add_argument("out", help="package directory to write (written atomically)")
+    c.add_argument("--dtype", choices=["f32", "f16"], default="f16", help="storage dtype of the weight matrices")
+    c.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    c.set_defaults(func=_convert)
+
+    r = sub.add_parser("run", help="generate text from a prompt, streamed to stdout")
+    r.add_argument("package")
+    r.add_argument("--prompt", required=True)
+    r.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    r.add_argument("--max-new-tokens", type=int, default=128)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    r.add_argument("--max-seq-len", type=int, default=None)
+    r.add_argument("--adapter", default=None, help="adapter name substring, e.g. llvmpipe, nvidia")
+    r.set_defaults(func=_run)
+
+    i = sub.add_parser("info", help="describe a package")
+    i.add_argument("package")
+    i.set_defaults(func=_info)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from webmoe.converter.errors import ConversionError
+    from webmoe.engine.errors import USER_ERRORS
+    try:
+        return args.func(args)
+    except (ConversionError, *USER_ERRORS) as e:
+        print(f"webmoe: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
