@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_models import save_checkpoint
+from webmoe.tiny_models import save_checkpoint
 from webmoe.converter.convert import convert
 from webmoe.engine.engine import Engine
 

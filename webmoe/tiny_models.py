@@ -1,5 +1,6 @@
 """Tiny random-initialised Hugging Face checkpoints built from configs alone (no download), with a small
-byte-level BPE tokenizer trained here, saved as a checkpoint directory the converter reads."""
+byte-level BPE tokenizer trained here, saved as a checkpoint directory the converter reads.
+For tests, the demo and benchmarks; needs the `test` extra (torch, transformers)."""
 from __future__ import annotations
 
 import codecs
@@ -8,7 +9,6 @@ import io
 import json
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 with contextlib.redirect_stdout(io.StringIO()):
@@ -28,8 +28,10 @@ def make_tokenizer(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def save_checkpoint(model_cls, config, out: Path, seed: int = 0, dtype=torch.float32) -> Path:
+def save_checkpoint(model_cls, config, out: Path, seed: int = 0, dtype=None) -> Path:
     """Builds model_cls(config) with seeded random weights and saves it with a tokenizer."""
+    import torch
+    dtype = dtype or torch.float32
     torch.manual_seed(seed)
     model = model_cls(config).eval().to(dtype)
     out.mkdir(parents=True, exist_ok=True)

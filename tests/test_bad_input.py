@@ -1,0 +1,212 @@
+"""Every bad input gets one clear error, a non-zero exit, and leaves nothing behind."""
+import json
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from transformers import MixtralForCausalLM
+
+from webmoe.tiny_models import save_checkpoint
+from test_mixtral import mixtral
+from webmoe.converter.convert import convert
+from webmoe.engine.engine import Engine
+from webmoe.engine.package import PackageError
+from webmoe.engine.tokenizer import PromptError
+
+
+@pytest.fixture(scope="module")
+def good_ckpt(tmp_path_factory):
+    return save_checkpoint(MixtralForCausalLM, mixtral(), tmp_path_factory.mktemp("good") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def good_pkg(good_ckpt, tmp_path_factory):
+    return convert(good_ckpt, tmp_path_factory.mktemp("pkg") / "pkg", dtype="f32", progress=False)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "webmoe", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def copy_ckpt(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_config(ckpt, **changes):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.update(changes)
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+
+
+def rewrite_safetensors(path, drop=None, reshape=None):
+    """Rewrites a safetensors file without `drop`, or with `reshape`'s tensor's declared shape changed."""
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    if drop:
+        header.pop(drop)
+    if reshape:
+        name, shape = reshape
+        header[name]["shape"] = shape
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data[8 + n:])
+
+
+def break_missing_config(c): (c / "config.json").unlink()
+def break_malformed_config(c): (c / "config.json").write_text("{not json")
+def break_config_field(c): edit_config(c, hidden_size=None)
+def break_architecture(c): edit_config(c, model_type="mamba9")
+def break_no_model_type(c): edit_config(c, model_type=None)
+def break_truncated(c): (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:-1000])
+def break_header(c): (c / "model.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{{{{garbage!!!!!" + b"\0" * 64)
+def break_missing_tensor(c): rewrite_safetensors(c / "model.safetensors", drop="model.layers.1.self_attn.o_proj.weight")
+def break_missing_expert(c): rewrite_safetensors(c / "model.safetensors",
+                                                 drop="model.layers.0.block_sparse_moe.experts.3.w2.weight")
+def break_shape(c): edit_config(c, intermediate_size=41)
+def break_tensor_shape(c): rewrite_safetensors(c / "model.safetensors",
+                                               reshape=("model.layers.0.self_attn.q_proj.weight", [24, 96]))
+def break_no_weights(c): (c / "model.safetensors").unlink()
+def break_no_tokenizer(c): (c / "tokenizer.json").unlink()
+def break_bad_tokenizer(c): (c / "tokenizer.json").write_text("[1, 2")
+
+
+CASES = {
+    "missing config": (break_missing_config, "missing config.json"),
+    "malformed config": (break_malformed_config, "malformed config.json"),
+    "config lacks a field": (break_config_field, "lacks 'hidden_size'"),
+    "unknown architecture": (break_architecture, "unsupported architecture 'mamba9'; supported: mixtral"),
+    "no model_type": (break_no_model_type, "no model_type; supported: mixtral"),
+    "truncated safetensors": (break_truncated, "truncated file"),
+    "corrupt safetensors header": (break_header, "corrupt safetensors header"),
+    "missing tensor": (break_missing_tensor, "missing tensor model.layers.1.self_attn.o_proj.weight"),
+    "missing expert tensor": (break_missing_expert, "missing tensor model.layers.0.block_sparse_moe.experts.3.w2"),
+    "config/tensor shape mismatch": (break_shape, "expected [41, 48]"),
+    "tensor shape mismatch": (break_tensor_shape, "has shape [24, 96], expected [48, 48]"),
+    "no weights": (break_no_weights, "no *.safetensors"),
+    "no tokenizer": (break_no_tokenizer, "missing tokenizer.json"),
+    "malformed tokenizer": (break_bad_tokenizer, "malformed tokenizer.json"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_convert_bad_checkpoint(good_ckpt, tmp_path, case):
+    breaker, message = CASES[case]
+    ckpt = copy_ckpt(good_ckpt, tmp_path / "ckpt")
+    breaker(ckpt)
+    out = tmp_path / "out" / "pkg"
+    r = cli("convert", ckpt, out)
+    assert r.returncode == 1
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert lines[-1].startswith("webmoe: error: ") and message in lines[-1], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []   # no partial package beside it
+
+
+def test_convert_refuses_to_overwrite_and_force_replaces(good_ckpt, tmp_path):
+    out = tmp_path / "pkg"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = cli("convert", good_ckpt, out, "--dtype", "f32")
+    assert r.returncode == 1 and "already exists" in r.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    r = cli("convert", good_ckpt, out, "--dtype", "f32", "--force")
+    assert r.returncode == 0, r.stderr
+    assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["pkg"]
+
+
+def test_failed_convert_keeps_the_previous_package(good_ckpt, tmp_path, good_pkg):
+    out = copy_ckpt(good_pkg, tmp_path / "pkg")
+    before = (out / "manifest.json").read_bytes()
+    ckpt = copy_ckpt(good_ckpt, tmp_path / "ckpt")
+    break_truncated(ckpt)
+    r = cli("convert", ckpt, out, "--force")
+    assert r.returncode == 1
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "pkg"]
+
+
+def test_package_layout(good_pkg):
+    m = json.loads((good_pkg / "manifest.json").read_text())
+    assert m["format"] == "rdrr" and m["format_version"] == 1
+    E, L = 5, 2
+    assert sorted(m["experts"]) == sorted(f"{l}_{e}" for l in range(L) for e in range(E))
+    shards = {s["file"]: s for s in m["shards"]}
+    import hashlib
+    for s in shards.values():
+        data = (good_pkg / s["file"]).read_bytes()
+        assert len(data) == s["size"] and hashlib.sha256(data).hexdigest() == s["sha256"]
+    for key, e in m["experts"].items():   # one shard per (layer, expert), holding that expert alone
+        assert shards[e["shard"]]["kind"] == "expert" and shards[e["shard"]]["expert"] == key
+    for t in m["tensors"].values():
+        assert t["offset"] % 256 == 0
+
+
+def corrupt(pkg, tmp_path, how):
+    bad = copy_ckpt(pkg, tmp_path / "bad")
+    how(bad)
+    return bad
+
+
+def flip_expert_byte(p):
+    f = p / "expert-L001-E002.bin"
+    b = bytearray(f.read_bytes())
+    b[100] ^= 0xFF
+    f.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("how,message", [
+    (lambda p: (p / "manifest.json").write_text("{"), "malformed manifest.json"),
+    (lambda p: (p / "manifest.json").write_text(json.dumps({"format": "rdrr"})), "malformed manifest.json"),
+    (lambda p: (p / "manifest.json").unlink(), "manifest.json not found"),
+    (lambda p: (p / "dense-00000.bin").write_bytes(b"short"), "truncated or corrupt"),
+    (lambda p: (p / "expert-L000-E001.bin").unlink(), "is missing"),
+    (flip_expert_byte, "expert-L001-E002.bin is corrupt (sha256 mismatch)"),
+])
+def test_engine_rejects_bad_packages(good_pkg, tmp_path, how, message):
+    bad = corrupt(good_pkg, tmp_path, how)
+    with pytest.raises(PackageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Engine.load(bad, quiet=True)
+    r = cli("run", bad, "--prompt", "hi")
+    assert r.returncode == 1 and "webmoe: error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_engine_rejects_bad_prompts(good_pkg):
+    engine = Engine.load(good_pkg, quiet=True)
+    for bad in ([], [1, 400], [-1], [[1, 2]], "x" * 0, None, [{"role": "user"}]):
+        with pytest.raises(PromptError):
+            if isinstance(bad, list) and bad and isinstance(bad[0], (int, list)):
+                engine.logits(bad)
+            else:
+                list(engine.generate(bad, max_new_tokens=1))
+    with pytest.raises(PromptError, match="maximum sequence length"):
+        engine.logits(np.ones(engine.max_seq_len + 1, int))
+    for kwargs in ({"temperature": -1}, {"top_p": 0}, {"max_new_tokens": -2}):
+        with pytest.raises(PromptError):
+            list(engine.generate("Beautiful", **kwargs))
+    assert len(engine.logits([5, 6])) == 2      # still usable afterwards
+
+
+def test_cli_run_and_info(good_pkg):
+    r = cli("run", good_pkg, "--prompt", "Simple is better", "--max-new-tokens", "5")
+    assert r.returncode == 0, r.stderr
+    assert "mixtral on" in r.stderr
+    r = cli("info", good_pkg)
+    assert r.returncode == 0, r.stderr
+    info = dict((line[:22].strip(), line[22:]) for line in r.stdout.splitlines())
+    assert info["family"].startswith("mixtral")
+    assert info["experts"].startswith("5 per layer, top-2")
+    # 2 layers x 5 experts x 3 x 40 x 48 expert params, plus dense (embed, lm_head, attention, norms, routers)
+    dense = 2 * 400 * 48 + 48 + 2 * (2 * 48 + 48 * 48 * 2 + 24 * 48 * 2 + 5 * 48)
+    assert info["total parameters"].endswith(f"({dense + 2 * 5 * 3 * 40 * 48:,})")
+    assert info["active parameters"].startswith(f"{(dense + 2 * 2 * 3 * 40 * 48) / 1e3:.2f}K")
+    assert info["shards"] == "11 (10 expert)"
