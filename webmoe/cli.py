@@ -24,6 +24,12 @@ def _run(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from webmoe.engine.server import serve
+    serve(args.package, host=args.host, port=args.port)
+    return 0
+
+
 def _info(args) -> int:
     from webmoe.engine.package import Package
     from webmoe.engine.summary import summarize
@@ -55,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-seq-len", type=int, default=None)
     r.add_argument("--adapter", default=None, help="adapter name substring, e.g. llvmpipe, nvidia")
     r.set_defaults(func=_run)
+
+    s = sub.add_parser("serve", help="serve the chat app, the kernels and packages over HTTP")
+    s.add_argument("package", nargs="+")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.set_defaults(func=_serve)
 
     i = sub.add_parser("info", help="describe a package")
     i.add_argument("package")

@@ -1,0 +1,106 @@
+"""`webmoe serve`: the chat app, the shared kernels and RDRR packages over HTTP (aiohttp).
+
+    /                        the chat page (web/index.html)
+    /web/FILE                the browser runtime (ES modules)
+    /shaders/NAME.wgsl       the kernels, the same files the native engine reads
+    /vendor/tokenizers.mjs   @huggingface/tokenizers and @huggingface/jinja from web/node_modules
+    /vendor/jinja.js
+    /models                  JSON list of the served packages
+    /models/NAME/FILE        package files: only those the manifest names, with Range and sha256 ETags
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aiohttp import web
+
+from webmoe.shaders import SHADER_DIR
+
+from .http_files import confined, file_sha256, hashed_file, static_file
+from .package import Package
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+VENDOR = {"tokenizers.mjs": "@huggingface/tokenizers/dist/tokenizers.mjs",
+          "jinja.js": "@huggingface/jinja/dist/index.js"}
+
+
+class ServedPackage:
+    """A package directory and the hash of every file the server may send from it."""
+
+    def __init__(self, path: Path):
+        self.package = Package(path)          # validates the manifest before anything is served
+        self.dir = self.package.dir.resolve()
+        self.name = self.dir.name
+        m = self.package.manifest
+        self.files = {s["file"]: s["sha256"] for s in m["shards"]}
+        for extra in ("manifest.json", m["tokenizer"].get("file", "tokenizer.json"), "tokenizer_config.json"):
+            if (self.dir / extra).is_file():
+                self.files[extra] = file_sha256(self.dir / extra)
+        self.size = sum(s["size"] for s in m["shards"])
+
+    def describe(self) -> dict:
+        m = self.package.manifest
+        return {"name": self.name, "family": m["family"], "manifest": f"/models/{self.name}/manifest.json",
+                "bytes": self.size, "dtype": m["dtype"]}
+
+
+def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR) -> web.Application:
+    packages: dict[str, ServedPackage] = {}
+    for d in package_dirs:
+        sp = ServedPackage(Path(d))
+        if sp.name in packages:
+            raise ValueError(f"two packages are named {sp.name!r}")
+        packages[sp.name] = sp
+    web_root, modules = web_dir.resolve(), (web_dir / "node_modules").resolve()
+
+    async def index(request):
+        return static_file(web_root / "index.html")
+
+    async def web_file(request):
+        path = confined(web_root, request.match_info["path"])
+        if path is None or path.is_relative_to(modules):
+            raise web.HTTPNotFound()
+        return static_file(path)
+
+    async def shader(request):
+        path = confined(SHADER_DIR, request.match_info["name"])
+        if path is None or path.suffix != ".wgsl":
+            raise web.HTTPNotFound()
+        return static_file(path)
+
+    async def vendor(request):
+        rel = VENDOR.get(request.match_info["name"])
+        path = confined(modules, rel) if rel else None
+        if path is None:
+            raise web.HTTPNotFound(text="npm dependencies missing: run ./setup.sh (npm ci in web/)")
+        return static_file(path)
+
+    async def models(request):
+        return web.json_response([p.describe() for p in packages.values()])
+
+    async def model_file(request):
+        sp = packages.get(request.match_info["model"])
+        name = request.match_info["file"]
+        if sp is None or name not in sp.files:
+            raise web.HTTPNotFound()
+        path = confined(sp.dir, name)
+        if path is None:
+            raise web.HTTPNotFound()
+        return await hashed_file(request, path, sp.files[name])
+
+    app = web.Application()
+    app["packages"] = packages
+    app.router.add_get("/", index)
+    app.router.add_get("/web/{path:.+}", web_file)
+    app.router.add_get("/shaders/{name}", shader)
+    app.router.add_get("/vendor/{name}", vendor)
+    app.router.add_get("/models", models)
+    app.router.add_get("/models/{model}/{file}", model_file)
+    return app
+
+
+def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080) -> None:
+    app = create_app(package_dirs)
+    print(f"webmoe: serving {', '.join(app['packages'])} — open http://{host}:{port}/", flush=True)
+    web.run_app(app, host=host, port=port, print=None)

@@ -1,0 +1,71 @@
+"""Headless Chromium with WebGPU (SwiftShader) driven by Playwright, and `webmoe serve` in a thread."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+import threading
+from contextlib import contextmanager
+
+from aiohttp import web
+from playwright.sync_api import sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+         "--use-webgpu-adapter=swiftshader", "--no-sandbox", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(app: web.Application):
+    """Runs an aiohttp app on 127.0.0.1 in a background thread; yields its base URL."""
+    loop = asyncio.new_event_loop()
+    port = free_port()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+
+
+@contextmanager
+def browser():
+    """A fresh Chromium with its own empty profile (so OPFS starts empty)."""
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+
+
+def open_page(ctx, url: str):
+    page = ctx.new_page()
+    page.on("console", lambda m: print("[page]", m.text) if m.type in ("error", "warning") else None)
+    page.goto(url)
+    return page
+
+
+LOAD = """async ([manifest]) => {
+  const webmoe = await import('/web/webmoe.js');
+  window.engine = await webmoe.load(manifest);
+  return {adapter: window.engine.adapter, family: window.engine.family};
+}"""
+LOGITS = "async ([ids]) => Array.from(await window.engine.logits(ids))"
+GREEDY = """async ([ids, n]) => {
+  const out = [];
+  for await (const t of window.engine.generate(ids, {maxNewTokens: n, temperature: 0})) out.push(t.id);
+  return out;
+}"""

@@ -1,0 +1,128 @@
+// The chat page: picks a served model, loads it into the worker with progress, streams replies.
+import * as webmoe from "./webmoe.js";
+
+const $ = (id) => document.getElementById(id);
+let engine = null;
+const history = [];
+
+function notice(text, error = false) {
+  $("notice").hidden = !text;
+  $("notice").textContent = text || "";
+  $("notice").className = error ? "notice error" : "notice";
+}
+
+const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+async function refreshCached() {
+  const list = $("cached");
+  list.replaceChildren();
+  let models = [];
+  try {
+    models = await webmoe.listCached();
+  } catch (e) {
+    list.textContent = String(e.message || e);
+    return;
+  }
+  if (!models.length) list.textContent = "none";
+  for (const m of models) {
+    const li = document.createElement("li");
+    li.dataset.id = m.id;
+    li.textContent = `${m.name} — ${mib(m.bytes)}${m.complete ? "" : " (incomplete)"} `;
+    const del = document.createElement("button");
+    del.textContent = "Delete";
+    del.onclick = async () => { await webmoe.deleteCached(m.id); refreshCached(); };
+    li.append(del);
+    list.append(li);
+  }
+}
+
+function showProgress(p) {
+  $("progress").hidden = false;
+  $("bar").value = p.total ? p.loaded / p.total : 0;
+  $("progress-text").textContent = `${mib(p.loaded)} / ${mib(p.total)}`;
+  $("shards").replaceChildren(...Object.entries(p.shards).map(([f, s]) => {
+    const li = document.createElement("li");
+    li.textContent = `${f}: ${s}`;
+    return li;
+  }));
+}
+
+async function loadModel() {
+  const url = $("model").value;
+  if (!url) return;
+  $("load").disabled = true;
+  notice(`Loading ${url}…`);
+  try {
+    engine = await webmoe.load(url, { onProgress: showProgress });
+    notice("");
+    $("status").textContent = `${engine.family} on ${engine.adapter}`;
+    $("prompt").disabled = $("send").disabled = false;
+    $("prompt").focus();
+  } catch (e) {
+    notice(e.message || String(e), true);
+  } finally {
+    $("load").disabled = false;
+    refreshCached();
+  }
+}
+
+function bubble(role, text) {
+  const div = document.createElement("div");
+  div.className = `msg ${role}`;
+  div.textContent = text;
+  $("log").append(div);
+  $("log").scrollTop = $("log").scrollHeight;
+  return div;
+}
+
+async function send(ev) {
+  ev.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text || !engine) return;
+  $("prompt").value = "";
+  history.push({ role: "user", content: text });
+  bubble("user", text);
+  const out = bubble("assistant", "");
+  $("send").disabled = true;
+  $("stop").disabled = false;
+  let reply = "";
+  const t0 = performance.now();
+  let n = 0;
+  try {
+    for await (const token of engine.generate(history, { maxNewTokens: 200, temperature: 0.7, topP: 0.9 })) {
+      reply += token.text;
+      n++;
+      out.textContent = reply;
+      $("log").scrollTop = $("log").scrollHeight;
+      $("status").textContent = `${n} tokens, ${(n / ((performance.now() - t0) / 1000)).toFixed(1)} tokens/s`;
+    }
+  } catch (e) {
+    notice(e.message || String(e), true);
+  }
+  history.push({ role: "assistant", content: reply });
+  $("send").disabled = false;
+  $("stop").disabled = true;
+}
+
+async function main() {
+  if (!navigator.gpu) {
+    notice("WebGPU is not available in this browser, so webmoe cannot run here. Use a recent Chrome, Edge or " +
+           "Safari with WebGPU enabled.", true);
+    $("load").disabled = true;
+  }
+  const models = await (await fetch("/models")).json();
+  for (const m of models) {
+    const opt = document.createElement("option");
+    opt.value = m.manifest;
+    opt.textContent = `${m.name} (${m.family}, ${mib(m.bytes)})`;
+    $("model").append(opt);
+  }
+  $("load").onclick = loadModel;
+  $("chat").onsubmit = send;
+  $("stop").onclick = () => engine?.stop();
+  $("prompt").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); };
+  refreshCached();
+  if (navigator.gpu && models.length && new URLSearchParams(location.search).has("autoload")) loadModel();
+}
+
+main();

@@ -1,0 +1,25 @@
+// Opens a WebGPU device with the limits webmoe needs. Every kernel computes in f32, so adapters without
+// shader-f16 (SwiftShader, some phones) run every package; f16 weights are unpacked with unpack2x16float.
+export class NoWebGPUError extends Error {}
+
+export async function openDevice() {
+  if (!globalThis.navigator?.gpu) {
+    throw new NoWebGPUError("WebGPU is not available in this browser. Use a recent Chrome, Edge or Safari, " +
+                            "or enable WebGPU (chrome://flags/#enable-unsafe-webgpu).");
+  }
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw new NoWebGPUError("WebGPU is present but no GPU adapter is available.");
+  const L = adapter.limits;
+  const device = await adapter.requestDevice({
+    label: "webmoe",
+    requiredLimits: {
+      maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
+      maxBufferSize: L.maxBufferSize,
+      maxStorageBuffersPerShaderStage: Math.min(L.maxStorageBuffersPerShaderStage, 10),
+      maxComputeWorkgroupStorageSize: Math.min(L.maxComputeWorkgroupStorageSize, 16384),
+    },
+  });
+  const info = adapter.info || {};
+  const description = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(" / ") || "unknown adapter";
+  return { adapter, device, description, shaderF16: adapter.features.has("shader-f16") };
+}

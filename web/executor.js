@@ -1,0 +1,101 @@
+// The plan interpreter, the browser twin of engine/executor.py: allocates the plan's buffers, compiles
+// each step's kernel once, and records the steps for given runtime variables (T, pos, ...).
+import { evaluate, isDynamic } from "./expr.js";
+
+export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
+export class Executor {
+  static async create(device, plan, tensors, runtimeBuffers, dims, shaders) {
+    const ex = new Executor();
+    ex.device = device;
+    ex.buffers = new Map([...tensors, ...runtimeBuffers]);
+    const maxBinding = device.limits.maxStorageBufferBindingSize;
+    for (const [name, spec] of Object.entries(plan.buffers)) {
+      const count = spec.shape.reduce((a, d) => a * (typeof d === "string" ? dims[d] : d), 1);
+      const size = Math.max(4 * count, 4);
+      if (size > maxBinding) {
+        throw new Error(`buffer ${name} needs ${size} bytes, above this adapter's storage binding limit of ${maxBinding}`);
+      }
+      ex.buffers.set(name, device.createBuffer({ size, usage: STORAGE, label: name }));
+    }
+    ex.steps = await Promise.all(plan.steps.map((step, i) => ex.compile(i, step, shaders)));
+    const align = device.limits.minUniformBufferOffsetAlignment;
+    const block = Math.max(16, ...ex.steps.map((s) => blockSize(s.kernel)));
+    ex.stride = Math.ceil(block / align) * align;
+    ex.params = device.createBuffer({ size: Math.max(1, ex.steps.length) * ex.stride,
+                                      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+    ex.words = new ArrayBuffer(Math.max(1, ex.steps.length) * ex.stride);
+    ex.views = { u32: new Uint32Array(ex.words), i32: new Int32Array(ex.words), f32: new Float32Array(ex.words) };
+    ex.dynamic = [];
+    for (const st of ex.steps) {
+      st.kernel.params.forEach(([field, type], j) => {
+        const word = (st.index * ex.stride) / 4 + j;
+        const value = st.params[field];
+        if (isDynamic(value)) ex.dynamic.push([word, value, type]);
+        else ex.views[type][word] = value;
+      });
+      st.bindGroup = ex.bindGroup(st);
+    }
+    return ex;
+  }
+
+  async compile(index, step, shaders) {
+    const label = step.label || step.kernel;
+    const kernel = await shaders.kernel(step.kernel, step.defines || []);
+    const missing = kernel.params.filter(([f]) => !(f in step.params)).map(([f]) => f);
+    const unbound = [...kernel.bindings.keys()].filter((b) => b !== "p" && !(b in step.bind));
+    const unknown = Object.entries(step.bind).filter(([b, t]) => !kernel.bindings.has(b) || !this.buffers.has(t))
+      .map(([b]) => b);
+    if (missing.length || unbound.length || unknown.length) {
+      throw new Error(`plan step ${label}: params missing [${missing}], bindings missing [${unbound}], unknown bindings [${unknown}]`);
+    }
+    const module = moduleFor(this.device, kernel);
+    const pipeline = await this.device.createComputePipelineAsync({ layout: "auto", label,
+                                                                    compute: { module, entryPoint: "main" } });
+    return { index, label, kernel, pipeline, params: step.params, bind: step.bind, dispatch: step.dispatch };
+  }
+
+  bindGroup(st) {
+    const entries = [];
+    if (st.kernel.bindings.has("p")) {
+      entries.push({ binding: st.kernel.bindings.get("p").index,
+                     resource: { buffer: this.params, offset: st.index * this.stride, size: blockSize(st.kernel) } });
+    }
+    for (const [name, target] of Object.entries(st.bind)) {
+      const buffer = this.buffers.get(target);
+      entries.push({ binding: st.kernel.bindings.get(name).index, resource: { buffer, offset: 0, size: buffer.size } });
+    }
+    return this.device.createBindGroup({ layout: st.pipeline.getBindGroupLayout(0), entries });
+  }
+
+  writeParams(env) {
+    for (const [word, expr, type] of this.dynamic) this.views[type][word] = evaluate(expr, env);
+    this.device.queue.writeBuffer(this.params, 0, this.words);
+  }
+
+  // Records every step into one compute pass; the caller submits before the next encode.
+  encode(encoder, env) {
+    this.writeParams(env);
+    const pass = encoder.beginComputePass();
+    for (const st of this.steps) {
+      const counts = st.dispatch.map((d) => evaluate(d, env));
+      if (Math.min(...counts) <= 0) continue;
+      pass.setPipeline(st.pipeline);
+      pass.setBindGroup(0, st.bindGroup);
+      pass.dispatchWorkgroups(...counts);
+    }
+    pass.end();
+  }
+}
+
+function blockSize(kernel) {
+  return Math.max(16, Math.ceil((kernel.params.length * 4) / 16) * 16);
+}
+
+const modules = new WeakMap();   // device -> Map(kernel key -> GPUShaderModule)
+function moduleFor(device, kernel) {
+  if (!modules.has(device)) modules.set(device, new Map());
+  const m = modules.get(device);
+  if (!m.has(kernel.key)) m.set(kernel.key, device.createShaderModule({ code: kernel.source, label: kernel.name }));
+  return m.get(kernel.key);
+}

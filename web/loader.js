@@ -1,0 +1,216 @@
+// Package shards in the Origin Private File System: downloaded once with bounded concurrency, retries and
+// HTTP Range resume, verified by sha256 before they count, re-fetched if they fail their hash later.
+// Layout: OPFS /webmoe/<model id>/{state.json, <shard>, <shard>.part}. state.json marks a model complete
+// only when every shard has been verified.
+
+const ROOT = "webmoe";
+
+export class QuotaError extends Error {}
+
+export async function sha256Hex(data) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function rootDir() {
+  if (!navigator.storage?.getDirectory) throw new Error("this browser has no Origin Private File System");
+  return (await navigator.storage.getDirectory()).getDirectoryHandle(ROOT, { create: true });
+}
+
+export async function modelId(manifestUrl) {
+  return (await sha256Hex(new TextEncoder().encode(manifestUrl))).slice(0, 16);
+}
+
+async function readJson(dir, name) {
+  try {
+    return JSON.parse(await (await (await dir.getFileHandle(name)).getFile()).text());
+  } catch {
+    return null;
+  }
+}
+
+async function writeJson(dir, name, value) {
+  const w = await (await dir.getFileHandle(name, { create: true })).createWritable();
+  await w.write(JSON.stringify(value));
+  await w.close();   // createWritable writes a swap file: the old state stays until close() succeeds
+}
+
+async function dirBytes(dir) {
+  let n = 0;
+  for await (const [, h] of dir.entries()) if (h.kind === "file") n += (await h.getFile()).size;
+  return n;
+}
+
+// [{id, url, name, bytes, complete}] for every model in OPFS.
+export async function listCached() {
+  const root = await rootDir();
+  const out = [];
+  for await (const [id, h] of root.entries()) {
+    if (h.kind !== "directory") continue;
+    const state = (await readJson(h, "state.json")) || {};
+    out.push({ id, url: state.url || null, name: state.name || id, bytes: await dirBytes(h), complete: !!state.complete });
+  }
+  return out;
+}
+
+export async function deleteCached(id) {
+  await (await rootDir()).removeEntry(id, { recursive: true });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export class ModelStore {
+  // options: onProgress({loaded, total, shards: {file: state}}), concurrency, retries
+  static async open(manifestUrl, options = {}) {
+    const s = new ModelStore();
+    s.url = new URL(manifestUrl, self.location.href).href;
+    s.onProgress = options.onProgress || (() => {});
+    s.concurrency = options.concurrency || 4;
+    s.retries = options.retries ?? 4;
+    const r = await fetch(s.url, { cache: "no-cache" });
+    if (!r.ok) throw new Error(`manifest ${s.url}: HTTP ${r.status}`);
+    s.manifest = await r.json();
+    if (s.manifest.format !== "rdrr" || !Array.isArray(s.manifest.shards)) throw new Error(`${s.url} is not an RDRR manifest`);
+    s.id = await modelId(s.url);
+    s.dir = await (await rootDir()).getDirectoryHandle(s.id, { create: true });
+    const old = (await readJson(s.dir, "state.json")) || {};
+    s.state = { url: s.url, name: s.url.split("/").slice(-2, -1)[0], complete: false, verified: old.verified || {} };
+    s.entries = new Map(s.manifest.shards.map((e) => [e.file, e]));
+    s.status = {};
+    s.loaded = 0;
+    s.total = s.manifest.shards.reduce((a, e) => a + e.size, 0);
+    await s.fetchMissing();
+    return s;
+  }
+
+  async fileSize(name) {
+    try {
+      return (await (await this.dir.getFileHandle(name)).getFile()).size;
+    } catch {
+      return -1;
+    }
+  }
+
+  progress() {
+    this.onProgress({ loaded: this.loaded, total: this.total, shards: { ...this.status } });
+  }
+
+  async fetchMissing() {
+    const missing = [];
+    for (const e of this.manifest.shards) {
+      if (this.state.verified[e.file] === e.sha256 && (await this.fileSize(e.file)) === e.size) {
+        this.status[e.file] = "cached";
+        this.loaded += e.size;
+      } else {
+        delete this.state.verified[e.file];
+        missing.push(e);
+        this.status[e.file] = "queued";
+      }
+    }
+    this.progress();
+    if (!missing.length) {
+      if (!this.state.complete) await this.markComplete();
+      return;
+    }
+    await writeJson(this.dir, "state.json", this.state);   // not complete while anything is missing
+    let need = 0;
+    for (const e of missing) need += e.size - Math.max(0, await this.fileSize(`${e.file}.part`));
+    if (navigator.storage.persist) await navigator.storage.persist().catch(() => false);
+    const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
+    if (need > quota - usage) {
+      throw new QuotaError(`Not enough browser storage for this model: it needs ${mb(need)} more, and this site may ` +
+                           `use only ${mb(Math.max(0, quota - usage))} more. Free space or delete cached models.`);
+    }
+    const queue = [...missing];
+    const worker = async () => {
+      while (queue.length) await this.download(queue.shift());
+    };
+    await Promise.all(Array.from({ length: Math.min(this.concurrency, queue.length) }, worker));
+    await this.markComplete();
+  }
+
+  async markComplete() {
+    this.state.complete = true;
+    await writeJson(this.dir, "state.json", this.state);
+  }
+
+  // Downloads one shard into <file>.part (resuming what is there), verifies it, moves it into place.
+  async download(e) {
+    const url = new URL(e.file, this.url).href;
+    let lastError;
+    for (let attempt = 0; attempt <= this.retries; attempt++) {
+      const part = await this.dir.getFileHandle(`${e.file}.part`, { create: true });
+      let have = (await part.getFile()).size;
+      if (have > e.size) have = 0;
+      const before = have;
+      let writable = null;
+      try {
+        if (have < e.size) {
+          this.status[e.file] = attempt ? "retrying" : "downloading";
+          const resp = await fetch(url, { cache: "no-store", headers: have ? { Range: `bytes=${have}-`, "If-Range": `"${e.sha256}"` } : {} });
+          if (resp.status === 200) have = 0;
+          else if (resp.status !== 206 || !(resp.headers.get("Content-Range") || "").startsWith(`bytes ${have}-`)) {
+            throw new Error(`${e.file}: HTTP ${resp.status}`);
+          }
+          writable = await part.createWritable({ keepExistingData: have > 0 });
+          if (have > 0) await writable.seek(have); else await writable.truncate(0);
+          this.loaded -= before - have;
+          const reader = resp.body.getReader();
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            await writable.write(value);
+            have += value.byteLength;
+            this.loaded += value.byteLength;
+            this.progress();
+          }
+          await writable.close();
+          writable = null;
+        }
+        this.status[e.file] = "verifying";
+        const data = await (await part.getFile()).arrayBuffer();
+        if ((await sha256Hex(data)) !== e.sha256) {
+          await this.dir.removeEntry(`${e.file}.part`);
+          this.loaded -= have;
+          throw new Error(`${e.file}: sha256 mismatch after download`);
+        }
+        await part.move(e.file);
+        this.state.verified[e.file] = e.sha256;
+        this.status[e.file] = "done";
+        this.progress();
+        return data;
+      } catch (err) {
+        lastError = err;
+        if (writable) await writable.close().catch(() => {});   // keep the bytes that arrived, for Range resume
+        this.status[e.file] = "retrying";
+        this.progress();
+        await sleep(200 * 2 ** attempt);
+      }
+    }
+    this.status[e.file] = "error";
+    this.progress();
+    throw new Error(`could not download ${e.file}: ${lastError?.message || lastError}`);
+  }
+
+  // The verified bytes of a shard; one that fails its hash in OPFS is deleted and fetched again.
+  async shard(file) {
+    const e = this.entries.get(file);
+    if (!e) throw new Error(`shard ${file} is not in the manifest`);
+    try {
+      const data = await (await (await this.dir.getFileHandle(file)).getFile()).arrayBuffer();
+      if ((await sha256Hex(data)) === e.sha256) return data;
+    } catch { /* missing: fetch below */ }
+    await this.dir.removeEntry(file).catch(() => {});
+    delete this.state.verified[file];
+    this.state.complete = false;
+    await writeJson(this.dir, "state.json", this.state);
+    this.loaded -= e.size;
+    const data = await this.download(e);
+    await this.markComplete();
+    return data;
+  }
+}
+
+function mb(n) {
+  return `${(n / 2 ** 20).toFixed(1)} MiB`;
+}

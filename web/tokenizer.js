@@ -1,0 +1,48 @@
+// Text <-> ids with the package's tokenizer.json (@huggingface/tokenizers) and chat templates
+// (@huggingface/jinja), mirroring engine/tokenizer.py.
+import { Tokenizer } from "../vendor/tokenizers.mjs";
+import { Template } from "../vendor/jinja.js";
+
+export class TextTokenizer {
+  static async load(manifestUrl, manifest) {
+    const t = new TextTokenizer();
+    const info = manifest.tokenizer;
+    const get = async (name, required) => {
+      const r = await fetch(new URL(name, manifestUrl));
+      if (!r.ok) {
+        if (required) throw new Error(`tokenizer file ${name}: HTTP ${r.status}`);
+        return {};
+      }
+      return r.json();
+    };
+    const [json, config] = await Promise.all([get(info.file || "tokenizer.json", true), get("tokenizer_config.json", false)]);
+    t.tok = new Tokenizer(json, config);
+    t.specialTokens = info.special_tokens || {};
+    t.eos = new Set(info.eos_token_ids || []);
+    t.template = info.chat_template ? new Template(info.chat_template) : null;
+    return t;
+  }
+
+  encode(text, addSpecialTokens = true) {
+    return this.tok.encode(text, { add_special_tokens: addSpecialTokens }).ids.map(Number);
+  }
+
+  decode(ids) {
+    return this.tok.decode(ids, { skip_special_tokens: true });
+  }
+
+  renderChat(messages, addGenerationPrompt = true) {
+    if (!this.template) throw new Error("this model has no chat template; pass a plain text prompt");
+    return this.template.render({ messages, add_generation_prompt: addGenerationPrompt, ...this.specialTokens });
+  }
+
+  // A prompt is text, an array of token ids, or an array of {role, content} messages.
+  promptIds(prompt) {
+    if (typeof prompt === "string") return this.encode(prompt);
+    if (Array.isArray(prompt) && prompt.length && prompt.every((m) => m && typeof m === "object")) {
+      return this.encode(this.renderChat(prompt), false);
+    }
+    if (Array.isArray(prompt) && prompt.every(Number.isInteger)) return prompt;
+    throw new Error("a prompt is a string, an array of token ids, or an array of chat messages");
+  }
+}

@@ -1,0 +1,90 @@
+// webmoe in the browser: the public API. The engine runs in a Web Worker (worker.js).
+//
+//   import * as webmoe from "/web/webmoe.js";
+//   const engine = await webmoe.load("/models/NAME/manifest.json", { onProgress });
+//   const logits = await engine.logits([1, 2, 3]);               // Float32Array [T * vocab]
+//   for await (const t of engine.generate(messages, { maxNewTokens: 64, temperature: 0.7 })) ...
+//   engine.stop();                                                 // ends a running generate()
+//   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
+
+let seq = 0;
+
+class WorkerClient {
+  constructor() {
+    this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    this.pending = new Map();
+    this.worker.onmessage = ({ data }) => {
+      const p = this.pending.get(data.id);
+      if (!p) return;
+      if (data.progress) p.onProgress?.(data.progress);
+      if (data.token) p.onToken?.(data.token);
+      if (data.done) {
+        this.pending.delete(data.id);
+        if (data.error) {
+          const err = new Error(data.error);
+          err.name = data.name || "Error";
+          p.reject(err);
+        } else p.resolve(data.result);
+      }
+    };
+  }
+
+  call(op, args = {}, handlers = {}) {
+    const id = ++seq;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, ...handlers });
+      this.worker.postMessage({ id, op, ...args });
+    });
+  }
+}
+
+class BrowserEngine {
+  constructor(client, info) {
+    this.client = client;
+    Object.assign(this, info);
+  }
+
+  async logits(ids) {
+    return (await this.client.call("logits", { ids: Array.from(ids) })).logits;
+  }
+
+  // An async iterator of {id, text}; stop() ends it early.
+  async *generate(prompt, options = {}) {
+    const queue = [];
+    let wake = null;
+    let finished = false;
+    let failure = null;
+    const done = this.client.call("generate", { prompt, options }, {
+      onToken: (t) => { queue.push(t); wake?.(); },
+    }).then((r) => { this.lastStats = r; }, (e) => { failure = e; }).finally(() => { finished = true; wake?.(); });
+    for (;;) {
+      if (queue.length) { yield queue.shift(); continue; }
+      if (finished) break;
+      await new Promise((r) => { wake = r; });
+      wake = null;
+    }
+    await done;
+    if (failure) throw failure;
+  }
+
+  stop() {
+    return this.client.call("stop");
+  }
+}
+
+let shared = null;
+const client = () => (shared ||= new WorkerClient());
+
+export async function load(manifestUrl, { onProgress, ...options } = {}) {
+  const url = new URL(manifestUrl, location.href).href;
+  const info = await client().call("load", { manifestUrl: url, options }, { onProgress });
+  return new BrowserEngine(client(), info);
+}
+
+export async function listCached() {
+  return (await client().call("list")).models;
+}
+
+export async function deleteCached(id) {
+  await client().call("delete", { modelId: id });
+}
