@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Sets up everything webmoe needs on a Debian machine, then runs one job:
-#   ./setup.sh demo    the main job: convert a model and generate text with the native engine
+#   ./setup.sh demo    the main job: serve the chat app with the bundled demo model, print the URL
 #   ./setup.sh test    the test suite (what CI runs)
-# Installs: Mesa lavapipe (software Vulkan, so WebGPU works without a GPU), a .venv with webmoe and its
-# test extras (pytest, transformers and the CPU build of torch 2.13.0 as the reference).
+# Installs: Mesa lavapipe (software Vulkan, so WebGPU works without a GPU), Chromium and Node/npm (browser
+# tests, the web app's npm dependencies), a .venv with webmoe and its test extras (pytest, playwright,
+# transformers and the CPU build of torch 2.13.0 as the reference).
 set -euo pipefail
 cd "$(dirname "$0")"
 job="${1:-}"
 case "$job" in demo|test) ;; *) echo "usage: ./setup.sh demo|test" >&2; exit 2 ;; esac
 
-apt_packages=(mesa-vulkan-drivers libvulkan1)
+apt_packages=(mesa-vulkan-drivers libvulkan1 chromium)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -29,9 +31,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+if [ ! -d web/node_modules/@huggingface/tokenizers ] || [ web/package-lock.json -nt web/node_modules ]; then
+  echo "setup: installing the web app's npm dependencies" >&2
+  (cd web && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/webmoe-xdg-$(id -u)}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 case "$job" in
-  demo) exec .venv/bin/python scripts/demo.py ;;
+  demo) exec .venv/bin/webmoe serve demo/shakespeare-moe --host 127.0.0.1 --port "${PORT:-8080}" ;;
   test) exec .venv/bin/python -m pytest -q ;;
 esac

@@ -21,6 +21,7 @@ from .http_files import confined, file_sha256, hashed_file, static_file
 from .package import Package
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+PACKAGES = web.AppKey("packages", dict)
 VENDOR = {"tokenizers.mjs": "@huggingface/tokenizers/dist/tokenizers.mjs",
           "jinja.js": "@huggingface/jinja/dist/index.js"}
 
@@ -90,7 +91,7 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR) -> web.Applica
         return await hashed_file(request, path, sp.files[name])
 
     app = web.Application()
-    app["packages"] = packages
+    app[PACKAGES] = packages
     app.router.add_get("/", index)
     app.router.add_get("/web/{path:.+}", web_file)
     app.router.add_get("/shaders/{name}", shader)
@@ -102,5 +103,5 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR) -> web.Applica
 
 def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080) -> None:
     app = create_app(package_dirs)
-    print(f"webmoe: serving {', '.join(app['packages'])} — open http://{host}:{port}/", flush=True)
+    print(f"webmoe: serving {', '.join(app[PACKAGES])} — open http://{host}:{port}/", flush=True)
     web.run_app(app, host=host, port=port, print=None)

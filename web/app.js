@@ -55,6 +55,7 @@ async function loadModel() {
   try {
     engine = await webmoe.load(url, { onProgress: showProgress });
     notice("");
+    $("progress").hidden = true;
     $("status").textContent = `${engine.family} on ${engine.adapter}`;
     $("prompt").disabled = $("send").disabled = false;
     $("prompt").focus();
@@ -105,7 +106,9 @@ async function send(ev) {
 }
 
 async function main() {
-  if (!navigator.gpu) {
+  // navigator.gpu can exist with no usable adapter (e.g. WebGPU blocklisted or switched off)
+  const webgpu = !!navigator.gpu && !!(await navigator.gpu.requestAdapter().catch(() => null));
+  if (!webgpu) {
     notice("WebGPU is not available in this browser, so webmoe cannot run here. Use a recent Chrome, Edge or " +
            "Safari with WebGPU enabled.", true);
     $("load").disabled = true;
@@ -122,7 +125,7 @@ async function main() {
   $("stop").onclick = () => engine?.stop();
   $("prompt").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); };
   refreshCached();
-  if (navigator.gpu && models.length && new URLSearchParams(location.search).has("autoload")) loadModel();
+  if (webgpu && models.length && new URLSearchParams(location.search).has("autoload")) loadModel();
 }
 
 main();

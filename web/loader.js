@@ -5,7 +5,9 @@
 
 const ROOT = "webmoe";
 
-export class QuotaError extends Error {}
+export class QuotaError extends Error {
+  name = "QuotaError";
+}
 
 export async function sha256Hex(data) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
@@ -117,10 +119,7 @@ export class ModelStore {
     for (const e of missing) need += e.size - Math.max(0, await this.fileSize(`${e.file}.part`));
     if (navigator.storage.persist) await navigator.storage.persist().catch(() => false);
     const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
-    if (need > quota - usage) {
-      throw new QuotaError(`Not enough browser storage for this model: it needs ${mb(need)} more, and this site may ` +
-                           `use only ${mb(Math.max(0, quota - usage))} more. Free space or delete cached models.`);
-    }
+    if (need > quota - usage) throw quotaError(need, quota - usage);
     const queue = [...missing];
     const worker = async () => {
       while (queue.length) await this.download(queue.shift());
@@ -181,6 +180,14 @@ export class ModelStore {
         return data;
       } catch (err) {
         lastError = err;
+        if (err?.name === "QuotaExceededError") {
+          // the estimate was optimistic (or another tab took the space): give up with the same message
+          if (writable) await writable.abort().catch(() => {});
+          await this.dir.removeEntry(`${e.file}.part`).catch(() => {});
+          this.status[e.file] = "error";
+          this.progress();
+          throw quotaError(e.size, 0);
+        }
         if (writable) await writable.close().catch(() => {});   // keep the bytes that arrived, for Range resume
         this.status[e.file] = "retrying";
         this.progress();
@@ -209,6 +216,11 @@ export class ModelStore {
     await this.markComplete();
     return data;
   }
+}
+
+function quotaError(need, free) {
+  return new QuotaError(`Not enough browser storage for this model: it needs ${mb(need)} more than this site ` +
+                        `may use (${mb(Math.max(0, free))} free). Free space or delete cached models.`);
 }
 
 function mb(n) {

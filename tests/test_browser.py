@@ -1,0 +1,209 @@
+"""The browser runtime in headless Chromium (WebGPU on SwiftShader): parity with the native engine,
+the OPFS cache, resumed downloads, the quota check and the chat page."""
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiohttp import web
+from transformers import MixtralForCausalLM
+
+from browser import GREEDY, LOAD, LOGITS, browser, open_page, serving
+from parity import TOLERANCE
+from test_mixtral import CONFIGS
+from webmoe.converter.convert import convert
+from webmoe.engine.engine import Engine
+from webmoe.engine.server import PACKAGES, create_app
+from webmoe.tiny_models import save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo" / "shakespeare-moe"
+SCREENSHOTS = ROOT / "out" / "screenshots"
+BROWSER_TOL = 1e-3   # max abs logit difference browser vs native, relative to the largest logit
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    out = {}
+    for name, dtype in (("gqa-top2", "f32"), ("odd-sizes-top3", "f16")):
+        ckpt = save_checkpoint(MixtralForCausalLM, CONFIGS[name], root / f"ckpt-{name}")
+        out[f"{name}-{dtype}"] = convert(ckpt, root / f"{name}-{dtype}", dtype=dtype, progress=False)
+    return out
+
+
+class Recorder:
+    """aiohttp middleware that records requests and can cut the first response for one file mid-way."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str | None]] = []
+        self.cut: str | None = None
+        self.middleware = web.middleware(lambda request, handler: self.handle(request, handler))
+
+    async def handle(self, request, handler):
+        self.requests.append((request.path, request.headers.get("Range")))
+        if self.cut and request.path.endswith("/" + self.cut):
+            self.cut = None
+            path = next(p for p in request.app[PACKAGES].values()).dir / request.path.rsplit("/", 1)[1]
+            data = path.read_bytes()
+            resp = web.StreamResponse(headers={"Content-Length": str(len(data)),
+                                               "Content-Type": "application/octet-stream"})
+            await resp.prepare(request)
+            await resp.write(data[: len(data) // 2])
+            await asyncio.sleep(0.5)           # the first half reaches the page ...
+            request.transport.close()          # ... then the connection drops mid-shard
+            return resp
+        return await handler(request)
+
+    def shard_requests(self):
+        return [(p, r) for p, r in self.requests if p.endswith(".bin")]
+
+
+def app_with(recorder, *pkgs):
+    app = create_app(list(pkgs))
+    app.middlewares.append(recorder.middleware)
+    return app
+
+
+def manifest_url(pkg):
+    return f"/models/{Path(pkg).name}/manifest.json"
+
+
+def browser_logits(page, ids):
+    return np.array(page.evaluate(LOGITS, [ids]), np.float32).reshape(len(ids), -1)
+
+
+def check_parity(page, pkg, prompt_len=21, n_greedy=16):
+    native = Engine.load(pkg, quiet=True)
+    vocab = native.vocab_size
+    rng = np.random.default_rng(5)
+    ids = rng.integers(3, min(vocab, 400), prompt_len).tolist()
+    ours, ref = browser_logits(page, ids), native.logits(ids)
+    scale = float(np.abs(ref).max())
+    assert np.abs(ours - ref).max() <= BROWSER_TOL * scale, (np.abs(ours - ref).max(), scale)
+    b = page.evaluate(GREEDY, [ids[:6], n_greedy])
+    n = [t.id for t in native.generate(ids[:6], max_new_tokens=n_greedy, temperature=0)]
+    if b != n:   # allowed only at a near tie of the native logits
+        i = next(i for i, (x, y) in enumerate(zip(b, n)) if x != y)
+        last = native.logits(ids[:6] + n[:i])[-1]
+        assert last[n[i]] - last[b[i]] <= TOLERANCE["f32"] * np.abs(last).max(), (i, b, n)
+
+
+def test_browser_matches_native_on_tiny_models(packages):
+    rec = Recorder()
+    with serving(app_with(rec, *packages.values())) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        for pkg in packages.values():
+            info = page.evaluate(LOAD, [manifest_url(pkg)])
+            assert info["family"] == "mixtral" and "swiftshader" in info["adapter"].lower()
+            check_parity(page, pkg)
+
+
+@pytest.mark.skipif(not (DEMO / "manifest.json").is_file(), reason="demo model not built")
+def test_browser_matches_native_on_the_demo_model():
+    rec = Recorder()
+    with serving(app_with(rec, DEMO)) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.evaluate(LOAD, [manifest_url(DEMO)])
+        check_parity(page, DEMO, prompt_len=40, n_greedy=24)
+
+
+def test_opfs_cache_second_load_corruption_and_resume(packages):
+    pkg = packages["gqa-top2-f32"]
+    m = json.loads((pkg / "manifest.json").read_text())
+    n_shards = len(m["shards"])
+    cut_shard = "expert-L001-E003.bin"
+    rec = Recorder()
+    rec.cut = cut_shard
+    ids = list(range(5, 25))
+    native = Engine.load(pkg, quiet=True).logits(ids)
+    with serving(app_with(rec, pkg)) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.evaluate(LOAD, [manifest_url(pkg)])
+        first = rec.shard_requests()
+        # every shard fetched once, plus a resumed request for the cut one that starts where it broke off
+        cut = [r for p, r in first if p.endswith(cut_shard)]
+        size = next(s["size"] for s in m["shards"] if s["file"] == cut_shard)
+        assert cut == [None, f"bytes={size // 2}-"], cut
+        assert len(first) == n_shards + 1
+        np.testing.assert_allclose(browser_logits(page, ids), native, atol=BROWSER_TOL * np.abs(native).max())
+
+        # a second load (new page, new worker) reads every shard from OPFS
+        page.close()
+        page = open_page(ctx, url + "/")
+        page.evaluate(LOAD, [manifest_url(pkg)])
+        assert rec.shard_requests() == first
+
+        # a shard corrupted in OPFS is detected by its hash and fetched again
+        page.evaluate("""async ([file]) => {
+          const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('webmoe');
+          for await (const [, dir] of root.entries()) {
+            const w = await (await dir.getFileHandle(file)).createWritable({keepExistingData: true});
+            await w.write({type: 'write', position: 64, data: new Uint8Array(16).fill(7)});
+            await w.close();
+          }
+        }""", ["expert-L000-E002.bin"])
+        page.close()
+        page = open_page(ctx, url + "/")
+        page.evaluate(LOAD, [manifest_url(pkg)])
+        again = rec.shard_requests()[len(first):]
+        assert [p.rsplit("/", 1)[1] for p, _ in again] == ["expert-L000-E002.bin"]
+        np.testing.assert_allclose(browser_logits(page, ids), native, atol=BROWSER_TOL * np.abs(native).max())
+        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        assert len(cached) == 1 and cached[0]["complete"] and cached[0]["bytes"] >= sum(s["size"] for s in m["shards"])
+
+
+def test_quota_too_small_gives_a_clear_message(packages):
+    pkg = packages["gqa-top2-f32"]
+    rec = Recorder()
+    with serving(app_with(rec, pkg)) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        cdp = ctx.new_cdp_session(page)
+        cdp.send("Storage.overrideQuotaForOrigin", {"origin": url, "quotaSize": 200_000})
+        err = page.evaluate("""async ([m]) => {
+          try { await (await import('/web/webmoe.js')).load(m); return null; }
+          catch (e) { return e.message; }
+        }""", [manifest_url(pkg)])
+        assert err and err.startswith("Not enough browser storage for this model"), err
+        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        assert [c["complete"] for c in cached] == [False]
+        # with the quota back, the same load completes from what is there
+        cdp.send("Storage.overrideQuotaForOrigin", {"origin": url})
+        assert page.evaluate(LOAD, [manifest_url(pkg)])["family"] == "mixtral"
+        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        assert [c["complete"] for c in cached] == [True]
+
+
+def test_chat_page_streams_tokens(packages):
+    pkg = DEMO if (DEMO / "manifest.json").is_file() else packages["gqa-top2-f32"]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with serving(create_app([pkg])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/?autoload")
+        page.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
+        assert "swiftshader" in page.inner_text("#status").lower()
+        page.fill("#prompt", "Good morrow, how are you?")
+        page.click("#send")
+        page.wait_for_selector(".msg.assistant")
+        # tokens arrive while generating: the bubble grows before the Send button comes back
+        page.wait_for_function("document.querySelector('.msg.assistant').textContent.length > 0")
+        page.wait_for_selector("#send:not([disabled])", timeout=120_000)
+        reply = page.inner_text(".msg.assistant")
+        assert reply.strip()
+        assert "tokens/s" in page.inner_text("#status")
+        page.screenshot(path=str(SCREENSHOTS / "chat.png"))
+        assert page.inner_text("#cached").count("MiB") == 1
+
+
+def test_no_webgpu_gives_a_clear_message(packages, tmp_path):
+    from playwright.sync_api import sync_playwright
+    from browser import CHROMIUM
+    with serving(create_app([packages["gqa-top2-f32"]])) as url, sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                               args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
+                                     "--disable-features=WebGPU,Vulkan", "--disable-component-update"])
+        page = b.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#notice:not([hidden])")
+        assert "WebGPU is not available" in page.inner_text("#notice")
+        b.close()
