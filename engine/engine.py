@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import wgpu
@@ -136,10 +135,10 @@ class Engine:
     # --- generation -----------------------------------------------------------------------------------
 
     def generate(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, stop=None) -> Iterator[Token]:
-        """Yields each new token as it is produced. prompt: text, token ids, or chat messages.
-        temperature 0 is greedy; stop: strings that end generation (not included in the text)."""
+                 seed: int | None = None, stop=None) -> Generator:
+        """Yields each new token (a Token) as it is produced. prompt: text, token ids, or chat messages.
+        temperature 0 is greedy; stop: strings that end generation (not included in the text).
+        The returned Generator also tells finish_reason and token counts once iterated."""
         config = GenerationConfig(max_new_tokens, temperature, top_p, seed, stop)
-        ids = self._check_ids(self.tokenizer.prompt_ids(prompt))
         self.reset()
-        return Generator(self, config).run(ids)
+        return Generator(self, config, self._check_ids(self.tokenizer.prompt_ids(prompt)))

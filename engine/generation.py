@@ -43,13 +43,20 @@ def _pending_stop(text: str, stops: list[str]) -> int:
 
 
 class Generator:
-    def __init__(self, engine, config: GenerationConfig):
-        self.engine, self.config = engine, config
-        self.rng = np.random.default_rng(config.seed)
+    """Iterate it for Tokens; afterwards finish_reason is "stop" (end-of-sequence token or stop string)
+    or "length", and prompt_tokens / completion_tokens count the tokens."""
 
-    def run(self, prompt_ids: np.ndarray):
+    def __init__(self, engine, config: GenerationConfig, prompt_ids: np.ndarray):
+        self.engine, self.config, self.prompt_ids = engine, config, prompt_ids
+        self.rng = np.random.default_rng(config.seed)
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+
+    def __iter__(self):
         from .engine import Token
-        engine, cfg = self.engine, self.config
+        engine, cfg, prompt_ids = self.engine, self.config, self.prompt_ids
+        self.finish_reason = "length"
         budget = min(cfg.max_new_tokens, engine.max_seq_len - len(prompt_ids) + 1)
         decoder = StreamDecoder(engine.tokenizer)
         emitted = 0
@@ -57,13 +64,16 @@ class Generator:
         for i in range(budget):
             token = engine.step(ids, float(cfg.temperature), float(cfg.top_p), float(self.rng.random()))
             ids = np.array([token], np.uint32)
+            self.completion_tokens += 1
             if token in engine.tokenizer.eos_token_ids:
+                self.finish_reason = "stop"
                 yield Token(token, decoder.text[emitted:])   # a pending stop-string prefix is plain text now
                 return
             decoder.push(token)
             text = decoder.text
             hits = [j for j in (text.find(s, max(0, emitted - len(s))) for s in cfg.stop) if j >= 0]
             if hits:
+                self.finish_reason = "stop"
                 yield Token(token, text[emitted:min(hits)])
                 return
             safe = len(text) if i == budget - 1 else len(text) - _pending_stop(text, cfg.stop)

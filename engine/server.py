@@ -7,6 +7,7 @@
     /vendor/jinja.js
     /models                  JSON list of the served packages
     /models/NAME/FILE        package files: only those the manifest names, with Range and sha256 ETags
+    /v1/models, /v1/chat/completions   OpenAI-compatible API on the native engine (engine/openai_api.py)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from webmoe.shaders import SHADER_DIR
 
 from .http_files import confined, file_sha256, hashed_file, static_file
+from .openai_api import add_routes as add_api_routes
 from .package import Package
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -46,7 +48,8 @@ class ServedPackage:
                 "bytes": self.size, "dtype": m["dtype"]}
 
 
-def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR) -> web.Application:
+def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = True,
+               adapter: str | None = None) -> web.Application:
     packages: dict[str, ServedPackage] = {}
     for d in package_dirs:
         sp = ServedPackage(Path(d))
@@ -98,10 +101,13 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR) -> web.Applica
     app.router.add_get("/vendor/{name}", vendor)
     app.router.add_get("/models", models)
     app.router.add_get("/models/{model}/{file}", model_file)
+    if api:
+        add_api_routes(app, {name: sp.dir for name, sp in packages.items()}, adapter)
     return app
 
 
-def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080) -> None:
-    app = create_app(package_dirs)
+def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080, api: bool = True,
+          adapter: str | None = None) -> None:
+    app = create_app(package_dirs, api=api, adapter=adapter)
     print(f"webmoe: serving {', '.join(app[PACKAGES])} — open http://{host}:{port}/", flush=True)
     web.run_app(app, host=host, port=port, print=None)

@@ -26,7 +26,7 @@ def _run(args) -> int:
 
 def _serve(args) -> int:
     from webmoe.engine.server import serve
-    serve(args.package, host=args.host, port=args.port)
+    serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter)
     return 0
 
 
@@ -66,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("package", nargs="+")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--no-api", action="store_true", help="serve files only, no OpenAI-compatible /v1 API")
+    s.add_argument("--adapter", default=None, help="adapter for the /v1 API's native engine")
     s.set_defaults(func=_serve)
 
     i = sub.add_parser("info", help="describe a package")

@@ -1,0 +1,135 @@
+"""OpenAI-compatible endpoints on the native engine: GET /v1/models, POST /v1/chat/completions (with
+`stream: true` as server-sent events). Each package's engine loads on first use; one generation runs at
+a time per engine, in a worker thread, so the event loop keeps serving files meanwhile."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+
+from .engine import Engine
+from .errors import USER_ERRORS
+
+
+class ApiError(web.HTTPBadRequest):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(text=json.dumps({"error": {"message": message, "type": "invalid_request_error"}}),
+                         content_type="application/json")
+        self.set_status(status)
+
+
+class Models:
+    def __init__(self, dirs: dict[str, Path], adapter: str | None = None):
+        self.dirs, self.adapter = dirs, adapter
+        self.engines: dict[str, Engine] = {}
+        self.locks = {name: asyncio.Lock() for name in dirs}
+
+    async def engine(self, name: str) -> Engine:
+        if name not in self.engines:
+            self.engines[name] = await asyncio.to_thread(Engine.load, self.dirs[name], self.adapter)
+        return self.engines[name]
+
+
+def _request(body) -> dict:
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    msgs = body.get("messages")
+    if not (isinstance(msgs, list) and msgs and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs)):
+        raise ApiError("'messages' must be a non-empty list of {role, content} objects with string content")
+    args = {"max_new_tokens": body.get("max_tokens", body.get("max_completion_tokens", 256)),
+            "temperature": body.get("temperature", 1.0), "top_p": body.get("top_p", 1.0),
+            "seed": body.get("seed"), "stop": body.get("stop")}
+    for key in ("max_new_tokens", "seed"):
+        if args[key] is not None and (not isinstance(args[key], int) or isinstance(args[key], bool)):
+            raise ApiError(f"'{key}' must be an integer")
+    for key in ("temperature", "top_p"):
+        if not isinstance(args[key], (int, float)) or isinstance(args[key], bool):
+            raise ApiError(f"'{key}' must be a number")
+    return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs], **args}
+
+
+def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None = None) -> None:
+    models = Models(dirs, adapter)
+
+    async def list_models(request):
+        return web.json_response({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "webmoe"} for name in dirs]})
+
+    async def chat(request):
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError("the request body is not valid JSON") from None
+        args = _request(body)
+        name = body.get("model") or next(iter(dirs), None)
+        if name not in dirs:
+            raise ApiError(f"unknown model {name!r}; served: {', '.join(dirs)}", 404)
+        async with models.locks[name]:
+            try:
+                engine = await models.engine(name)
+                gen = engine.generate(args.pop("messages"), **args)
+            except USER_ERRORS as e:
+                raise ApiError(str(e)) from None
+            meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name}
+            if body.get("stream"):
+                return await _stream(request, gen, meta)
+            tokens = await asyncio.to_thread(lambda: [t.text for t in gen])
+            return web.json_response({
+                **meta, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
+                             "finish_reason": gen.finish_reason}],
+                "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+                          "total_tokens": gen.prompt_tokens + gen.completion_tokens}})
+
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/chat/completions", chat)
+
+
+async def _stream(request, gen, meta) -> web.StreamResponse:
+    """Runs the generator in a thread, sending each token as an SSE chunk; a client that goes away stops it."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def produce():
+        try:
+            for token in gen:
+                if cancelled.is_set():
+                    break
+                loop.call_soon_threadsafe(queue.put_nowait, ("token", token.text))
+        except Exception as e:  # reported to the client as the stream's last event
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", str(e)))
+        loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    worker = loop.run_in_executor(None, produce)
+
+    def chunk(delta, finish=None):
+        return ("data: " + json.dumps({**meta, "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n").encode()
+    try:
+        await resp.write(chunk({"role": "assistant", "content": ""}))
+        while True:
+            kind, value = await queue.get()
+            if kind == "token" and value:
+                await resp.write(chunk({"content": value}))
+            elif kind == "error":
+                await resp.write(("data: " + json.dumps({"error": {"message": value}}) + "\n\n").encode())
+            elif kind == "end":
+                break
+        await resp.write(chunk({}, gen.finish_reason))
+        await resp.write(b"data: [DONE]\n\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        cancelled.set()
+        raise
+    finally:
+        cancelled.set()
+        await worker
+    return resp

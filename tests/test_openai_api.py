@@ -1,0 +1,75 @@
+"""The OpenAI-compatible API of `webmoe serve`, on the native engine."""
+import http.client
+import json
+
+import pytest
+from transformers import MixtralForCausalLM
+
+from browser import serving
+from test_mixtral import CONFIGS
+from webmoe.converter.convert import convert
+from webmoe.engine.engine import Engine
+from webmoe.engine.server import create_app
+from webmoe.tiny_models import save_checkpoint
+
+MESSAGES = [{"role": "user", "content": "Beautiful is better than ugly."}]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    pkg = convert(save_checkpoint(MixtralForCausalLM, CONFIGS["gqa-top2"], root / "ckpt"), root / "tiny",
+                  dtype="f32", progress=False)
+    with serving(create_app([pkg])) as url:
+        yield url, pkg
+
+
+def post(url, body, raw=None):
+    c = http.client.HTTPConnection(url.split("//")[1], timeout=120)
+    c.request("POST", "/v1/chat/completions", body=raw if raw is not None else json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    return r.status, r.getheader("Content-Type"), r.read().decode()
+
+
+def test_models_and_completion_match_the_engine(api):
+    url, pkg = api
+    c = http.client.HTTPConnection(url.split("//")[1], timeout=30)
+    c.request("GET", "/v1/models")
+    assert [m["id"] for m in json.loads(c.getresponse().read())["data"]] == ["tiny"]
+    expected = "".join(t.text for t in Engine.load(pkg, quiet=True).generate(MESSAGES, max_new_tokens=9, temperature=0))
+    status, _, body = post(url, {"model": "tiny", "messages": MESSAGES, "max_tokens": 9, "temperature": 0})
+    assert status == 200, body
+    r = json.loads(body)
+    assert r["object"] == "chat.completion" and r["choices"][0]["message"]["content"] == expected
+    assert r["choices"][0]["finish_reason"] == "length"
+    assert r["usage"]["completion_tokens"] == 9 and r["usage"]["prompt_tokens"] > 5
+
+    status, ctype, body = post(url, {"model": "tiny", "messages": MESSAGES, "max_tokens": 9, "temperature": 0,
+                                     "stream": True})
+    assert status == 200 and ctype.startswith("text/event-stream")
+    events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks) == expected
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("body,raw,status,message", [
+    (None, "{not json", 400, "not valid JSON"),
+    ([1, 2], None, 400, "JSON object"),
+    ({"model": "tiny"}, None, 400, "'messages'"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": 3}]}, None, 400, "'messages'"),
+    ({"model": "nope", "messages": MESSAGES}, None, 404, "unknown model 'nope'"),
+    ({"model": "tiny", "messages": MESSAGES, "max_tokens": "many"}, None, 400, "'max_new_tokens' must be an integer"),
+    ({"model": "tiny", "messages": MESSAGES, "temperature": -1}, None, 400, "temperature"),
+    ({"model": "tiny", "messages": MESSAGES, "max_tokens": 100000}, None, 200, ""),
+])
+def test_bad_requests_get_clear_errors(api, body, raw, status, message):
+    url, _ = api
+    if status == 200:    # an oversized max_tokens is clipped to the context, not an error
+        body["max_tokens"], body["stop"] = 100000, ["\n"]
+    got, _, text = post(url, body, raw)
+    assert got == status, text
+    if status != 200:
+        assert message in json.loads(text)["error"]["message"]
