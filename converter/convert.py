@@ -16,10 +16,10 @@ from .writer import PackageWriter, expert_layout
 DTYPES = ("f32", "f16")
 
 
-def storage_dtype(shape: tuple[int, ...], is_router: bool, dtype: str) -> str:
-    """Matrices are stored in the requested dtype; norms, biases and routers stay f32 (routing decisions
-    are sensitive, and those tensors are small)."""
-    return dtype if len(shape) == 2 and not is_router else "f32"
+def storage_dtype(shape: tuple[int, ...], keep_f32: bool, dtype: str) -> str:
+    """Matrices are stored in the requested dtype; norms, biases, routers and gates stay f32 (routing
+    decisions are sensitive, and those tensors are small)."""
+    return dtype if len(shape) == 2 and not keep_f32 else "f32"
 
 
 def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progress: bool | None = None) -> Path:
@@ -35,11 +35,11 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
                                   "from config.json")
     for l in moe.moe_layers:
         family.check_experts(ckpt, l)
-    routers = {family.resolve(ckpt, family.router, l=l) for l in moe.moe_layers}
+    keep_f32 = family.f32_tensors(ckpt)
     tok_info = tokenizer_info(ckpt, d.vocab_size)
     layout = expert_layout(family.expert_shapes(), dtype)
 
-    dtypes = {n: storage_dtype(s, n in routers, dtype) for n, s in dense.items()}
+    dtypes = {n: storage_dtype(s, n in keep_f32, dtype) for n, s in dense.items()}
     generated = family.generated_tensors()
     dtypes.update({n: "f32" for n in generated})
     total = sum(math.prod(s) * (2 if dtypes[n] == "f16" else 4) for n, s in dense.items()) + \

@@ -53,13 +53,23 @@ class Plan:
                   [-(-H // 64), "T", 1],
                   self.weight_defines(w), label)
 
-    def rmsnorm(self, x: str | None, weight: str, y: str, rows, H: int, eps: float, label=""):
-        """rows: expr. x=None normalises y in place."""
+    def rmsnorm(self, x: str | None, weight: str, y: str, rows, H: int, eps: float, row0=0, label=""):
+        """Rows row0 .. row0 + rows (exprs) of length H. x=None normalises y in place."""
         bind = {"weight": weight, "y": y}
         if x is not None:
             bind["x"] = x
-        self.step("rmsnorm", bind, {"rows": rows, "H": H, "eps": eps}, [rows, 1, 1],
+        self.step("rmsnorm", bind, {"rows": rows, "row0": row0, "H": H, "eps": eps}, [rows, 1, 1],
                   [] if x is not None else ["IN_PLACE"], label)
+
+    def silu_mul(self, gate: str, up: str, y: str, I: int, label=""):
+        """y = silu(gate) * up elementwise over [T, I]: the SwiGLU of a dense FFN."""
+        self.step("silu_mul", {"gate": gate, "up": up, "y": y}, {"n": ceil_div("T", I, 1)},
+                  [ceil_div("T", I, 256), 1, 1], [], label)
+
+    def gated_add(self, gate_logit: str, x: str, y: str, H: int, label=""):
+        """y[t] += sigmoid(gate_logit[t]) * x[t]: a gated shared expert (Qwen2-MoE)."""
+        self.step("gated_add", {"gate_logit": gate_logit, "x": x, "y": y}, {"T": "T", "H": H},
+                  [-(-H // 64), "T", 1], [], label)
 
     def matmul(self, x: str, w: str, y: str, K: int, N: int, T="T", x_row0=0, y_row0=0,
                accumulate=False, bias: str | None = None, label=""):

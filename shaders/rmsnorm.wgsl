@@ -1,7 +1,7 @@
 // RMSNorm over rows of length H: y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight
-// One workgroup per row. With IN_PLACE the row is normalised in `y` itself (used for per-head QK-norm,
-// where rows are heads: [T * n_heads, head_dim]).
-struct Params { rows: u32, H: u32, eps: f32 }
+// for rows row0 .. row0 + rows, one workgroup per row. With IN_PLACE the rows are normalised in `y`
+// itself: QK-norm on q, or on the K cache rows just written (row0 from the position).
+struct Params { rows: u32, row0: u32, H: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> weight: array<f32>;  // [H]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>; // [rows, H]
@@ -20,9 +20,8 @@ fn x_at(i: u32) -> f32 {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = wg.x;
-    if (r >= p.rows) { return; }
-    let base = r * p.H;
+    if (wg.x >= p.rows) { return; }
+    let base = (p.row0 + wg.x) * p.H;
     var ss = 0.0;
     for (var i = lid; i < p.H; i += LANES) {
         let v = x_at(base + i);

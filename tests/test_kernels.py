@@ -30,16 +30,28 @@ def test_embed(gpu, wdtype):
 
 @pytest.mark.parametrize("in_place", [False, True])
 def test_rmsnorm(gpu, in_place):
-    rows, H, eps = 7, 93, 1e-5
-    x, wt = rand(rows, H), rand(H)
-    ref = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * wt
+    rows, row0, H, eps = 7, 3, 93, 1e-5
+    x, wt = rand(row0 + rows + 2, H), rand(H)
+    ref = x.copy()
+    seg = x[row0:row0 + rows]
+    ref[row0:row0 + rows] = seg / np.sqrt((seg.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * wt
+    params = {"rows": rows, "row0": row0, "H": H, "eps": eps}
     if in_place:
-        out = run_kernel(gpu, "rmsnorm", {"weight": wt}, {"y": (x, "f32")}, {"rows": rows, "H": H, "eps": eps},
-                         [rows, 1, 1], ["IN_PLACE"])
+        out = run_kernel(gpu, "rmsnorm", {"weight": wt}, {"y": (x, "f32")}, params, [rows, 1, 1], ["IN_PLACE"])
     else:
-        out = run_kernel(gpu, "rmsnorm", {"weight": wt, "x": x}, {"y": (np.zeros_like(x), "f32")},
-                         {"rows": rows, "H": H, "eps": eps}, [rows, 1, 1])
+        out = run_kernel(gpu, "rmsnorm", {"weight": wt, "x": x}, {"y": (x.copy(), "f32")}, params, [rows, 1, 1])
     close(out["y"], ref)
+
+
+def test_silu_mul_and_gated_add(gpu):
+    n = 1000
+    g, u = rand(n) * 4, rand(n)
+    out = run_kernel(gpu, "silu_mul", {"gate": g, "up": u}, {"y": (np.zeros(n), "f32")}, {"n": n}, [4, 1, 1])
+    close(out["y"], g / (1 + np.exp(-g)) * u)
+    T, H = 5, 70
+    logit, x, y = rand(T, 1) * 3, rand(T, H), rand(T, H)
+    out = run_kernel(gpu, "gated_add", {"gate_logit": logit, "x": x}, {"y": (y, "f32")}, {"T": T, "H": H}, [2, T, 1])
+    close(out["y"], y + x / (1 + np.exp(-logit)))
 
 
 @pytest.mark.parametrize("wdtype,T,K,N,bias,acc", [

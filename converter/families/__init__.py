@@ -2,8 +2,10 @@
 from ..errors import ConversionError
 from .base import DecoderFamily
 from .mixtral import Mixtral
+from .olmoe import Olmoe
+from .qwen_moe import Qwen2Moe, Qwen3Moe
 
-FAMILIES: tuple[type[DecoderFamily], ...] = (Mixtral,)
+FAMILIES: tuple[type[DecoderFamily], ...] = (Mixtral, Qwen3Moe, Qwen2Moe, Olmoe)
 
 
 def supported() -> list[str]:

@@ -26,6 +26,7 @@ class Dims:
     rope_theta: float
     rope_dim: int
     sliding_window: int          # 0 = full attention
+    intermediate_size: int       # of the dense feed-forward layers (0 if there are none)
 
 
 @dataclass
@@ -37,10 +38,14 @@ class MoE:
     norm_topk_prob: bool
     routed_scaling_factor: float
     moe_layers: list[int]
-    shared_experts: int = 0
+    shared_expert_intermediate_size: int = 0   # 0 = no shared expert
+    shared_expert_gate: bool = False           # sigmoid gate on the shared expert (Qwen2-MoE)
 
 
-def need(config: dict, key: str, kind=int):
+def need(config: dict, key, kind=int):
+    """config[key] as kind; key may be a tuple of aliases (hub configs and transformers 5 differ)."""
+    if isinstance(key, tuple):
+        key = next((k for k in key if config.get(k) is not None), key[0])
     if key not in config or config[key] is None:
         raise ConversionError(f"config.json lacks {key!r}")
     try:
@@ -65,6 +70,17 @@ class DecoderFamily:
     ffn_norm = "model.layers.{l}.post_attention_layernorm.weight"
     attn = {"q": "model.layers.{l}.self_attn.q_proj.weight", "k": "model.layers.{l}.self_attn.k_proj.weight",
             "v": "model.layers.{l}.self_attn.v_proj.weight", "o": "model.layers.{l}.self_attn.o_proj.weight"}
+    attn_bias = {k: v.replace(".weight", ".bias") for k, v in attn.items() if k != "o"}
+    # QK-norm: None; "head" = RMSNorm over each head's dims (Qwen3); "full" = over the whole projection (OLMoE)
+    qk_norm: str | None = None
+    q_norm = "model.layers.{l}.self_attn.q_norm.weight"
+    k_norm = "model.layers.{l}.self_attn.k_norm.weight"
+    dense_mlp = {"gate": "model.layers.{l}.mlp.gate_proj.weight", "up": "model.layers.{l}.mlp.up_proj.weight",
+                 "down": "model.layers.{l}.mlp.down_proj.weight"}
+    shared_mlp = {"gate": "model.layers.{l}.mlp.shared_expert.gate_proj.weight",
+                  "up": "model.layers.{l}.mlp.shared_expert.up_proj.weight",
+                  "down": "model.layers.{l}.mlp.shared_expert.down_proj.weight"}
+    shared_gate = "model.layers.{l}.mlp.shared_expert_gate.weight"
     router: tuple[str, ...] = ("model.layers.{l}.mlp.gate.weight",)
     # routed experts, either one tensor per expert ...
     expert_gate: tuple[str, ...] = ("model.layers.{l}.mlp.experts.{e}.gate_proj.weight",)
@@ -75,8 +91,9 @@ class DecoderFamily:
     fused_down = "model.layers.{l}.mlp.experts.down_proj"
 
     # config keys
-    num_experts_key = "num_experts"
+    num_experts_key = ("num_experts", "num_local_experts")
     moe_intermediate_key = "moe_intermediate_size"
+    norm_topk_default = True      # the config class's default, for configs that omit norm_topk_prob
 
     def __init__(self, config: dict):
         self.config = config
@@ -104,7 +121,12 @@ class DecoderFamily:
             rms_norm_eps=float(c.get("rms_norm_eps") or 1e-6),
             max_position_embeddings=int(c.get("max_position_embeddings") or 4096),
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)), rope_theta=float(theta),
-            rope_dim=int(head_dim * partial), sliding_window=int(c.get("sliding_window") or 0))
+            rope_dim=int(head_dim * partial),
+            sliding_window=0 if c.get("use_sliding_window") is False else int(c.get("sliding_window") or 0),
+            intermediate_size=int(c.get("intermediate_size") or 0))
+
+    def attention_has_bias(self, c: dict) -> bool:
+        return bool(c.get("attention_bias", False))
 
     def read_moe(self, c: dict) -> MoE:
         E, k = need(c, self.num_experts_key), need(c, "num_experts_per_tok")
@@ -112,10 +134,17 @@ class DecoderFamily:
             raise ConversionError(f"num_experts_per_tok ({k}) must be at most num_experts ({E}) and 32")
         if E > 1024:
             raise ConversionError(f"{E} experts per layer; webmoe supports up to 1024")
+        norm = c.get("norm_topk_prob")
         return MoE(num_experts=E, top_k=k, intermediate_size=need(c, self.moe_intermediate_key),
-                   scoring="softmax", norm_topk_prob=bool(c.get("norm_topk_prob", True)),
+                   scoring="softmax", norm_topk_prob=self.norm_topk_default if norm is None else bool(norm),
                    routed_scaling_factor=float(c.get("routed_scaling_factor") or 1.0),
-                   moe_layers=list(range(self.dims.num_layers)))
+                   moe_layers=self.moe_layer_indices(c))
+
+    def moe_layer_indices(self, c: dict) -> list[int]:
+        """Every layer, unless decoder_sparse_step / mlp_only_layers make some dense (Qwen-MoE)."""
+        step = c.get("decoder_sparse_step") or 1
+        dense = set(c.get("mlp_only_layers") or [])
+        return [l for l in range(self.dims.num_layers) if l not in dense and (l + 1) % step == 0]
 
     def describe(self) -> dict:
         return {"dims": asdict(self.dims), "moe": asdict(self.moe)}
@@ -146,8 +175,35 @@ class DecoderFamily:
         out = {self.attn_norm.format(l=l): (H,), self.ffn_norm.format(l=l): (H,),
                self.attn["q"].format(l=l): (qd, H), self.attn["k"].format(l=l): (kvd, H),
                self.attn["v"].format(l=l): (kvd, H), self.attn["o"].format(l=l): (H, qd)}
-        if l in self.moe.moe_layers:
-            out[self.resolve(ckpt, self.router, l=l)] = (self.moe.num_experts, H)
+        if self.attention_has_bias(self.config):
+            out.update({self.attn_bias["q"].format(l=l): (qd,), self.attn_bias["k"].format(l=l): (kvd,),
+                        self.attn_bias["v"].format(l=l): (kvd,)})
+        if self.qk_norm == "head":
+            out.update({self.q_norm.format(l=l): (d.head_dim,), self.k_norm.format(l=l): (d.head_dim,)})
+        elif self.qk_norm == "full":
+            out.update({self.q_norm.format(l=l): (qd,), self.k_norm.format(l=l): (kvd,)})
+        m = self.moe
+        if l in m.moe_layers:
+            out[self.resolve(ckpt, self.router, l=l)] = (m.num_experts, H)
+            if m.shared_expert_intermediate_size:
+                out.update(self.mlp_tensors(self.shared_mlp, l, m.shared_expert_intermediate_size))
+                if m.shared_expert_gate:
+                    out[self.shared_gate.format(l=l)] = (1, H)
+        else:
+            out.update(self.mlp_tensors(self.dense_mlp, l, d.intermediate_size))
+        return out
+
+    def mlp_tensors(self, names: dict, l: int, I: int) -> dict[str, tuple[int, ...]]:
+        if I <= 0:
+            raise ConversionError(f"layer {l} is a dense feed-forward layer but config.json gives no intermediate_size")
+        H = self.dims.hidden_size
+        return {names["gate"].format(l=l): (I, H), names["up"].format(l=l): (I, H), names["down"].format(l=l): (H, I)}
+
+    def f32_tensors(self, ckpt: Checkpoint) -> set[str]:
+        """Matrices kept in f32 whatever --dtype says: routers and shared-expert gates."""
+        out = {self.resolve(ckpt, self.router, l=l) for l in self.moe.moe_layers}
+        if self.moe.shared_expert_gate:
+            out |= {self.shared_gate.format(l=l) for l in self.moe.moe_layers}
         return out
 
     def generated_tensors(self) -> dict[str, np.ndarray]:
@@ -215,10 +271,19 @@ class DecoderFamily:
             plan.buffer(f"v_cache.{l}", ["S", nkv * D])
         attn = plan.buffer("attn", ["T", nh * D])
         name = {k: v.format(l=l) for k, v in self.attn.items()}
+        bias = {k: (v.format(l=l) if self.attention_has_bias(self.config) else None) for k, v in self.attn_bias.items()}
         plan.rmsnorm("h", self.attn_norm.format(l=l), "xn", "T", H, d.rms_norm_eps, label=f"L{l}.attn_norm")
-        plan.matmul("xn", name["q"], q, H, nh * D, label=f"L{l}.q_proj")
-        plan.matmul("xn", name["k"], kc, H, nkv * D, y_row0="pos", label=f"L{l}.k_proj")
-        plan.matmul("xn", name["v"], vc, H, nkv * D, y_row0="pos", label=f"L{l}.v_proj")
+        plan.matmul("xn", name["q"], q, H, nh * D, bias=bias["q"], label=f"L{l}.q_proj")
+        plan.matmul("xn", name["k"], kc, H, nkv * D, y_row0="pos", bias=bias["k"], label=f"L{l}.k_proj")
+        plan.matmul("xn", name["v"], vc, H, nkv * D, y_row0="pos", bias=bias["v"], label=f"L{l}.v_proj")
+        if self.qk_norm == "head":     # rows are heads: q [T * nh, D], new K cache rows [pos * nkv ..]
+            plan.rmsnorm(None, self.q_norm.format(l=l), q, ["T", nh, 1], D, d.rms_norm_eps, label=f"L{l}.q_norm")
+            plan.rmsnorm(None, self.k_norm.format(l=l), kc, ["T", nkv, 1], D, d.rms_norm_eps,
+                         row0=["pos", nkv, 1], label=f"L{l}.k_norm")
+        elif self.qk_norm == "full":   # rows are tokens
+            plan.rmsnorm(None, self.q_norm.format(l=l), q, "T", nh * D, d.rms_norm_eps, label=f"L{l}.q_norm")
+            plan.rmsnorm(None, self.k_norm.format(l=l), kc, "T", nkv * D, d.rms_norm_eps, row0="pos",
+                         label=f"L{l}.k_norm")
         plan.rope(q, "rope.inv_freq", nh, D, d.rope_dim, 1.0, label=f"L{l}.rope_q")
         plan.rope(kc, "rope.inv_freq", nkv, D, d.rope_dim, 1.0, row0="pos", label=f"L{l}.rope_k")
         plan.attention(q, kc, vc, attn, nh, nkv, D, D, D ** -0.5, window=d.sliding_window, label=f"L{l}.attention")
@@ -241,7 +306,28 @@ class DecoderFamily:
         plan.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K, label=f"L{l}.moe_gather")
         plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", l, E, K, H, I, layout,
                          expert_dtype, label=f"L{l}.experts")
+        if m.shared_expert_intermediate_size:
+            if m.shared_expert_gate:     # h += sigmoid(xn . w_gate) * shared(xn)
+                plan.buffer("shared_out", ["T", H])
+                plan.buffer("shared_gate", ["T", 1])
+                self.mlp(plan, self.shared_mlp, l, m.shared_expert_intermediate_size, "shared_out", False,
+                         f"L{l}.shared_expert")
+                plan.matmul("xn", self.shared_gate.format(l=l), "shared_gate", H, 1, label=f"L{l}.shared_gate")
+                plan.gated_add("shared_gate", "shared_out", "h", H, label=f"L{l}.shared_gated_add")
+            else:
+                self.mlp(plan, self.shared_mlp, l, m.shared_expert_intermediate_size, "h", True, f"L{l}.shared_expert")
         plan.scatter_add("expert_out", "topk_w", "h", K, H, label=f"L{l}.scatter_add")
 
     def dense_ffn_block(self, plan: Plan, l: int) -> None:
-        raise ConversionError(f"{self.name}: dense feed-forward layers are not supported yet")
+        d = self.dims
+        plan.rmsnorm("h", self.ffn_norm.format(l=l), "xn", "T", d.hidden_size, d.rms_norm_eps, label=f"L{l}.ffn_norm")
+        self.mlp(plan, self.dense_mlp, l, d.intermediate_size, "h", True, f"L{l}.mlp")
+
+    def mlp(self, plan: Plan, names: dict, l: int, I: int, out: str, accumulate: bool, label: str) -> None:
+        """SwiGLU feed-forward on xn: out (+)= (silu(xn W_gate) * (xn W_up)) W_down."""
+        H = self.dims.hidden_size
+        g, u, a = (plan.buffer(f"mlp_{part}.{I}", ["T", I]) for part in ("gate", "up", "act"))
+        plan.matmul("xn", names["gate"].format(l=l), g, H, I, label=f"{label}.gate_proj")
+        plan.matmul("xn", names["up"].format(l=l), u, H, I, label=f"{label}.up_proj")
+        plan.silu_mul(g, u, a, I, label=f"{label}.silu_mul")
+        plan.matmul(a, names["down"].format(l=l), out, I, H, accumulate=accumulate, label=f"{label}.down_proj")

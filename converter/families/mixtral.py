@@ -13,7 +13,7 @@ class Mixtral(DecoderFamily):
                  "model.layers.{l}.mlp.experts.{e}.up_proj.weight")
     expert_down = ("model.layers.{l}.block_sparse_moe.experts.{e}.w2.weight",
                    "model.layers.{l}.mlp.experts.{e}.down_proj.weight")
-    num_experts_key = "num_local_experts"
+    num_experts_key = ("num_local_experts", "num_experts")
     moe_intermediate_key = "intermediate_size"
 
     def read_moe(self, c):
