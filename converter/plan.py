@@ -53,13 +53,18 @@ class Plan:
                   [-(-H // 64), "T", 1],
                   self.weight_defines(w), label)
 
-    def rmsnorm(self, x: str | None, weight: str, y: str, rows, H: int, eps: float, row0=0, label=""):
-        """Rows row0 .. row0 + rows (exprs) of length H. x=None normalises y in place."""
+    def rmsnorm(self, x: str | None, weight: str, y: str, rows, H: int, eps: float, row0=0, bias: str | None = None,
+                label=""):
+        """Rows row0 .. row0 + rows (exprs) of length H. x=None normalises y in place. A bias makes it
+        LayerNorm (mean subtracted, bias added)."""
         bind = {"weight": weight, "y": y}
+        defines = [] if x is not None else ["IN_PLACE"]
         if x is not None:
             bind["x"] = x
-        self.step("rmsnorm", bind, {"rows": rows, "row0": row0, "H": H, "eps": eps}, [rows, 1, 1],
-                  [] if x is not None else ["IN_PLACE"], label)
+        if bias is not None:
+            bind["bias"] = bias
+            defines.append("LAYERNORM")
+        self.step("rmsnorm", bind, {"rows": rows, "row0": row0, "H": H, "eps": eps}, [rows, 1, 1], defines, label)
 
     def silu_mul(self, gate: str, up: str, y: str, I: int, label=""):
         """y = silu(gate) * up elementwise over [T, I]: the SwiGLU of a dense FFN."""
@@ -101,10 +106,10 @@ class Plan:
                   [n_heads, "T", 1], [], label)
 
     def router(self, logits: str, topk_ids: str, topk_w: str, E: int, K: int, scoring: str,
-               normalize: bool, scale: float = 1.0, label=""):
+               normalize: bool, scale: float = 1.0, jitter_eps: float = 0.0, label=""):
         self.step("router", {"logits": logits, "topk_ids": topk_ids, "topk_w": topk_w},
-                  {"T": "T", "E": E, "K": K, "scoring": {"softmax": 0, "sigmoid": 1}[scoring],
-                   "normalize": int(normalize), "scale": scale},
+                  {"T": "T", "E": E, "K": K, "scoring": {"softmax": 0, "sigmoid": 1, "sparsemixer": 2}[scoring],
+                   "normalize": int(normalize), "scale": scale, "jitter_eps": jitter_eps},
                   [ceil_div("T", 1, 64), 1, 1], [], label)
 
     def moe_gather(self, topk_ids: str, offsets: str, order: str, E: int, K: int, label=""):

@@ -1,9 +1,11 @@
 // MoE router: expert scores from router logits, top-k selection and weight normalisation, per token.
 //   logits: [T, E]  ->  topk_ids: [T, K] (u32), topk_w: [T, K]
-// scoring 0 = softmax over all experts, 1 = sigmoid. Ranking by logit equals ranking by score for both,
-// so no per-token score array is kept. normalize = 1 divides the k weights by their sum; `scale`
+// scoring 0 = softmax over all experts, 1 = sigmoid, 2 = PhiMoE's sparsemixer at inference: the j-th
+// expert is the best not yet chosen, weighted by its softmax among the remaining experts whose logit is
+// within 2 * jitter_eps (relative) of it. Ranking by logit equals ranking by score for all three, so
+// no per-token score array is kept. normalize = 1 divides the k weights by their sum; `scale`
 // multiplies them afterwards (routed_scaling_factor). Ties go to the lower expert index.
-struct Params { T: u32, E: u32, K: u32, scoring: u32, normalize: u32, scale: f32 }
+struct Params { T: u32, E: u32, K: u32, scoring: u32, normalize: u32, scale: f32, jitter_eps: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> topk_ids: array<u32>;
@@ -34,7 +36,20 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
         }
         chosen[j] = best_e;
         var wgt = 0.0;
-        if (p.scoring == 0u) { wgt = exp(best - mx) / z; } else { wgt = 1.0 / (1.0 + exp(-best)); }
+        if (p.scoring == 0u) {
+            wgt = exp(best - mx) / z;
+        } else if (p.scoring == 1u) {
+            wgt = 1.0 / (1.0 + exp(-best));
+        } else {
+            var zm = 0.0;
+            for (var e = 0u; e < p.E; e++) {
+                var taken = false;
+                for (var i = 0u; i < j; i++) { taken = taken || chosen[i] == e; }
+                let v = logits[row + e];
+                if (!taken && !((best - v) / max(abs(v), best) > 2.0 * p.jitter_eps)) { zm += exp(v - best); }
+            }
+            wgt = 1.0 / zm;
+        }
         topk_ids[t * p.K + j] = best_e;
         topk_w[t * p.K + j] = wgt;
         total += wgt;

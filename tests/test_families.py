@@ -2,8 +2,8 @@
 particular options switched on -> convert -> native logits and greedy tokens against transformers."""
 import numpy as np
 import pytest
-from transformers import (OlmoeConfig, OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
-                          Qwen3MoeForCausalLM)
+from transformers import (OlmoeConfig, OlmoeForCausalLM, PhimoeConfig, PhimoeForCausalLM, Qwen2MoeConfig,
+                          Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
 from parity import (assert_greedy_matches, assert_incremental_equals_prefill, assert_logits_close, build,
                     reference_logits)
@@ -32,6 +32,12 @@ def olmoe(**kw):
     return OlmoeForCausalLM, OlmoeConfig(**{**base, **kw})
 
 
+def phimoe(**kw):
+    base = dict(hidden_size=40, intermediate_size=36, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, num_local_experts=6, num_experts_per_tok=2, router_jitter_noise=0.3, **COMMON)
+    return PhimoeForCausalLM, PhimoeConfig(**{**base, **kw})
+
+
 CASES = {
     # many experts, top-k, renormalised, a dense layer among MoE layers (mlp_only_layers), QK-norm per head
     "qwen3_moe": qwen3(mlp_only_layers=[1]),
@@ -44,6 +50,10 @@ CASES = {
     # QK-norm over the whole projections, 10 experts top-4, no renormalisation
     "olmoe": olmoe(),
     "olmoe-gqa-normalised": olmoe(num_key_value_heads=1, norm_topk_prob=True, num_experts_per_tok=1),
+    # sparsemixer routing with a wide threshold, LayerNorm with bias, attention and LM-head biases
+    "phimoe": phimoe(attention_bias=True, lm_head_bias=True),
+    "phimoe-narrow-threshold": phimoe(router_jitter_noise=0.01, hidden_size=50, num_attention_heads=5,
+                                      num_key_value_heads=1, intermediate_size=31),
 }
 
 rng = np.random.default_rng(3)

@@ -28,6 +28,16 @@ def test_embed(gpu, wdtype):
     np.testing.assert_array_equal(out["y"], ref)
 
 
+def test_layernorm(gpu):
+    rows, H, eps = 5, 77, 1e-5
+    x, wt, b = rand(rows, H) + 3.0, rand(H), rand(H)
+    mu = x.mean(-1, keepdims=True)
+    ref = (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * wt + b
+    out = run_kernel(gpu, "rmsnorm", {"weight": wt, "x": x, "bias": b}, {"y": (np.zeros_like(x), "f32")},
+                     {"rows": rows, "row0": 0, "H": H, "eps": eps}, [rows, 1, 1], ["LAYERNORM"])
+    close(out["y"], ref)
+
+
 @pytest.mark.parametrize("in_place", [False, True])
 def test_rmsnorm(gpu, in_place):
     rows, row0, H, eps = 7, 3, 93, 1e-5
@@ -138,7 +148,7 @@ def test_router(gpu, scoring, normalize, K, scale):
     out = run_kernel(gpu, "router", {"logits": logits},
                      {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
                      {"T": T, "E": E, "K": K, "scoring": int(scoring == "sigmoid"), "normalize": normalize,
-                      "scale": scale}, [1, 1, 1])
+                      "scale": scale, "jitter_eps": 0.0}, [1, 1, 1])
     if scoring == "softmax":
         prob = np.exp(logits - logits.max(-1, keepdims=True))
         prob /= prob.sum(-1, keepdims=True)
@@ -150,6 +160,29 @@ def test_router(gpu, scoring, normalize, K, scale):
         w /= w.sum(-1, keepdims=True)
     np.testing.assert_array_equal(out["topk_ids"], ids)
     close(out["topk_w"], w * scale, 1e-5)
+
+
+def test_router_sparsemixer(gpu):
+    """PhiMoE's inference routing, against a numpy transcription of transformers' sparsemixer."""
+    T, E, K, eps = 16, 9, 2, 0.2
+    logits = rand(T, E)
+    logits[3, :] = 0.0          # all tied at zero: the relative threshold divides 0 by 0
+    out = run_kernel(gpu, "router", {"logits": logits},
+                     {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
+                     {"T": T, "E": E, "K": K, "scoring": 2, "normalize": 0, "scale": 1.0, "jitter_eps": eps}, [1, 1, 1])
+    for t in range(T):
+        s = logits[t].astype(np.float64)
+        masked = s.copy()
+        for j in range(K):
+            e = int(np.argmax(masked))
+            m = masked[e]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                drop = (m - s) / np.maximum(np.abs(s), m) > 2 * eps
+            g = np.where(drop, -np.inf, masked)
+            w = np.exp(g[e] - g.max()) / np.exp(g - g.max()).sum()
+            assert out["topk_ids"][t, j] == e
+            assert abs(out["topk_w"][t, j] - w) < 1e-5, (t, j)
+            masked[e] = -np.inf
 
 
 def test_moe_gather(gpu):

@@ -3,9 +3,10 @@ from ..errors import ConversionError
 from .base import DecoderFamily
 from .mixtral import Mixtral
 from .olmoe import Olmoe
+from .phimoe import Phimoe
 from .qwen_moe import Qwen2Moe, Qwen3Moe
 
-FAMILIES: tuple[type[DecoderFamily], ...] = (Mixtral, Qwen3Moe, Qwen2Moe, Olmoe)
+FAMILIES: tuple[type[DecoderFamily], ...] = (Mixtral, Qwen3Moe, Qwen2Moe, Olmoe, Phimoe)
 
 
 def supported() -> list[str]:

@@ -34,12 +34,13 @@ class MoE:
     num_experts: int
     top_k: int
     intermediate_size: int       # of one routed expert
-    scoring: str                 # "softmax" | "sigmoid"
+    scoring: str                 # "softmax" | "sigmoid" | "sparsemixer"
     norm_topk_prob: bool
     routed_scaling_factor: float
     moe_layers: list[int]
     shared_expert_intermediate_size: int = 0   # 0 = no shared expert
     shared_expert_gate: bool = False           # sigmoid gate on the shared expert (Qwen2-MoE)
+    jitter_eps: float = 0.0                    # sparsemixer's relative threshold (PhiMoE)
 
 
 def need(config: dict, key, kind=int):
@@ -70,7 +71,9 @@ class DecoderFamily:
     ffn_norm = "model.layers.{l}.post_attention_layernorm.weight"
     attn = {"q": "model.layers.{l}.self_attn.q_proj.weight", "k": "model.layers.{l}.self_attn.k_proj.weight",
             "v": "model.layers.{l}.self_attn.v_proj.weight", "o": "model.layers.{l}.self_attn.o_proj.weight"}
-    attn_bias = {k: v.replace(".weight", ".bias") for k, v in attn.items() if k != "o"}
+    attn_bias = {k: v.replace(".weight", ".bias") for k, v in attn.items()}
+    layer_norm = False            # LayerNorm with bias instead of RMSNorm for the block and final norms
+    lm_head_bias = "lm_head.bias"
     # QK-norm: None; "head" = RMSNorm over each head's dims (Qwen3); "full" = over the whole projection (OLMoE)
     qk_norm: str | None = None
     q_norm = "model.layers.{l}.self_attn.q_norm.weight"
@@ -125,8 +128,22 @@ class DecoderFamily:
             sliding_window=0 if c.get("use_sliding_window") is False else int(c.get("sliding_window") or 0),
             intermediate_size=int(c.get("intermediate_size") or 0))
 
-    def attention_has_bias(self, c: dict) -> bool:
-        return bool(c.get("attention_bias", False))
+    def attention_bias_parts(self, c: dict) -> set[str]:
+        """Which of q, k, v, o projections carry a bias."""
+        return {"q", "k", "v", "o"} if c.get("attention_bias") else set()
+
+    def has_lm_head_bias(self) -> bool:
+        return bool(self.config.get("lm_head_bias")) and not self.dims.tie_word_embeddings
+
+    def norm_tensors(self, weight: str) -> dict[str, tuple[int, ...]]:
+        H = self.dims.hidden_size
+        return {weight: (H,), weight.replace(".weight", ".bias"): (H,)} if self.layer_norm else {weight: (H,)}
+
+    def block_norm(self, plan: Plan, weight: str, label: str) -> None:
+        """xn = norm(h) with the family's block norm (RMSNorm, or LayerNorm with bias)."""
+        d = self.dims
+        bias = weight.replace(".weight", ".bias") if self.layer_norm else None
+        plan.rmsnorm("h", weight, "xn", "T", d.hidden_size, d.rms_norm_eps, bias=bias, label=label)
 
     def read_moe(self, c: dict) -> MoE:
         E, k = need(c, self.num_experts_key), need(c, "num_experts_per_tok")
@@ -162,9 +179,11 @@ class DecoderFamily:
     def dense_tensors(self, ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
         """Every non-expert tensor the plan reads: checkpoint name -> expected shape."""
         d, H = self.dims, self.dims.hidden_size
-        out = {self.embed: (d.vocab_size, H), self.final_norm: (H,)}
+        out = {self.embed: (d.vocab_size, H), **self.norm_tensors(self.final_norm)}
         if not d.tie_word_embeddings:
             out[self.lm_head] = (d.vocab_size, H)
+        if self.has_lm_head_bias():
+            out[self.lm_head_bias] = (d.vocab_size,)
         for l in range(d.num_layers):
             out.update(self.layer_tensors(ckpt, l))
         return out
@@ -172,12 +191,12 @@ class DecoderFamily:
     def layer_tensors(self, ckpt: Checkpoint, l: int) -> dict[str, tuple[int, ...]]:
         d, H = self.dims, self.dims.hidden_size
         qd, kvd = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
-        out = {self.attn_norm.format(l=l): (H,), self.ffn_norm.format(l=l): (H,),
+        out = {**self.norm_tensors(self.attn_norm.format(l=l)), **self.norm_tensors(self.ffn_norm.format(l=l)),
                self.attn["q"].format(l=l): (qd, H), self.attn["k"].format(l=l): (kvd, H),
                self.attn["v"].format(l=l): (kvd, H), self.attn["o"].format(l=l): (H, qd)}
-        if self.attention_has_bias(self.config):
-            out.update({self.attn_bias["q"].format(l=l): (qd,), self.attn_bias["k"].format(l=l): (kvd,),
-                        self.attn_bias["v"].format(l=l): (kvd,)})
+        bias_size = {"q": qd, "k": kvd, "v": kvd, "o": H}
+        for part in self.attention_bias_parts(self.config):
+            out[self.attn_bias[part].format(l=l)] = (bias_size[part],)
         if self.qk_norm == "head":
             out.update({self.q_norm.format(l=l): (d.head_dim,), self.k_norm.format(l=l): (d.head_dim,)})
         elif self.qk_norm == "full":
@@ -260,9 +279,10 @@ class DecoderFamily:
                 self.moe_block(plan, ckpt, l, expert_layout, expert_dtype)
             else:
                 self.dense_ffn_block(plan, l)
-        plan.rmsnorm("h", self.final_norm, "xn", "T", H, d.rms_norm_eps, label="final_norm")
+        self.block_norm(plan, self.final_norm, "final_norm")
         head = self.embed if d.tie_word_embeddings else self.lm_head
-        plan.matmul("xn", head, "logits", H, V, T="n_logits", x_row0="logit_row0", label="lm_head")
+        plan.matmul("xn", head, "logits", H, V, T="n_logits", x_row0="logit_row0",
+                    bias=self.lm_head_bias if self.has_lm_head_bias() else None, label="lm_head")
 
     def attention_block(self, plan: Plan, l: int) -> None:
         d = self.dims
@@ -271,8 +291,9 @@ class DecoderFamily:
             plan.buffer(f"v_cache.{l}", ["S", nkv * D])
         attn = plan.buffer("attn", ["T", nh * D])
         name = {k: v.format(l=l) for k, v in self.attn.items()}
-        bias = {k: (v.format(l=l) if self.attention_has_bias(self.config) else None) for k, v in self.attn_bias.items()}
-        plan.rmsnorm("h", self.attn_norm.format(l=l), "xn", "T", H, d.rms_norm_eps, label=f"L{l}.attn_norm")
+        parts = self.attention_bias_parts(self.config)
+        bias = {k: (v.format(l=l) if k in parts else None) for k, v in self.attn_bias.items()}
+        self.block_norm(plan, self.attn_norm.format(l=l), f"L{l}.attn_norm")
         plan.matmul("xn", name["q"], q, H, nh * D, bias=bias["q"], label=f"L{l}.q_proj")
         plan.matmul("xn", name["k"], kc, H, nkv * D, y_row0="pos", bias=bias["k"], label=f"L{l}.k_proj")
         plan.matmul("xn", name["v"], vc, H, nkv * D, y_row0="pos", bias=bias["v"], label=f"L{l}.v_proj")
@@ -287,7 +308,7 @@ class DecoderFamily:
         plan.rope(q, "rope.inv_freq", nh, D, d.rope_dim, 1.0, label=f"L{l}.rope_q")
         plan.rope(kc, "rope.inv_freq", nkv, D, d.rope_dim, 1.0, row0="pos", label=f"L{l}.rope_k")
         plan.attention(q, kc, vc, attn, nh, nkv, D, D, D ** -0.5, window=d.sliding_window, label=f"L{l}.attention")
-        plan.matmul(attn, name["o"], "h", nh * D, H, accumulate=True, label=f"L{l}.o_proj")
+        plan.matmul(attn, name["o"], "h", nh * D, H, accumulate=True, bias=bias["o"], label=f"L{l}.o_proj")
 
     def moe_block(self, plan: Plan, ckpt: Checkpoint, l: int, layout: dict, expert_dtype: str) -> None:
         d, m = self.dims, self.moe
@@ -299,10 +320,10 @@ class DecoderFamily:
         plan.buffer("pair_order", ["T", K], "u32")
         plan.buffer("act", ["T", K, I])
         plan.buffer("expert_out", ["T", K, H])
-        plan.rmsnorm("h", self.ffn_norm.format(l=l), "xn", "T", H, d.rms_norm_eps, label=f"L{l}.ffn_norm")
+        self.block_norm(plan, self.ffn_norm.format(l=l), f"L{l}.ffn_norm")
         plan.matmul("xn", self.resolve(ckpt, self.router, l=l), "router_logits", H, E, label=f"L{l}.router_logits")
         plan.router("router_logits", "topk_ids", "topk_w", E, K, m.scoring, m.norm_topk_prob,
-                    m.routed_scaling_factor, label=f"L{l}.router")
+                    m.routed_scaling_factor, m.jitter_eps, label=f"L{l}.router")
         plan.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K, label=f"L{l}.moe_gather")
         plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", l, E, K, H, I, layout,
                          expert_dtype, label=f"L{l}.experts")
@@ -319,9 +340,8 @@ class DecoderFamily:
         plan.scatter_add("expert_out", "topk_w", "h", K, H, label=f"L{l}.scatter_add")
 
     def dense_ffn_block(self, plan: Plan, l: int) -> None:
-        d = self.dims
-        plan.rmsnorm("h", self.ffn_norm.format(l=l), "xn", "T", d.hidden_size, d.rms_norm_eps, label=f"L{l}.ffn_norm")
-        self.mlp(plan, self.dense_mlp, l, d.intermediate_size, "h", True, f"L{l}.mlp")
+        self.block_norm(plan, self.ffn_norm.format(l=l), f"L{l}.ffn_norm")
+        self.mlp(plan, self.dense_mlp, l, self.dims.intermediate_size, "h", True, f"L{l}.mlp")
 
     def mlp(self, plan: Plan, names: dict, l: int, I: int, out: str, accumulate: bool, label: str) -> None:
         """SwiGLU feed-forward on xn: out (+)= (silu(xn W_gate) * (xn W_up)) W_down."""

@@ -18,8 +18,8 @@ class Qwen2Moe(DecoderFamily):
     real_models = "Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B"
     norm_topk_default = False
 
-    def attention_has_bias(self, c: dict) -> bool:
-        return bool(c.get("qkv_bias", True))
+    def attention_bias_parts(self, c: dict) -> set[str]:
+        return {"q", "k", "v"} if c.get("qkv_bias", True) else set()
 
     def read_moe(self, c: dict) -> MoE:
         moe = super().read_moe(c)
