@@ -77,6 +77,9 @@ class Checkpoint:
                                   "from config.json")
         return t
 
+    def read_raw(self, name: str, index: int | None = None) -> np.ndarray:
+        return self._file(name).read_raw(name, index)
+
     def _file(self, name: str) -> SafetensorsFile:
         if name not in self.where:
             raise ConversionError(f"missing tensor {name} in the checkpoint")

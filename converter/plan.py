@@ -97,13 +97,16 @@ class Plan:
                   [-(-(rot // 2) // 32), n_heads, "T"], ["INTERLEAVED"] if interleaved else [], label)
 
     def attention(self, q: str, k_cache: str, v_cache: str, out: str, n_heads: int, n_kv: int, D: int,
-                  Dv: int, scale: float, window: int = 0, label=""):
+                  Dv: int, scale: float, window: int = 0, sinks: str | None = None, label=""):
         if D > 256 or Dv > 256:
             raise ValueError("attention head dims above 256 are not supported")
-        self.step("attention", {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out},
+        bind = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out}
+        if sinks is not None:
+            bind["sinks"] = sinks
+        self.step("attention", bind,
                   {"T": "T", "pos0": "pos", "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
                    "window": window, "scale": scale},
-                  [n_heads, "T", 1], [], label)
+                  [n_heads, "T", 1], ["SINKS"] if sinks else [], label)
 
     def router(self, logits: str, topk_ids: str, topk_w: str, E: int, K: int, scoring: str,
                normalize: bool, scale: float = 1.0, jitter_eps: float = 0.0, label=""):
@@ -117,17 +120,26 @@ class Plan:
                   {"pairs": ceil_div("T", K, 1), "E": E}, [1, 1, 1], [], label)
 
     def moe_experts(self, x: str, act: str, out: str, offsets: str, order: str, layer: int, E: int, K: int,
-                    H: int, I: int, layout: dict, expert_dtype: str, label=""):
-        """Grouped expert FFN over the slab: act = silu(x W_gate) * (x W_up), out = act W_down."""
+                    H: int, I: int, layout: dict, expert_dtype: str, activation: dict | None = None, label=""):
+        """Grouped expert FFN over the slab: act = silu(x W_gate) * (x W_up), out = act W_down, with the
+        slot's biases when the layout has them. activation {"kind": "clamped_swiglu", "alpha", "limit"}
+        selects GPT-OSS's activation."""
         common = {"layer": layer, "E": E, "K": K, "H": H, "I": I,
                   "slot0": "slot0", "n_slots": "n_slots", "slot_elems": layout["slot_elems"]}
         defines = ["W_F16"] if expert_dtype == "f16" else []
+        if "gate_bias" in layout:
+            defines.append("EXPERT_BIAS")
+        word = {r: layout[r]["word_offset"] if r in layout else 0 for r in ("gate_bias", "up_bias", "down_bias")}
+        act_defines, alpha, limit = [], 1.0, 0.0
+        if activation and activation["kind"] == "clamped_swiglu":
+            act_defines, alpha, limit = ["CLAMPED_SWIGLU"], activation["alpha"], activation["limit"]
         grouped = {"w": "experts", "slots": "expert_slots", "expert_offsets": offsets, "pair_order": order}
         self.step("moe_gate_up", {"x": x, "act": act, **grouped},
-                  {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"]},
-                  [-(-I // 4), E, ceil_div("T", 1, 8)], defines, f"{label}.gate_up")
+                  {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
+                   "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha, "limit": limit},
+                  [-(-I // 4), E, ceil_div("T", 1, 8)], defines + act_defines, f"{label}.gate_up")
         self.step("moe_down", {"act": act, "y": out, **grouped},
-                  {**common, "down_off": layout["down"]["elem_offset"]},
+                  {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"]},
                   [-(-H // 4), E, ceil_div("T", 1, 8)], defines, f"{label}.down")
 
     def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, label=""):

@@ -64,14 +64,19 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.entries[name][1]
 
-    def read(self, name: str, index: int | None = None) -> np.ndarray:
-        """The tensor as float32 (or its slice [index] along the first axis), reading only those bytes."""
+    def read_raw(self, name: str, index: int | None = None) -> np.ndarray:
+        """The stored values (or the slice [index] along the first axis), reading only those bytes;
+        bfloat16 comes back as its uint16 bits."""
         dtype, shape, begin, end = self.entries[name]
         np_dtype, size = DTYPES[dtype]
         if index is not None:
             row = math.prod(shape[1:]) * size
             begin, end, shape = begin + index * row, begin + (index + 1) * row, shape[1:]
-        raw = self._map[self.data_start + begin:self.data_start + end].view(np_dtype).reshape(shape)
-        if dtype == "BF16":
+        return self._map[self.data_start + begin:self.data_start + end].view(np_dtype).reshape(shape)
+
+    def read(self, name: str, index: int | None = None) -> np.ndarray:
+        """The tensor (or its slice [index]) as float32."""
+        raw = self.read_raw(name, index)
+        if self.entries[name][0] == "BF16":
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return raw.astype(np.float32)

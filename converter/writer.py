@@ -36,12 +36,16 @@ def pad(n: int) -> int:
 
 
 def expert_layout(shapes: dict[str, tuple[int, ...]], dtype: str) -> dict:
-    """Byte layout of one expert's shard, which is also its GPU slot: each part aligned to ALIGN."""
+    """Byte layout of one expert's shard, which is also its GPU slot: each part aligned to ALIGN.
+    Matrices (2-D) are stored in `dtype` and addressed by element offset; 1-D parts (biases) stay f32
+    and are addressed by 32-bit word offset."""
     elem = 2 if dtype == "f16" else 4
     layout, off = {}, 0
     for role, shape in shapes.items():
-        size = len(encode(np.zeros(shape, np.float32), dtype))
-        layout[role] = {"offset": off, "size": size, "shape": list(shape), "elem_offset": off // elem}
+        part_dtype = dtype if len(shape) == 2 else "f32"
+        size = len(encode(np.zeros(shape, np.float32), part_dtype))
+        layout[role] = {"offset": off, "size": size, "shape": list(shape), "dtype": part_dtype,
+                        "elem_offset": off // elem, "word_offset": off // 4}
         off += size + pad(size)
     layout["slot_bytes"] = off
     layout["slot_elems"] = off // elem
@@ -102,7 +106,7 @@ class PackageWriter:
         key = f"{layer}_{expert}"
         shard = _Shard(self.tmp / f"expert-L{layer:03d}-E{expert:03d}.bin")
         for role, part in parts.items():
-            off = shard.write(encode(part, layout["dtype"]))
+            off = shard.write(encode(part, layout[role]["dtype"]))
             assert off == layout[role]["offset"], (role, off)
         shard.write(b"\0" * (layout["slot_bytes"] - shard.size))
         self.shards.append({**shard.close(), "kind": "expert", "expert": key})

@@ -3,12 +3,16 @@
 // Query t sits at absolute position pos0 + t and sees keys lo..pos0 + t, where lo = 0, or with a sliding
 // window the last `window` positions. Keys are visited in chunks of 64 with an online softmax, so no
 // score buffer is needed whatever the context length. Each lane owns up to 4 output dims (Dv <= 256).
+// SINKS (GPT-OSS): a learned per-head logit joins the softmax's denominator and attends to nothing.
 struct Params { T: u32, pos0: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, window: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+//!if SINKS
+@group(0) @binding(5) var<storage, read> sinks: array<f32>;     // [n_heads]
+//!endif
 
 const LANES: u32 = 64u;
 const MAX_D: u32 = 256u;
@@ -30,6 +34,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
     var m = -3.0e38;      // running max
     var l = 0.0;          // running sum of exp(score - m)
+//!if SINKS
+    m = sinks[head];
+    l = 1.0;
+//!endif
     var acc = array<f32, 4>();
     for (var s0 = lo; s0 <= pos; s0 += LANES) {
         let s = s0 + lid;

@@ -1,8 +1,8 @@
 // Expert FFN, second half: y[p, h] = act[p] . down[h] for each pair p routed to expert e.
 //   act: [pairs, I]   down: [H, I] inside the expert's slot   y: [pairs, H]
-// Dispatch: [ceil(H / ROWS), E, ceil(T / TILE)].
+// Dispatch: [ceil(H / ROWS), E, ceil(T / TILE)]. EXPERT_BIAS adds the f32 bias at word down_bias_off.
 struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, slot0: u32, n_slots: u32, slot_elems: u32,
-                down_off: u32 }
+                down_off: u32, down_bias_off: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> act: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;              // expert slab
@@ -32,7 +32,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         for (var j = 0u; j < n; j++) { red[j * LANES + lid] = acc[j]; }
         reduce_lanes(lid, n);
-        if (lid < n) { y[tile_pair[lid] * p.H + h] = red[lid * LANES]; }
+        if (lid < n) {
+            var v = red[lid * LANES];
+//!if EXPERT_BIAS
+            v += bias_at(base, p.down_bias_off + h);
+//!endif
+            y[tile_pair[lid] * p.H + h] = v;
+        }
         workgroupBarrier();
     }
 }

@@ -1,8 +1,11 @@
 // Expert FFN, first half: act[p, i] = silu(x[t] . gate[i]) * (x[t] . up[i]) for each pair p = (t, j)
 // routed to expert e.    x: [T, H]   gate, up: [I, H] inside the expert's slot   act: [pairs, I]
 // Dispatch: [ceil(I / ROWS), E, ceil(T / TILE)].
+// EXPERT_BIAS adds f32 biases stored in the slot (word offsets gate_bias_off, up_bias_off).
+// CLAMPED_SWIGLU is GPT-OSS's activation: g = min(g, limit), u = clamp(u, -limit, limit),
+// act = (u + 1) * g * sigmoid(alpha * g).
 struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, slot0: u32, n_slots: u32, slot_elems: u32,
-                gate_off: u32, up_off: u32 }
+                gate_off: u32, up_off: u32, gate_bias_off: u32, up_bias_off: u32, alpha: f32, limit: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;              // expert slab
@@ -43,9 +46,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         reduce_lanes(lid, 2u * n);
         if (lid < n) {
-            let gv = red[lid * LANES];
-            let uv = red[(lid + n) * LANES];
+            var gv = red[lid * LANES];
+            var uv = red[(lid + n) * LANES];
+//!if EXPERT_BIAS
+            gv += bias_at(base, p.gate_bias_off + i);
+            uv += bias_at(base, p.up_bias_off + i);
+//!endif
+//!if CLAMPED_SWIGLU
+            gv = min(gv, p.limit);
+            uv = clamp(uv, -p.limit, p.limit);
+            act[tile_pair[lid] * p.I + i] = (uv + 1.0) * gv / (1.0 + exp(-p.alpha * gv));
+//!else
             act[tile_pair[lid] * p.I + i] = gv / (1.0 + exp(-gv)) * uv;
+//!endif
         }
         workgroupBarrier();
     }

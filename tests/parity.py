@@ -28,9 +28,35 @@ def reference_logits(model, ids) -> np.ndarray:
         return model(torch.tensor([list(ids)])).logits[0].float().numpy()
 
 
-def assert_logits_close(ours: np.ndarray, ref: np.ndarray, dtype: str) -> float:
+KEPT_F32 = ("router.weight", "mlp.gate.weight", "shared_expert_gate.weight")   # as the converter keeps them
+
+
+def f16_weights(model):
+    """A copy of model whose weights are rounded to f16 exactly where an f16 package stores f16."""
+    import copy
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in clone.named_parameters():
+            if param.ndim >= 2 and not name.endswith(KEPT_F32):
+                param.copy_(param.half().float())
+    return clone
+
+
+def assert_logits_close(ours: np.ndarray, ref: np.ndarray, dtype: str, model=None, ids=None) -> float:
+    """Logits within the dtype's tolerance of the reference. For an f16 package that misses, and given
+    the model: rounding weights to f16 can flip a near-tied discrete decision (which experts a token
+    routes to) of the original model; then the engine must match transformers run on the same
+    f16-rounded weights instead, and the test says so."""
     scale = float(np.abs(ref).max())
     err = float(np.abs(ours - ref).max())
+    if err > TOLERANCE[dtype] * scale and dtype == "f16" and model is not None:
+        rounded = reference_logits(f16_weights(model), ids)
+        err16 = float(np.abs(ours - rounded).max())
+        assert err16 <= TOLERANCE[dtype] * scale, f"max abs logit error {err16:.3g} vs f16-rounded transformers"
+        warnings.warn(f"f16 package: error {err:.3g} against the f32 model (token {int(np.abs(ours - ref).max(-1).argmax())}"
+                      f") comes from f16 rounding of the weights; {err16:.3g} against transformers on the same "
+                      "f16-rounded weights")
+        return err16 / scale
     assert err <= TOLERANCE[dtype] * scale, f"max abs logit error {err:.3g} > {TOLERANCE[dtype]} x {scale:.3g}"
     return err / scale
 

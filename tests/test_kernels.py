@@ -109,7 +109,7 @@ def test_rope(gpu, interleaved):
     close(out["x"], ref)
 
 
-def attention_ref(q, kc, vc, pos0, window, scale):
+def attention_ref(q, kc, vc, pos0, window, scale, sinks=None):
     T, nh, D = q.shape
     nkv = kc.shape[1]
     out = np.zeros((T, nh, vc.shape[2]))
@@ -119,9 +119,22 @@ def attention_ref(q, kc, vc, pos0, window, scale):
         for h in range(nh):
             kv = h // (nh // nkv)
             s = kc[lo:p + 1, kv] @ q[t, h] * scale
-            e = np.exp(s - s.max())
-            out[t, h] = e @ vc[lo:p + 1, kv] / e.sum()
+            m = max(s.max(), sinks[h]) if sinks is not None else s.max()
+            e = np.exp(s - m)
+            z = e.sum() + (np.exp(sinks[h] - m) if sinks is not None else 0)
+            out[t, h] = e @ vc[lo:p + 1, kv] / z
     return out
+
+
+def test_attention_sinks(gpu):
+    T, pos0, nh, nkv, D = 6, 9, 4, 2, 24
+    S = pos0 + T
+    q, kc, vc, sinks = rand(T, nh, D), rand(S, nkv, D), rand(S, nkv, D), rand(nh) * 3
+    out = run_kernel(gpu, "attention", {"q": q, "k_cache": kc, "v_cache": vc, "sinks": sinks},
+                     {"out": (np.zeros((T, nh, D)), "f32")},
+                     {"T": T, "pos0": pos0, "n_heads": nh, "n_kv": nkv, "D": D, "Dv": D, "window": 4,
+                      "scale": D ** -0.5}, [nh, T, 1], ["SINKS"])
+    close(out["out"], attention_ref(q, kc, vc, pos0, 4, D ** -0.5, sinks))
 
 
 @pytest.mark.parametrize("T,pos0,nh,nkv,D,Dv,window", [
@@ -203,45 +216,67 @@ def silu(v):
     return v / (1 + np.exp(-v))
 
 
-@pytest.mark.parametrize("wdtype", ["f32", "f16"])
-def test_grouped_experts_and_scatter_add(gpu, wdtype):
-    """moe_gate_up + moe_down over a slab whose slots are shuffled, then scatter_add, vs a dense loop."""
+def build_slab(parts_per_expert, slot_of, layer, E, L, wdtype):
+    """Slab words as the writer lays out a slot: matrices in wdtype, 1-D parts (biases) as f32 words,
+    every part starting on a 256-byte boundary. Returns (slab words, element offsets, word offsets,
+    slot elements)."""
+    from webmoe.converter.writer import encode, expert_layout
+    layout = expert_layout({k: v.shape for k, v in parts_per_expert[0].items()}, wdtype)
+    slab = bytearray(L * E * layout["slot_bytes"])
+    for e in range(E):
+        base = int(slot_of[layer * E + e]) * layout["slot_bytes"]
+        for role, arr in parts_per_expert[e].items():
+            data = encode(arr, layout[role]["dtype"])
+            slab[base + layout[role]["offset"]:base + layout[role]["offset"] + len(data)] = data
+    return np.frombuffer(bytes(slab), np.uint32), layout
+
+
+@pytest.mark.parametrize("wdtype,gpt_oss", [("f32", False), ("f16", False), ("f32", True), ("f16", True)])
+def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss):
+    """moe_gate_up + moe_down over a slab whose slots are shuffled, then scatter_add, vs a dense loop.
+    gpt_oss: slot biases and the clamped SwiGLU."""
     T, K, E, H, I, layer, L = 19, 2, 5, 37, 23, 1, 2
     x, gate, up, down = rand(T, H), rand(E, I, H), rand(E, I, H), rand(E, H, I)
+    gb, ub, db = rand(E, I), rand(E, I), rand(E, H)
+    alpha, limit = 1.702, 2.5
     q = (lambda a: a.astype(np.float16).astype(np.float32)) if wdtype == "f16" else (lambda a: a)
     ids = np.stack([rng.choice(E, K, replace=False) for _ in range(T)]).astype(np.uint32)
     topw = rng.random((T, K)).astype(np.float32)
-    # slot layout: gate, up, down, each padded to an even element count; slots in shuffled order
-    part = [I * H + (I * H) % 2, I * H + (I * H) % 2, H * I + (H * I) % 2]
-    slot_elems = sum(part)
     slot_of = rng.permutation(L * E).astype(np.uint32)        # [L * E]
-    slab = np.zeros(L * E * slot_elems, np.float32)
-    for e in range(E):
-        base = slot_of[layer * E + e] * slot_elems
-        slab[base:base + I * H] = gate[e].ravel()
-        slab[base + part[0]:base + part[0] + I * H] = up[e].ravel()
-        slab[base + part[0] + part[1]:base + part[0] + part[1] + H * I] = down[e].ravel()
+    parts = [{"gate": gate[e], "up": up[e], "down": down[e],
+              **({"gate_bias": gb[e], "up_bias": ub[e], "down_bias": db[e]} if gpt_oss else {})} for e in range(E)]
+    slab, layout = build_slab(parts, slot_of, layer, E, L, wdtype)
+    slot_elems = layout["slot_elems"]
     g = run_kernel(gpu, "moe_gather", {"topk_ids": ids},
                    {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")},
                    {"pairs": T * K, "E": E}, [1, 1, 1], dtypes={"topk_ids": "u32"})
     common = {"layer": layer, "E": E, "K": K, "H": H, "I": I, "slot0": 0, "n_slots": L * E,
               "slot_elems": slot_elems}
-    defines = ["W_F16"] if wdtype == "f16" else []
+    defines = (["W_F16"] if wdtype == "f16" else []) + (["EXPERT_BIAS"] if gpt_oss else [])
+    words = {r: layout[r]["word_offset"] if r in layout else 0 for r in ("gate_bias", "up_bias", "down_bias")}
     grouped = {"w": slab, "slots": slot_of, "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"]}
-    dt = {"w": wdtype, "slots": "u32", "expert_offsets": "u32", "pair_order": "u32"}
+    dt = {"w": "u32", "slots": "u32", "expert_offsets": "u32", "pair_order": "u32"}
     act = run_kernel(gpu, "moe_gate_up", {"x": x, **grouped}, {"act": (np.zeros((T * K, I)), "f32")},
-                     {**common, "gate_off": 0, "up_off": part[0]}, [-(-I // 4), E, -(-T // 8)], defines,
-                     dtypes=dt)["act"]
+                     {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
+                      "gate_bias_off": words["gate_bias"], "up_bias_off": words["up_bias"], "alpha": alpha,
+                      "limit": limit}, [-(-I // 4), E, -(-T // 8)],
+                     defines + (["CLAMPED_SWIGLU"] if gpt_oss else []), dtypes=dt)["act"]
     y = run_kernel(gpu, "moe_down", {"act": act, **grouped}, {"y": (np.zeros((T * K, H)), "f32")},
-                   {**common, "down_off": part[0] + part[1]}, [-(-H // 4), E, -(-T // 8)], defines,
-                   dtypes=dt)["y"]
+                   {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": words["down_bias"]},
+                   [-(-H // 4), E, -(-T // 8)], defines, dtypes=dt)["y"]
     ref_act = np.zeros((T * K, I))
     ref_y = np.zeros((T * K, H))
     for t in range(T):
         for j in range(K):
             e = ids[t, j]
-            a = silu(q(gate[e]) @ x[t]) * (q(up[e]) @ x[t])
-            ref_act[t * K + j], ref_y[t * K + j] = a, q(down[e]) @ a
+            gv, uv = q(gate[e]) @ x[t], q(up[e]) @ x[t]
+            if gpt_oss:
+                gv, uv = np.minimum(gv + gb[e], limit), np.clip(uv + ub[e], -limit, limit)
+                a = (uv + 1) * gv / (1 + np.exp(-alpha * gv))
+            else:
+                a = silu(gv) * uv
+            ref_act[t * K + j] = a
+            ref_y[t * K + j] = q(down[e]) @ a + (db[e] if gpt_oss else 0)
     close(act, ref_act)
     close(y, ref_y)
     resid = rand(T, H)
@@ -260,7 +295,8 @@ def test_experts_outside_the_bound_slab_are_skipped(gpu):
                       "expert_offsets": np.array([0, T, T], np.uint32), "pair_order": np.arange(T, dtype=np.uint32)},
                      {"act": (act0, "f32")},
                      {"layer": 0, "E": E, "K": K, "H": H, "I": I, "slot0": 1, "n_slots": 1,
-                      "slot_elems": 2 * I * H + H * I, "gate_off": 0, "up_off": I * H}, [2, E, 1],
+                      "slot_elems": 2 * I * H + H * I, "gate_off": 0, "up_off": I * H, "gate_bias_off": 0,
+                      "up_bias_off": 0, "alpha": 1.0, "limit": 0.0}, [2, E, 1],
                      dtypes={"slots": "u32", "expert_offsets": "u32", "pair_order": "u32"})
     np.testing.assert_array_equal(out["act"], act0)
 

@@ -44,7 +44,7 @@ def prompt(n, vocab=400):
 def test_logits_and_greedy_match_transformers(tmp_path, name, dtype):
     ref, engine = build(MixtralForCausalLM, CONFIGS[name], tmp_path, dtype)
     ids = prompt(70)   # more than one 64-token prefill chunk
-    assert_logits_close(engine.logits(ids), reference_logits(ref, ids), dtype)
+    assert_logits_close(engine.logits(ids), reference_logits(ref, ids), dtype, ref, ids)
     assert_greedy_matches(ref, engine, prompt(9), 32, dtype)
 
 

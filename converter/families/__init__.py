@@ -1,12 +1,13 @@
 """The model families the converter knows, found by config.json's model_type."""
 from ..errors import ConversionError
 from .base import DecoderFamily
+from .gpt_oss import GptOss
 from .mixtral import Mixtral
 from .olmoe import Olmoe
 from .phimoe import Phimoe
 from .qwen_moe import Qwen2Moe, Qwen3Moe
 
-FAMILIES: tuple[type[DecoderFamily], ...] = (Mixtral, Qwen3Moe, Qwen2Moe, Olmoe, Phimoe)
+FAMILIES: tuple[type[DecoderFamily], ...] = (Mixtral, Qwen3Moe, Qwen2Moe, Olmoe, Phimoe, GptOss)
 
 
 def supported() -> list[str]:

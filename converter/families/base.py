@@ -10,6 +10,7 @@ import numpy as np
 from ..checkpoint import Checkpoint
 from ..errors import ConversionError
 from ..plan import Plan
+from ..rope import rope_parameters, rope_tables
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Dims:
     max_position_embeddings: int
     tie_word_embeddings: bool
     rope_theta: float
+    rope_type: str
     rope_dim: int
     sliding_window: int          # 0 = full attention
     intermediate_size: int       # of the dense feed-forward layers (0 if there are none)
@@ -112,19 +114,15 @@ class DecoderFamily:
         kv = c.get("num_key_value_heads") or heads
         if heads % kv:
             raise ConversionError(f"num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv})")
-        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type") or rope.get("type") or "default"
-        if rope_type != "default":
-            raise ConversionError(f"rope type {rope_type!r} is not supported yet for {self.name}")
-        theta = rope.get("rope_theta") or c.get("rope_theta") or 10000.0
+        rope = rope_parameters(c)
         partial = c.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1.0
         return Dims(
             vocab_size=need(c, "vocab_size"), hidden_size=hidden, num_layers=need(c, "num_hidden_layers"),
             num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
             rms_norm_eps=float(c.get("rms_norm_eps") or 1e-6),
             max_position_embeddings=int(c.get("max_position_embeddings") or 4096),
-            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)), rope_theta=float(theta),
-            rope_dim=int(head_dim * partial),
+            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)), rope_theta=float(rope["rope_theta"]),
+            rope_type=rope["rope_type"], rope_dim=int(head_dim * partial),
             sliding_window=0 if c.get("use_sliding_window") is False else int(c.get("sliding_window") or 0),
             intermediate_size=int(c.get("intermediate_size") or 0))
 
@@ -201,9 +199,13 @@ class DecoderFamily:
             out.update({self.q_norm.format(l=l): (d.head_dim,), self.k_norm.format(l=l): (d.head_dim,)})
         elif self.qk_norm == "full":
             out.update({self.q_norm.format(l=l): (qd,), self.k_norm.format(l=l): (kvd,)})
+        if self.attention_sinks(l):
+            out[self.attention_sinks(l)] = (d.num_heads,)
         m = self.moe
         if l in m.moe_layers:
             out[self.resolve(ckpt, self.router, l=l)] = (m.num_experts, H)
+            if self.router_bias(l):
+                out[self.router_bias(l)] = (m.num_experts,)
             if m.shared_expert_intermediate_size:
                 out.update(self.mlp_tensors(self.shared_mlp, l, m.shared_expert_intermediate_size))
                 if m.shared_expert_gate:
@@ -218,6 +220,20 @@ class DecoderFamily:
         H = self.dims.hidden_size
         return {names["gate"].format(l=l): (I, H), names["up"].format(l=l): (I, H), names["down"].format(l=l): (H, I)}
 
+    # --- per-family hooks (defaults: no sinks, one window for all layers, no router bias, SwiGLU) ---------
+
+    def layer_window(self, l: int) -> int:
+        return self.dims.sliding_window
+
+    def attention_sinks(self, l: int) -> str | None:
+        return None
+
+    def router_bias(self, l: int) -> str | None:
+        return None
+
+    def expert_activation(self) -> dict | None:
+        return None
+
     def f32_tensors(self, ckpt: Checkpoint) -> set[str]:
         """Matrices kept in f32 whatever --dtype says: routers and shared-expert gates."""
         out = {self.resolve(ckpt, self.router, l=l) for l in self.moe.moe_layers}
@@ -227,9 +243,7 @@ class DecoderFamily:
 
     def generated_tensors(self) -> dict[str, np.ndarray]:
         """Tensors the converter computes rather than copies (RoPE frequencies)."""
-        rot = self.dims.rope_dim
-        inv_freq = 1.0 / self.dims.rope_theta ** (np.arange(0, rot, 2, dtype=np.float64) / rot)
-        return {"rope.inv_freq": inv_freq.astype(np.float32)}
+        return {"rope.inv_freq": rope_tables(self.config, self.dims.rope_dim)[0]}
 
     def expert_shapes(self) -> dict[str, tuple[int, int]]:
         I, H = self.moe.intermediate_size, self.dims.hidden_size
@@ -305,9 +319,11 @@ class DecoderFamily:
             plan.rmsnorm(None, self.q_norm.format(l=l), q, "T", nh * D, d.rms_norm_eps, label=f"L{l}.q_norm")
             plan.rmsnorm(None, self.k_norm.format(l=l), kc, "T", nkv * D, d.rms_norm_eps, row0="pos",
                          label=f"L{l}.k_norm")
-        plan.rope(q, "rope.inv_freq", nh, D, d.rope_dim, 1.0, label=f"L{l}.rope_q")
-        plan.rope(kc, "rope.inv_freq", nkv, D, d.rope_dim, 1.0, row0="pos", label=f"L{l}.rope_k")
-        plan.attention(q, kc, vc, attn, nh, nkv, D, D, D ** -0.5, window=d.sliding_window, label=f"L{l}.attention")
+        factor = rope_tables(self.config, d.rope_dim)[1]
+        plan.rope(q, "rope.inv_freq", nh, D, d.rope_dim, factor, label=f"L{l}.rope_q")
+        plan.rope(kc, "rope.inv_freq", nkv, D, d.rope_dim, factor, row0="pos", label=f"L{l}.rope_k")
+        plan.attention(q, kc, vc, attn, nh, nkv, D, D, D ** -0.5, window=self.layer_window(l),
+                       sinks=self.attention_sinks(l), label=f"L{l}.attention")
         plan.matmul(attn, name["o"], "h", nh * D, H, accumulate=True, bias=bias["o"], label=f"L{l}.o_proj")
 
     def moe_block(self, plan: Plan, ckpt: Checkpoint, l: int, layout: dict, expert_dtype: str) -> None:
@@ -321,12 +337,13 @@ class DecoderFamily:
         plan.buffer("act", ["T", K, I])
         plan.buffer("expert_out", ["T", K, H])
         self.block_norm(plan, self.ffn_norm.format(l=l), f"L{l}.ffn_norm")
-        plan.matmul("xn", self.resolve(ckpt, self.router, l=l), "router_logits", H, E, label=f"L{l}.router_logits")
+        plan.matmul("xn", self.resolve(ckpt, self.router, l=l), "router_logits", H, E, bias=self.router_bias(l),
+                    label=f"L{l}.router_logits")
         plan.router("router_logits", "topk_ids", "topk_w", E, K, m.scoring, m.norm_topk_prob,
                     m.routed_scaling_factor, m.jitter_eps, label=f"L{l}.router")
         plan.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K, label=f"L{l}.moe_gather")
         plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", l, E, K, H, I, layout,
-                         expert_dtype, label=f"L{l}.experts")
+                         expert_dtype, self.expert_activation(), label=f"L{l}.experts")
         if m.shared_expert_intermediate_size:
             if m.shared_expert_gate:     # h += sigmoid(xn . w_gate) * shared(xn)
                 plan.buffer("shared_out", ["T", H])
