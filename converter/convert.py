@@ -39,25 +39,26 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     tok_info = tokenizer_info(ckpt, d.vocab_size)
     layout = expert_layout(family.expert_shapes(), dtype)
 
-    dtypes = {n: storage_dtype(s, n in keep_f32, dtype) for n, s in dense.items()}
-    generated = family.generated_tensors()
-    dtypes.update({n: "f32" for n in generated})
-    total = sum(math.prod(s) * (2 if dtypes[n] == "f16" else 4) for n, s in dense.items()) + \
-        len(moe.moe_layers) * moe.num_experts * layout["slot_bytes"]
+    dtypes: dict[str, str] = {}
+    n_expert_params = sum(math.prod(s) for s in family.expert_shapes().values())
+    total = sum(math.prod(s) for s in dense.values()) + len(moe.moe_layers) * moe.num_experts * n_expert_params
 
     writer = PackageWriter(out, force)
     try:
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"convert {family.name}",
+        with tqdm(total=total, unit="param", unit_scale=True, desc=f"convert {family.name}",
                   disable=(not progress) if progress is not None else None) as bar:
             for name, shape in dense.items():
-                writer.add_dense(name, ckpt.read(name, shape), dtypes[name])
-                bar.update(math.prod(shape) * (2 if dtypes[name] == "f16" else 4))
-            for name, array in generated.items():
+                for out_name, array in family.transform_dense(name, ckpt.read(name, shape)).items():
+                    dtypes[out_name] = storage_dtype(array.shape, out_name in keep_f32 or name in keep_f32, dtype)
+                    writer.add_dense(out_name, array, dtypes[out_name])
+                bar.update(math.prod(shape))
+            for name, array in family.generated_tensors().items():
+                dtypes[name] = "f32"
                 writer.add_dense(name, array, "f32")
             for l in moe.moe_layers:
                 for e in range(moe.num_experts):
                     writer.add_expert(l, e, family.expert_weights(ckpt, l, e), layout)
-                    bar.update(layout["slot_bytes"])
+                    bar.update(n_expert_params)
         plan = Plan(dtypes)
         family.build_plan(plan, ckpt, layout, dtype)
         for f in tokenizer_files(ckpt):

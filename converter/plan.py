@@ -89,11 +89,11 @@ class Plan:
                   [-(-N // 4), ceil_div(T, 1, 8), 1], defines, label)
 
     def rope(self, x: str, inv_freq: str, n_heads: int, D: int, rot: int, attn_factor: float,
-             row0=0, interleaved=False, label=""):
+             row0=0, interleaved=False, rot_off: int = 0, label=""):
         """In place on x rows row0 .. row0 + T, which hold positions pos .. pos + T."""
         self.step("rope", {"inv_freq": inv_freq, "x": x},
                   {"T": "T", "row0": row0, "pos0": "pos", "n_heads": n_heads, "D": D,
-                   "rot": rot, "attn_factor": attn_factor},
+                   "rot": rot, "rot_off": rot_off, "attn_factor": attn_factor},
                   [-(-(rot // 2) // 32), n_heads, "T"], ["INTERLEAVED"] if interleaved else [], label)
 
     def attention(self, q: str, k_cache: str, v_cache: str, out: str, n_heads: int, n_kv: int, D: int,
@@ -109,11 +109,28 @@ class Plan:
                   [n_heads, "T", 1], ["SINKS"] if sinks else [], label)
 
     def router(self, logits: str, topk_ids: str, topk_w: str, E: int, K: int, scoring: str,
-               normalize: bool, scale: float = 1.0, jitter_eps: float = 0.0, label=""):
-        self.step("router", {"logits": logits, "topk_ids": topk_ids, "topk_w": topk_w},
-                  {"T": "T", "E": E, "K": K, "scoring": {"softmax": 0, "sigmoid": 1, "sparsemixer": 2}[scoring],
-                   "normalize": int(normalize), "scale": scale, "jitter_eps": jitter_eps},
-                  [ceil_div("T", 1, 64), 1, 1], [], label)
+               normalize: bool, scale: float = 1.0, jitter_eps: float = 0.0, bias: str | None = None,
+               n_group: int = 1, topk_group: int = 1, label=""):
+        """scoring: softmax | sigmoid | sparsemixer (PhiMoE) | sigmoid_grouped (DeepSeek-V3: choice by
+        sigmoid + bias within the best topk_group of n_group groups)."""
+        bind = {"logits": logits, "topk_ids": topk_ids, "topk_w": topk_w}
+        if bias is not None:
+            bind["bias"] = bias
+        self.step("router", bind,
+                  {"T": "T", "E": E, "K": K,
+                   "scoring": {"softmax": 0, "sigmoid": 1, "sparsemixer": 2, "sigmoid_grouped": 3}[scoring],
+                   "normalize": int(normalize), "scale": scale, "jitter_eps": jitter_eps, "n_group": n_group,
+                   "topk_group": topk_group},
+                  [ceil_div("T", 1, 64), 1, 1], ["CHOICE_BIAS"] if bias else [], label)
+
+    def mla_assemble_k(self, k_nope: str, k_rot: str, k_cache: str, n_heads: int, d_nope: int, d_rot: int,
+                       label=""):
+        """K cache rows pos.. of multi-head latent attention: [n_heads, d_nope + d_rot] per token, the
+        per-head k_nope [T, n_heads * d_nope] then the shared, rotated k_rot [T, d_rot]."""
+        D = d_nope + d_rot
+        self.step("mla_assemble_k", {"k_nope": k_nope, "k_rot": k_rot, "k_cache": k_cache},
+                  {"T": "T", "pos0": "pos", "n_heads": n_heads, "d_nope": d_nope, "d_rot": d_rot},
+                  [-(-(n_heads * D) // 64), "T", 1], [], label)
 
     def moe_gather(self, topk_ids: str, offsets: str, order: str, E: int, K: int, label=""):
         self.step("moe_gather", {"topk_ids": topk_ids, "expert_offsets": offsets, "pair_order": order},

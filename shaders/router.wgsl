@@ -3,13 +3,56 @@
 // scoring 0 = softmax over all experts, 1 = sigmoid, 2 = PhiMoE's sparsemixer at inference: the j-th
 // expert is the best not yet chosen, weighted by its softmax among the remaining experts whose logit is
 // within 2 * jitter_eps (relative) of it. Ranking by logit equals ranking by score for all three, so
-// no per-token score array is kept. normalize = 1 divides the k weights by their sum; `scale`
-// multiplies them afterwards (routed_scaling_factor). Ties go to the lower expert index.
-struct Params { T: u32, E: u32, K: u32, scoring: u32, normalize: u32, scale: f32, jitter_eps: f32 }
+// no per-token score array is kept. 3 = DeepSeek-V3: experts are chosen by sigmoid(logit) + bias
+// (e_score_correction_bias, CHOICE_BIAS) only inside the topk_group of n_group expert groups with the
+// best sum of their top-2 choice scores, and weighted by sigmoid(logit). normalize = 1 divides the k
+// weights by their sum; `scale` multiplies them afterwards (routed_scaling_factor).
+// Ties go to the lower expert index.
+struct Params { T: u32, E: u32, K: u32, scoring: u32, normalize: u32, scale: f32, jitter_eps: f32,
+                n_group: u32, topk_group: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> topk_ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> topk_w: array<f32>;
+//!if CHOICE_BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;      // [E]
+//!endif
+
+fn sigmoid(v: f32) -> f32 { return 1.0 / (1.0 + exp(-v)); }
+
+// The value experts are ranked by.
+fn choice(row: u32, e: u32) -> f32 {
+    let v = logits[row + e];
+    if (p.scoring != 3u) { return v; }
+//!if CHOICE_BIAS
+    return sigmoid(v) + bias[e];
+//!else
+    return sigmoid(v);
+//!endif
+}
+
+// Bit g set: group g may be chosen from (always all for scoring != 3).
+fn allowed_groups(row: u32) -> u32 {
+    if (p.scoring != 3u || p.n_group <= 1u) { return 0xffffffffu; }
+    let size = p.E / p.n_group;
+    var mask = 0u;
+    for (var pick = 0u; pick < p.topk_group; pick++) {
+        var best = -3.4e38;
+        var best_g = 0u;
+        for (var g = 0u; g < p.n_group; g++) {
+            if ((mask & (1u << g)) != 0u) { continue; }
+            var a = -3.4e38;      // top two choice scores of the group
+            var b = -3.4e38;
+            for (var e = g * size; e < (g + 1u) * size; e++) {
+                let v = choice(row, e);
+                if (v > a) { b = a; a = v; } else if (v > b) { b = v; }
+            }
+            if (a + b > best) { best = a + b; best_g = g; }
+        }
+        mask |= 1u << best_g;
+    }
+    return mask;
+}
 
 const MAX_K: u32 = 32u;
 
@@ -25,21 +68,24 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
 
     var chosen = array<u32, 32>();
     var total = 0.0;
+    let groups = allowed_groups(row);
+    let group_size = p.E / max(p.n_group, 1u);
     for (var j = 0u; j < p.K; j++) {
         var best = -3.4e38;
         var best_e = 0u;
         for (var e = 0u; e < p.E; e++) {
             var taken = false;
             for (var i = 0u; i < j; i++) { taken = taken || chosen[i] == e; }
-            let v = logits[row + e];
-            if (!taken && v > best) { best = v; best_e = e; }
+            let v = choice(row, e);
+            if (!taken && (groups & (1u << min(e / group_size, 31u))) != 0u && v > best) { best = v; best_e = e; }
         }
         chosen[j] = best_e;
+        best = logits[row + best_e];
         var wgt = 0.0;
         if (p.scoring == 0u) {
             wgt = exp(best - mx) / z;
-        } else if (p.scoring == 1u) {
-            wgt = 1.0 / (1.0 + exp(-best));
+        } else if (p.scoring == 1u || p.scoring == 3u) {
+            wgt = sigmoid(best);
         } else {
             var zm = 0.0;
             for (var e = 0u; e < p.E; e++) {
@@ -56,7 +102,7 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     }
     for (var j = 0u; j < p.K; j++) {
         var wgt = topk_w[t * p.K + j];
-        if (p.normalize != 0u) { wgt = wgt / total; }
+        if (p.normalize != 0u) { wgt = wgt / (total + 1e-20); }
         topk_w[t * p.K + j] = wgt * p.scale;
     }
 }

@@ -4,7 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
-from transformers import (GptOssConfig, GptOssForCausalLM, OlmoeConfig, OlmoeForCausalLM, PhimoeConfig, PhimoeForCausalLM, Qwen2MoeConfig,
+from transformers import (DeepseekV3Config, DeepseekV3ForCausalLM, GptOssConfig, GptOssForCausalLM, OlmoeConfig, OlmoeForCausalLM, PhimoeConfig, PhimoeForCausalLM, Qwen2MoeConfig,
                           Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
 from parity import (assert_greedy_matches, assert_incremental_equals_prefill, assert_logits_close, build,
@@ -48,6 +48,14 @@ def gpt_oss(**kw):
     return GptOssForCausalLM, GptOssConfig(**{**base, **kw})
 
 
+def deepseek_v3(**kw):
+    base = dict(hidden_size=48, intermediate_size=56, moe_intermediate_size=20, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=4, n_routed_experts=16, num_experts_per_tok=3, n_group=4,
+                topk_group=2, first_k_dense_replace=1, n_shared_experts=1, kv_lora_rank=24, q_lora_rank=20,
+                qk_rope_head_dim=8, qk_nope_head_dim=12, v_head_dim=10, routed_scaling_factor=2.5, **COMMON)
+    return DeepseekV3ForCausalLM, DeepseekV3Config(**{**base, **kw})
+
+
 CASES = {
     # many experts, top-k, renormalised, a dense layer among MoE layers (mlp_only_layers), QK-norm per head
     "qwen3_moe": qwen3(mlp_only_layers=[1]),
@@ -62,6 +70,15 @@ CASES = {
     "olmoe-gqa-normalised": olmoe(num_key_value_heads=1, norm_topk_prob=True, num_experts_per_tok=1),
     # sparsemixer routing with a wide threshold, LayerNorm with bias, attention and LM-head biases
     "phimoe": phimoe(attention_bias=True, lm_head_bias=True),
+    # MLA with a low-rank query path, 16 experts in 4 groups (2 chosen), sigmoid + correction bias, scaling
+    # 2.5, a shared expert, a first dense layer
+    "deepseek_v3": deepseek_v3(),
+    # query without low rank, YaRN with mscale (softmax scale and RoPE attention factor), 8 groups, two
+    # shared experts, rotate-half RoPE
+    "deepseek_v3-yarn-no-q-lora": deepseek_v3(
+        q_lora_rank=None, n_group=8, topk_group=3, n_shared_experts=2, rope_interleave=False,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64,
+                         "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}),
     # sliding windows (5) shorter than the test sequence, sinks, clamped SwiGLU with biases, YaRN
     "gpt_oss": gpt_oss(),
     "gpt_oss-top3-mqa-tight-clamp": gpt_oss(num_experts_per_tok=3, num_key_value_heads=1, swiglu_limit=0.5,

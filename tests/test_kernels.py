@@ -88,24 +88,25 @@ def test_matmul(gpu, wdtype, T, K, N, bias, acc):
     close(out["y"], ref)
 
 
-@pytest.mark.parametrize("interleaved", [False, True])
-def test_rope(gpu, interleaved):
+@pytest.mark.parametrize("interleaved,off", [(False, 0), (True, 0), (True, 6)])
+def test_rope(gpu, interleaved, off):
     T, row0, pos0, nh, D, rot = 5, 3, 11, 3, 18, 12
     x = rand(row0 + T + 2, nh, D)
     inv_freq = (1.0 / 500.0 ** (np.arange(0, rot, 2) / rot)).astype(np.float32)
     out = run_kernel(gpu, "rope", {"inv_freq": inv_freq}, {"x": (x, "f32")},
-                     {"T": T, "row0": row0, "pos0": pos0, "n_heads": nh, "D": D, "rot": rot, "attn_factor": 1.5},
-                     [1, nh, T], ["INTERLEAVED"] if interleaved else [])
+                     {"T": T, "row0": row0, "pos0": pos0, "n_heads": nh, "D": D, "rot": rot, "rot_off": off,
+                      "attn_factor": 1.5}, [1, nh, T], ["INTERLEAVED"] if interleaved else [])
     ref = x.copy()
     ang = (pos0 + np.arange(T))[:, None] * inv_freq[None, :]           # [T, rot/2]
     c, s = (np.cos(ang) * 1.5)[:, None, :], (np.sin(ang) * 1.5)[:, None, :]
-    seg = x[row0:row0 + T]
+    seg = x[row0:row0 + T, :, off:off + rot]
+    view = ref[row0:row0 + T, :, off:off + rot]
     if interleaved:
-        a, b = seg[..., 0:rot:2], seg[..., 1:rot:2]
-        ref[row0:row0 + T, :, 0:rot:2], ref[row0:row0 + T, :, 1:rot:2] = a * c - b * s, b * c + a * s
+        a, b = seg[..., 0::2], seg[..., 1::2]
+        view[..., 0::2], view[..., 1::2] = a * c - b * s, b * c + a * s
     else:
-        a, b = seg[..., :rot // 2], seg[..., rot // 2:rot]
-        ref[row0:row0 + T, :, :rot // 2], ref[row0:row0 + T, :, rot // 2:rot] = a * c - b * s, b * c + a * s
+        a, b = seg[..., :rot // 2], seg[..., rot // 2:]
+        view[..., :rot // 2], view[..., rot // 2:] = a * c - b * s, b * c + a * s
     close(out["x"], ref)
 
 
@@ -161,7 +162,7 @@ def test_router(gpu, scoring, normalize, K, scale):
     out = run_kernel(gpu, "router", {"logits": logits},
                      {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
                      {"T": T, "E": E, "K": K, "scoring": int(scoring == "sigmoid"), "normalize": normalize,
-                      "scale": scale, "jitter_eps": 0.0}, [1, 1, 1])
+                      "scale": scale, "jitter_eps": 0.0, "n_group": 1, "topk_group": 1}, [1, 1, 1])
     if scoring == "softmax":
         prob = np.exp(logits - logits.max(-1, keepdims=True))
         prob /= prob.sum(-1, keepdims=True)
@@ -182,7 +183,8 @@ def test_router_sparsemixer(gpu):
     logits[3, :] = 0.0          # all tied at zero: the relative threshold divides 0 by 0
     out = run_kernel(gpu, "router", {"logits": logits},
                      {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
-                     {"T": T, "E": E, "K": K, "scoring": 2, "normalize": 0, "scale": 1.0, "jitter_eps": eps}, [1, 1, 1])
+                     {"T": T, "E": E, "K": K, "scoring": 2, "normalize": 0, "scale": 1.0, "jitter_eps": eps,
+                      "n_group": 1, "topk_group": 1}, [1, 1, 1])
     for t in range(T):
         s = logits[t].astype(np.float64)
         masked = s.copy()
@@ -196,6 +198,39 @@ def test_router_sparsemixer(gpu):
             assert out["topk_ids"][t, j] == e
             assert abs(out["topk_w"][t, j] - w) < 1e-5, (t, j)
             masked[e] = -np.inf
+
+
+@pytest.mark.parametrize("n_group,topk_group,K", [(4, 2, 3), (1, 1, 2), (8, 3, 4)])
+def test_router_grouped_sigmoid_with_bias(gpu, n_group, topk_group, K):
+    """DeepSeek-V3 routing against a numpy transcription of transformers' DeepseekV3TopkRouter."""
+    T, E, scale = 13, 16, 2.5
+    logits, bias = rand(T, E), rand(E) * 0.3
+    out = run_kernel(gpu, "router", {"logits": logits, "bias": bias},
+                     {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
+                     {"T": T, "E": E, "K": K, "scoring": 3, "normalize": 1, "scale": scale, "jitter_eps": 0.0,
+                      "n_group": n_group, "topk_group": topk_group}, [1, 1, 1], ["CHOICE_BIAS"])
+    scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    choice = scores + bias
+    group = np.sort(choice.reshape(T, n_group, -1), -1)[..., -2:].sum(-1)          # [T, n_group]
+    keep = np.zeros((T, n_group), bool)
+    np.put_along_axis(keep, np.argsort(-group, -1, kind="stable")[:, :topk_group], True, -1)
+    masked = np.where(np.repeat(keep, E // n_group, -1), choice, -np.inf)
+    ids = np.argsort(-masked, -1, kind="stable")[:, :K]
+    w = np.take_along_axis(scores, ids, -1)
+    w = w / (w.sum(-1, keepdims=True) + 1e-20) * scale
+    np.testing.assert_array_equal(out["topk_ids"], ids)
+    close(out["topk_w"], w, 1e-5)
+
+
+def test_mla_assemble_k(gpu):
+    T, pos0, nh, dn, dr, S = 4, 7, 3, 5, 6, 14
+    k_nope, k_rot, cache = rand(T, nh, dn), rand(T, dr), rand(S, nh, dn + dr)
+    out = run_kernel(gpu, "mla_assemble_k", {"k_nope": k_nope, "k_rot": k_rot}, {"k_cache": (cache, "f32")},
+                     {"T": T, "pos0": pos0, "n_heads": nh, "d_nope": dn, "d_rot": dr}, [1, T, 1])
+    ref = cache.copy()
+    ref[pos0:pos0 + T, :, :dn] = k_nope
+    ref[pos0:pos0 + T, :, dn:] = k_rot[:, None, :]
+    np.testing.assert_array_equal(out["k_cache"], ref)
 
 
 def test_moe_gather(gpu):

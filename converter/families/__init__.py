@@ -1,13 +1,14 @@
 """The model families the converter knows, found by config.json's model_type."""
 from ..errors import ConversionError
 from .base import DecoderFamily
+from .deepseek_v3 import DeepseekV3
 from .gpt_oss import GptOss
 from .mixtral import Mixtral
 from .olmoe import Olmoe
 from .phimoe import Phimoe
 from .qwen_moe import Qwen2Moe, Qwen3Moe
 
-FAMILIES: tuple[type[DecoderFamily], ...] = (Mixtral, Qwen3Moe, Qwen2Moe, Olmoe, Phimoe, GptOss)
+FAMILIES: tuple[type[DecoderFamily], ...] = (Mixtral, Qwen3Moe, Qwen2Moe, Olmoe, Phimoe, DeepseekV3, GptOss)
 
 
 def supported() -> list[str]:

@@ -36,13 +36,15 @@ class MoE:
     num_experts: int
     top_k: int
     intermediate_size: int       # of one routed expert
-    scoring: str                 # "softmax" | "sigmoid" | "sparsemixer"
+    scoring: str                 # "softmax" | "sigmoid" | "sparsemixer" | "sigmoid_grouped"
     norm_topk_prob: bool
     routed_scaling_factor: float
     moe_layers: list[int]
     shared_expert_intermediate_size: int = 0   # 0 = no shared expert
     shared_expert_gate: bool = False           # sigmoid gate on the shared expert (Qwen2-MoE)
     jitter_eps: float = 0.0                    # sparsemixer's relative threshold (PhiMoE)
+    n_group: int = 1                           # expert groups and how many are chosen (DeepSeek-V3)
+    topk_group: int = 1
 
 
 def need(config: dict, key, kind=int):
@@ -188,9 +190,28 @@ class DecoderFamily:
 
     def layer_tensors(self, ckpt: Checkpoint, l: int) -> dict[str, tuple[int, ...]]:
         d, H = self.dims, self.dims.hidden_size
-        qd, kvd = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
         out = {**self.norm_tensors(self.attn_norm.format(l=l)), **self.norm_tensors(self.ffn_norm.format(l=l)),
-               self.attn["q"].format(l=l): (qd, H), self.attn["k"].format(l=l): (kvd, H),
+               **self.attention_tensors(l)}
+        if self.attention_sinks(l):
+            out[self.attention_sinks(l)] = (d.num_heads,)
+        m = self.moe
+        if l in m.moe_layers:
+            out[self.resolve(ckpt, self.router, l=l)] = (m.num_experts, H)
+            for bias in (self.router_bias(l), self.router_choice_bias(l)):
+                if bias:
+                    out[bias] = (m.num_experts,)
+            if m.shared_expert_intermediate_size:
+                out.update(self.mlp_tensors(self.shared_mlp, l, m.shared_expert_intermediate_size))
+                if m.shared_expert_gate:
+                    out[self.shared_gate.format(l=l)] = (1, H)
+        else:
+            out.update(self.mlp_tensors(self.dense_mlp, l, d.intermediate_size))
+        return out
+
+    def attention_tensors(self, l: int) -> dict[str, tuple[int, ...]]:
+        d, H = self.dims, self.dims.hidden_size
+        qd, kvd = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
+        out = {self.attn["q"].format(l=l): (qd, H), self.attn["k"].format(l=l): (kvd, H),
                self.attn["v"].format(l=l): (kvd, H), self.attn["o"].format(l=l): (H, qd)}
         bias_size = {"q": qd, "k": kvd, "v": kvd, "o": H}
         for part in self.attention_bias_parts(self.config):
@@ -199,20 +220,11 @@ class DecoderFamily:
             out.update({self.q_norm.format(l=l): (d.head_dim,), self.k_norm.format(l=l): (d.head_dim,)})
         elif self.qk_norm == "full":
             out.update({self.q_norm.format(l=l): (qd,), self.k_norm.format(l=l): (kvd,)})
-        if self.attention_sinks(l):
-            out[self.attention_sinks(l)] = (d.num_heads,)
-        m = self.moe
-        if l in m.moe_layers:
-            out[self.resolve(ckpt, self.router, l=l)] = (m.num_experts, H)
-            if self.router_bias(l):
-                out[self.router_bias(l)] = (m.num_experts,)
-            if m.shared_expert_intermediate_size:
-                out.update(self.mlp_tensors(self.shared_mlp, l, m.shared_expert_intermediate_size))
-                if m.shared_expert_gate:
-                    out[self.shared_gate.format(l=l)] = (1, H)
-        else:
-            out.update(self.mlp_tensors(self.dense_mlp, l, d.intermediate_size))
         return out
+
+    def transform_dense(self, name: str, array: np.ndarray) -> dict[str, np.ndarray]:
+        """The package tensors made from one checkpoint tensor (a family may split or reorder one)."""
+        return {name: array}
 
     def mlp_tensors(self, names: dict, l: int, I: int) -> dict[str, tuple[int, ...]]:
         if I <= 0:
@@ -229,6 +241,10 @@ class DecoderFamily:
         return None
 
     def router_bias(self, l: int) -> str | None:
+        return None
+
+    def router_choice_bias(self, l: int) -> str | None:
+        """A bias added to expert scores for choosing only (DeepSeek-V3's e_score_correction_bias)."""
         return None
 
     def expert_activation(self) -> dict | None:
@@ -340,7 +356,8 @@ class DecoderFamily:
         plan.matmul("xn", self.resolve(ckpt, self.router, l=l), "router_logits", H, E, bias=self.router_bias(l),
                     label=f"L{l}.router_logits")
         plan.router("router_logits", "topk_ids", "topk_w", E, K, m.scoring, m.norm_topk_prob,
-                    m.routed_scaling_factor, m.jitter_eps, label=f"L{l}.router")
+                    m.routed_scaling_factor, m.jitter_eps, self.router_choice_bias(l), m.n_group, m.topk_group,
+                    label=f"L{l}.router")
         plan.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K, label=f"L{l}.moe_gather")
         plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", l, E, K, H, I, layout,
                          expert_dtype, self.expert_activation(), label=f"L{l}.experts")
