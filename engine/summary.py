@@ -10,18 +10,25 @@ def summarize(package: Package) -> dict[str, str]:
     m = package.manifest
     moe, cfg = m["moe"], m["config"]
     layout = moe["expert_layout"]
-    expert_params = sum(math.prod(layout[r]["shape"]) for r in ("gate", "up", "down"))
+    expert_params = sum(math.prod(part["shape"]) for part in layout.values() if isinstance(part, dict))
     dense_params = sum(math.prod(t["shape"]) for n, t in m["tensors"].items() if not n.startswith("rope."))
     n_moe = len(moe["moe_layers"])
     total = dense_params + n_moe * moe["num_experts"] * expert_params
     active = dense_params + n_moe * moe["top_k"] * expert_params
     dense_bytes = sum(s["size"] for s in m["shards"] if s["kind"] == "dense")
+    dense_layers = [l for l in range(cfg["num_layers"]) if l not in moe["moe_layers"]]
+    shared = moe.get("shared_expert_intermediate_size") or 0
     return {
         "family": f"{m['family']} ({m.get('architecture')})",
-        "layers": f"{cfg['num_layers']} ({n_moe} MoE)",
+        "layers": f"{cfg['num_layers']} ({n_moe} MoE; dense: {_layers(dense_layers)})",
         "hidden size": str(cfg["hidden_size"]),
-        "attention": f"{cfg['num_heads']} heads, {cfg['num_kv_heads']} KV heads, head dim {cfg['head_dim']}",
-        "experts": f"{moe['num_experts']} per layer, top-{moe['top_k']}, router {moe['router']}",
+        "attention": f"{cfg['num_heads']} heads, {cfg['num_kv_heads']} KV heads"
+                     + (f", sliding window {cfg['sliding_window']}" if cfg.get("sliding_window") else "")
+                     + f", RoPE {cfg.get('rope_type', 'default')}",
+        "experts": f"{moe['num_experts']} per layer, top-{moe['top_k']}, intermediate {moe['intermediate_size']}",
+        "router": _router(moe),
+        "shared experts": f"intermediate {shared}" + (" (sigmoid-gated)" if moe.get("shared_expert_gate") else "")
+                          if shared else "none",
         "total parameters": _count(total),
         "active parameters": f"{_count(active)} per token (embeddings included)",
         "storage dtype": m["dtype"],
@@ -29,6 +36,22 @@ def summarize(package: Package) -> dict[str, str]:
         "dense bytes": _bytes(dense_bytes),
         "shards": f"{len(m['shards'])} ({sum(s['kind'] == 'expert' for s in m['shards'])} expert)",
     }
+
+
+def _router(moe: dict) -> str:
+    kind = moe["scoring"]
+    if kind == "sigmoid_grouped":
+        kind = f"sigmoid + correction bias, best {moe['topk_group']} of {moe['n_group']} groups"
+    elif kind == "sparsemixer":
+        kind = f"sparsemixer (threshold {moe['jitter_eps']})"
+    parts = [kind, "renormalised" if moe["norm_topk_prob"] else "not renormalised"]
+    if moe.get("routed_scaling_factor", 1.0) != 1.0:
+        parts.append(f"scaled x{moe['routed_scaling_factor']}")
+    return ", ".join(parts)
+
+
+def _layers(ids: list[int]) -> str:
+    return ", ".join(map(str, ids)) if ids else "none"
 
 
 def _count(n: int) -> str:

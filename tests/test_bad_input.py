@@ -205,6 +205,8 @@ def test_cli_run_and_info(good_pkg):
     info = dict((line[:22].strip(), line[22:]) for line in r.stdout.splitlines())
     assert info["family"].startswith("mixtral")
     assert info["experts"].startswith("5 per layer, top-2")
+    assert info["router"] == "softmax, renormalised" and info["shared experts"] == "none"
+    assert info["layers"] == "2 (2 MoE; dense: none)"
     # 2 layers x 5 experts x 3 x 40 x 48 expert params, plus dense (embed, lm_head, attention, norms, routers)
     dense = 2 * 400 * 48 + 48 + 2 * (2 * 48 + 48 * 48 * 2 + 24 * 48 * 2 + 5 * 48)
     assert info["total parameters"].endswith(f"({dense + 2 * 5 * 3 * 40 * 48:,})")

@@ -90,14 +90,36 @@ def check_parity(page, pkg, prompt_len=21, n_greedy=16):
         assert last[n[i]] - last[b[i]] <= TOLERANCE["f32"] * np.abs(last).max(), (i, b, n)
 
 
-def test_browser_matches_native_on_tiny_models(packages):
-    rec = Recorder()
-    with serving(app_with(rec, *packages.values())) as url, browser() as ctx:
-        page = open_page(ctx, url + "/")
-        for pkg in packages.values():
-            info = page.evaluate(LOAD, [manifest_url(pkg)])
-            assert info["family"] == "mixtral" and "swiftshader" in info["adapter"].lower()
-            check_parity(page, pkg)
+MIXTRAL_PACKAGES = ("gqa-top2-f32", "odd-sizes-top3-f16")
+
+
+@pytest.fixture(scope="module")
+def family_site(tmp_path_factory, packages):
+    """One package of every family (f32) plus the Mixtral ones, served to one Chromium."""
+    from test_families import CASES as FAMILY_CASES
+    root = tmp_path_factory.mktemp("families")
+    pkgs = dict(packages)
+    for case in ("qwen3_moe", "qwen2_moe", "olmoe", "phimoe", "deepseek_v3", "gpt_oss"):
+        model_cls, config = FAMILY_CASES[case]
+        pkgs[case] = convert(save_checkpoint(model_cls, config, root / f"ckpt-{case}"), root / case, dtype="f32",
+                             progress=False)
+    with serving(create_app(list(pkgs.values()))) as url, browser() as ctx:
+        yield url, ctx, pkgs
+
+
+@pytest.mark.parametrize("name", [*MIXTRAL_PACKAGES, "qwen3_moe", "qwen2_moe", "olmoe", "phimoe",
+                                  "deepseek_v3", "gpt_oss"])
+def test_browser_matches_native(family_site, name):
+    """The same plan and kernels in Chromium (SwiftShader) give the native engine's logits and tokens."""
+    url, ctx, pkgs = family_site
+    page = open_page(ctx, url + "/")
+    try:
+        info = page.evaluate(LOAD, [manifest_url(pkgs[name])])
+        assert info["family"] == ("mixtral" if name in MIXTRAL_PACKAGES else name)
+        assert "swiftshader" in info["adapter"].lower()
+        check_parity(page, pkgs[name])
+    finally:
+        page.close()
 
 
 @pytest.mark.skipif(not (DEMO / "manifest.json").is_file(), reason="demo model not built")

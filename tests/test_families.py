@@ -7,6 +7,7 @@ import pytest
 from transformers import (DeepseekV3Config, DeepseekV3ForCausalLM, GptOssConfig, GptOssForCausalLM, OlmoeConfig, OlmoeForCausalLM, PhimoeConfig, PhimoeForCausalLM, Qwen2MoeConfig,
                           Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
+from webmoe.engine.summary import summarize
 from parity import (assert_greedy_matches, assert_incremental_equals_prefill, assert_logits_close, build,
                     reference_logits)
 
@@ -87,6 +88,18 @@ CASES = {
                                       num_key_value_heads=1, intermediate_size=31),
 }
 
+# what `webmoe info` must say of a family's particular options
+INFO = {
+    "qwen3_moe": {"layers": "3 (2 MoE; dense: 1)", "router": "softmax, renormalised"},
+    "qwen2_moe": {"shared experts": "intermediate 44 (sigmoid-gated)", "router": "softmax, not renormalised"},
+    "olmoe": {"experts": "10 per layer, top-4, intermediate 28"},
+    "phimoe": {"router": "sparsemixer (threshold 0.3), not renormalised"},
+    "deepseek_v3": {"layers": "3 (2 MoE; dense: 0)", "shared experts": "intermediate 20",
+                    "router": "sigmoid + correction bias, best 2 of 4 groups, renormalised, scaled x2.5"},
+    "gpt_oss": {"attention": "4 heads, 2 KV heads, sliding window 5, RoPE yarn"},
+}
+
+
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
 def test_family_matches_transformers(tmp_path, case, dtype):
@@ -94,6 +107,9 @@ def test_family_matches_transformers(tmp_path, case, dtype):
     rng = np.random.default_rng(zlib.crc32(case.encode()))   # the same prompts whatever runs first
     ref, engine = build(model_cls, config, tmp_path, dtype)
     assert engine.package.manifest["family"] == case.split("-")[0]
+    info = summarize(engine.package)
+    for key, value in INFO.get(case, {}).items():
+        assert info[key] == value, (key, info[key])
     ids = rng.integers(3, 400, 70).tolist()
     assert_logits_close(engine.logits(ids), reference_logits(ref, ids), dtype, ref, ids)
     assert_greedy_matches(ref, engine, rng.integers(3, 400, 7).tolist(), 32, dtype)
