@@ -122,7 +122,6 @@ def test_browser_matches_native(family_site, name):
         page.close()
 
 
-@pytest.mark.skipif(not (DEMO / "manifest.json").is_file(), reason="demo model not built")
 def test_browser_matches_native_on_the_demo_model():
     rec = Recorder()
     with serving(app_with(rec, DEMO)) as url, browser() as ctx:
@@ -197,8 +196,8 @@ def test_quota_too_small_gives_a_clear_message(packages):
         assert [c["complete"] for c in cached] == [True]
 
 
-def test_chat_page_streams_tokens(packages):
-    pkg = DEMO if (DEMO / "manifest.json").is_file() else packages["gqa-top2-f32"]
+def test_chat_page_streams_tokens():
+    pkg = DEMO
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with serving(create_app([pkg])) as url, browser() as ctx:
         page = open_page(ctx, url + "/?autoload")
