@@ -24,14 +24,18 @@ def free_port() -> int:
 
 @contextmanager
 def serving(app: web.Application):
-    """Runs an aiohttp app on 127.0.0.1 in a background thread; yields its base URL."""
+    """Runs an aiohttp app on 127.0.0.1 in a background thread; yields its base URL. Everything asyncio
+    happens in that thread, so this nests inside Playwright's sync API (which runs a loop here)."""
     loop = asyncio.new_event_loop()
     port = free_port()
     runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+
+    async def start():
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(60)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

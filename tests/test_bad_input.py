@@ -82,8 +82,9 @@ CASES = {
     "missing config": (break_missing_config, "missing config.json"),
     "malformed config": (break_malformed_config, "malformed config.json"),
     "config lacks a field": (break_config_field, "lacks 'hidden_size'"),
-    "unknown architecture": (break_architecture, "unsupported architecture 'mamba9'; supported: mixtral"),
-    "no model_type": (break_no_model_type, "no model_type; supported: mixtral"),
+    "unknown architecture": (break_architecture, "unsupported architecture 'mamba9'; supported: deepseek_v3, "
+                             "gpt_oss, kimi_k2, mixtral, olmoe, phimoe, qwen2_moe, qwen3_moe"),
+    "no model_type": (break_no_model_type, "no model_type; supported: deepseek_v3, gpt_oss"),
     "truncated safetensors": (break_truncated, "truncated file"),
     "corrupt safetensors header": (break_header, "corrupt safetensors header"),
     "missing tensor": (break_missing_tensor, "missing tensor model.layers.1.self_attn.o_proj.weight"),

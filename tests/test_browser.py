@@ -123,11 +123,32 @@ def test_browser_matches_native(family_site, name):
 
 
 def test_browser_matches_native_on_the_demo_model():
+    """Logits, greedy tokens, tokenisation and chat templates (@huggingface/tokenizers and
+    @huggingface/jinja against tokenizers and jinja2), stop(), and deleting the cached model."""
     rec = Recorder()
+    native = Engine.load(DEMO, quiet=True)
     with serving(app_with(rec, DEMO)) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.evaluate(LOAD, [manifest_url(DEMO)])
         check_parity(page, DEMO, prompt_len=40, n_greedy=24)
+        for prompt in ("KING HENRY. Once more unto the breach, dear friends!\n  Où est-il? — 1599",
+                       [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Good day."},
+                        {"role": "user", "content": "How art thou?"}]):
+            assert page.evaluate("async ([p]) => window.engine.tokenize(p)", [prompt]) == \
+                native.tokenizer.prompt_ids(prompt)
+        # stop() ends a running generation early
+        count = page.evaluate("""async () => {
+          let n = 0;
+          for await (const t of window.engine.generate('ROMEO.', {maxNewTokens: 400, temperature: 0})) {
+            if (++n === 5) window.engine.stop();
+          }
+          return n;
+        }""")
+        assert 5 <= count < 40, count
+        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        assert len(cached) == 1 and cached[0]["complete"]
+        page.evaluate("async ([id]) => (await import('/web/webmoe.js')).deleteCached(id)", [cached[0]["id"]])
+        assert page.evaluate("async () => (await import('/web/webmoe.js')).listCached()") == []
 
 
 def test_opfs_cache_second_load_corruption_and_resume(packages):

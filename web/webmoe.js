@@ -2,6 +2,7 @@
 //
 //   import * as webmoe from "/web/webmoe.js";
 //   const engine = await webmoe.load("/models/NAME/manifest.json", { onProgress });
+//   const ids = await engine.tokenize("text" or messages);        // as the native tokenizer encodes it
 //   const logits = await engine.logits([1, 2, 3]);               // Float32Array [T * vocab]
 //   for await (const t of engine.generate(messages, { maxNewTokens: 64, temperature: 0.7 })) ...
 //   engine.stop();                                                 // ends a running generate()
@@ -42,6 +43,11 @@ class BrowserEngine {
   constructor(client, info) {
     this.client = client;
     Object.assign(this, info);
+  }
+
+  // Token ids of a prompt: text, or chat messages rendered with the model's template.
+  async tokenize(prompt) {
+    return (await this.client.call("tokenize", { prompt })).ids;
   }
 
   async logits(ids) {

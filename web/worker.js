@@ -1,5 +1,5 @@
 // The engine's home: a dedicated worker, so the page stays responsive while the GPU works.
-// Messages in: {id, op: "load"|"logits"|"generate"|"stop"|"list"|"delete", ...}; out: {id, ...}.
+// Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stop"|"list"|"delete", ...}; out: {id, ...}.
 import { Engine } from "./engine.js";
 import { deleteCached, listCached } from "./loader.js";
 
@@ -11,6 +11,9 @@ const ops = {
     engine = await Engine.load(manifestUrl, { ...options, onProgress: (p) => postMessage({ id, progress: p }) });
     return { adapter: engine.adapter, family: engine.manifest.family, config: engine.manifest.config,
              moe: { ...engine.manifest.moe, expert_layout: undefined } };
+  },
+  async tokenize({ prompt }) {
+    return { ids: engine.tokenizer.promptIds(prompt) };
   },
   async logits({ ids }) {
     const out = await engine.logits(ids);
