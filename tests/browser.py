@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import socket
 import tempfile
 import threading
@@ -44,11 +45,24 @@ def serving(app: web.Application):
         thread.join(30)
 
 
+_playwright = None
+
+
+def playwright():
+    """The process's one Playwright (its sync API cannot be started twice at once)."""
+    global _playwright
+    if _playwright is None:
+        _playwright = sync_playwright().start()
+        atexit.register(_playwright.stop)
+    return _playwright
+
+
 @contextmanager
 def browser():
     """A fresh Chromium with its own empty profile (so OPFS starts empty)."""
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS)
+    with tempfile.TemporaryDirectory() as profile:
+        ctx = playwright().chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                             args=FLAGS)
         try:
             yield ctx
         finally:

@@ -238,10 +238,9 @@ def test_chat_page_streams_tokens():
 
 
 def test_no_webgpu_gives_a_clear_message(packages, tmp_path):
-    from playwright.sync_api import sync_playwright
-    from browser import CHROMIUM
-    with serving(create_app([packages["gqa-top2-f32"]])) as url, sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+    from browser import CHROMIUM, playwright
+    with serving(create_app([packages["gqa-top2-f32"]])) as url:
+        b = playwright().chromium.launch(executable_path=CHROMIUM, headless=True,
                                args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
                                      "--disable-features=WebGPU,Vulkan", "--disable-component-update"])
         page = b.new_page()
