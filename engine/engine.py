@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,7 @@ import wgpu
 
 from .device import Gpu, open_gpu
 from .executor import STORAGE, Executor, Readback
-from .expert_cache import ExpertCache
+from .expert_cache import ExpertCache, expert_segments
 from .generation import GenerationConfig, Generator
 from .package import Package, PackageError
 from .tokenizer import PromptError, TextTokenizer
@@ -22,7 +23,8 @@ class Token:
 
 
 class Engine:
-    def __init__(self, package: Package, gpu: Gpu, max_seq_len: int | None = None, chunk_tokens: int = 64):
+    def __init__(self, package: Package, gpu: Gpu, max_seq_len: int | None = None, chunk_tokens: int = 64,
+                 expert_cache_bytes: int | None = None, pinned_experts=()):
         self.package, self.gpu = package, gpu
         cfg = package.config
         self.vocab_size = cfg["vocab_size"]
@@ -38,7 +40,9 @@ class Engine:
             buf = device.create_buffer(size=max(t["size"], 4), usage=STORAGE, label=name)
             device.queue.write_buffer(buf, 0, package.tensor_bytes(name))
             self.weights[name] = buf
-        self.experts = ExpertCache(gpu, package)
+        self.experts = ExpertCache(gpu, package, expert_cache_bytes, pinned_experts)
+        self.segments = expert_segments(package.manifest["plan"])
+        self._route_rb = Readback(device, self.chunk * package.moe["top_k"] * 4)
         self.executor = Executor(gpu, package.manifest["plan"], self.weights, self.experts.buffers,
                                  {"T": self.chunk, "S": self.max_seq_len})
         self.token_buf = device.create_buffer(size=16, usage=STORAGE, label="sampled token")
@@ -51,15 +55,24 @@ class Engine:
         self.pos = 0    # tokens held in the KV cache
 
     @classmethod
-    def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None,
-             chunk_tokens: int = 64, quiet: bool = False) -> "Engine":
+    def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
+             expert_cache_bytes: int | None = None, pinned_experts=(), quiet: bool = False) -> "Engine":
         """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
-        else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk."""
+        else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
+        `expert_cache_bytes` is the GPU budget for routed experts (default: all of them, as far as the
+        adapter's binding limit allows); `pinned_experts` lists (layer, expert) pairs never evicted."""
         package = Package(path)
         gpu = open_gpu(adapter)
+        engine = cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts)
         if not quiet:
-            print(f"webmoe: {package.manifest['family']} on {gpu.description}", file=sys.stderr)
-        return cls(package, gpu, max_seq_len, chunk_tokens)
+            cache = engine.experts
+            print(f"webmoe: {package.manifest['family']} on {gpu.description}; experts: {cache.n_slots} GPU slots"
+                  f" for {len(cache.moe_layers) * cache.num_experts}", file=sys.stderr)
+        return engine
+
+    def expert_stats(self) -> dict:
+        """The expert cache's statistics, per layer and in total."""
+        return self.experts.report()
 
     @property
     def adapter(self) -> str:
@@ -77,11 +90,34 @@ class Engine:
             raise PromptError(f"{arr.size} tokens exceed the maximum sequence length {self.max_seq_len}")
         return arr.astype(np.uint32)
 
-    def _encode_forward(self, encoder, ids: np.ndarray, pos: int, logit_row0: int, n_logits: int) -> None:
-        self.gpu.device.queue.write_buffer(self.executor.buffers["ids"], 0, ids)
-        env = {"T": len(ids), "pos": pos, "logit_row0": logit_row0, "n_logits": n_logits,
+    def _forward(self, ids: np.ndarray, logit_row0: int, n_logits: int):
+        """Runs ids (one chunk) at self.pos; returns an encoder holding the last commands, not submitted,
+        for the caller to add its read-back to. While every expert is resident this is one submission
+        with no read-back; with paging, each MoE layer reads back its chosen experts, which are made
+        resident (in batches if they do not all fit) before its expert kernels run."""
+        device, ex = self.gpu.device, self.executor
+        device.queue.write_buffer(ex.buffers["ids"], 0, ids)
+        env = {"T": len(ids), "pos": self.pos, "logit_row0": logit_row0, "n_logits": n_logits,
                **self.experts.variables}
-        self.executor.encode(encoder, env)
+        ex.write_params(env)
+        encoder, done = device.create_command_encoder(), 0
+        if self.experts.paging:
+            size = len(ids) * self.package.moe["top_k"] * 4
+            for seg in self.segments:
+                ex.encode_range(encoder, env, done, seg.start)
+                encoder.copy_buffer_to_buffer(ex.buffers[seg.topk_ids], 0, self._route_rb.buffer, 0, size)
+                device.queue.submit([encoder.finish()])
+                t0 = time.perf_counter()
+                chosen = np.frombuffer(self._route_rb.read(size), np.uint32)
+                self.experts.stats[seg.layer].wait_s += time.perf_counter() - t0
+                for _ in self.experts.batches(seg.layer, chosen):
+                    encoder = device.create_command_encoder()
+                    ex.encode_range(encoder, env, seg.start, seg.stop)
+                    device.queue.submit([encoder.finish()])
+                encoder, done = device.create_command_encoder(), seg.stop
+        ex.encode_range(encoder, env, done, len(ex.steps))
+        self.pos += len(ids)
+        return encoder
 
     def reset(self) -> None:
         """Forgets the sequence held in the KV cache."""
@@ -99,12 +135,10 @@ class Engine:
         out = []
         for start in range(0, len(ids), self.chunk):
             chunk = ids[start:start + self.chunk]
-            encoder = device.create_command_encoder()
-            self._encode_forward(encoder, chunk, self.pos, 0, len(chunk))
+            encoder = self._forward(chunk, 0, len(chunk))
             size = len(chunk) * self.vocab_size * 4
             encoder.copy_buffer_to_buffer(self.executor.buffers["logits"], 0, self._logits_rb.buffer, 0, size)
             device.queue.submit([encoder.finish()])
-            self.pos += len(chunk)
             out.append(np.frombuffer(self._logits_rb.read(size), np.float32).reshape(len(chunk), self.vocab_size))
         return np.concatenate(out)
 
@@ -122,9 +156,7 @@ class Engine:
         for start in range(0, len(ids), self.chunk):
             chunk = ids[start:start + self.chunk]
             last = start + self.chunk >= len(ids)
-            encoder = device.create_command_encoder()
-            self._encode_forward(encoder, chunk, self.pos, len(chunk) - 1, 1 if last else 0)
-            self.pos += len(chunk)
+            encoder = self._forward(chunk, len(chunk) - 1, 1 if last else 0)
             if not last:
                 device.queue.submit([encoder.finish()])
         self.sampler.encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u})

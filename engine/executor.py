@@ -112,8 +112,14 @@ class Executor:
     def encode(self, encoder, env: dict[str, int]) -> None:
         """Records every step into one compute pass (WebGPU orders the dispatches' memory accesses)."""
         self.write_params(env)
+        self.encode_range(encoder, env, 0, len(self.steps))
+
+    def encode_range(self, encoder, env: dict[str, int], start: int, stop: int) -> None:
+        """Records steps start .. stop; the caller wrote the params for env and submits before they change."""
+        if start >= stop:
+            return
         cpass = encoder.begin_compute_pass()
-        for st in self.steps:
+        for st in self.steps[start:stop]:
             counts = [evaluate(d, env) for d in st["dispatch"]]
             if min(counts) <= 0:
                 continue

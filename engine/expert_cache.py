@@ -1,10 +1,18 @@
-"""GPU residency of routed experts: experts live in the slots of a slab buffer, and a slot table
-[num_layers, E] maps (layer, expert) -> slot, which the grouped expert kernels read. Slot layout equals
-the expert shard layout, so loading an expert is one copy of its shard.
+"""GPU residency of routed experts: resident experts live in the slots of a slab buffer and a slot table
+[num_layers, E] maps (layer, expert) -> slot, which the grouped expert kernels read. A slot's layout
+equals the expert's shard, so loading an expert is one copy of its (memory-mapped) shard.
 
-Today every expert is resident (slot = its index in load order); the byte budget, eviction and
-prefetch of ../shared/DESIGN.md build on this same slab and table."""
+With a budget that holds every expert, all are loaded once and routing stays on the GPU: a forward pass
+reads nothing back. With a smaller budget the engine reads back each MoE layer's chosen experts and
+asks `batches()` for them: experts already resident are hits, the others are uploaded into free slots
+or slots taken from the least recently used experts not in the batch and not pinned. When a layer needs
+more experts than there are slots, the experts run in several batches; each pair's output is computed
+in exactly one of them, so the numerics do not depend on the budget."""
 from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import wgpu
@@ -13,37 +21,90 @@ from .device import Gpu
 from .package import Package
 
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
+NO_SLOT = 0xFFFFFFFF          # the kernels skip experts whose slot lies outside the bound slab
 
 
 class ExpertCacheError(RuntimeError):
     pass
 
 
+@dataclass
+class LayerStats:
+    lookups: int = 0          # distinct experts a forward pass needed in this layer, summed over passes
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    bytes_uploaded: int = 0
+    wait_s: float = 0.0       # time the forward pass waited for routing read-back and uploads
+
+    def as_dict(self) -> dict:
+        return {"lookups": self.lookups, "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+                "bytes_uploaded": self.bytes_uploaded, "wait_s": round(self.wait_s, 6),
+                "hit_rate": self.hits / self.lookups if self.lookups else None}
+
+
+@dataclass
+class Segment:
+    """Consecutive plan steps that read the expert slab (one MoE layer's expert kernels), and the plan
+    buffer holding that layer's chosen expert ids."""
+    layer: int
+    start: int
+    stop: int
+    topk_ids: str
+
+
+def expert_segments(plan: dict) -> list[Segment]:
+    segments: list[Segment] = []
+    topk = None
+    for i, step in enumerate(plan["steps"]):
+        if step["kernel"] == "moe_gather":
+            topk = step["bind"]["topk_ids"]
+        if "experts" in step["bind"].values():
+            if segments and segments[-1].stop == i:
+                segments[-1].stop = i + 1
+            else:
+                segments.append(Segment(step["params"]["layer"], i, i + 1, topk))
+    return segments
+
+
 class ExpertCache:
-    def __init__(self, gpu: Gpu, package: Package):
+    def __init__(self, gpu: Gpu, package: Package, budget_bytes: int | None = None, pinned=()):
         moe = package.moe
+        self.package, self.device = package, gpu.device
         self.layout = moe["expert_layout"]
         self.num_experts = moe["num_experts"]
-        self.moe_layers = moe["moe_layers"]
+        self.moe_layers = list(moe["moe_layers"])
         self.slot_bytes = self.layout["slot_bytes"]
-        self.n_slots = len(self.moe_layers) * self.num_experts
-        slab_bytes = self.n_slots * self.slot_bytes
-        if slab_bytes > gpu.max_binding:
-            raise ExpertCacheError(
-                f"the routed experts need {slab_bytes / 2**20:.1f} MiB, above this adapter's "
-                f"{gpu.max_binding / 2**20:.0f} MiB storage binding limit; expert paging with a byte "
-                "budget is not built yet")
-        device = gpu.device
-        self.slab = device.create_buffer(size=max(slab_bytes, 4), usage=STORAGE, label="expert slab")
-        slots = np.zeros(package.config["num_layers"] * self.num_experts, np.uint32)   # [layers, E]
-        slot = 0
-        for layer in self.moe_layers:
-            for e in range(self.num_experts):
-                device.queue.write_buffer(self.slab, slot * self.slot_bytes, package.expert_bytes(layer, e))
-                slots[layer * self.num_experts + e] = slot
-                slot += 1
-        self.slot_table = device.create_buffer(size=slots.nbytes, usage=STORAGE, label="expert slots")
-        device.queue.write_buffer(self.slot_table, 0, slots)
+        total = len(self.moe_layers) * self.num_experts
+        fit = gpu.max_binding // self.slot_bytes
+        if budget_bytes is None:
+            n_slots = min(total, fit)
+        else:
+            if budget_bytes < self.slot_bytes:
+                raise ExpertCacheError(f"an expert cache of {budget_bytes / 2**20:.2f} MiB holds no expert; one "
+                                       f"expert needs {self.slot_bytes / 2**20:.2f} MiB")
+            n_slots = min(total, budget_bytes // self.slot_bytes, fit)
+        self.n_slots = max(1, n_slots)
+        self.paging = self.n_slots < total
+        self.pinned = {tuple(p) for p in pinned}
+        bad = [p for p in self.pinned if p[0] not in self.moe_layers or not 0 <= p[1] < self.num_experts]
+        if bad:
+            raise ExpertCacheError(f"pinned experts {sorted(bad)} do not exist in this model")
+        if len(self.pinned) >= self.n_slots and self.paging:
+            raise ExpertCacheError(f"{len(self.pinned)} pinned experts leave no free slot in a cache of {self.n_slots}")
+        self.slab = self.device.create_buffer(size=self.n_slots * self.slot_bytes, usage=STORAGE, label="expert slab")
+        self.table = np.full(package.config["num_layers"] * self.num_experts, NO_SLOT, np.uint32)   # [layers, E]
+        self.slot_table = self.device.create_buffer(size=self.table.nbytes, usage=STORAGE, label="expert slots")
+        self.resident: OrderedDict[tuple[int, int], int] = OrderedDict()   # LRU order, oldest first
+        self.free = list(range(self.n_slots - 1, -1, -1))
+        self.stats = {l: LayerStats() for l in self.moe_layers}
+        self.usage = {l: np.zeros(self.num_experts, np.int64) for l in self.moe_layers}   # times chosen
+        self.in_use: set[tuple[int, int]] = set()
+        startup = [(l, e) for l in self.moe_layers for e in range(self.num_experts)] if not self.paging \
+            else sorted(self.pinned)
+        for key in startup:
+            self._upload(key, self.free.pop())
+        self._write_table()
 
     @property
     def buffers(self) -> dict:
@@ -53,3 +114,72 @@ class ExpertCache:
     def variables(self) -> dict[str, int]:
         """Plan variables of the grouped expert kernels: the slot range the bound slab buffer holds."""
         return {"slot0": 0, "n_slots": self.n_slots}
+
+    def batches(self, layer: int, experts):
+        """Yields the needed experts of a layer in batches that are resident together, the slot table
+        set to exactly that batch for the layer; the caller runs the layer's expert kernels per batch."""
+        need = [int(e) for e in sorted(set(int(x) for x in experts))]
+        st = self.stats[layer]
+        st.lookups += len(need)
+        self.usage[layer][need] += 1
+        pending = sorted(need, key=lambda e: (layer, e) not in self.resident)     # resident first
+        while pending:
+            t0 = time.perf_counter()
+            batch: list[int] = []
+            self.in_use = set()
+            for e in pending:
+                key = (layer, e)
+                if key in self.resident:
+                    st.hits += 1
+                    self.resident.move_to_end(key)
+                else:
+                    slot = self._take_slot(layer)
+                    if slot is None:
+                        break
+                    st.misses += 1
+                    st.bytes_uploaded += self.slot_bytes
+                    self._upload(key, slot)
+                batch.append(e)
+                self.in_use.add(key)
+            pending = pending[len(batch):]
+            row = self.table[layer * self.num_experts:(layer + 1) * self.num_experts]
+            row[:] = NO_SLOT
+            for e in batch:
+                row[e] = self.resident[(layer, e)]
+            self._write_table(layer)
+            st.wait_s += time.perf_counter() - t0
+            yield batch
+        self.in_use = set()
+
+    def _take_slot(self, layer: int) -> int | None:
+        if self.free:
+            return self.free.pop()
+        for key in self.resident:                       # least recently used first
+            if key not in self.in_use and key not in self.pinned:
+                slot = self.resident.pop(key)
+                self.table[key[0] * self.num_experts + key[1]] = NO_SLOT
+                self.stats[key[0]].evictions += 1
+                return slot
+        return None
+
+    def _upload(self, key: tuple[int, int], slot: int) -> None:
+        self.device.queue.write_buffer(self.slab, slot * self.slot_bytes, self.package.expert_bytes(*key))
+        self.resident[key] = slot
+        self.table[key[0] * self.num_experts + key[1]] = slot
+
+    def _write_table(self, layer: int | None = None) -> None:
+        if layer is None:
+            self.device.queue.write_buffer(self.slot_table, 0, self.table)
+        else:
+            start = layer * self.num_experts
+            self.device.queue.write_buffer(self.slot_table, start * 4, self.table[start:start + self.num_experts])
+
+    def report(self) -> dict:
+        """Statistics per layer and in total (hits + misses = lookups; bytes_uploaded = misses x slot size)."""
+        layers = {l: s.as_dict() for l, s in self.stats.items()}
+        total = LayerStats()
+        for s in self.stats.values():
+            for f in ("lookups", "hits", "misses", "evictions", "bytes_uploaded", "wait_s"):
+                setattr(total, f, getattr(total, f) + getattr(s, f))
+        return {"slots": self.n_slots, "slot_bytes": self.slot_bytes, "paging": self.paging,
+                "resident": len(self.resident), "layers": layers, "total": total.as_dict()}

@@ -24,14 +24,15 @@ class ApiError(web.HTTPBadRequest):
 
 
 class Models:
-    def __init__(self, dirs: dict[str, Path], adapter: str | None = None):
-        self.dirs, self.adapter = dirs, adapter
+    def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None):
+        self.dirs, self.adapter, self.expert_cache_bytes = dirs, adapter, expert_cache_bytes
         self.engines: dict[str, Engine] = {}
         self.locks = {name: asyncio.Lock() for name in dirs}
 
     async def engine(self, name: str) -> Engine:
         if name not in self.engines:
-            self.engines[name] = await asyncio.to_thread(Engine.load, self.dirs[name], self.adapter)
+            self.engines[name] = await asyncio.to_thread(Engine.load, self.dirs[name], self.adapter,
+                                                         expert_cache_bytes=self.expert_cache_bytes)
         return self.engines[name]
 
 
@@ -54,8 +55,9 @@ def _request(body) -> dict:
     return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs], **args}
 
 
-def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None = None) -> None:
-    models = Models(dirs, adapter)
+def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None = None,
+               expert_cache_bytes: int | None = None) -> None:
+    models = Models(dirs, adapter, expert_cache_bytes)
 
     async def list_models(request):
         return web.json_response({"object": "list", "data": [

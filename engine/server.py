@@ -49,7 +49,7 @@ class ServedPackage:
 
 
 def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = True,
-               adapter: str | None = None) -> web.Application:
+               adapter: str | None = None, expert_cache_bytes: int | None = None) -> web.Application:
     packages: dict[str, ServedPackage] = {}
     for d in package_dirs:
         sp = ServedPackage(Path(d))
@@ -102,12 +102,12 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
     app.router.add_get("/models", models)
     app.router.add_get("/models/{model}/{file}", model_file)
     if api:
-        add_api_routes(app, {name: sp.dir for name, sp in packages.items()}, adapter)
+        add_api_routes(app, {name: sp.dir for name, sp in packages.items()}, adapter, expert_cache_bytes)
     return app
 
 
 def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080, api: bool = True,
-          adapter: str | None = None) -> None:
-    app = create_app(package_dirs, api=api, adapter=adapter)
+          adapter: str | None = None, expert_cache_bytes: int | None = None) -> None:
+    app = create_app(package_dirs, api=api, adapter=adapter, expert_cache_bytes=expert_cache_bytes)
     print(f"webmoe: serving {', '.join(app[PACKAGES])} — open http://{host}:{port}/", flush=True)
     web.run_app(app, host=host, port=port, print=None)

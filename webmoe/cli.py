@@ -5,6 +5,10 @@ import argparse
 import sys
 
 
+def _mib(value: float | None) -> int | None:
+    return None if value is None else int(value * 2**20)
+
+
 def _convert(args) -> int:
     from webmoe.converter.convert import convert
     out = convert(args.src, args.out, dtype=args.dtype, force=args.force)
@@ -14,7 +18,8 @@ def _convert(args) -> int:
 
 def _run(args) -> int:
     from webmoe.engine.engine import Engine
-    engine = Engine.load(args.package, adapter=args.adapter, max_seq_len=args.max_seq_len)
+    engine = Engine.load(args.package, adapter=args.adapter, max_seq_len=args.max_seq_len,
+                         expert_cache_bytes=_mib(args.expert_cache_mb))
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     for token in engine.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                  top_p=args.top_p, seed=args.seed, stop=args.stop):
@@ -26,7 +31,8 @@ def _run(args) -> int:
 
 def _serve(args) -> int:
     from webmoe.engine.server import serve
-    serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter)
+    serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter,
+          expert_cache_bytes=_mib(args.expert_cache_mb))
     return 0
 
 
@@ -60,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     r.add_argument("--max-seq-len", type=int, default=None)
     r.add_argument("--adapter", default=None, help="adapter name substring, e.g. llvmpipe, nvidia")
+    r.add_argument("--expert-cache-mb", type=float, default=None,
+                   help="GPU memory for routed experts (default: all experts, as the adapter allows)")
     r.set_defaults(func=_run)
 
     s = sub.add_parser("serve", help="serve the chat app, the kernels and packages over HTTP")
@@ -68,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--no-api", action="store_true", help="serve files only, no OpenAI-compatible /v1 API")
     s.add_argument("--adapter", default=None, help="adapter for the /v1 API's native engine")
+    s.add_argument("--expert-cache-mb", type=float, default=None, help="GPU memory for the API engine's experts")
     s.set_defaults(func=_serve)
 
     i = sub.add_parser("info", help="describe a package")

@@ -1,0 +1,89 @@
+"""The GPU expert cache: numerics that do not depend on the budget, LRU eviction that spares the
+running batch and pinned experts, and statistics that add up."""
+import numpy as np
+import pytest
+from transformers import MixtralForCausalLM
+
+from test_families import CASES as FAMILY_CASES
+from test_mixtral import CONFIGS
+from webmoe.converter.convert import convert
+from webmoe.engine.engine import Engine
+from webmoe.engine.expert_cache import ExpertCacheError
+from webmoe.tiny_models import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    return {
+        # 3 layers x 7 experts, top-3
+        "mixtral": convert(save_checkpoint(MixtralForCausalLM, CONFIGS["odd-sizes-top3"], root / "m"), root / "mixtral",
+                           dtype="f32", progress=False),
+        # shared expert beside the routed ones, a dense layer
+        "qwen2_moe": convert(save_checkpoint(*FAMILY_CASES["qwen2_moe-dense-layer-normalised"], root / "q"),
+                             root / "qwen2_moe", dtype="f32", progress=False),
+    }
+
+
+def budgets(engine):
+    """Every expert, half, a quarter, and the minimum of one slot, in bytes."""
+    c = engine.experts
+    total = len(c.moe_layers) * c.num_experts
+    return [total * c.slot_bytes, total // 2 * c.slot_bytes, max(1, total // 4) * c.slot_bytes, c.slot_bytes]
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
+def test_numerics_do_not_depend_on_the_budget(packages, name):
+    full = Engine.load(packages[name], quiet=True)
+    assert not full.experts.paging
+    ids = np.random.default_rng(0).integers(3, 400, 70).tolist()    # prefill over two chunks
+    ref_logits = full.logits(ids)
+    ref_tokens = [t.id for t in full.generate(ids[:9], max_new_tokens=16, temperature=0)]
+    for budget in budgets(full)[1:]:
+        engine = Engine.load(packages[name], expert_cache_bytes=budget, quiet=True)
+        assert engine.experts.paging and engine.experts.n_slots == budget // engine.experts.slot_bytes
+        np.testing.assert_allclose(engine.logits(ids), ref_logits, rtol=0, atol=1e-5 * np.abs(ref_logits).max())
+        assert [t.id for t in engine.generate(ids[:9], max_new_tokens=16, temperature=0)] == ref_tokens
+        stats = engine.expert_stats()
+        for s in [*stats["layers"].values(), stats["total"]]:
+            assert s["hits"] + s["misses"] == s["lookups"]
+            assert s["bytes_uploaded"] == s["misses"] * engine.experts.slot_bytes
+        assert stats["total"]["misses"] > 0 and stats["resident"] <= engine.experts.n_slots
+
+
+def test_eviction_spares_the_running_batch_and_pinned_experts(packages):
+    slot = Engine.load(packages["mixtral"], quiet=True).experts.slot_bytes
+    pinned = [(0, 1), (2, 6)]
+    engine = Engine.load(packages["mixtral"], expert_cache_bytes=5 * slot, pinned_experts=pinned, quiet=True)
+    cache = engine.experts
+    evicted_while_in_use = []
+    take = cache._take_slot
+
+    def watched(layer):
+        before = set(cache.resident)
+        slot_ = take(layer)
+        gone = before - set(cache.resident)
+        evicted_while_in_use.extend(k for k in gone if k in cache.in_use or k in cache.pinned)
+        return slot_
+    cache._take_slot = watched
+    list(engine.generate(np.random.default_rng(1).integers(3, 400, 30).tolist(), max_new_tokens=20, temperature=0))
+    stats = engine.expert_stats()
+    assert stats["total"]["evictions"] > 0
+    assert evicted_while_in_use == []
+    assert all(p in cache.resident for p in pinned)
+
+
+def test_full_budget_decodes_without_uploads(packages):
+    engine = Engine.load(packages["mixtral"], quiet=True)
+    list(engine.generate([5, 6, 7], max_new_tokens=8, temperature=0))
+    assert engine.expert_stats()["total"]["lookups"] == 0     # routing never left the GPU
+
+
+def test_bad_budgets_are_clear_errors(packages):
+    slot = Engine.load(packages["mixtral"], quiet=True).experts.slot_bytes
+    with pytest.raises(ExpertCacheError, match="holds no expert"):
+        Engine.load(packages["mixtral"], expert_cache_bytes=slot - 1, quiet=True)
+    with pytest.raises(ExpertCacheError, match="do not exist"):
+        Engine.load(packages["mixtral"], expert_cache_bytes=2 * slot, pinned_experts=[(0, 99)], quiet=True)
+    with pytest.raises(ExpertCacheError, match="leave no free slot"):
+        Engine.load(packages["mixtral"], expert_cache_bytes=2 * slot, pinned_experts=[(0, 1), (1, 1)], quiet=True)
