@@ -87,3 +87,15 @@ def test_bad_budgets_are_clear_errors(packages):
         Engine.load(packages["mixtral"], expert_cache_bytes=2 * slot, pinned_experts=[(0, 99)], quiet=True)
     with pytest.raises(ExpertCacheError, match="leave no free slot"):
         Engine.load(packages["mixtral"], expert_cache_bytes=2 * slot, pinned_experts=[(0, 1), (1, 1)], quiet=True)
+
+
+def test_bench_reports_cache_behaviour_per_budget(packages):
+    """The benchmark's bookkeeping (not its speed): all-resident decoding uploads nothing, one slot
+    misses every time, and the table names every budget."""
+    from webmoe.engine.bench import bench, table
+    rows = bench(packages["mixtral"], tokens=4)
+    assert [r["label"] for r in rows] == ["100%", "50%", "25%", "min (1 slot)"]
+    assert rows[0]["hit_rate"] == 1.0 and rows[0]["bytes_per_token"] == 0
+    assert rows[-1]["slots"] == 1 and rows[-1]["hit_rate"] == 0.0 and rows[-1]["bytes_per_token"] > 0
+    assert rows[0]["speed_vs_all_resident"] == 1.0
+    assert "min (1 slot)" in table(rows)

@@ -36,6 +36,17 @@ def _serve(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from webmoe.engine.bench import bench, save_png, table
+    rows = bench(args.package, tokens=args.tokens, adapter=args.adapter)
+    print(f"{args.package} on {rows[0]['adapter']}: {args.tokens} greedy decode tokens after a 32-token prompt")
+    print(table(rows))
+    if args.png:
+        save_png(rows, args.png, f"{args.package} on {rows[0]['adapter']}")
+        print(f"wrote {args.png}")
+    return 0
+
+
 def _info(args) -> int:
     from webmoe.engine.package import Package
     from webmoe.engine.summary import summarize
@@ -78,6 +89,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--adapter", default=None, help="adapter for the /v1 API's native engine")
     s.add_argument("--expert-cache-mb", type=float, default=None, help="GPU memory for the API engine's experts")
     s.set_defaults(func=_serve)
+
+    b = sub.add_parser("bench", help="decode speed and expert-cache hit rate under several expert budgets")
+    b.add_argument("package")
+    b.add_argument("--tokens", type=int, default=64)
+    b.add_argument("--png", default=None, help="also save a chart here")
+    b.add_argument("--adapter", default=None)
+    b.set_defaults(func=_bench)
 
     i = sub.add_parser("info", help="describe a package")
     i.add_argument("package")

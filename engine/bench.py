@@ -1,0 +1,82 @@
+"""`webmoe bench`: decode speed and expert-cache behaviour of a package under several GPU budgets for
+its routed experts, measured in one run so the figures compare. The baseline is the run with every
+expert resident; each budget's speed is also given as a ratio to it. Prints a table; can save a PNG."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .engine import Engine
+
+PROMPT_TOKENS = 32
+
+
+def run_budget(path, budget: int | None, tokens: int, adapter: str | None, seed: int = 0) -> dict:
+    engine = Engine.load(path, adapter=adapter, expert_cache_bytes=budget, quiet=True)
+    cache = engine.experts
+    prompt = np.random.default_rng(seed).integers(0, engine.vocab_size, PROMPT_TOKENS).tolist()
+    t0 = time.perf_counter()
+    engine.step(prompt)                               # prefill, and the first token
+    prefill_s = time.perf_counter() - t0
+    before = cache.report()["total"]
+    token = 0
+    t0 = time.perf_counter()
+    for _ in range(tokens):
+        token = engine.step([token], temperature=0.0)
+    decode_s = time.perf_counter() - t0
+    after = cache.report()["total"]
+    lookups = after["lookups"] - before["lookups"]
+    hits = after["hits"] - before["hits"]
+    return {"slots": cache.n_slots, "experts": len(cache.moe_layers) * cache.num_experts,
+            "budget_mib": cache.n_slots * cache.slot_bytes / 2**20, "prefill_s": prefill_s,
+            "tokens_per_s": tokens / decode_s,
+            "hit_rate": hits / lookups if lookups else 1.0,
+            "bytes_per_token": (after["bytes_uploaded"] - before["bytes_uploaded"]) / tokens,
+            "wait_share": (after["wait_s"] - before["wait_s"]) / decode_s, "adapter": engine.adapter}
+
+
+def bench(path, tokens: int = 64, fractions=(1.0, 0.5, 0.25, 0.0), adapter: str | None = None) -> list[dict]:
+    """fractions of all experts to hold on the GPU; 0 means the minimum, one slot."""
+    probe = Engine.load(path, adapter=adapter, quiet=True)
+    total = len(probe.experts.moe_layers) * probe.experts.num_experts
+    slot = probe.experts.slot_bytes
+    del probe
+    rows = []
+    for f in fractions:
+        slots = max(1, int(round(total * f)))
+        row = run_budget(path, slots * slot, tokens, adapter)
+        row["label"] = "min (1 slot)" if f == 0 else f"{f:.0%}"
+        rows.append(row)
+    base = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["speed_vs_all_resident"] = r["tokens_per_s"] / base
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'budget':<14}{'slots':>10}{'MiB':>9}{'tok/s':>9}{'x base':>8}{'hit rate':>10}{'KiB up/tok':>12}{'wait':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['label']:<14}{r['slots']:>5}/{r['experts']:<4}{r['budget_mib']:>9.2f}{r['tokens_per_s']:>9.1f}"
+                     f"{r['speed_vs_all_resident']:>8.2f}{r['hit_rate']:>10.1%}{r['bytes_per_token'] / 1024:>12.1f}"
+                     f"{r['wait_share']:>7.0%}")
+    return "\n".join(lines)
+
+
+def save_png(rows: list[dict], path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [r["label"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.bar(labels, [r["tokens_per_s"] for r in rows], color="#3b6ea5")
+    a.set_ylabel("decode tokens/s")
+    b.bar(labels, [r["hit_rate"] * 100 for r in rows], color="#6aa84f")
+    b.set_ylabel("expert cache hit rate (%)")
+    b.set_ylim(0, 100)
+    for ax in (a, b):
+        ax.set_xlabel("GPU budget for routed experts")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
