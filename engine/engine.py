@@ -24,7 +24,7 @@ class Token:
 
 class Engine:
     def __init__(self, package: Package, gpu: Gpu, max_seq_len: int | None = None, chunk_tokens: int = 64,
-                 expert_cache_bytes: int | None = None, pinned_experts=()):
+                 expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False):
         self.package, self.gpu = package, gpu
         cfg = package.config
         self.vocab_size = cfg["vocab_size"]
@@ -40,7 +40,7 @@ class Engine:
             buf = device.create_buffer(size=max(t["size"], 4), usage=STORAGE, label=name)
             device.queue.write_buffer(buf, 0, package.tensor_bytes(name))
             self.weights[name] = buf
-        self.experts = ExpertCache(gpu, package, expert_cache_bytes, pinned_experts)
+        self.experts = ExpertCache(gpu, package, expert_cache_bytes, pinned_experts, observe_routing)
         self.segments = expert_segments(package.manifest["plan"])
         self._route_rb = Readback(device, self.chunk * package.moe["top_k"] * 4)
         self.executor = Executor(gpu, package.manifest["plan"], self.weights, self.experts.buffers,
@@ -56,14 +56,16 @@ class Engine:
 
     @classmethod
     def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
-             expert_cache_bytes: int | None = None, pinned_experts=(), quiet: bool = False) -> "Engine":
+             expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
+             quiet: bool = False) -> "Engine":
         """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
         else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
         `expert_cache_bytes` is the GPU budget for routed experts (default: all of them, as far as the
-        adapter's binding limit allows); `pinned_experts` lists (layer, expert) pairs never evicted."""
+        adapter's binding limit allows); `pinned_experts` lists (layer, expert) pairs never evicted;
+        `observe_routing` records which experts every token chooses (engine.experts.usage, .coactivation)."""
         package = Package(path)
         gpu = open_gpu(adapter)
-        engine = cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts)
+        engine = cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing)
         if not quiet:
             cache = engine.experts
             print(f"webmoe: {package.manifest['family']} on {gpu.description}; experts: {cache.n_slots} GPU slots"
@@ -101,8 +103,9 @@ class Engine:
                **self.experts.variables}
         ex.write_params(env)
         encoder, done = device.create_command_encoder(), 0
-        if self.experts.paging:
-            size = len(ids) * self.package.moe["top_k"] * 4
+        if self.experts.reads_routing:
+            K = self.package.moe["top_k"]
+            size = len(ids) * K * 4
             for seg in self.segments:
                 ex.encode_range(encoder, env, done, seg.start)
                 encoder.copy_buffer_to_buffer(ex.buffers[seg.topk_ids], 0, self._route_rb.buffer, 0, size)
@@ -110,6 +113,7 @@ class Engine:
                 t0 = time.perf_counter()
                 chosen = np.frombuffer(self._route_rb.read(size), np.uint32)
                 self.experts.stats[seg.layer].wait_s += time.perf_counter() - t0
+                self.experts.record(seg.layer, chosen.reshape(len(ids), K))
                 for _ in self.experts.batches(seg.layer, chosen):
                     encoder = device.create_command_encoder()
                     ex.encode_range(encoder, env, seg.start, seg.stop)

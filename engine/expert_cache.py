@@ -68,7 +68,9 @@ def expert_segments(plan: dict) -> list[Segment]:
 
 
 class ExpertCache:
-    def __init__(self, gpu: Gpu, package: Package, budget_bytes: int | None = None, pinned=()):
+    def __init__(self, gpu: Gpu, package: Package, budget_bytes: int | None = None, pinned=(),
+                 observe: bool = False):
+        """observe: read back routing even when every expert is resident, to record usage."""
         moe = package.moe
         self.package, self.device = package, gpu.device
         self.layout = moe["expert_layout"]
@@ -86,6 +88,7 @@ class ExpertCache:
             n_slots = min(total, budget_bytes // self.slot_bytes, fit)
         self.n_slots = max(1, n_slots)
         self.paging = self.n_slots < total
+        self.observe = observe
         self.pinned = {tuple(p) for p in pinned}
         bad = [p for p in self.pinned if p[0] not in self.moe_layers or not 0 <= p[1] < self.num_experts]
         if bad:
@@ -98,7 +101,9 @@ class ExpertCache:
         self.resident: OrderedDict[tuple[int, int], int] = OrderedDict()   # LRU order, oldest first
         self.free = list(range(self.n_slots - 1, -1, -1))
         self.stats = {l: LayerStats() for l in self.moe_layers}
-        self.usage = {l: np.zeros(self.num_experts, np.int64) for l in self.moe_layers}   # times chosen
+        E = self.num_experts
+        self.usage = {l: np.zeros(E, np.int64) for l in self.moe_layers}                # tokens routed to e
+        self.coactivation = {l: np.zeros((E, E), np.int64) for l in self.moe_layers}    # tokens routed to both
         self.in_use: set[tuple[int, int]] = set()
         startup = [(l, e) for l in self.moe_layers for e in range(self.num_experts)] if not self.paging \
             else sorted(self.pinned)
@@ -115,13 +120,23 @@ class ExpertCache:
         """Plan variables of the grouped expert kernels: the slot range the bound slab buffer holds."""
         return {"slot0": 0, "n_slots": self.n_slots}
 
+    @property
+    def reads_routing(self) -> bool:
+        return self.paging or self.observe
+
+    def record(self, layer: int, chosen: np.ndarray) -> None:
+        """Routing of a forward pass: chosen [T, K] expert ids."""
+        np.add.at(self.usage[layer], chosen.reshape(-1), 1)
+        onehot = np.zeros((len(chosen), self.num_experts), np.int64)
+        np.put_along_axis(onehot, chosen.astype(np.int64), 1, axis=1)
+        self.coactivation[layer] += onehot.T @ onehot
+
     def batches(self, layer: int, experts):
         """Yields the needed experts of a layer in batches that are resident together, the slot table
         set to exactly that batch for the layer; the caller runs the layer's expert kernels per batch."""
         need = [int(e) for e in sorted(set(int(x) for x in experts))]
         st = self.stats[layer]
         st.lookups += len(need)
-        self.usage[layer][need] += 1
         pending = sorted(need, key=lambda e: (layer, e) not in self.resident)     # resident first
         while pending:
             t0 = time.perf_counter()

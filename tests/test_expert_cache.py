@@ -99,3 +99,25 @@ def test_bench_reports_cache_behaviour_per_budget(packages):
     assert rows[-1]["slots"] == 1 and rows[-1]["hit_rate"] == 0.0 and rows[-1]["bytes_per_token"] > 0
     assert rows[0]["speed_vs_all_resident"] == 1.0
     assert "min (1 slot)" in table(rows)
+
+
+def test_routing_analysis_counts_every_choice(packages, tmp_path):
+    """Observed routing: usage counts one per (token, layer, slot-k); co-activation is symmetric with the
+    usage on its diagonal; the numerics are those of an engine that does not observe."""
+    from webmoe.engine.analyze import analyze, write
+    plain = Engine.load(packages["mixtral"], quiet=True)
+    observing = Engine.load(packages["mixtral"], observe_routing=True, quiet=True)
+    ids = list(range(5, 30))
+    np.testing.assert_array_equal(observing.logits(ids), plain.logits(ids))
+    cache = observing.experts
+    K = observing.package.moe["top_k"]
+    for l in cache.moe_layers:
+        assert cache.usage[l].sum() == len(ids) * K
+        co = cache.coactivation[l]
+        np.testing.assert_array_equal(co, co.T)
+        np.testing.assert_array_equal(np.diag(co), cache.usage[l])
+        assert co.sum() == len(ids) * K * K
+    report = analyze(packages["mixtral"], ["Beautiful is better than ugly."], max_new_tokens=5)
+    assert report["tokens"] > 5 and sorted(report["layers"]) == ["0", "1", "2"]
+    json_path, png_path = write(report, tmp_path / "analysis")
+    assert json_path.stat().st_size > 0 and png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

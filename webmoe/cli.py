@@ -47,6 +47,21 @@ def _bench(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from pathlib import Path
+    from webmoe.engine.analyze import analyze, write
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        prompts += [line for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        print("webmoe: error: give --prompt or --prompts FILE", file=sys.stderr)
+        return 1
+    report = analyze(args.package, prompts, args.max_new_tokens, args.adapter)
+    for path in write(report, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
 def _info(args) -> int:
     from webmoe.engine.package import Package
     from webmoe.engine.summary import summarize
@@ -96,6 +111,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--png", default=None, help="also save a chart here")
     b.add_argument("--adapter", default=None)
     b.set_defaults(func=_bench)
+
+    a = sub.add_parser("analyze", help="per-layer expert usage and co-activation over prompts: JSON + heatmap")
+    a.add_argument("package")
+    a.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    a.add_argument("--prompts", help="a text file with one prompt per line")
+    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--out", default="out/analysis")
+    a.add_argument("--adapter", default=None)
+    a.set_defaults(func=_analyze)
 
     i = sub.add_parser("info", help="describe a package")
     i.add_argument("package")

@@ -1,0 +1,52 @@
+"""`webmoe analyze`: which experts each layer routes tokens to over a set of prompts, and which experts
+are chosen together, exported as JSON and drawn as a heatmap."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .engine import Engine
+
+
+def analyze(path, prompts: list[str], max_new_tokens: int = 32, adapter: str | None = None) -> dict:
+    engine = Engine.load(path, adapter=adapter, observe_routing=True, quiet=True)
+    tokens = 0
+    for prompt in prompts:
+        tokens += sum(1 for _ in engine.generate(prompt, max_new_tokens=max_new_tokens, temperature=0))
+        tokens += len(engine.tokenizer.prompt_ids(prompt))
+    cache = engine.experts
+    layers = {}
+    for l in cache.moe_layers:
+        usage = cache.usage[l]
+        share = usage / max(1, usage.sum())
+        layers[str(l)] = {"usage": usage.tolist(), "share": share.round(6).tolist(),
+                          "coactivation": cache.coactivation[l].tolist(),
+                          "entropy_bits": float(-(share[share > 0] * np.log2(share[share > 0])).sum())}
+    return {"model": str(path), "prompts": len(prompts), "tokens": tokens, "num_experts": cache.num_experts,
+            "top_k": engine.package.moe["top_k"], "layers": layers}
+
+
+def heatmap(report: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    layers = sorted(report["layers"], key=int)
+    share = np.array([report["layers"][l]["share"] for l in layers])            # [layers, E]
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * share.shape[1] + 2), max(2.5, 0.4 * len(layers) + 1.5)))
+    im = ax.imshow(share, aspect="auto", cmap="viridis")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(len(layers)), layers)
+    ax.set_title(f"share of routed tokens per expert ({report['tokens']} tokens)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def write(report: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "routing.json").write_text(json.dumps(report))
+    heatmap(report, out_dir / "routing.png")
+    return out_dir / "routing.json", out_dir / "routing.png"
