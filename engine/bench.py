@@ -12,8 +12,9 @@ from .engine import Engine
 PROMPT_TOKENS = 32
 
 
-def run_budget(path, budget: int | None, tokens: int, adapter: str | None, seed: int = 0) -> dict:
-    engine = Engine.load(path, adapter=adapter, expert_cache_bytes=budget, quiet=True)
+def run_budget(path, budget: int | None, tokens: int, adapter: str | None, prefetch: bool = False,
+               seed: int = 0) -> dict:
+    engine = Engine.load(path, adapter=adapter, expert_cache_bytes=budget, prefetch=prefetch, quiet=True)
     cache = engine.experts
     prompt = np.random.default_rng(seed).integers(0, engine.vocab_size, PROMPT_TOKENS).tolist()
     t0 = time.perf_counter()
@@ -28,25 +29,32 @@ def run_budget(path, budget: int | None, tokens: int, adapter: str | None, seed:
     after = cache.report()["total"]
     lookups = after["lookups"] - before["lookups"]
     hits = after["hits"] - before["hits"]
+    predicted = after["predicted"] - before["predicted"]
+    used = after["predicted_used"] - before["predicted_used"]
+    needed = after["needed_after_prediction"] - before["needed_after_prediction"]
     return {"slots": cache.n_slots, "experts": len(cache.moe_layers) * cache.num_experts,
             "budget_mib": cache.n_slots * cache.slot_bytes / 2**20, "prefill_s": prefill_s,
             "tokens_per_s": tokens / decode_s,
             "hit_rate": hits / lookups if lookups else 1.0,
             "bytes_per_token": (after["bytes_uploaded"] - before["bytes_uploaded"]) / tokens,
-            "wait_share": (after["wait_s"] - before["wait_s"]) / decode_s, "adapter": engine.adapter}
+            "wait_share": (after["wait_s"] - before["wait_s"]) / decode_s, "adapter": engine.adapter,
+            "precision": used / predicted if predicted else None, "recall": used / needed if needed else None}
 
 
-def bench(path, tokens: int = 64, fractions=(1.0, 0.5, 0.25, 0.0), adapter: str | None = None) -> list[dict]:
-    """fractions of all experts to hold on the GPU; 0 means the minimum, one slot."""
+RUNS = ((1.0, False), (0.5, False), (0.5, True), (0.25, False), (0.25, True), (0.0, False))
+
+
+def bench(path, tokens: int = 64, runs=RUNS, adapter: str | None = None) -> list[dict]:
+    """runs: (fraction of all experts held on the GPU, prefetch); fraction 0 means one slot."""
     probe = Engine.load(path, adapter=adapter, quiet=True)
     total = len(probe.experts.moe_layers) * probe.experts.num_experts
     slot = probe.experts.slot_bytes
     del probe
     rows = []
-    for f in fractions:
+    for f, prefetch in runs:
         slots = max(1, int(round(total * f)))
-        row = run_budget(path, slots * slot, tokens, adapter)
-        row["label"] = "min (1 slot)" if f == 0 else f"{f:.0%}"
+        row = run_budget(path, slots * slot, tokens, adapter, prefetch)
+        row["label"] = ("min (1 slot)" if f == 0 else f"{f:.0%}") + (" +prefetch" if prefetch else "")
         rows.append(row)
     base = rows[0]["tokens_per_s"]
     for r in rows:
@@ -55,12 +63,14 @@ def bench(path, tokens: int = 64, fractions=(1.0, 0.5, 0.25, 0.0), adapter: str 
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'budget':<14}{'slots':>10}{'MiB':>9}{'tok/s':>9}{'x base':>8}{'hit rate':>10}{'KiB up/tok':>12}{'wait':>7}"
+    head = (f"{'budget':<16}{'slots':>10}{'MiB':>9}{'tok/s':>9}{'x base':>8}{'hit rate':>10}{'KiB up/tok':>12}"
+            f"{'wait':>7}{'precision':>11}{'recall':>8}")
     lines = [head, "-" * len(head)]
+    pct = lambda v: f"{v:.0%}" if v is not None else "-"   # noqa: E731
     for r in rows:
-        lines.append(f"{r['label']:<14}{r['slots']:>5}/{r['experts']:<4}{r['budget_mib']:>9.2f}{r['tokens_per_s']:>9.1f}"
+        lines.append(f"{r['label']:<16}{r['slots']:>5}/{r['experts']:<4}{r['budget_mib']:>9.2f}{r['tokens_per_s']:>9.1f}"
                      f"{r['speed_vs_all_resident']:>8.2f}{r['hit_rate']:>10.1%}{r['bytes_per_token'] / 1024:>12.1f}"
-                     f"{r['wait_share']:>7.0%}")
+                     f"{r['wait_share']:>7.0%}{pct(r['precision']):>11}{pct(r['recall']):>8}")
     return "\n".join(lines)
 
 
@@ -69,7 +79,7 @@ def save_png(rows: list[dict], path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     labels = [r["label"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.8))
     a.bar(labels, [r["tokens_per_s"] for r in rows], color="#3b6ea5")
     a.set_ylabel("decode tokens/s")
     b.bar(labels, [r["hit_rate"] * 100 for r in rows], color="#6aa84f")
@@ -77,6 +87,7 @@ def save_png(rows: list[dict], path, title: str) -> None:
     b.set_ylim(0, 100)
     for ax in (a, b):
         ax.set_xlabel("GPU budget for routed experts")
+        ax.tick_params(axis="x", labelrotation=20)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -11,6 +11,7 @@ import wgpu
 from .device import Gpu, open_gpu
 from .executor import STORAGE, Executor, Readback
 from .expert_cache import ExpertCache, expert_segments
+from .prefetch import predictor_plan
 from .generation import GenerationConfig, Generator
 from .package import Package, PackageError
 from .tokenizer import PromptError, TextTokenizer
@@ -24,7 +25,8 @@ class Token:
 
 class Engine:
     def __init__(self, package: Package, gpu: Gpu, max_seq_len: int | None = None, chunk_tokens: int = 64,
-                 expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False):
+                 expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
+                 prefetch: bool = False):
         self.package, self.gpu = package, gpu
         cfg = package.config
         self.vocab_size = cfg["vocab_size"]
@@ -42,9 +44,15 @@ class Engine:
             self.weights[name] = buf
         self.experts = ExpertCache(gpu, package, expert_cache_bytes, pinned_experts, observe_routing)
         self.segments = expert_segments(package.manifest["plan"])
-        self._route_rb = Readback(device, self.chunk * package.moe["top_k"] * 4)
+        self._route_rb = Readback(device, 2 * self.chunk * package.moe["top_k"] * 4)
         self.executor = Executor(gpu, package.manifest["plan"], self.weights, self.experts.buffers,
                                  {"T": self.chunk, "S": self.max_seq_len})
+        self.prefetch = prefetch and self.experts.paging and len(self.segments) > 1   # something to predict
+        self._predict = {}
+        if self.prefetch:
+            moe = package.moe
+            plan, self._predict = predictor_plan(package.manifest["plan"], self.segments, moe["num_experts"], moe["top_k"])
+            self.predictor = Executor(gpu, plan, self.executor.buffers, {}, {"T": self.chunk, "S": self.max_seq_len})
         self.token_buf = device.create_buffer(size=16, usage=STORAGE, label="sampled token")
         self.sampler = Executor(gpu, {"buffers": {}, "steps": [{
             "kernel": "sample", "bind": {"logits": "logits", "token": "token"},
@@ -57,15 +65,17 @@ class Engine:
     @classmethod
     def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
              expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-             quiet: bool = False) -> "Engine":
+             prefetch: bool = False, quiet: bool = False) -> "Engine":
         """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
         else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
         `expert_cache_bytes` is the GPU budget for routed experts (default: all of them, as far as the
         adapter's binding limit allows); `pinned_experts` lists (layer, expert) pairs never evicted;
-        `observe_routing` records which experts every token chooses (engine.experts.usage, .coactivation)."""
+        `observe_routing` records which experts every token chooses (engine.experts.usage, .coactivation);
+        `prefetch` (when paging) loads each next MoE layer's predicted experts ahead of need."""
         package = Package(path)
         gpu = open_gpu(adapter)
-        engine = cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing)
+        engine = cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing,
+                     prefetch)
         if not quiet:
             cache = engine.experts
             print(f"webmoe: {package.manifest['family']} on {gpu.description}; experts: {cache.n_slots} GPU slots"
@@ -102,6 +112,8 @@ class Engine:
         env = {"T": len(ids), "pos": self.pos, "logit_row0": logit_row0, "n_logits": n_logits,
                **self.experts.variables}
         ex.write_params(env)
+        if self.prefetch:
+            self.predictor.write_params(env)
         encoder, done = device.create_command_encoder(), 0
         if self.experts.reads_routing:
             K = self.package.moe["top_k"]
@@ -109,15 +121,22 @@ class Engine:
             for seg in self.segments:
                 ex.encode_range(encoder, env, done, seg.start)
                 encoder.copy_buffer_to_buffer(ex.buffers[seg.topk_ids], 0, self._route_rb.buffer, 0, size)
+                predict = self._predict.get(seg.layer)
+                if predict:                     # the next MoE layer's router on this layer's router input
+                    self.predictor.encode_range(encoder, env, predict[0], predict[1])
+                    encoder.copy_buffer_to_buffer(self.predictor.buffers["pred_ids"], 0, self._route_rb.buffer, size, size)
                 device.queue.submit([encoder.finish()])
                 t0 = time.perf_counter()
-                chosen = np.frombuffer(self._route_rb.read(size), np.uint32)
+                routed = np.frombuffer(self._route_rb.read(2 * size if predict else size), np.uint32)
+                chosen = routed[:len(ids) * K]
                 self.experts.stats[seg.layer].wait_s += time.perf_counter() - t0
                 self.experts.record(seg.layer, chosen.reshape(len(ids), K))
                 for _ in self.experts.batches(seg.layer, chosen):
                     encoder = device.create_command_encoder()
                     ex.encode_range(encoder, env, seg.start, seg.stop)
                     device.queue.submit([encoder.finish()])
+                if predict:
+                    self.experts.prefetch(predict[2], routed[len(ids) * K:])
                 encoder, done = device.create_command_encoder(), seg.stop
         ex.encode_range(encoder, env, done, len(ex.steps))
         self.pos += len(ids)

@@ -102,6 +102,8 @@ class Executor:
         return self.device.create_bind_group(layout=st["pipeline"].get_bind_group_layout(0), entries=entries)
 
     def write_params(self, env: dict[str, int]) -> None:
+        if not self.steps:
+            return
         words = self._template.copy()
         for word, expr, wtype in self._dynamic:
             words[word] = np.array(evaluate(expr, env), dtype=wtype).view(np.uint32)

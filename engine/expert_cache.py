@@ -34,13 +34,23 @@ class LayerStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
-    bytes_uploaded: int = 0
+    bytes_uploaded: int = 0   # (misses + prefetched) x slot bytes
     wait_s: float = 0.0       # time the forward pass waited for routing read-back and uploads
+    prefetched: int = 0       # experts uploaded ahead of need
+    predicted: int = 0        # experts the predictor named for this layer
+    predicted_used: int = 0   # ... that the layer then needed
+    needed_after_prediction: int = 0
+
+    FIELDS = ("lookups", "hits", "misses", "evictions", "bytes_uploaded", "wait_s", "prefetched", "predicted",
+              "predicted_used", "needed_after_prediction")
 
     def as_dict(self) -> dict:
-        return {"lookups": self.lookups, "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-                "bytes_uploaded": self.bytes_uploaded, "wait_s": round(self.wait_s, 6),
-                "hit_rate": self.hits / self.lookups if self.lookups else None}
+        d = {f: getattr(self, f) for f in self.FIELDS}
+        d["wait_s"] = round(self.wait_s, 6)
+        d["hit_rate"] = self.hits / self.lookups if self.lookups else None
+        d["precision"] = self.predicted_used / self.predicted if self.predicted else None
+        d["recall"] = self.predicted_used / self.needed_after_prediction if self.needed_after_prediction else None
+        return d
 
 
 @dataclass
@@ -105,6 +115,7 @@ class ExpertCache:
         self.usage = {l: np.zeros(E, np.int64) for l in self.moe_layers}                # tokens routed to e
         self.coactivation = {l: np.zeros((E, E), np.int64) for l in self.moe_layers}    # tokens routed to both
         self.in_use: set[tuple[int, int]] = set()
+        self.predictions: dict[int, set[int]] = {}     # layer -> experts prefetched for its next pass
         startup = [(l, e) for l in self.moe_layers for e in range(self.num_experts)] if not self.paging \
             else sorted(self.pinned)
         for key in startup:
@@ -137,6 +148,11 @@ class ExpertCache:
         need = [int(e) for e in sorted(set(int(x) for x in experts))]
         st = self.stats[layer]
         st.lookups += len(need)
+        predicted = self.predictions.pop(layer, None)
+        if predicted is not None:
+            st.predicted += len(predicted)
+            st.predicted_used += len(predicted & set(need))
+            st.needed_after_prediction += len(need)
         pending = sorted(need, key=lambda e: (layer, e) not in self.resident)     # resident first
         while pending:
             t0 = time.perf_counter()
@@ -166,6 +182,27 @@ class ExpertCache:
             yield batch
         self.in_use = set()
 
+    def prefetch(self, layer: int, experts) -> None:
+        """Loads experts predicted for the layer's next pass into free or least recently used slots."""
+        t0 = time.perf_counter()
+        want = sorted(set(int(e) for e in experts))
+        self.predictions[layer] = set(want)
+        st = self.stats[layer]
+        self.in_use = {(layer, e) for e in want}        # do not evict one prediction for another
+        for e in want:
+            key = (layer, e)
+            if key in self.resident:
+                self.resident.move_to_end(key)
+                continue
+            slot = self._take_slot(layer)
+            if slot is None:
+                break
+            self._upload(key, slot)
+            st.prefetched += 1
+            st.bytes_uploaded += self.slot_bytes
+        self.in_use = set()
+        st.wait_s += time.perf_counter() - t0
+
     def _take_slot(self, layer: int) -> int | None:
         if self.free:
             return self.free.pop()
@@ -194,7 +231,7 @@ class ExpertCache:
         layers = {l: s.as_dict() for l, s in self.stats.items()}
         total = LayerStats()
         for s in self.stats.values():
-            for f in ("lookups", "hits", "misses", "evictions", "bytes_uploaded", "wait_s"):
+            for f in LayerStats.FIELDS:
                 setattr(total, f, getattr(total, f) + getattr(s, f))
         return {"slots": self.n_slots, "slot_bytes": self.slot_bytes, "paging": self.paging,
                 "resident": len(self.resident), "layers": layers, "total": total.as_dict()}

@@ -40,15 +40,22 @@ def test_numerics_do_not_depend_on_the_budget(packages, name):
     ref_logits = full.logits(ids)
     ref_tokens = [t.id for t in full.generate(ids[:9], max_new_tokens=16, temperature=0)]
     for budget in budgets(full)[1:]:
-        engine = Engine.load(packages[name], expert_cache_bytes=budget, quiet=True)
-        assert engine.experts.paging and engine.experts.n_slots == budget // engine.experts.slot_bytes
-        np.testing.assert_allclose(engine.logits(ids), ref_logits, rtol=0, atol=1e-5 * np.abs(ref_logits).max())
-        assert [t.id for t in engine.generate(ids[:9], max_new_tokens=16, temperature=0)] == ref_tokens
-        stats = engine.expert_stats()
-        for s in [*stats["layers"].values(), stats["total"]]:
-            assert s["hits"] + s["misses"] == s["lookups"]
-            assert s["bytes_uploaded"] == s["misses"] * engine.experts.slot_bytes
-        assert stats["total"]["misses"] > 0 and stats["resident"] <= engine.experts.n_slots
+        for prefetch in (False, True):
+            engine = Engine.load(packages[name], expert_cache_bytes=budget, prefetch=prefetch, quiet=True)
+            assert engine.experts.paging and engine.experts.n_slots == budget // engine.experts.slot_bytes
+            np.testing.assert_allclose(engine.logits(ids), ref_logits, rtol=0, atol=1e-5 * np.abs(ref_logits).max())
+            assert [t.id for t in engine.generate(ids[:9], max_new_tokens=16, temperature=0)] == ref_tokens
+            stats = engine.expert_stats()
+            for s in [*stats["layers"].values(), stats["total"]]:
+                assert s["hits"] + s["misses"] == s["lookups"]
+                assert s["bytes_uploaded"] == (s["misses"] + s["prefetched"]) * engine.experts.slot_bytes
+                assert s["predicted_used"] <= min(s["predicted"], s["needed_after_prediction"])
+            total = stats["total"]
+            assert total["misses"] > 0 and stats["resident"] <= engine.experts.n_slots
+            # the predictor names experts for every MoE layer but the first (qwen2_moe here has just one)
+            assert (total["predicted"] > 0) == (prefetch and len(engine.segments) > 1)
+            if total["predicted"]:
+                assert 0 <= total["precision"] <= 1 and 0 <= total["recall"] <= 1
 
 
 def test_eviction_spares_the_running_batch_and_pinned_experts(packages):
@@ -94,7 +101,8 @@ def test_bench_reports_cache_behaviour_per_budget(packages):
     misses every time, and the table names every budget."""
     from webmoe.engine.bench import bench, table
     rows = bench(packages["mixtral"], tokens=4)
-    assert [r["label"] for r in rows] == ["100%", "50%", "25%", "min (1 slot)"]
+    assert [r["label"] for r in rows] == ["100%", "50%", "50% +prefetch", "25%", "25% +prefetch", "min (1 slot)"]
+    assert rows[2]["precision"] is not None and rows[1]["precision"] is None
     assert rows[0]["hit_rate"] == 1.0 and rows[0]["bytes_per_token"] == 0
     assert rows[-1]["slots"] == 1 and rows[-1]["hit_rate"] == 0.0 and rows[-1]["bytes_per_token"] > 0
     assert rows[0]["speed_vs_all_resident"] == 1.0
