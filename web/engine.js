@@ -1,5 +1,6 @@
 // The browser engine, twin of engine/engine.py: uploads a package, runs its plan, samples on the GPU.
 import { openDevice } from "./device.js";
+import { ExpertCache, expertSegments } from "./expert_cache.js";
 import { Executor, STORAGE } from "./executor.js";
 import { ModelStore } from "./loader.js";
 import { ShaderLibrary } from "./shaders.js";
@@ -31,13 +32,17 @@ function rng(seed) {
 }
 
 export class Engine {
-  static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase } = {}) {
+  // options: onProgress, maxSeqLen, chunkTokens, expertCacheBytes (GPU budget for routed experts),
+  // memoryCacheBytes (in-memory LRU of expert shards when paging), pinnedExperts [[layer, expert]],
+  // observeRouting (read back routing even when every expert is resident, for usage statistics)
+  static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
+                                   memoryCacheBytes, pinnedExperts = [], observeRouting = false } = {}) {
     const e = new Engine();
     const gpu = await openDevice();
     e.device = gpu.device;
     e.adapter = gpu.description;
     const maxBinding = e.device.limits.maxStorageBufferBindingSize;
-    const store = await ModelStore.open(manifestUrl, { onProgress });
+    const store = await ModelStore.open(manifestUrl, { onProgress, memoryBytes: memoryCacheBytes });
     e.store = store;
     const m = (e.manifest = store.manifest);
     e.vocab = m.config.vocab_size;
@@ -61,25 +66,11 @@ export class Engine {
       const data = await store.shard(shard);
       for (const [name, t] of list) tensors.set(name, upload(new Uint8Array(data, t.offset, t.size), name));
     }
-    // Expert slab: every expert resident, slot = load order (paging comes with the expert cache issue).
-    const moe = m.moe;
-    const layout = moe.expert_layout;
-    const nSlots = moe.moe_layers.length * moe.num_experts;
-    if (nSlots * layout.slot_bytes > maxBinding) {
-      throw new Error(`the routed experts need ${(nSlots * layout.slot_bytes / 2 ** 20).toFixed(1)} MiB, above this adapter's binding limit`);
-    }
-    const slab = e.device.createBuffer({ size: Math.max(4, nSlots * layout.slot_bytes), usage: STORAGE, label: "expert slab" });
-    const slots = new Uint32Array(m.config.num_layers * moe.num_experts);
-    let slot = 0;
-    for (const layer of moe.moe_layers) {
-      for (let x = 0; x < moe.num_experts; x++) {
-        const entry = m.experts[`${layer}_${x}`];
-        e.device.queue.writeBuffer(slab, slot * layout.slot_bytes, await store.shard(entry.shard), 0, entry.size);
-        slots[layer * moe.num_experts + x] = slot++;
-      }
-    }
-    e.expertVars = { slot0: 0, n_slots: nSlots };
-    const runtime = new Map([["experts", slab], ["expert_slots", upload(slots, "expert slots")]]);
+    e.experts = await ExpertCache.create(e.device, m, store, { budgetBytes: expertCacheBytes, pinned: pinnedExperts,
+                                                               observe: observeRouting });
+    e.segments = expertSegments(m.plan);
+    e.topK = m.moe.top_k;
+    const runtime = new Map([["experts", e.experts.slab], ["expert_slots", e.experts.slotTable]]);
     const shaders = new ShaderLibrary(shaderBase || new URL("../shaders/", import.meta.url));
     e.executor = await Executor.create(e.device, m.plan, tensors, runtime, { T: e.chunk, S: e.maxSeqLen }, shaders);
     e.tokenBuf = e.device.createBuffer({ size: 16, usage: STORAGE, label: "sampled token" });
@@ -88,6 +79,7 @@ export class Engine {
       params: { V: e.vocab, row: 0, temperature: "temperature", top_p: "top_p", u: "u" } }] },
       new Map([["logits", e.executor.buffers.get("logits")], ["token", e.tokenBuf]]), new Map(), {}, shaders);
     e.logitsRb = new Readback(e.device, e.chunk * e.vocab * 4);
+    e.routeRb = new Readback(e.device, e.chunk * e.topK * 4);
     e.tokenRb = new Readback(e.device, 4);
     e.pos = 0;
     return e;
@@ -102,10 +94,39 @@ export class Engine {
     return Uint32Array.from(ids);
   }
 
-  encodeForward(encoder, ids, logitRow0, nLogits) {
-    this.device.queue.writeBuffer(this.executor.buffers.get("ids"), 0, ids);
-    this.executor.encode(encoder, { T: ids.length, pos: this.pos, logit_row0: logitRow0, n_logits: nLogits, ...this.expertVars });
+  // Runs one chunk at this.pos; returns an encoder with the last commands, not submitted. With paging (or
+  // observed routing) each MoE layer's chosen experts are read back and made resident before its experts run.
+  async forward(ids, logitRow0, nLogits) {
+    const ex = this.executor;
+    this.device.queue.writeBuffer(ex.buffers.get("ids"), 0, ids);
+    const env = { T: ids.length, pos: this.pos, logit_row0: logitRow0, n_logits: nLogits, ...this.experts.variables };
+    ex.writeParams(env);
+    let encoder = this.device.createCommandEncoder();
+    let done = 0;
+    if (this.experts.readsRouting) {
+      const size = ids.length * this.topK * 4;
+      for (const seg of this.segments) {
+        ex.encodeRange(encoder, env, done, seg.start);
+        encoder.copyBufferToBuffer(ex.buffers.get(seg.topkIds), 0, this.routeRb.buffer, 0, size);
+        this.device.queue.submit([encoder.finish()]);
+        const chosen = new Uint32Array(await this.routeRb.read(size));
+        this.experts.record(seg.layer, chosen);
+        for await (const _ of this.experts.batches(seg.layer, chosen)) {
+          encoder = this.device.createCommandEncoder();
+          ex.encodeRange(encoder, env, seg.start, seg.stop);
+          this.device.queue.submit([encoder.finish()]);
+        }
+        encoder = this.device.createCommandEncoder();
+        done = seg.stop;
+      }
+    }
+    ex.encodeRange(encoder, env, done, ex.steps.length);
     this.pos += ids.length;
+    return encoder;
+  }
+
+  expertStats() {
+    return this.experts.report();
   }
 
   reset() {
@@ -118,8 +139,7 @@ export class Engine {
     const out = new Float32Array(ids.length * this.vocab);
     for (let s = 0; s < ids.length; s += this.chunk) {
       const chunk = ids.subarray(s, s + this.chunk);
-      const enc = this.device.createCommandEncoder();
-      this.encodeForward(enc, chunk, 0, chunk.length);
+      const enc = await this.forward(chunk, 0, chunk.length);
       const size = chunk.length * this.vocab * 4;
       enc.copyBufferToBuffer(this.executor.buffers.get("logits"), 0, this.logitsRb.buffer, 0, size);
       this.device.queue.submit([enc.finish()]);
@@ -140,8 +160,7 @@ export class Engine {
     for (let s = 0; s < ids.length; s += this.chunk) {
       const chunk = ids.subarray(s, s + this.chunk);
       const last = s + this.chunk >= ids.length;
-      enc = this.device.createCommandEncoder();
-      this.encodeForward(enc, chunk, chunk.length - 1, last ? 1 : 0);
+      enc = await this.forward(chunk, chunk.length - 1, last ? 1 : 0);
       if (!last) this.device.queue.submit([enc.finish()]);
     }
     this.sampler.encode(enc, { temperature, top_p: topP, u });

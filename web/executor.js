@@ -76,8 +76,14 @@ export class Executor {
   // Records every step into one compute pass; the caller submits before the next encode.
   encode(encoder, env) {
     this.writeParams(env);
+    this.encodeRange(encoder, env, 0, this.steps.length);
+  }
+
+  // Records steps start .. stop; the caller wrote the params for env.
+  encodeRange(encoder, env, start, stop) {
+    if (start >= stop) return;
     const pass = encoder.beginComputePass();
-    for (const st of this.steps) {
+    for (const st of this.steps.slice(start, stop)) {
       const counts = st.dispatch.map((d) => evaluate(d, env));
       if (Math.min(...counts) <= 0) continue;
       pass.setPipeline(st.pipeline);

@@ -68,6 +68,10 @@ export class ModelStore {
     s.url = new URL(manifestUrl, self.location.href).href;
     s.onProgress = options.onProgress || (() => {});
     s.concurrency = options.concurrency || 4;
+    s.memoryBytes = options.memoryBytes ?? 256 * 2 ** 20;   // in-memory LRU of verified shard bytes (paging)
+    s.memory = new Map();                                    // file -> ArrayBuffer, oldest first
+    s.memoryUsed = 0;
+    s.memoryCounts = { hits: 0, misses: 0, evictions: 0 };
     s.retries = options.retries ?? 4;
     const r = await fetch(s.url, { cache: "no-cache" });
     if (!r.ok) throw new Error(`manifest ${s.url}: HTTP ${r.status}`);
@@ -199,8 +203,36 @@ export class ModelStore {
     throw new Error(`could not download ${e.file}: ${lastError?.message || lastError}`);
   }
 
-  // The verified bytes of a shard; one that fails its hash in OPFS is deleted and fetched again.
-  async shard(file) {
+  memoryStats() {
+    return { ...this.memoryCounts, bytes: this.memoryUsed, budget: this.memoryBytes, files: this.memory.size };
+  }
+
+  // The verified bytes of a shard, from the in-memory LRU (memo: true keeps them there), else OPFS, else
+  // HTTP. A shard that fails its hash in OPFS is deleted and fetched again.
+  async shard(file, { memo = false } = {}) {
+    if (this.memory.has(file)) {
+      const data = this.memory.get(file);
+      this.memory.delete(file);
+      this.memory.set(file, data);
+      this.memoryCounts.hits++;
+      return data;
+    }
+    const data = await this.read(file);
+    if (memo) {
+      this.memoryCounts.misses++;
+      this.memory.set(file, data);
+      this.memoryUsed += data.byteLength;
+      for (const [old, buf] of this.memory) {
+        if (this.memoryUsed <= this.memoryBytes || old === file) break;
+        this.memory.delete(old);
+        this.memoryUsed -= buf.byteLength;
+        this.memoryCounts.evictions++;
+      }
+    }
+    return data;
+  }
+
+  async read(file) {
     const e = this.entries.get(file);
     if (!e) throw new Error(`shard ${file} is not in the manifest`);
     try {

@@ -6,6 +6,8 @@
 //   const logits = await engine.logits([1, 2, 3]);               // Float32Array [T * vocab]
 //   for await (const t of engine.generate(messages, { maxNewTokens: 64, temperature: 0.7 })) ...
 //   engine.stop();                                                 // ends a running generate()
+//   await engine.expertStats();                                    // cache hits, misses, uploads, usage
+// load options: expertCacheBytes, memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen
 //   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
 
 let seq = 0;
@@ -75,6 +77,11 @@ class BrowserEngine {
 
   stop() {
     return this.client.call("stop");
+  }
+
+  // The expert cache's statistics (per layer and total), routing usage, and the in-memory shard cache.
+  async expertStats() {
+    return (await this.client.call("stats")).stats;
   }
 }
 

@@ -1,5 +1,5 @@
 // The engine's home: a dedicated worker, so the page stays responsive while the GPU works.
-// Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stop"|"list"|"delete", ...}; out: {id, ...}.
+// Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stats"|"stop"|"list"|"delete", ...}; out: {id, ...}.
 import { Engine } from "./engine.js";
 import { deleteCached, listCached } from "./loader.js";
 
@@ -25,9 +25,12 @@ const ops = {
     const t0 = performance.now();
     for await (const token of engine.generate(prompt, { ...options, signal: abort.signal })) {
       n++;
-      postMessage({ id, token });
+      postMessage({ id, token: engine.experts.readsRouting ? { ...token, usage: engine.experts.usage } : token });
     }
     return { tokens: n, seconds: (performance.now() - t0) / 1000 };
+  },
+  async stats() {
+    return { stats: engine.expertStats() };
   },
   async stop() {
     abort?.abort();

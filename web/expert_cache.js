@@ -1,0 +1,138 @@
+// GPU residency of routed experts, the browser twin of engine/expert_cache.py: slots of one slab buffer,
+// a slot table [layers, E], LRU eviction that spares the running batch and pinned experts, batches when a
+// layer needs more experts than fit, statistics. Expert bytes come from the ModelStore (memory, OPFS, HTTP).
+import { STORAGE } from "./executor.js";
+
+export const NO_SLOT = 0xffffffff;
+
+// Consecutive plan steps that read the slab (one MoE layer's expert kernels) and the buffer of the ids.
+export function expertSegments(plan) {
+  const segments = [];
+  let topk = null;
+  plan.steps.forEach((step, i) => {
+    if (step.kernel === "moe_gather") topk = step.bind.topk_ids;
+    if (Object.values(step.bind).includes("experts")) {
+      const last = segments[segments.length - 1];
+      if (last && last.stop === i) last.stop = i + 1;
+      else segments.push({ layer: step.params.layer, start: i, stop: i + 1, topkIds: topk });
+    }
+  });
+  return segments;
+}
+
+const FIELDS = ["lookups", "hits", "misses", "evictions", "bytes_uploaded", "wait_s"];
+
+export class ExpertCache {
+  static async create(device, manifest, store, { budgetBytes, pinned = [], observe = false } = {}) {
+    const c = new ExpertCache();
+    const moe = manifest.moe;
+    c.device = device;
+    c.store = store;
+    c.manifest = manifest;
+    c.E = moe.num_experts;
+    c.layers = moe.moe_layers;
+    c.slotBytes = moe.expert_layout.slot_bytes;
+    const total = c.layers.length * c.E;
+    const fit = Math.floor(device.limits.maxStorageBufferBindingSize / c.slotBytes);
+    if (budgetBytes != null && budgetBytes < c.slotBytes) {
+      throw new Error(`an expert cache of ${(budgetBytes / 2 ** 20).toFixed(2)} MiB holds no expert; one needs ${(c.slotBytes / 2 ** 20).toFixed(2)} MiB`);
+    }
+    c.nSlots = Math.max(1, Math.min(total, fit, budgetBytes == null ? total : Math.floor(budgetBytes / c.slotBytes)));
+    c.paging = c.nSlots < total;
+    c.observe = observe;
+    c.pinned = new Set(pinned.map(([l, e]) => `${l}_${e}`));
+    if (c.paging && c.pinned.size >= c.nSlots) throw new Error("pinned experts leave no free slot");
+    c.slab = device.createBuffer({ size: c.nSlots * c.slotBytes, usage: STORAGE, label: "expert slab" });
+    c.table = new Uint32Array(manifest.config.num_layers * c.E).fill(NO_SLOT);
+    c.slotTable = device.createBuffer({ size: c.table.byteLength, usage: STORAGE, label: "expert slots" });
+    c.resident = new Map();      // "l_e" -> slot, in LRU order (oldest first)
+    c.free = Array.from({ length: c.nSlots }, (_, i) => c.nSlots - 1 - i);
+    c.inUse = new Set();
+    c.stats = Object.fromEntries(c.layers.map((l) => [l, Object.fromEntries(FIELDS.map((f) => [f, 0]))]));
+    c.usage = Object.fromEntries(c.layers.map((l) => [l, new Array(c.E).fill(0)]));
+    const startup = c.paging ? [...c.pinned] : c.layers.flatMap((l) => Array.from({ length: c.E }, (_, e) => `${l}_${e}`));
+    for (const key of startup) await c.upload(key, c.free.pop());
+    device.queue.writeBuffer(c.slotTable, 0, c.table);
+    return c;
+  }
+
+  get readsRouting() {
+    return this.paging || this.observe;
+  }
+
+  get variables() {
+    return { slot0: 0, n_slots: this.nSlots };
+  }
+
+  async upload(key, slot) {
+    const entry = this.manifest.experts[key];
+    const bytes = await this.store.shard(entry.shard, { memo: this.paging });
+    this.device.queue.writeBuffer(this.slab, slot * this.slotBytes, bytes, 0, entry.size);
+    this.resident.set(key, slot);
+    const [l, e] = key.split("_").map(Number);
+    this.table[l * this.E + e] = slot;
+  }
+
+  record(layer, chosen) {
+    for (const e of chosen) this.usage[layer][e]++;
+  }
+
+  takeSlot() {
+    if (this.free.length) return this.free.pop();
+    for (const [key, slot] of this.resident) {          // Map iterates oldest first
+      if (this.inUse.has(key) || this.pinned.has(key)) continue;
+      this.resident.delete(key);
+      const [l, e] = key.split("_").map(Number);
+      this.table[l * this.E + e] = NO_SLOT;
+      this.stats[l].evictions++;
+      return slot;
+    }
+    return null;
+  }
+
+  // Yields batches of the layer's needed experts, each resident with the slot table naming only it.
+  async *batches(layer, chosen) {
+    const need = [...new Set(chosen)].sort((a, b) => a - b);
+    const st = this.stats[layer];
+    st.lookups += need.length;
+    const resident = (e) => this.resident.has(`${layer}_${e}`);
+    let pending = [...need.filter(resident), ...need.filter((e) => !resident(e))];   // hits first
+    while (pending.length) {
+      const t0 = performance.now();
+      const batch = [];
+      this.inUse = new Set();
+      for (const e of pending) {
+        const key = `${layer}_${e}`;
+        if (this.resident.has(key)) {
+          st.hits++;
+          const slot = this.resident.get(key);
+          this.resident.delete(key);             // move to the most recently used end
+          this.resident.set(key, slot);
+        } else {
+          const slot = this.takeSlot();
+          if (slot == null) break;
+          st.misses++;
+          st.bytes_uploaded += this.slotBytes;
+          await this.upload(key, slot);
+        }
+        batch.push(e);
+        this.inUse.add(key);
+      }
+      pending = pending.slice(batch.length);
+      const row = this.table.subarray(layer * this.E, (layer + 1) * this.E);
+      row.fill(NO_SLOT);
+      for (const e of batch) row[e] = this.resident.get(`${layer}_${e}`);
+      this.device.queue.writeBuffer(this.slotTable, layer * this.E * 4, row);
+      st.wait_s += (performance.now() - t0) / 1000;
+      yield batch;
+    }
+    this.inUse = new Set();
+  }
+
+  report() {
+    const total = Object.fromEntries(FIELDS.map((f) => [f, 0]));
+    for (const s of Object.values(this.stats)) for (const f of FIELDS) total[f] += s[f];
+    return { slots: this.nSlots, slot_bytes: this.slotBytes, paging: this.paging, resident: this.resident.size,
+             layers: this.stats, total, usage: this.usage, memory: this.store.memoryStats() };
+  }
+}
