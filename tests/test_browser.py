@@ -259,6 +259,9 @@ def test_chat_page_streams_tokens():
         reply = page.inner_text(".msg.assistant")
         assert reply.strip()
         assert "tokens/s" in page.inner_text("#status")
+        # the live expert heatmap: one row per MoE layer, one cell per expert; cache statistics after
+        assert page.locator("#heatmap tr").count() == 4 and page.locator("#heatmap tr").first.locator("td").count() == 8
+        page.wait_for_function("document.querySelector('#cache-stats').textContent.includes('lookups')")
         page.screenshot(path=str(SCREENSHOTS / "chat.png"))
         assert page.inner_text("#cached").count("MiB") == 1
 

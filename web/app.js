@@ -53,7 +53,8 @@ async function loadModel() {
   $("load").disabled = true;
   notice(`Loading ${url}…`);
   try {
-    engine = await webmoe.load(url, { onProgress: showProgress });
+    // observeRouting: read back each layer's routing while generating, for the live expert heatmap
+    engine = await webmoe.load(url, { onProgress: showProgress, observeRouting: true });
     notice("");
     $("progress").hidden = true;
     $("status").textContent = `${engine.family} on ${engine.adapter}`;
@@ -65,6 +66,35 @@ async function loadModel() {
     $("load").disabled = false;
     refreshCached();
   }
+}
+
+// usage: {layer: [tokens routed to each expert]} -> a layers x experts table shaded by share
+function drawHeatmap(usage) {
+  const rows = Object.entries(usage).map(([layer, counts]) => {
+    const total = counts.reduce((a, b) => a + b, 0) || 1;
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.textContent = `L${layer}`;
+    tr.append(th);
+    for (const [e, n] of counts.entries()) {
+      const td = document.createElement("td");
+      const share = n / total;
+      td.style.background = `rgba(59, 110, 165, ${Math.min(1, share * counts.length / 2)})`;
+      td.title = `layer ${layer}, expert ${e}: ${n} tokens (${(share * 100).toFixed(1)} %)`;
+      tr.append(td);
+    }
+    return tr;
+  });
+  const table = document.createElement("table");
+  table.append(...rows);
+  $("heatmap").replaceChildren(table);
+}
+
+async function showCacheStats() {
+  const s = await engine.expertStats();
+  const t = s.total;
+  $("cache-stats").textContent = `GPU slots ${s.slots}, resident ${s.resident}; lookups ${t.lookups}, hits ${t.hits}, ` +
+    `misses ${t.misses}, evictions ${t.evictions}, uploaded ${mib(t.bytes_uploaded)}`;
 }
 
 function bubble(role, text) {
@@ -93,6 +123,7 @@ async function send(ev) {
     for await (const token of engine.generate(history, { maxNewTokens: 200, temperature: 0.7, topP: 0.9 })) {
       reply += token.text;
       n++;
+      if (token.usage) drawHeatmap(token.usage);
       out.textContent = reply;
       $("log").scrollTop = $("log").scrollHeight;
       $("status").textContent = `${n} tokens, ${(n / ((performance.now() - t0) / 1000)).toFixed(1)} tokens/s`;
@@ -101,6 +132,7 @@ async function send(ev) {
     notice(e.message || String(e), true);
   }
   history.push({ role: "assistant", content: reply });
+  await showCacheStats().catch(() => {});
   $("send").disabled = false;
   $("stop").disabled = true;
 }
