@@ -3,6 +3,7 @@ import { openDevice } from "./device.js";
 import { ExpertCache, expertSegments } from "./expert_cache.js";
 import { Executor, STORAGE } from "./executor.js";
 import { ModelStore } from "./loader.js";
+import { predictorPlan } from "./prefetch.js";
 import { ShaderLibrary } from "./shaders.js";
 import { TextTokenizer } from "./tokenizer.js";
 
@@ -34,9 +35,11 @@ function rng(seed) {
 export class Engine {
   // options: onProgress, maxSeqLen, chunkTokens, expertCacheBytes (GPU budget for routed experts),
   // memoryCacheBytes (in-memory LRU of expert shards when paging), pinnedExperts [[layer, expert]],
-  // observeRouting (read back routing even when every expert is resident, for usage statistics)
+  // observeRouting (read back routing even when every expert is resident, for usage statistics),
+  // prefetch (when paging: load each next MoE layer's predicted experts ahead of need)
   static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
-                                   memoryCacheBytes, pinnedExperts = [], observeRouting = false } = {}) {
+                                   memoryCacheBytes, pinnedExperts = [], observeRouting = false,
+                                   prefetch = false } = {}) {
     const e = new Engine();
     const gpu = await openDevice();
     e.device = gpu.device;
@@ -79,7 +82,14 @@ export class Engine {
       params: { V: e.vocab, row: 0, temperature: "temperature", top_p: "top_p", u: "u" } }] },
       new Map([["logits", e.executor.buffers.get("logits")], ["token", e.tokenBuf]]), new Map(), {}, shaders);
     e.logitsRb = new Readback(e.device, e.chunk * e.vocab * 4);
-    e.routeRb = new Readback(e.device, e.chunk * e.topK * 4);
+    e.routeRb = new Readback(e.device, 2 * e.chunk * e.topK * 4);
+    e.predict = new Map();
+    if (prefetch && e.experts.paging && e.segments.length > 1) {
+      const p = predictorPlan(m.plan, e.segments, m.moe.num_experts, e.topK);
+      e.predict = p.ranges;
+      e.predictor = await Executor.create(e.device, p.plan, e.executor.buffers, new Map(),
+                                          { T: e.chunk, S: e.maxSeqLen }, shaders);
+    }
     e.tokenRb = new Readback(e.device, 4);
     e.pos = 0;
     return e;
@@ -101,6 +111,7 @@ export class Engine {
     this.device.queue.writeBuffer(ex.buffers.get("ids"), 0, ids);
     const env = { T: ids.length, pos: this.pos, logit_row0: logitRow0, n_logits: nLogits, ...this.experts.variables };
     ex.writeParams(env);
+    if (this.predictor) this.predictor.writeParams(env);
     let encoder = this.device.createCommandEncoder();
     let done = 0;
     if (this.experts.readsRouting) {
@@ -108,14 +119,21 @@ export class Engine {
       for (const seg of this.segments) {
         ex.encodeRange(encoder, env, done, seg.start);
         encoder.copyBufferToBuffer(ex.buffers.get(seg.topkIds), 0, this.routeRb.buffer, 0, size);
+        const predict = this.predict.get(seg.layer);
+        if (predict) {          // the next MoE layer's router on this layer's router input
+          this.predictor.encodeRange(encoder, env, predict[0], predict[1]);
+          encoder.copyBufferToBuffer(this.predictor.buffers.get("pred_ids"), 0, this.routeRb.buffer, size, size);
+        }
         this.device.queue.submit([encoder.finish()]);
-        const chosen = new Uint32Array(await this.routeRb.read(size));
+        const routed = new Uint32Array(await this.routeRb.read(predict ? 2 * size : size));
+        const chosen = routed.subarray(0, ids.length * this.topK);
         this.experts.record(seg.layer, chosen);
         for await (const _ of this.experts.batches(seg.layer, chosen)) {
           encoder = this.device.createCommandEncoder();
           ex.encodeRange(encoder, env, seg.start, seg.stop);
           this.device.queue.submit([encoder.finish()]);
         }
+        if (predict) await this.experts.prefetch(predict[2], routed.subarray(ids.length * this.topK));
         encoder = this.device.createCommandEncoder();
         done = seg.stop;
       }

@@ -20,7 +20,8 @@ export function expertSegments(plan) {
   return segments;
 }
 
-const FIELDS = ["lookups", "hits", "misses", "evictions", "bytes_uploaded", "wait_s"];
+const FIELDS = ["lookups", "hits", "misses", "evictions", "bytes_uploaded", "wait_s", "prefetched", "predicted",
+                "predicted_used", "needed_after_prediction"];
 
 export class ExpertCache {
   static async create(device, manifest, store, { budgetBytes, pinned = [], observe = false } = {}) {
@@ -48,6 +49,7 @@ export class ExpertCache {
     c.resident = new Map();      // "l_e" -> slot, in LRU order (oldest first)
     c.free = Array.from({ length: c.nSlots }, (_, i) => c.nSlots - 1 - i);
     c.inUse = new Set();
+    c.predictions = new Map();   // layer -> Set of experts prefetched for its next pass
     c.stats = Object.fromEntries(c.layers.map((l) => [l, Object.fromEntries(FIELDS.map((f) => [f, 0]))]));
     c.usage = Object.fromEntries(c.layers.map((l) => [l, new Array(c.E).fill(0)]));
     const startup = c.paging ? [...c.pinned] : c.layers.flatMap((l) => Array.from({ length: c.E }, (_, e) => `${l}_${e}`));
@@ -95,6 +97,13 @@ export class ExpertCache {
     const need = [...new Set(chosen)].sort((a, b) => a - b);
     const st = this.stats[layer];
     st.lookups += need.length;
+    const predicted = this.predictions.get(layer);
+    if (predicted) {
+      this.predictions.delete(layer);
+      st.predicted += predicted.size;
+      st.predicted_used += need.filter((e) => predicted.has(e)).length;
+      st.needed_after_prediction += need.length;
+    }
     const resident = (e) => this.resident.has(`${layer}_${e}`);
     let pending = [...need.filter(resident), ...need.filter((e) => !resident(e))];   // hits first
     while (pending.length) {
@@ -127,6 +136,31 @@ export class ExpertCache {
       yield batch;
     }
     this.inUse = new Set();
+  }
+
+  // Loads experts predicted for a layer's next pass into free or least recently used slots.
+  async prefetch(layer, experts) {
+    const t0 = performance.now();
+    const want = [...new Set(experts)].sort((a, b) => a - b);
+    this.predictions.set(layer, new Set(want));
+    const st = this.stats[layer];
+    this.inUse = new Set(want.map((e) => `${layer}_${e}`));
+    for (const e of want) {
+      const key = `${layer}_${e}`;
+      if (this.resident.has(key)) {
+        const slot = this.resident.get(key);
+        this.resident.delete(key);
+        this.resident.set(key, slot);
+        continue;
+      }
+      const slot = this.takeSlot();
+      if (slot == null) break;
+      await this.upload(key, slot);
+      st.prefetched++;
+      st.bytes_uploaded += this.slotBytes;
+    }
+    this.inUse = new Set();
+    st.wait_s += (performance.now() - t0) / 1000;
   }
 
   report() {
