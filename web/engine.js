@@ -125,7 +125,9 @@ export class Engine {
           encoder.copyBufferToBuffer(this.predictor.buffers.get("pred_ids"), 0, this.routeRb.buffer, size, size);
         }
         this.device.queue.submit([encoder.finish()]);
+        const t0 = performance.now();
         const routed = new Uint32Array(await this.routeRb.read(predict ? 2 * size : size));
+        this.experts.stats[seg.layer].wait_s += (performance.now() - t0) / 1000;
         const chosen = routed.subarray(0, ids.length * this.topK);
         this.experts.record(seg.layer, chosen);
         for await (const _ of this.experts.batches(seg.layer, chosen)) {

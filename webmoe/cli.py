@@ -38,11 +38,16 @@ def _serve(args) -> int:
 
 def _bench(args) -> int:
     from webmoe.engine.bench import bench, save_png, table
-    rows = bench(args.package, tokens=args.tokens, adapter=args.adapter)
-    print(f"{args.package} on {rows[0]['adapter']}: {args.tokens} greedy decode tokens after a 32-token prompt")
+    if args.browser:
+        from webmoe.engine.bench_browser import bench_browser
+        rows = bench_browser(args.package, tokens=args.tokens)
+    else:
+        rows = bench(args.package, tokens=args.tokens, adapter=args.adapter)
+    where = "Chromium, " + rows[0]["adapter"] if args.browser else rows[0]["adapter"]
+    print(f"{args.package} on {where}: {args.tokens} greedy decode tokens after a 32-token prompt")
     print(table(rows))
     if args.png:
-        save_png(rows, args.png, f"{args.package} on {rows[0]['adapter']}")
+        save_png(rows, args.png, f"{args.package} on {where}")
         print(f"wrote {args.png}")
     return 0
 
@@ -110,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--tokens", type=int, default=64)
     b.add_argument("--png", default=None, help="also save a chart here")
     b.add_argument("--adapter", default=None)
+    b.add_argument("--browser", action="store_true", help="measure in headless Chromium (WebGPU) instead")
     b.set_defaults(func=_bench)
 
     a = sub.add_parser("analyze", help="per-layer expert usage and co-activation over prompts: JSON + heatmap")

@@ -1,0 +1,55 @@
+"""`webmoe bench --browser`: the same budgets as engine/bench.py, measured in headless Chromium
+(WebGPU on SwiftShader here) through the JS API. Needs the test extras (playwright) and Debian's
+chromium."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bench import RUNS
+from .package import Package
+from .server import create_app
+
+PAGE_RUN = """async ([manifest, budget, prefetch, tokens]) => {
+  const webmoe = await import('/web/webmoe.js');
+  const e = await webmoe.load(manifest, {expertCacheBytes: budget, prefetch});
+  const vocab = e.config.vocab_size;
+  const prompt = Array.from({length: 32}, (_, i) => (i * 7919 + 13) % vocab);
+  let n = 0, t0 = 0, before = null;
+  for await (const t of e.generate(prompt, {maxNewTokens: tokens + 1, temperature: 0})) {
+    if (++n === 1) { before = await e.expertStats(); t0 = performance.now(); }
+  }
+  const seconds = (performance.now() - t0) / 1000, after = await e.expertStats();
+  const d = (f) => after.total[f] - before.total[f];
+  return {adapter: e.adapter, tokens: n - 1, seconds, slots: after.slots, lookups: d('lookups'), hits: d('hits'),
+          bytes: d('bytes_uploaded'), wait: d('wait_s'), predicted: d('predicted'), used: d('predicted_used'),
+          needed: d('needed_after_prediction')};
+}"""
+
+
+def bench_browser(path, tokens: int = 16, runs=RUNS) -> list[dict]:
+    from webmoe.headless import browser, serving
+    package = Package(path)
+    moe = package.moe
+    total = len(moe["moe_layers"]) * moe["num_experts"]
+    slot = moe["expert_layout"]["slot_bytes"]
+    rows = []
+    with serving(create_app([Path(path)], api=False)) as url, browser() as ctx:
+        for f, prefetch in runs:
+            slots = max(1, int(round(total * f)))
+            page = ctx.new_page()
+            page.goto(url + "/")
+            r = page.evaluate(PAGE_RUN, [f"/models/{package.dir.name}/manifest.json", slots * slot, prefetch, tokens])
+            page.close()
+            tokens_done = max(1, r["tokens"])
+            rows.append({"label": ("min (1 slot)" if f == 0 else f"{f:.0%}") + (" +prefetch" if prefetch else ""),
+                         "slots": r["slots"], "experts": total, "budget_mib": r["slots"] * slot / 2**20,
+                         "tokens_per_s": r["tokens"] / r["seconds"] if r["seconds"] else 0.0,
+                         "hit_rate": r["hits"] / r["lookups"] if r["lookups"] else 1.0,
+                         "bytes_per_token": r["bytes"] / tokens_done,
+                         "wait_share": r["wait"] / r["seconds"] if r["seconds"] else 0.0,
+                         "precision": r["used"] / r["predicted"] if r["predicted"] else None,
+                         "recall": r["used"] / r["needed"] if r["needed"] else None, "adapter": r["adapter"]})
+    base = rows[0]["tokens_per_s"] or 1.0
+    for r in rows:
+        r["speed_vs_all_resident"] = r["tokens_per_s"] / base
+    return rows

@@ -1,0 +1,70 @@
+"""Headless Chromium with WebGPU on SwiftShader, and `webmoe serve` in a background thread: what the
+browser tests and the browser benchmark drive. Uses Debian's chromium (never `playwright install`)."""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import socket
+import tempfile
+import threading
+from contextlib import contextmanager
+
+from aiohttp import web
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+         "--use-webgpu-adapter=swiftshader", "--no-sandbox", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(app: web.Application):
+    """Runs an aiohttp app on 127.0.0.1 in a background thread; yields its base URL. Everything asyncio
+    happens in that thread, so this nests inside Playwright's sync API (which runs a loop here)."""
+    loop = asyncio.new_event_loop()
+    port = free_port()
+    runner = web.AppRunner(app)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start():
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(60)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+
+
+_playwright = None
+
+
+def playwright():
+    """The process's one Playwright (its sync API cannot be started twice at once)."""
+    global _playwright
+    if _playwright is None:
+        from playwright.sync_api import sync_playwright
+        _playwright = sync_playwright().start()
+        atexit.register(_playwright.stop)
+    return _playwright
+
+
+@contextmanager
+def browser():
+    """A fresh Chromium with its own empty profile (so OPFS starts empty)."""
+    with tempfile.TemporaryDirectory() as profile:
+        ctx = playwright().chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                             args=FLAGS)
+        try:
+            yield ctx
+        finally:
+            ctx.close()
