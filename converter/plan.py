@@ -8,6 +8,7 @@ to (a plan buffer, a package tensor, or a runtime buffer such as the expert slab
     pos         absolute position of the first of them
     logit_row0  first row of the final hidden state that gets logits
     n_logits    how many rows get logits (1 while generating, T for Engine.logits)
+    slot0, n_slots  the expert-slot range of the bound slab buffer (set by the runtime's expert cache)
 Buffer shapes may use "T" (the chunk size) and "S" (the runtime's maximum sequence length).
 
 This module is the one place in Python that knows each kernel's parameters and dispatch.

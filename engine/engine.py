@@ -3,24 +3,16 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
-import wgpu
 
 from .device import Gpu, open_gpu
 from .executor import STORAGE, Executor, Readback
 from .expert_cache import ExpertCache, expert_segments
-from .prefetch import predictor_plan
-from .generation import GenerationConfig, Generator
+from .generation import GenerationConfig, Generator, Token  # noqa: F401  (Token is part of this API)
 from .package import Package, PackageError
+from .prefetch import predictor_plan
 from .tokenizer import PromptError, TextTokenizer
-
-
-@dataclass
-class Token:
-    id: int
-    text: str    # the new text this token completes (may be "" while a character or stop string is pending)
 
 
 class Engine:

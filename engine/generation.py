@@ -10,6 +10,12 @@ from .tokenizer import PromptError, StreamDecoder
 
 
 @dataclass
+class Token:
+    id: int
+    text: str    # the new text this token completes (may be "" while a character or stop string is pending)
+
+
+@dataclass
 class GenerationConfig:
     max_new_tokens: int = 128
     temperature: float = 0.0
@@ -54,7 +60,6 @@ class Generator:
         self.finish_reason: str | None = None
 
     def __iter__(self):
-        from .engine import Token
         engine, cfg, prompt_ids = self.engine, self.config, self.prompt_ids
         self.finish_reason = "length"
         budget = min(cfg.max_new_tokens, engine.max_seq_len - len(prompt_ids) + 1)

@@ -124,6 +124,7 @@ async function send(ev) {
       reply += token.text;
       n++;
       if (token.usage) drawHeatmap(token.usage);
+      if (n % 8 === 0) showCacheStats().catch(() => {});
       out.textContent = reply;
       $("log").scrollTop = $("log").scrollHeight;
       $("status").textContent = `${n} tokens, ${(n / ((performance.now() - t0) / 1000)).toFixed(1)} tokens/s`;
