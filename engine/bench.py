@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from .engine import Engine
+from .package import Package
 
 PROMPT_TOKENS = 32
 
@@ -44,22 +45,29 @@ def run_budget(path, budget: int | None, tokens: int, adapter: str | None, prefe
 RUNS = ((1.0, False), (0.5, False), (0.5, True), (0.25, False), (0.25, True), (0.0, False))
 
 
-def bench(path, tokens: int = 64, runs=RUNS, adapter: str | None = None) -> list[dict]:
-    """runs: (fraction of all experts held on the GPU, prefetch); fraction 0 means one slot."""
-    probe = Engine.load(path, adapter=adapter, quiet=True)
-    total = len(probe.experts.moe_layers) * probe.experts.num_experts
-    slot = probe.experts.slot_bytes
-    del probe
-    rows = []
-    for f, prefetch in runs:
-        slots = max(1, int(round(total * f)))
-        row = run_budget(path, slots * slot, tokens, adapter, prefetch)
-        row["label"] = ("min (1 slot)" if f == 0 else f"{f:.0%}") + (" +prefetch" if prefetch else "")
-        rows.append(row)
-    base = rows[0]["tokens_per_s"]
+def budgets(path, runs) -> tuple[int, int, list[tuple[str, int, bool]]]:
+    """From the manifest alone: (experts in all, bytes per expert, [(label, budget bytes, prefetch)]) for
+    runs of (fraction of all experts held on the GPU, prefetch); fraction 0 means one slot."""
+    moe = Package(path).moe
+    total, slot = len(moe["moe_layers"]) * moe["num_experts"], moe["expert_layout"]["slot_bytes"]
+    return total, slot, [(("min (1 slot)" if f == 0 else f"{f:.0%}") + (" +prefetch" if prefetch else ""),
+                          max(1, int(round(total * f))) * slot, prefetch) for f, prefetch in runs]
+
+
+def relate_to_first(rows: list[dict]) -> list[dict]:
+    """Each run's speed as a ratio to the first (every expert resident)."""
+    base = rows[0]["tokens_per_s"] or 1.0
     for r in rows:
         r["speed_vs_all_resident"] = r["tokens_per_s"] / base
     return rows
+
+
+def bench(path, tokens: int = 64, runs=RUNS, adapter: str | None = None) -> list[dict]:
+    """runs: (fraction of all experts held on the GPU, prefetch); fraction 0 means one slot."""
+    rows = []
+    for label, budget, prefetch in budgets(path, runs)[2]:
+        rows.append({**run_budget(path, budget, tokens, adapter, prefetch), "label": label})
+    return relate_to_first(rows)
 
 
 def table(rows: list[dict]) -> str:

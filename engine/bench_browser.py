@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench import RUNS
+from .bench import RUNS, budgets, relate_to_first
 from .package import Package
 from .server import create_app
 
@@ -28,20 +28,17 @@ PAGE_RUN = """async ([manifest, budget, prefetch, tokens]) => {
 
 def bench_browser(path, tokens: int = 16, runs=RUNS) -> list[dict]:
     from webmoe.headless import browser, serving
-    package = Package(path)
-    moe = package.moe
-    total = len(moe["moe_layers"]) * moe["num_experts"]
-    slot = moe["expert_layout"]["slot_bytes"]
+    total, slot, plans = budgets(path, runs)
+    name = Package(path).dir.name
     rows = []
     with serving(create_app([Path(path)], api=False)) as url, browser() as ctx:
-        for f, prefetch in runs:
-            slots = max(1, int(round(total * f)))
+        for label, budget, prefetch in plans:
             page = ctx.new_page()
             page.goto(url + "/")
-            r = page.evaluate(PAGE_RUN, [f"/models/{package.dir.name}/manifest.json", slots * slot, prefetch, tokens])
+            r = page.evaluate(PAGE_RUN, [f"/models/{name}/manifest.json", budget, prefetch, tokens])
             page.close()
             tokens_done = max(1, r["tokens"])
-            rows.append({"label": ("min (1 slot)" if f == 0 else f"{f:.0%}") + (" +prefetch" if prefetch else ""),
+            rows.append({"label": label,
                          "slots": r["slots"], "experts": total, "budget_mib": r["slots"] * slot / 2**20,
                          "tokens_per_s": r["tokens"] / r["seconds"] if r["seconds"] else 0.0,
                          "hit_rate": r["hits"] / r["lookups"] if r["lookups"] else 1.0,
@@ -49,7 +46,4 @@ def bench_browser(path, tokens: int = 16, runs=RUNS) -> list[dict]:
                          "wait_share": r["wait"] / r["seconds"] if r["seconds"] else 0.0,
                          "precision": r["used"] / r["predicted"] if r["predicted"] else None,
                          "recall": r["used"] / r["needed"] if r["needed"] else None, "adapter": r["adapter"]})
-    base = rows[0]["tokens_per_s"] or 1.0
-    for r in rows:
-        r["speed_vs_all_resident"] = r["tokens_per_s"] / base
-    return rows
+    return relate_to_first(rows)

@@ -164,7 +164,7 @@ class ExpertCache:
                     st.hits += 1
                     self.resident.move_to_end(key)
                 else:
-                    slot = self._take_slot(layer)
+                    slot = self._take_slot()
                     if slot is None:
                         break
                     st.misses += 1
@@ -194,7 +194,7 @@ class ExpertCache:
             if key in self.resident:
                 self.resident.move_to_end(key)
                 continue
-            slot = self._take_slot(layer)
+            slot = self._take_slot()
             if slot is None:
                 break
             self._upload(key, slot)
@@ -203,7 +203,7 @@ class ExpertCache:
         self.in_use = set()
         st.wait_s += time.perf_counter() - t0
 
-    def _take_slot(self, layer: int) -> int | None:
+    def _take_slot(self) -> int | None:
         if self.free:
             return self.free.pop()
         for key in self.resident:                       # least recently used first

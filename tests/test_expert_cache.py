@@ -66,9 +66,9 @@ def test_eviction_spares_the_running_batch_and_pinned_experts(packages):
     evicted_while_in_use = []
     take = cache._take_slot
 
-    def watched(layer):
+    def watched():
         before = set(cache.resident)
-        slot_ = take(layer)
+        slot_ = take()
         gone = before - set(cache.resident)
         evicted_while_in_use.extend(k for k in gone if k in cache.in_use or k in cache.pinned)
         return slot_
