@@ -9,17 +9,11 @@ from tqdm import tqdm
 from .checkpoint import Checkpoint
 from .errors import ConversionError
 from .families import family_for
-from .plan import Plan
+from .model_plan import build_plan, package_tensors
 from .tokenizer_info import tokenizer_files, tokenizer_info
 from .writer import PackageWriter, expert_layout
 
 DTYPES = ("f32", "f16")
-
-
-def storage_dtype(shape: tuple[int, ...], keep_f32: bool, dtype: str) -> str:
-    """Matrices are stored in the requested dtype; norms, biases, routers and gates stay f32 (routing
-    decisions are sensitive, and those tensors are small)."""
-    return dtype if len(shape) == 2 and not keep_f32 else "f32"
 
 
 def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progress: bool | None = None) -> Path:
@@ -35,11 +29,14 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
                                   "from config.json")
     for l in moe.moe_layers:
         family.check_experts(ckpt, l)
-    keep_f32 = family.f32_tensors(ckpt)
     tok_info = tokenizer_info(ckpt, d.vocab_size)
     layout = expert_layout(family.expert_shapes(), dtype)
+    tensors = package_tensors(family, ckpt, dtype)      # name -> (shape, storage dtype): what is written
+    try:
+        plan = build_plan(family, ckpt, dtype)
+    except ValueError as e:                     # a dimension the kernels do not support
+        raise ConversionError(str(e)) from None
 
-    dtypes: dict[str, str] = {}
     n_expert_params = sum(math.prod(s) for s in family.expert_shapes().values())
     total = sum(math.prod(s) for s in dense.values()) + len(moe.moe_layers) * moe.num_experts * n_expert_params
 
@@ -49,18 +46,14 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
                   disable=(not progress) if progress is not None else None) as bar:
             for name, shape in dense.items():
                 for out_name, array in family.transform_dense(name, ckpt.read(name, shape)).items():
-                    dtypes[out_name] = storage_dtype(array.shape, out_name in keep_f32 or name in keep_f32, dtype)
-                    writer.add_dense(out_name, array, dtypes[out_name])
+                    writer.add_dense(out_name, array, tensors[out_name][1])
                 bar.update(math.prod(shape))
             for name, array in family.generated_tensors().items():
-                dtypes[name] = "f32"
-                writer.add_dense(name, array, "f32")
+                writer.add_dense(name, array, tensors[name][1])
             for l in moe.moe_layers:
                 for e in range(moe.num_experts):
                     writer.add_expert(l, e, family.expert_weights(ckpt, l, e), layout)
                     bar.update(n_expert_params)
-        plan = Plan(dtypes)
-        family.build_plan(plan, ckpt, layout, dtype)
         for f in tokenizer_files(ckpt):
             writer.copy_file(f, f.name)
         moe_info = {**family.describe()["moe"], "expert_layout": layout, "router": f"{moe.scoring}_topk"}
@@ -73,7 +66,7 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
             "hf_config": ckpt.config,
             "generation_config": ckpt.generation_config,
             "tokenizer": tok_info,
-            "plan": plan.to_json(),
+            "plan": plan,
         }
         return writer.finish(manifest)
     except BaseException:

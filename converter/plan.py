@@ -1,7 +1,9 @@
-"""The execution plan: named buffers and an ordered list of kernel steps, written into the package.
+"""The execution plan: named buffers, an ordered list of kernel steps and the records that state the
+model's structure, written into the package. The runtimes interpret it and discover nothing by name.
 
-A step names a kernel in shaders/, its preprocessor defines, what each of the kernel's bindings is bound
-to (a plan buffer, a package tensor, or a runtime buffer such as the expert slab), the fields of its
+A step names a kernel in shaders/, its preprocessor defines, its geometry constants (`consts`, injected
+into the kernel by the preprocessor's //!const directive), what each of the kernel's bindings is bound to
+(a plan buffer, a package tensor, or a runtime buffer such as the expert slab), the fields of its
 `Params` uniform and its workgroup counts. Sizes that depend on the call are plan expressions
 (engine/expr.py): an int, a variable, or [var, mul, div] = ceil(var * mul / div). Runtime variables:
     T           tokens in this forward call (<= the runtime's chunk size)
@@ -9,55 +11,156 @@ to (a plan buffer, a package tensor, or a runtime buffer such as the expert slab
     logit_row0  first row of the final hidden state that gets logits
     n_logits    how many rows get logits (1 while generating, T for Engine.logits)
     slot0, n_slots  the expert-slot range of the bound slab buffer (set by the runtime's expert cache)
+    temperature, top_p, u   the sampler's inputs
 Buffer shapes may use "T" (the chunk size) and "S" (the runtime's maximum sequence length).
 
-This module is the one place in Python that knows each kernel's parameters and dispatch.
+Besides `buffers` and `steps` the plan holds:
+    moe_layers  per MoE layer: the router-logits and router steps, the buffer of the chosen expert ids,
+                the router's input, and the range of steps that read the expert slab
+    sampler     the step that picks the next token from the logits
+    io          the buffers a runtime writes (token ids) and reads back (logits, sampled token)
+    resources   bytes of every buffer as a function of T and S, the largest tensor, the expert slots
+
+GEOMETRY is the one statement of each kernel's workgroup shape: the kernels read it as constants and
+the dispatches below are computed from the same numbers, so they cannot disagree.
 """
 from __future__ import annotations
 
+import math
+
 RUNTIME_BUFFERS = ("experts", "expert_slots")   # provided by the runtime's expert cache
+VARIABLES = ("T", "pos", "logit_row0", "n_logits", "slot0", "n_slots", "temperature", "top_p", "u")
+
+GEOMETRY: dict[str, dict[str, int]] = {
+    "embed": {"WG": 64},
+    "rmsnorm": {"LANES": 64},
+    "silu_mul": {"WG": 256},
+    "gated_add": {"WG": 64},
+    "matmul": {"LANES": 64, "ROWS": 4, "TOKENS": 8},          # ROWS outputs x TOKENS tokens per workgroup
+    "rope": {"WG": 32},
+    "attention": {"LANES": 64, "DIMS_PER_LANE": 4},          # head dims up to LANES * DIMS_PER_LANE
+    "router": {"WG": 64, "MAX_K": 32},
+    "mla_assemble_k": {"WG": 64},
+    "moe_gather": {"WG": 256, "MAX_E": 1024},
+    "moe_gate_up": {"LANES": 64, "ROWS": 4, "TILE": 8},      # ROWS rows x TILE pairs of one expert
+    "moe_down": {"LANES": 64, "ROWS": 4, "TILE": 8},
+    "scatter_add": {"WG": 64},
+    "sample": {"WG": 256},
+}
+# values each lane hands to reduce.wgsl at once: a matmul's token tile, gate and up of an expert tile
+_RED_VALUES = {"rmsnorm": lambda g: 1, "matmul": lambda g: g["TOKENS"], "moe_gate_up": lambda g: 2 * g["TILE"],
+               "moe_down": lambda g: g["TILE"]}
 
 
 def ceil_div(var, mul: int, div: int):
     return [var, mul, div]
 
 
+def tensor_bytes(shape, dtype: str) -> int:
+    """Bytes of a package tensor as the writer encodes it (f16 padded to whole 32-bit words)."""
+    n = math.prod(shape)
+    return -(-n // 2) * 4 if dtype == "f16" else 4 * n
+
+
 class Plan:
-    def __init__(self, tensor_dtypes: dict[str, str]):
-        self.tensor_dtypes = tensor_dtypes       # package tensor name -> "f32" | "f16"
+    def __init__(self, tensors: dict[str, tuple[tuple[int, ...], str]], geometry: dict | None = None):
+        """tensors: package tensor name -> (shape, "f32" | "f16"). geometry: per-kernel overrides of
+        GEOMETRY (tests use it to show that kernels and dispatches follow one source)."""
+        self.tensors = tensors
+        self.geometry = {k: {**v, **(geometry or {}).get(k, {})} for k, v in GEOMETRY.items()}
         self.buffers: dict[str, dict] = {}
         self.steps: list[dict] = []
+        self.moe_layers: list[dict] = []
+        self.sampler_step: dict | None = None
+        self.io = {"ids": None, "logits": None, "token": None}
 
     def buffer(self, name: str, shape: list, dtype: str = "f32") -> str:
         if name in self.buffers and self.buffers[name] != {"shape": shape, "dtype": dtype}:
             raise ValueError(f"plan buffer {name} declared twice with different shapes")
+        if sum(isinstance(d, str) for d in shape) > 1 or not all(d in ("T", "S") or isinstance(d, int) for d in shape):
+            raise ValueError(f"plan buffer {name}: a shape has integers and at most one of T, S")
         self.buffers[name] = {"shape": shape, "dtype": dtype}
         return name
 
-    def step(self, kernel: str, bind: dict, params: dict, dispatch: list, defines=(), label: str = ""):
+    def consts(self, kernel: str) -> dict[str, int]:
+        g = dict(self.geometry[kernel])
+        if kernel in _RED_VALUES:
+            g["RED_VALUES"] = _RED_VALUES[kernel](g)
+        return g
+
+    def _make_step(self, kernel: str, bind: dict, params: dict, dispatch: list, defines=(), label: str = "") -> dict:
         for target in bind.values():
-            if target not in self.buffers and target not in self.tensor_dtypes and target not in RUNTIME_BUFFERS:
+            if target not in self.buffers and target not in self.tensors and target not in RUNTIME_BUFFERS:
                 raise ValueError(f"step {label or kernel} binds unknown buffer {target!r}")
-        self.steps.append({"kernel": kernel, "defines": sorted(defines), "bind": bind, "params": params,
-                           "dispatch": dispatch, "label": label})
+        return {"kernel": kernel, "defines": sorted(defines), "consts": self.consts(kernel), "bind": bind,
+                "params": params, "dispatch": dispatch, "label": label}
+
+    def step(self, kernel: str, bind: dict, params: dict, dispatch: list, defines=(), label: str = "") -> int:
+        """Appends a step; returns its index."""
+        self.steps.append(self._make_step(kernel, bind, params, dispatch, defines, label))
+        return len(self.steps) - 1
 
     def weight_defines(self, tensor: str) -> list[str]:
-        return ["W_F16"] if self.tensor_dtypes[tensor] == "f16" else []
+        return ["W_F16"] if self.tensors[tensor][1] == "f16" else []
 
-    def to_json(self) -> dict:
-        return {"buffers": self.buffers, "steps": self.steps}
+    # --- structure records ------------------------------------------------------------------------
 
-    # --- one method per kernel ------------------------------------------------------------------
+    def inputs_outputs(self, ids: str, logits: str) -> None:
+        self.io.update(ids=ids, logits=logits)
 
-    def embed(self, ids: str, w: str, y: str, H: int, label="embed"):
-        self.step("embed", {"ids": ids, "w": w, "y": y}, {"T": "T", "H": H},
-                  [-(-H // 64), "T", 1],
-                  self.weight_defines(w), label)
+    def moe_layer(self, layer: int, router_input: str, router_logits_step: int, router_step: int,
+                  experts: tuple[int, int]) -> None:
+        """Records one MoE layer: the runtime reads back `topk_ids` after router_step when it pages experts,
+        and re-runs steps experts[0] .. experts[1] (the only ones reading the slab) per batch of experts."""
+        logits_step, router = self.steps[router_logits_step], self.steps[router_step]
+        if logits_step["bind"]["x"] != router_input or router["bind"]["logits"] != logits_step["bind"]["y"]:
+            raise ValueError(f"MoE layer {layer}: router steps do not connect")
+        start, stop = experts
+        if any("experts" not in s["bind"].values() for s in self.steps[start:stop]):
+            raise ValueError(f"MoE layer {layer}: steps {start}..{stop} do not all read the expert slab")
+        self.moe_layers.append({"layer": layer, "router_input": router_input, "router_logits_step": router_logits_step,
+                                "router_step": router_step, "topk_ids": router["bind"]["topk_ids"],
+                                "experts": [start, stop]})
+
+    def sampler(self, logits: str, token: str, V: int) -> None:
+        """The next token from row 0 of `logits` (see shaders/sample.wgsl): one workgroup."""
+        self.sampler_step = self._make_step("sample", {"logits": logits, "token": token},
+                                            {"V": V, "row": 0, "temperature": "temperature", "top_p": "top_p",
+                                             "u": "u"}, [1, 1, 1], [], "sample")
+        self.io["token"] = token
+
+    def resources(self, expert_layout: dict | None, n_experts: int) -> dict:
+        """What the model needs of an adapter: bytes of every plan buffer per chunk token (T), per
+        position (S) or fixed; the largest tensor (one storage binding each); the expert slots."""
+        buffers = {}
+        for name, spec in self.buffers.items():
+            words = math.prod(d for d in spec["shape"] if isinstance(d, int))
+            var = next((d for d in spec["shape"] if isinstance(d, str)), "fixed")
+            buffers[name] = {var: 4 * words}
+        sizes = {n: tensor_bytes(shape, dt) for n, (shape, dt) in self.tensors.items()}
+        largest = max(sizes, key=sizes.get) if sizes else None
+        return {"buffers": buffers, "dense_bytes": sum(sizes.values()),
+                "largest_tensor": {"name": largest, "bytes": sizes.get(largest, 0)},
+                "experts": {"count": n_experts, "slot_bytes": expert_layout["slot_bytes"] if expert_layout else 0}}
+
+    def to_json(self, expert_layout: dict | None = None, n_experts: int = 0) -> dict:
+        if None in self.io.values() or self.sampler_step is None:
+            raise ValueError("a plan needs its inputs, outputs and sampler")
+        return {"buffers": self.buffers, "steps": self.steps, "moe_layers": self.moe_layers,
+                "sampler": self.sampler_step, "io": self.io, "variables": list(VARIABLES),
+                "resources": self.resources(expert_layout, n_experts)}
+
+    # --- one method per kernel; each returns the index of its (first) step ------------------------
+
+    def embed(self, ids: str, w: str, y: str, H: int, label="embed") -> int:
+        g = self.geometry["embed"]
+        return self.step("embed", {"ids": ids, "w": w, "y": y}, {"T": "T", "H": H},
+                         [-(-H // g["WG"]), "T", 1], self.weight_defines(w), label)
 
     def rmsnorm(self, x: str | None, weight: str, y: str, rows, H: int, eps: float, row0=0, bias: str | None = None,
-                label=""):
-        """Rows row0 .. row0 + rows (exprs) of length H. x=None normalises y in place. A bias makes it
-        LayerNorm (mean subtracted, bias added)."""
+                label="") -> int:
+        """Rows row0 .. row0 + rows (exprs) of length H, one workgroup each. x=None normalises y in place.
+        A bias makes it LayerNorm (mean subtracted, bias added)."""
         bind = {"weight": weight, "y": y}
         defines = [] if x is not None else ["IN_PLACE"]
         if x is not None:
@@ -65,83 +168,93 @@ class Plan:
         if bias is not None:
             bind["bias"] = bias
             defines.append("LAYERNORM")
-        self.step("rmsnorm", bind, {"rows": rows, "row0": row0, "H": H, "eps": eps}, [rows, 1, 1], defines, label)
+        return self.step("rmsnorm", bind, {"rows": rows, "row0": row0, "H": H, "eps": eps}, [rows, 1, 1], defines,
+                         label)
 
-    def silu_mul(self, gate: str, up: str, y: str, I: int, label=""):
+    def silu_mul(self, gate: str, up: str, y: str, I: int, label="") -> int:
         """y = silu(gate) * up elementwise over [T, I]: the SwiGLU of a dense FFN."""
-        self.step("silu_mul", {"gate": gate, "up": up, "y": y}, {"n": ceil_div("T", I, 1)},
-                  [ceil_div("T", I, 256), 1, 1], [], label)
+        return self.step("silu_mul", {"gate": gate, "up": up, "y": y}, {"n": ceil_div("T", I, 1)},
+                         [ceil_div("T", I, self.geometry["silu_mul"]["WG"]), 1, 1], [], label)
 
-    def gated_add(self, gate_logit: str, x: str, y: str, H: int, label=""):
+    def gated_add(self, gate_logit: str, x: str, y: str, H: int, label="") -> int:
         """y[t] += sigmoid(gate_logit[t]) * x[t]: a gated shared expert (Qwen2-MoE)."""
-        self.step("gated_add", {"gate_logit": gate_logit, "x": x, "y": y}, {"T": "T", "H": H},
-                  [-(-H // 64), "T", 1], [], label)
+        return self.step("gated_add", {"gate_logit": gate_logit, "x": x, "y": y}, {"T": "T", "H": H},
+                         [-(-H // self.geometry["gated_add"]["WG"]), "T", 1], [], label)
 
     def matmul(self, x: str, w: str, y: str, K: int, N: int, T="T", x_row0=0, y_row0=0,
-               accumulate=False, bias: str | None = None, label=""):
+               accumulate=False, bias: str | None = None, label="") -> int:
         """y[y_row0 + t, :N] (+)= x[x_row0 + t, :K] @ w[N, K]^T (+ bias) for t < T."""
+        g = self.geometry["matmul"]
         bind = {"x": x, "w": w, "y": y}
         defines = self.weight_defines(w)
         if bias is not None:
             bind["bias"] = bias
             defines.append("BIAS")
-        self.step("matmul", bind,
-                  {"T": T, "K": K, "N": N, "x_row0": x_row0, "y_row0": y_row0, "accumulate": int(accumulate)},
-                  [-(-N // 4), ceil_div(T, 1, 8), 1], defines, label)
+        return self.step("matmul", bind,
+                         {"T": T, "K": K, "N": N, "x_row0": x_row0, "y_row0": y_row0, "accumulate": int(accumulate)},
+                         [-(-N // g["ROWS"]), ceil_div(T, 1, g["TOKENS"]), 1], defines, label)
 
     def rope(self, x: str, inv_freq: str, n_heads: int, D: int, rot: int, attn_factor: float,
-             row0=0, interleaved=False, rot_off: int = 0, label=""):
-        """In place on x rows row0 .. row0 + T, which hold positions pos .. pos + T."""
-        self.step("rope", {"inv_freq": inv_freq, "x": x},
-                  {"T": "T", "row0": row0, "pos0": "pos", "n_heads": n_heads, "D": D,
-                   "rot": rot, "rot_off": rot_off, "attn_factor": attn_factor},
-                  [-(-(rot // 2) // 32), n_heads, "T"], ["INTERLEAVED"] if interleaved else [], label)
+             row0=0, interleaved=False, rot_off: int = 0, T="T", pos0="pos", label="") -> int:
+        """In place on x rows row0 .. row0 + T, which hold positions pos0 .. pos0 + T."""
+        return self.step("rope", {"inv_freq": inv_freq, "x": x},
+                         {"T": T, "row0": row0, "pos0": pos0, "n_heads": n_heads, "D": D,
+                          "rot": rot, "rot_off": rot_off, "attn_factor": attn_factor},
+                         [-(-(rot // 2) // self.geometry["rope"]["WG"]), n_heads, T],
+                         ["INTERLEAVED"] if interleaved else [], label)
 
     def attention(self, q: str, k_cache: str, v_cache: str, out: str, n_heads: int, n_kv: int, D: int,
-                  Dv: int, scale: float, window: int = 0, sinks: str | None = None, label=""):
-        if D > 256 or Dv > 256:
-            raise ValueError("attention head dims above 256 are not supported")
+                  Dv: int, scale: float, window: int = 0, sinks: str | None = None, T="T", pos0="pos",
+                  label="") -> int:
+        g = self.geometry["attention"]
+        if max(D, Dv) > g["LANES"] * g["DIMS_PER_LANE"]:
+            raise ValueError(f"attention head dims above {g['LANES'] * g['DIMS_PER_LANE']} are not supported")
         bind = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out}
         if sinks is not None:
             bind["sinks"] = sinks
-        self.step("attention", bind,
-                  {"T": "T", "pos0": "pos", "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
-                   "window": window, "scale": scale},
-                  [n_heads, "T", 1], ["SINKS"] if sinks else [], label)
+        return self.step("attention", bind,
+                         {"T": T, "pos0": pos0, "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
+                          "window": window, "scale": scale},
+                         [n_heads, T, 1], ["SINKS"] if sinks else [], label)
 
     def router(self, logits: str, topk_ids: str, topk_w: str, E: int, K: int, scoring: str,
                normalize: bool, scale: float = 1.0, jitter_eps: float = 0.0, bias: str | None = None,
-               n_group: int = 1, topk_group: int = 1, label=""):
+               n_group: int = 1, topk_group: int = 1, T="T", label="") -> int:
         """scoring: softmax | sigmoid | sparsemixer (PhiMoE) | sigmoid_grouped (DeepSeek-V3: choice by
         sigmoid + bias within the best topk_group of n_group groups)."""
+        if K > self.geometry["router"]["MAX_K"]:
+            raise ValueError(f"top-{K} routing: the router kernel chooses at most {self.geometry['router']['MAX_K']}")
         bind = {"logits": logits, "topk_ids": topk_ids, "topk_w": topk_w}
         if bias is not None:
             bind["bias"] = bias
-        self.step("router", bind,
-                  {"T": "T", "E": E, "K": K,
-                   "scoring": {"softmax": 0, "sigmoid": 1, "sparsemixer": 2, "sigmoid_grouped": 3}[scoring],
-                   "normalize": int(normalize), "scale": scale, "jitter_eps": jitter_eps, "n_group": n_group,
-                   "topk_group": topk_group},
-                  [ceil_div("T", 1, 64), 1, 1], ["CHOICE_BIAS"] if bias else [], label)
+        return self.step("router", bind,
+                         {"T": T, "E": E, "K": K,
+                          "scoring": {"softmax": 0, "sigmoid": 1, "sparsemixer": 2, "sigmoid_grouped": 3}[scoring],
+                          "normalize": int(normalize), "scale": scale, "jitter_eps": jitter_eps, "n_group": n_group,
+                          "topk_group": topk_group},
+                         [ceil_div(T, 1, self.geometry["router"]["WG"]), 1, 1], ["CHOICE_BIAS"] if bias else [], label)
 
     def mla_assemble_k(self, k_nope: str, k_rot: str, k_cache: str, n_heads: int, d_nope: int, d_rot: int,
-                       label=""):
+                       T="T", pos0="pos", label="") -> int:
         """K cache rows pos.. of multi-head latent attention: [n_heads, d_nope + d_rot] per token, the
         per-head k_nope [T, n_heads * d_nope] then the shared, rotated k_rot [T, d_rot]."""
         D = d_nope + d_rot
-        self.step("mla_assemble_k", {"k_nope": k_nope, "k_rot": k_rot, "k_cache": k_cache},
-                  {"T": "T", "pos0": "pos", "n_heads": n_heads, "d_nope": d_nope, "d_rot": d_rot},
-                  [-(-(n_heads * D) // 64), "T", 1], [], label)
+        return self.step("mla_assemble_k", {"k_nope": k_nope, "k_rot": k_rot, "k_cache": k_cache},
+                         {"T": T, "pos0": pos0, "n_heads": n_heads, "d_nope": d_nope, "d_rot": d_rot},
+                         [-(-(n_heads * D) // self.geometry["mla_assemble_k"]["WG"]), T, 1], [], label)
 
-    def moe_gather(self, topk_ids: str, offsets: str, order: str, E: int, K: int, label=""):
-        self.step("moe_gather", {"topk_ids": topk_ids, "expert_offsets": offsets, "pair_order": order},
-                  {"pairs": ceil_div("T", K, 1), "E": E}, [1, 1, 1], [], label)
+    def moe_gather(self, topk_ids: str, offsets: str, order: str, E: int, K: int, T="T", label="") -> int:
+        if E > self.geometry["moe_gather"]["MAX_E"]:
+            raise ValueError(f"{E} experts: moe_gather sorts at most {self.geometry['moe_gather']['MAX_E']}")
+        return self.step("moe_gather", {"topk_ids": topk_ids, "expert_offsets": offsets, "pair_order": order},
+                         {"pairs": ceil_div(T, K, 1), "E": E}, [1, 1, 1], [], label)
 
     def moe_experts(self, x: str, act: str, out: str, offsets: str, order: str, layer: int, E: int, K: int,
-                    H: int, I: int, layout: dict, expert_dtype: str, activation: dict | None = None, label=""):
+                    H: int, I: int, layout: dict, expert_dtype: str, activation: dict | None = None, T="T",
+                    label="") -> tuple[int, int]:
         """Grouped expert FFN over the slab: act = silu(x W_gate) * (x W_up), out = act W_down, with the
         slot's biases when the layout has them. activation {"kind": "clamped_swiglu", "alpha", "limit"}
-        selects GPT-OSS's activation."""
+        selects GPT-OSS's activation. Returns the range of its steps."""
         common = {"layer": layer, "E": E, "K": K, "H": H, "I": I,
                   "slot0": "slot0", "n_slots": "n_slots", "slot_elems": layout["slot_elems"]}
         defines = ["W_F16"] if expert_dtype == "f16" else []
@@ -152,14 +265,17 @@ class Plan:
         if activation and activation["kind"] == "clamped_swiglu":
             act_defines, alpha, limit = ["CLAMPED_SWIGLU"], activation["alpha"], activation["limit"]
         grouped = {"w": "experts", "slots": "expert_slots", "expert_offsets": offsets, "pair_order": order}
-        self.step("moe_gate_up", {"x": x, "act": act, **grouped},
-                  {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
-                   "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha, "limit": limit},
-                  [-(-I // 4), E, ceil_div("T", 1, 8)], defines + act_defines, f"{label}.gate_up")
+        gu, dn = self.geometry["moe_gate_up"], self.geometry["moe_down"]
+        first = self.step("moe_gate_up", {"x": x, "act": act, **grouped},
+                          {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
+                           "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha,
+                           "limit": limit},
+                          [-(-I // gu["ROWS"]), E, ceil_div(T, 1, gu["TILE"])], defines + act_defines, f"{label}.gate_up")
         self.step("moe_down", {"act": act, "y": out, **grouped},
                   {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"]},
-                  [-(-H // 4), E, ceil_div("T", 1, 8)], defines, f"{label}.down")
+                  [-(-H // dn["ROWS"]), E, ceil_div(T, 1, dn["TILE"])], defines, f"{label}.down")
+        return first, len(self.steps)
 
-    def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, label=""):
-        self.step("scatter_add", {"expert_out": expert_out, "topk_w": topk_w, "y": y},
-                  {"T": "T", "K": K, "H": H}, [-(-H // 64), "T", 1], [], label)
+    def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, T="T", label="") -> int:
+        return self.step("scatter_add", {"expert_out": expert_out, "topk_w": topk_w, "y": y},
+                         {"T": T, "K": K, "H": H}, [-(-H // self.geometry["scatter_add"]["WG"]), T, 1], [], label)

@@ -14,7 +14,7 @@ from .errors import ConversionError
 
 ALIGN = 256                      # byte alignment of every tensor in a shard (GPU copy offsets)
 DENSE_SHARD_BYTES = 64 << 20     # dense shards are cut at about this size
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2              # 2: the plan states structure (moe_layers, sampler, io, resources, consts)
 
 
 def encode(a: np.ndarray, dtype: str) -> bytes:

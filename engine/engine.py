@@ -1,7 +1,6 @@
 """The public native API: load a package, compute logits, generate text."""
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
@@ -10,8 +9,9 @@ from .device import Gpu, open_gpu
 from .executor import STORAGE, Executor, Readback
 from .expert_cache import ExpertCache, expert_segments
 from .generation import GenerationConfig, Generator, Token  # noqa: F401  (Token is part of this API)
-from .package import Package, PackageError
+from .package import Package
 from .prefetch import predictor_plan
+from .resources import check_resources
 from .tokenizer import PromptError, TextTokenizer
 
 
@@ -25,31 +25,27 @@ class Engine:
         self.max_seq_len = min(max_seq_len or 4096, cfg["max_position_embeddings"])
         self.chunk = max(1, min(chunk_tokens, self.max_seq_len))
         self.tokenizer = TextTokenizer(package)
+        plan = package.manifest["plan"]
+        self.io = plan["io"]                      # the buffers of token ids, logits and the sampled token
+        check_resources(plan, gpu.max_binding, self.chunk, self.max_seq_len)
         device = gpu.device
         self.weights = {}
         for name, t in package.manifest["tensors"].items():
-            if t["size"] > gpu.max_binding:
-                raise PackageError(f"tensor {name} ({t['size'] / 2**20:.0f} MiB) exceeds this adapter's storage "
-                                   f"binding limit of {gpu.max_binding / 2**20:.0f} MiB")
             buf = device.create_buffer(size=max(t["size"], 4), usage=STORAGE, label=name)
             device.queue.write_buffer(buf, 0, package.tensor_bytes(name))
             self.weights[name] = buf
         self.experts = ExpertCache(gpu, package, expert_cache_bytes, pinned_experts, observe_routing)
-        self.segments = expert_segments(package.manifest["plan"])
+        self.segments = expert_segments(plan)
         self._route_rb = Readback(device, 2 * self.chunk * package.moe["top_k"] * 4)
-        self.executor = Executor(gpu, package.manifest["plan"], self.weights, self.experts.buffers,
+        self.executor = Executor(gpu, plan, self.weights, self.experts.buffers,
                                  {"T": self.chunk, "S": self.max_seq_len})
         self.prefetch = prefetch and self.experts.paging and len(self.segments) > 1   # something to predict
         self._predict = {}
         if self.prefetch:
             moe = package.moe
-            plan, self._predict = predictor_plan(package.manifest["plan"], self.segments, moe["num_experts"], moe["top_k"])
-            self.predictor = Executor(gpu, plan, self.executor.buffers, {}, {"T": self.chunk, "S": self.max_seq_len})
-        self.token_buf = device.create_buffer(size=16, usage=STORAGE, label="sampled token")
-        self.sampler = Executor(gpu, {"buffers": {}, "steps": [{
-            "kernel": "sample", "bind": {"logits": "logits", "token": "token"},
-            "params": {"V": self.vocab_size, "row": 0, "temperature": "temperature", "top_p": "top_p", "u": "u"},
-            "dispatch": [1, 1, 1]}]}, {"logits": self.executor.buffers["logits"], "token": self.token_buf}, {}, {})
+            predictor, self._predict = predictor_plan(plan, moe["num_experts"], moe["top_k"])
+            self.predictor = Executor(gpu, predictor, self.executor.buffers, {}, {"T": self.chunk, "S": self.max_seq_len})
+        self.sampler = Executor(gpu, {"buffers": {}, "steps": [plan["sampler"]]}, self.executor.buffers, {}, {})
         self._logits_rb = Readback(device, self.chunk * self.vocab_size * 4)
         self._token_rb = Readback(device, 4)
         self.pos = 0    # tokens held in the KV cache
@@ -57,7 +53,7 @@ class Engine:
     @classmethod
     def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
              expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-             prefetch: bool = False, quiet: bool = False) -> "Engine":
+             prefetch: bool = False) -> "Engine":
         """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
         else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
         `expert_cache_bytes` is the GPU budget for routed experts (default: all of them, as far as the
@@ -66,13 +62,14 @@ class Engine:
         `prefetch` (when paging) loads each next MoE layer's predicted experts ahead of need."""
         package = Package(path)
         gpu = open_gpu(adapter)
-        engine = cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing,
-                     prefetch)
-        if not quiet:
-            cache = engine.experts
-            print(f"webmoe: {package.manifest['family']} on {gpu.description}; experts: {cache.n_slots} GPU slots"
-                  f" for {len(cache.moe_layers) * cache.num_experts}", file=sys.stderr)
-        return engine
+        return cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing,
+                   prefetch)
+
+    def describe(self) -> str:
+        """One line on what was loaded where, for a tool to print (the library prints nothing)."""
+        cache = self.experts
+        return (f"{self.package.manifest['family']} on {self.gpu.description}; experts: {cache.n_slots} GPU slots "
+                f"for {len(cache.moe_layers) * cache.num_experts}")
 
     def expert_stats(self) -> dict:
         """The expert cache's statistics, per layer and in total."""
@@ -100,7 +97,7 @@ class Engine:
         with no read-back; with paging, each MoE layer reads back its chosen experts, which are made
         resident (in batches if they do not all fit) before its expert kernels run."""
         device, ex = self.gpu.device, self.executor
-        device.queue.write_buffer(ex.buffers["ids"], 0, ids)
+        device.queue.write_buffer(ex.buffers[self.io["ids"]], 0, ids)
         env = {"T": len(ids), "pos": self.pos, "logit_row0": logit_row0, "n_logits": n_logits,
                **self.experts.variables}
         ex.write_params(env)
@@ -152,7 +149,7 @@ class Engine:
             chunk = ids[start:start + self.chunk]
             encoder = self._forward(chunk, 0, len(chunk))
             size = len(chunk) * self.vocab_size * 4
-            encoder.copy_buffer_to_buffer(self.executor.buffers["logits"], 0, self._logits_rb.buffer, 0, size)
+            encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["logits"]], 0, self._logits_rb.buffer, 0, size)
             device.queue.submit([encoder.finish()])
             out.append(np.frombuffer(self._logits_rb.read(size), np.float32).reshape(len(chunk), self.vocab_size))
         return np.concatenate(out)
@@ -175,7 +172,7 @@ class Engine:
             if not last:
                 device.queue.submit([encoder.finish()])
         self.sampler.encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u})
-        encoder.copy_buffer_to_buffer(self.token_buf, 0, self._token_rb.buffer, 0, 4)
+        encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["token"]], 0, self._token_rb.buffer, 0, 4)
         device.queue.submit([encoder.finish()])
         return int(np.frombuffer(self._token_rb.read(4), np.uint32)[0])
 

@@ -1,9 +1,29 @@
-"""The errors the engine raises for bad input or an unusable machine, each with a message for the user."""
-from .device import DeviceError
-from .executor import PlanError
-from .expert_cache import ExpertCacheError
-from .package import PackageError
-from .shaders import ShaderError
-from .tokenizer import PromptError
+"""The errors the engine raises for bad input or an unusable machine, each with a message for the user.
+Every class lives here (web/errors.js is the browser's twin, name for name)."""
+
+
+class PackageError(ValueError):
+    """The package is malformed, corrupt, of another format version, or needs what the adapter lacks."""
+
+
+class PlanError(ValueError):
+    """A plan step does not fit its kernel, or a plan buffer does not fit the adapter."""
+
+
+class ShaderError(ValueError):
+    """A kernel source is missing or its preprocessor directives are wrong."""
+
+
+class ExpertCacheError(RuntimeError):
+    """The expert cache's budget or pinned experts cannot work for this model."""
+
+
+class PromptError(ValueError):
+    """A prompt, token ids or generation settings are not acceptable."""
+
+
+class DeviceError(RuntimeError):
+    """No usable WebGPU adapter."""
+
 
 USER_ERRORS = (DeviceError, PlanError, ExpertCacheError, PackageError, ShaderError, PromptError)

@@ -10,13 +10,10 @@ import wgpu
 from .device import Gpu
 from .expr import evaluate, variables
 from .shaders import load_kernel
+from .errors import PlanError  # noqa: F401  (raised here; callers may import it from here)
 
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
 _U32 = {"u32": np.uint32, "i32": np.int32, "f32": np.float32}
-
-
-class PlanError(ValueError):
-    pass
 
 
 class Readback:
@@ -71,14 +68,14 @@ class Executor:
 
     def _compile(self, index: int, step: dict) -> dict:
         label = step.get("label") or step["kernel"]
-        kernel = load_kernel(step["kernel"], frozenset(step.get("defines", ())))
+        kernel = load_kernel(step["kernel"], step.get("defines", ()), step.get("consts"))
         missing = [f for f, _ in kernel.params if f not in step["params"]]
         unbound = [b for b in kernel.bindings if b != "p" and b not in step["bind"]]
         unknown = [b for b, t in step["bind"].items() if b not in kernel.bindings or t not in self.buffers]
         if missing or unbound or unknown:
             raise PlanError(f"plan step {label}: params missing {missing}, bindings missing {unbound}, "
                             f"unknown bindings {unknown}")
-        key = (kernel.name, kernel.defines)
+        key = (kernel.name, kernel.defines, kernel.consts)
         if key not in self.gpu.modules:
             self.gpu.modules[key] = self.device.create_shader_module(code=kernel.source, label=kernel.name)
         module = self.gpu.modules[key]

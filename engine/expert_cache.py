@@ -19,13 +19,10 @@ import wgpu
 
 from .device import Gpu
 from .package import Package
+from .errors import ExpertCacheError  # noqa: F401  (raised here; callers may import it from here)
 
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
 NO_SLOT = 0xFFFFFFFF          # the kernels skip experts whose slot lies outside the bound slab
-
-
-class ExpertCacheError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -55,8 +52,8 @@ class LayerStats:
 
 @dataclass
 class Segment:
-    """Consecutive plan steps that read the expert slab (one MoE layer's expert kernels), and the plan
-    buffer holding that layer's chosen expert ids."""
+    """One MoE layer as the plan records it: the steps that read the expert slab (start .. stop) and the
+    plan buffer holding that layer's chosen expert ids."""
     layer: int
     start: int
     stop: int
@@ -64,17 +61,7 @@ class Segment:
 
 
 def expert_segments(plan: dict) -> list[Segment]:
-    segments: list[Segment] = []
-    topk = None
-    for i, step in enumerate(plan["steps"]):
-        if step["kernel"] == "moe_gather":
-            topk = step["bind"]["topk_ids"]
-        if "experts" in step["bind"].values():
-            if segments and segments[-1].stop == i:
-                segments[-1].stop = i + 1
-            else:
-                segments.append(Segment(step["params"]["layer"], i, i + 1, topk))
-    return segments
+    return [Segment(r["layer"], r["experts"][0], r["experts"][1], r["topk_ids"]) for r in plan["moe_layers"]]
 
 
 class ExpertCache:
@@ -227,11 +214,14 @@ class ExpertCache:
             self.device.queue.write_buffer(self.slot_table, start * 4, self.table[start:start + self.num_experts])
 
     def report(self) -> dict:
-        """Statistics per layer and in total (hits + misses = lookups; bytes_uploaded = misses x slot size)."""
+        """Statistics per layer and in total (hits + misses = lookups; bytes_uploaded = misses x slot size),
+        tokens routed to each expert per layer, and the in-memory shard cache (the browser's; natively the
+        shards are memory-mapped, so it is None). The same shape as web/expert_cache.js's report()."""
         layers = {l: s.as_dict() for l, s in self.stats.items()}
         total = LayerStats()
         for s in self.stats.values():
             for f in LayerStats.FIELDS:
                 setattr(total, f, getattr(total, f) + getattr(s, f))
         return {"slots": self.n_slots, "slot_bytes": self.slot_bytes, "paging": self.paging,
-                "resident": len(self.resident), "layers": layers, "total": total.as_dict()}
+                "resident": len(self.resident), "layers": layers, "total": total.as_dict(),
+                "usage": {l: u.tolist() for l, u in self.usage.items()}, "memory": None}

@@ -1,12 +1,33 @@
 """The decoding loop: prefill, then one token at a time with the KV cache, stop conditions and
-incremental detokenisation with stop strings held back until they are ruled out."""
+incremental detokenisation with stop strings held back until they are ruled out. web/generation.js is
+its twin: the same generator, so a seed samples the same tokens natively and in the browser."""
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
 
-from .tokenizer import PromptError, StreamDecoder
+from .errors import PromptError
+from .tokenizer import StreamDecoder
+
+_MASK64 = (1 << 64) - 1
+
+
+class SplitMix64:
+    """Uniform floats in [0, 1) from a 64-bit seed (Steele, Lea and Flood's SplitMix64, 53-bit mantissa).
+    Chosen because it is a few lines in any language with 64-bit integers (BigInt in JS)."""
+
+    def __init__(self, seed: int | None = None):
+        self.state = (secrets.randbits(64) if seed is None else seed) & _MASK64
+
+    def random(self) -> float:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & _MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        z ^= z >> 31
+        return (z >> 11) * 2.0 ** -53
 
 
 @dataclass
@@ -30,6 +51,8 @@ class GenerationConfig:
             raise PromptError("temperature must lie in [0, 100]")
         if not (0.0 < float(self.top_p) <= 1.0):
             raise PromptError("top_p must lie in (0, 1]")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise PromptError("seed must be an integer")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in (self.stop or []) if s]
@@ -54,7 +77,7 @@ class Generator:
 
     def __init__(self, engine, config: GenerationConfig, prompt_ids: np.ndarray):
         self.engine, self.config, self.prompt_ids = engine, config, prompt_ids
-        self.rng = np.random.default_rng(config.seed)
+        self.rng = SplitMix64(config.seed)
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.finish_reason: str | None = None

@@ -6,14 +6,11 @@ import hashlib
 import json
 import mmap
 from pathlib import Path
+from .errors import PackageError  # noqa: F401  (raised here; callers may import it from here)
 
-SUPPORTED_FORMAT = 1
+FORMAT_VERSION = 2          # the one format this webmoe reads (converter/writer.py writes it)
 _REQUIRED = {"format": str, "format_version": int, "family": str, "config": dict, "moe": dict,
              "tokenizer": dict, "plan": dict, "tensors": dict, "experts": dict, "shards": list}
-
-
-class PackageError(ValueError):
-    pass
 
 
 class Package:
@@ -81,9 +78,12 @@ def validate(m) -> dict:
             raise PackageError(f"malformed manifest.json: {key!r} missing or not a {kind.__name__}")
     if m["format"] != "rdrr":
         raise PackageError(f"manifest.json is not an RDRR package (format {m['format']!r})")
-    if m["format_version"] > SUPPORTED_FORMAT:
+    if m["format_version"] > FORMAT_VERSION:
         raise PackageError(f"package format {m['format_version']} is newer than this webmoe "
-                           f"(reads {SUPPORTED_FORMAT}); upgrade webmoe")
+                           f"(reads {FORMAT_VERSION}); upgrade webmoe")
+    if m["format_version"] < FORMAT_VERSION:
+        raise PackageError(f"package format {m['format_version']} is older than this webmoe reads "
+                           f"({FORMAT_VERSION}); convert the checkpoint again with `webmoe convert`")
     files = {}
     for s in m["shards"]:
         if not (isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("size"), int)
@@ -101,7 +101,35 @@ def validate(m) -> dict:
         if not (isinstance(e, dict) and e.get("shard") in files and isinstance(e.get("size"), int)
                 and e["size"] <= files[e["shard"]]):
             raise PackageError(f"malformed expert entry {key!r}")
-    plan = m["plan"]
-    if not (isinstance(plan.get("buffers"), dict) and isinstance(plan.get("steps"), list)):
-        raise PackageError("malformed manifest.json: plan needs buffers and steps")
+    validate_plan(m["plan"])
     return m
+
+
+_PLAN = {"buffers": dict, "steps": list, "moe_layers": list, "sampler": dict, "io": dict, "resources": dict}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_plan(plan: dict) -> None:
+    """The plan's structure records point at real steps and buffers (web/manifest.js checks the same)."""
+    for key, kind in _PLAN.items():
+        if not isinstance(plan.get(key), kind):
+            raise PackageError(f"malformed plan: {key!r} missing or not a {kind.__name__}")
+    steps, buffers = plan["steps"], plan["buffers"]
+    if not all(isinstance(s, dict) and isinstance(s.get("kernel"), str) and isinstance(s.get("bind"), dict)
+               for s in steps + [plan["sampler"]]):
+        raise PackageError("malformed plan: a step lacks its kernel or bindings")
+    for role in ("ids", "logits", "token"):
+        if plan["io"].get(role) not in buffers:
+            raise PackageError(f"malformed plan: io.{role} names no plan buffer")
+    n = len(steps)
+    for rec in plan["moe_layers"]:
+        ok = (isinstance(rec, dict) and all(_is_int(rec.get(k)) for k in ("layer", "router_logits_step", "router_step"))
+              and isinstance(rec.get("experts"), list) and len(rec["experts"]) == 2 and all(map(_is_int, rec["experts"]))
+              and rec.get("topk_ids") in buffers and rec.get("router_input") in buffers)
+        if not ok or not (0 <= rec["router_logits_step"] < rec["router_step"] < rec["experts"][0] < rec["experts"][1] <= n):
+            raise PackageError(f"malformed plan: bad MoE layer record {rec!r}")
+        if any("experts" not in steps[i]["bind"].values() for i in range(*rec["experts"])):
+            raise PackageError(f"malformed plan: MoE layer {rec['layer']}'s expert steps do not read the slab")

@@ -1,9 +1,11 @@
 """Loads a kernel from shaders/, applies the preprocessor and reads its interface.
 
-The preprocessor (documented in shaders/README.md, implemented again in web/ for the browser) knows three
+The preprocessor (documented in shaders/README.md, implemented again in web/ for the browser) knows these
 directives, each on a line of its own:
     //!include FILE          the text of shaders/FILE, once per kernel
     //!if NAME  /  //!if !NAME  /  //!else  /  //!endif     keep lines when NAME is (not) among the defines
+    //!const NAME           becomes `const NAME: u32 = <value>u;` with the value the plan step gives
+                             (kernel geometry: converter/plan.py GEOMETRY is its one source)
 """
 from __future__ import annotations
 
@@ -12,14 +14,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from webmoe.shaders import SHADER_DIR
+from .errors import ShaderError  # noqa: F401  (raised here; callers may import it from here)
 
 _BINDING = re.compile(r"@binding\((\d+)\)\s*var<([\w\s,]+)>\s*(\w+)")
 _PARAMS = re.compile(r"struct\s+Params\s*\{([^}]*)\}")
 _FIELD = re.compile(r"(\w+)\s*:\s*(u32|i32|f32)")
-
-
-class ShaderError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -32,12 +31,16 @@ class Binding:
 class Kernel:
     name: str
     defines: frozenset[str]
+    consts: tuple[tuple[str, int], ...]   # sorted (name, value) pairs given to //!const
     source: str
     bindings: dict[str, Binding]        # variable name -> binding
     params: tuple[tuple[str, str], ...]  # (field, wgsl type) in struct order; all fields are 4 bytes
 
 
-def preprocess(name: str, defines: frozenset[str], read=lambda f: (SHADER_DIR / f).read_text()) -> str:
+def preprocess(name: str, defines: frozenset[str], consts: dict[str, int] | None = None,
+               read=lambda f: (SHADER_DIR / f).read_text()) -> str:
+    consts = consts or {}
+    declared: set[str] = set()
     out: list[str] = []
     included: set[str] = set()
     keep: list[bool] = []  # one entry per open //!if: whether its current branch is kept
@@ -59,6 +62,14 @@ def preprocess(name: str, defines: frozenset[str], read=lambda f: (SHADER_DIR / 
                 keep.pop()
             elif not all(keep):
                 continue
+            elif directive.startswith("//!const "):
+                const = directive[9:].strip()
+                value = consts.get(const)
+                if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31):
+                    raise ShaderError(f"{file}:{line_no}: constant {const} needs a positive integer from the plan, "
+                                      f"got {value!r}")
+                declared.add(const)
+                out.append(f"const {const}: u32 = {value}u;")
             elif directive.startswith("//!include "):
                 inc = directive[11:].strip()
                 if inc not in included:
@@ -70,15 +81,21 @@ def preprocess(name: str, defines: frozenset[str], read=lambda f: (SHADER_DIR / 
     emit(f"{name}.wgsl")
     if keep:
         raise ShaderError(f"{name}.wgsl: unterminated //!if")
+    if set(consts) - declared:
+        raise ShaderError(f"{name}.wgsl declares no constant {sorted(set(consts) - declared)}")
     return "\n".join(out) + "\n"
 
 
+def load_kernel(name: str, defines=(), consts: dict[str, int] | None = None) -> Kernel:
+    return _load_kernel(name, frozenset(defines), tuple(sorted((consts or {}).items())))
+
+
 @lru_cache(maxsize=None)
-def load_kernel(name: str, defines: frozenset[str] = frozenset()) -> Kernel:
+def _load_kernel(name: str, defines: frozenset[str], consts: tuple[tuple[str, int], ...]) -> Kernel:
     if not re.fullmatch(r"[a-z0-9_]+", name) or not (SHADER_DIR / f"{name}.wgsl").is_file():
         raise ShaderError(f"unknown kernel {name!r}")
-    source = preprocess(name, defines)
+    source = preprocess(name, defines, dict(consts))
     bindings = {m[3]: Binding(int(m[1]), " ".join(m[2].split())) for m in _BINDING.finditer(source)}
     struct = _PARAMS.search(source)
     params = tuple(_FIELD.findall(struct[1])) if struct else ()
-    return Kernel(name, defines, source, bindings, params)
+    return Kernel(name, defines, consts, source, bindings, params)

@@ -8,12 +8,10 @@ from jinja2 import StrictUndefined, TemplateError  # noqa: F401  (TemplateError 
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 from .package import Package
-
-
-class PromptError(ValueError):
-    pass
+from .errors import PromptError  # noqa: F401  (raised here; callers may import it from here)
 
 
 def _raise(message):
@@ -67,17 +65,15 @@ class TextTokenizer:
 
 
 class StreamDecoder:
-    """Turns a growing list of ids into text pieces, holding back bytes of an unfinished UTF-8 character."""
+    """Text of a growing list of ids, one token at a time, with `tokenizers`' own DecodeStream (which holds
+    back the bytes of an unfinished UTF-8 character and needs no re-decoding of the whole text)."""
 
     def __init__(self, tokenizer: TextTokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
+        self.tok = tokenizer.tok
+        self.stream = DecodeStream(skip_special_tokens=True)
         self.text = ""
 
     def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        piece, self.text = text[len(self.text):], text
+        piece = self.stream.step(self.tok, token_id) or ""
+        self.text += piece
         return piece

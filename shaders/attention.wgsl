@@ -1,8 +1,9 @@
 // Causal grouped-query attention of T new queries over the KV cache, one workgroup per (head, query).
 //   q: [T, n_heads, D]   k_cache: [S_max, n_kv, D]   v_cache: [S_max, n_kv, Dv]   out: [T, n_heads, Dv]
 // Query t sits at absolute position pos0 + t and sees keys lo..pos0 + t, where lo = 0, or with a sliding
-// window the last `window` positions. Keys are visited in chunks of 64 with an online softmax, so no
-// score buffer is needed whatever the context length. Each lane owns up to 4 output dims (Dv <= 256).
+// window the last `window` positions. Keys are visited in chunks of LANES with an online softmax, so no
+// score buffer is needed whatever the context length. Each lane owns up to DIMS_PER_LANE output dims
+// (D, Dv <= LANES * DIMS_PER_LANE).
 // SINKS (GPT-OSS): a learned per-head logit joins the softmax's denominator and attends to nothing.
 struct Params { T: u32, pos0: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, window: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -14,12 +15,12 @@ struct Params { T: u32, pos0: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, win
 @group(0) @binding(5) var<storage, read> sinks: array<f32>;     // [n_heads]
 //!endif
 
-const LANES: u32 = 64u;
-const MAX_D: u32 = 256u;
-var<workgroup> q_s: array<f32, 256>;  // [D], pre-scaled
-var<workgroup> score: array<f32, 64>; // [chunk]
+//!const LANES
+//!const DIMS_PER_LANE
+var<workgroup> q_s: array<f32, LANES * DIMS_PER_LANE>;  // [D], pre-scaled
+var<workgroup> score: array<f32, LANES>;                // [chunk]
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(LANES)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let head = wg.x;
     let t = wg.y;
@@ -38,7 +39,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     m = sinks[head];
     l = 1.0;
 //!endif
-    var acc = array<f32, 4>();
+    var acc = array<f32, DIMS_PER_LANE>();
     for (var s0 = lo; s0 <= pos; s0 += LANES) {
         let s = s0 + lid;
         var sc = -3.0e38;
@@ -54,12 +55,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var j = 0u; j < n; j++) { cmax = max(cmax, score[j]); }
         let rescale = exp(m - cmax);
         l *= rescale;
-        for (var c = 0u; c < 4u; c++) { acc[c] *= rescale; }
+        for (var c = 0u; c < DIMS_PER_LANE; c++) { acc[c] *= rescale; }
         for (var j = 0u; j < n; j++) {
             let e = exp(score[j] - cmax);
             l += e;
             let vb = ((s0 + j) * p.n_kv + kv) * p.Dv;
-            for (var c = 0u; c < 4u; c++) {
+            for (var c = 0u; c < DIMS_PER_LANE; c++) {
                 let d = lid + c * LANES;
                 if (d < p.Dv) { acc[c] += e * v_cache[vb + d]; }
             }
@@ -67,7 +68,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         m = cmax;
         workgroupBarrier();
     }
-    for (var c = 0u; c < 4u; c++) {
+    for (var c = 0u; c < DIMS_PER_LANE; c++) {
         let d = lid + c * LANES;
         if (d < p.Dv) { out[(t * p.n_heads + head) * p.Dv + d] = acc[c] / l; }
     }

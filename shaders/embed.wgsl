@@ -6,7 +6,9 @@ struct Params { T: u32, H: u32 }
 @group(0) @binding(3) var<storage, read_write> y: array<f32>; // [T, H]
 //!include weights.wgsl
 
-@compute @workgroup_size(64)
+//!const WG
+
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let h = g.x;
     let t = g.y;

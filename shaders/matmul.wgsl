@@ -1,6 +1,6 @@
 // Linear layer for prefill and decode: y[t, n] (+)= sum_k x[t, k] * W[n, k] (+ bias[n])
 //   x: [T, K] starting at row x_row0;  W: [N, K] (the Hugging Face [out, in] layout);  y: [T, N] from row y_row0
-// A workgroup computes ROWS output features for a tile of up to TOKENS tokens: its 64 lanes stride over K
+// A workgroup computes ROWS output features for a tile of up to TOKENS tokens: its LANES lanes stride over K
 // (coalesced reads of W rows), each weight is read once per tile and used for every token in it.
 // accumulate = 1 adds into y (the residual stream), so no separate add kernel is needed.
 struct Params { T: u32, K: u32, N: u32, x_row0: u32, y_row0: u32, accumulate: u32 }
@@ -14,10 +14,10 @@ struct Params { T: u32, K: u32, N: u32, x_row0: u32, y_row0: u32, accumulate: u3
 //!include weights.wgsl
 //!include reduce.wgsl
 
-const ROWS: u32 = 4u;
-const TOKENS: u32 = 8u;
+//!const ROWS
+//!const TOKENS
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(LANES)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t0 = wg.y * TOKENS;
     if (t0 >= p.T) { return; }
@@ -25,7 +25,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var r = 0u; r < ROWS; r++) {
         let n = wg.x * ROWS + r;
         if (n >= p.N) { break; }
-        var acc = array<f32, 8>();   // explicit: naga zeroes uninitialised locals only once per call
+        var acc = array<f32, TOKENS>();   // explicit: naga zeroes uninitialised locals only once per call
         let wrow = n * p.K;
         for (var k = lid; k < p.K; k += LANES) {
             let wv = w_at(wrow + k);

@@ -7,7 +7,9 @@ struct Params { T: u32, pos0: u32, n_heads: u32, d_nope: u32, d_rot: u32 }
 @group(0) @binding(2) var<storage, read> k_rot: array<f32>;
 @group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
 
-@compute @workgroup_size(64)
+//!const WG
+
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let D = p.d_nope + p.d_rot;
     let i = g.x;                  // index within the token's [n_heads, D] row

@@ -14,9 +14,9 @@ struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, slot0: u32, n_slots:
 //!include reduce.wgsl
 //!include moe_tile.wgsl
 
-const ROWS: u32 = 4u;
+//!const ROWS
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(LANES)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n = load_tile(lid, wg.y, wg.z);
     if (n == 0u) { return; }
@@ -24,7 +24,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var r = 0u; r < ROWS; r++) {
         let h = wg.x * ROWS + r;
         if (h >= p.H) { break; }
-        var acc = array<f32, 8>();   // explicit: naga zeroes uninitialised locals only once per call
+        var acc = array<f32, TILE>();   // explicit: naga zeroes uninitialised locals only once per call
         let down_row = base + p.down_off + h * p.I;
         for (var i = lid; i < p.I; i += LANES) {
             let wv = w_at(down_row + i);

@@ -17,9 +17,9 @@ struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, slot0: u32, n_slots:
 //!include reduce.wgsl
 //!include moe_tile.wgsl
 
-const ROWS: u32 = 4u;
+//!const ROWS
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(LANES)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n = load_tile(lid, wg.y, wg.z);
     if (n == 0u) { return; }
@@ -27,8 +27,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var r = 0u; r < ROWS; r++) {
         let i = wg.x * ROWS + r;
         if (i >= p.I) { break; }
-        var g = array<f32, 8>();   // explicit: naga zeroes uninitialised locals only once per call
-        var u = array<f32, 8>();
+        var g = array<f32, TILE>();   // explicit: naga zeroes uninitialised locals only once per call
+        var u = array<f32, TILE>();
         let gate_row = base + p.gate_off + i * p.H;
         let up_row = base + p.up_off + i * p.H;
         for (var h = lid; h < p.H; h += LANES) {

@@ -8,15 +8,16 @@ struct Params { pairs: u32, E: u32 }
 @group(0) @binding(2) var<storage, read_write> expert_offsets: array<u32>; // [E + 1]
 @group(0) @binding(3) var<storage, read_write> pair_order: array<u32>;   // [pairs]
 
-const MAX_E: u32 = 1024u;
-var<workgroup> count: array<atomic<u32>, 1024>;
-var<workgroup> cursor: array<atomic<u32>, 1024>;
+//!const WG
+//!const MAX_E
+var<workgroup> count: array<atomic<u32>, MAX_E>;
+var<workgroup> cursor: array<atomic<u32>, MAX_E>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    for (var e = lid; e < p.E; e += 256u) { atomicStore(&count[e], 0u); }
+    for (var e = lid; e < p.E; e += WG) { atomicStore(&count[e], 0u); }
     workgroupBarrier();
-    for (var i = lid; i < p.pairs; i += 256u) { atomicAdd(&count[topk_ids[i]], 1u); }
+    for (var i = lid; i < p.pairs; i += WG) { atomicAdd(&count[topk_ids[i]], 1u); }
     workgroupBarrier();
     if (lid == 0u) {
         var run = 0u;
@@ -28,7 +29,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         expert_offsets[p.E] = run;
     }
     workgroupBarrier();
-    for (var i = lid; i < p.pairs; i += 256u) {
+    for (var i = lid; i < p.pairs; i += WG) {
         let at = atomicAdd(&cursor[topk_ids[i]], 1u);
         pair_order[at] = i;
     }

@@ -3,10 +3,10 @@
 // of them. The expert's weights sit in the slab buffer `w` at its slot (slot table `slots`), so any
 // subset of experts can be resident. Empty tiles, and experts whose slot is in another slab buffer,
 // return at once.
-const TILE: u32 = 8u;
+//!const TILE
 var<workgroup> tile_n: u32;                   // pairs in this tile (0 = nothing to do)
 var<workgroup> tile_base: u32;                // element offset of the expert's slot in `w`
-var<workgroup> tile_pair: array<u32, 8>;      // pair index p = t * K + j
+var<workgroup> tile_pair: array<u32, TILE>;      // pair index p = t * K + j
 
 fn load_tile(lid: u32, e: u32, tile: u32) -> u32 {
     if (lid == 0u) {

@@ -1,8 +1,9 @@
-// Tree reduction across the 64 lanes of a workgroup, for up to RED_VALUES values per lane at once.
-// Lane `lid` stores value v at red[v * 64 + lid]; after reduce_lanes the sum of value v is red[v * 64].
-const LANES: u32 = 64u;
-const RED_VALUES: u32 = 16u;
-var<workgroup> red: array<f32, 1024>; // [RED_VALUES, LANES]
+// Tree reduction across the LANES lanes of a workgroup (a power of two), for up to RED_VALUES values per
+// lane at once. Lane `lid` stores value v at red[v * LANES + lid]; after reduce_lanes the sum of value v is
+// red[v * LANES]. Both constants come from the plan (the including kernel's geometry).
+//!const LANES
+//!const RED_VALUES
+var<workgroup> red: array<f32, RED_VALUES * LANES>;
 
 fn reduce_lanes(lid: u32, n_values: u32) {
     workgroupBarrier();

@@ -22,7 +22,7 @@ fn x_at(i: u32) -> f32 {
 //!endif
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(LANES)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     if (wg.x >= p.rows) { return; }
     let base = (p.row0 + wg.x) * p.H;

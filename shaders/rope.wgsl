@@ -9,7 +9,9 @@ struct Params { T: u32, row0: u32, pos0: u32, n_heads: u32, D: u32, rot: u32, ro
 @group(0) @binding(1) var<storage, read> inv_freq: array<f32>;  // [rot / 2]
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;   // [rows, n_heads, D]
 
-@compute @workgroup_size(32)
+//!const WG
+
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let half = p.rot / 2u;
     let i = g.x;

@@ -54,9 +54,10 @@ fn allowed_groups(row: u32) -> u32 {
     return mask;
 }
 
-const MAX_K: u32 = 32u;
+//!const WG
+//!const MAX_K
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let t = g.x;
     if (t >= p.T) { return; }
@@ -66,7 +67,7 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     var z = 0.0;
     for (var e = 0u; e < p.E; e++) { z += exp(logits[row + e] - mx); }
 
-    var chosen = array<u32, 32>();
+    var chosen = array<u32, MAX_K>();
     var total = 0.0;
     let groups = allowed_groups(row);
     let group_size = p.E / max(p.n_group, 1u);

@@ -9,9 +9,10 @@ struct Params { V: u32, row: u32, temperature: f32, top_p: f32, u: f32 }
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> token: array<u32>;
 
-const N: u32 = 256u;
-var<workgroup> red_v: array<f32, 256>;
-var<workgroup> red_i: array<u32, 256>;
+//!const WG
+const N: u32 = WG;
+var<workgroup> red_v: array<f32, WG>;
+var<workgroup> red_i: array<u32, WG>;
 var<workgroup> tau_s: f32;
 
 fn sum_all(lid: u32, v: f32) -> f32 {
@@ -40,7 +41,7 @@ fn mass_above(lid: u32, mx: f32, tau: f32) -> f32 {
     return sum_all(lid, s);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
     // argmax, with the lowest index on ties
     var best = -3.4e38;

@@ -5,7 +5,9 @@ struct Params { n: u32 }
 @group(0) @binding(2) var<storage, read> up: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-@compute @workgroup_size(256)
+//!const WG
+
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let i = g.x;
     if (i >= p.n) { return; }

@@ -1,7 +1,7 @@
-"""Page helpers for the browser tests; Chromium and the server come from webmoe.headless."""
+"""Page helpers for the browser tests; Chromium and the server come from webmoe.tools.headless."""
 from __future__ import annotations
 
-from webmoe.headless import CHROMIUM, FLAGS, browser, playwright, serving  # noqa: F401
+from webmoe.tools.headless import CHROMIUM, FLAGS, browser, playwright, serving  # noqa: F401
 
 
 def open_page(ctx, url: str):

@@ -1,9 +1,11 @@
-"""Runs one kernel through the real plan executor on numpy inputs, for the kernel tests."""
+"""Runs kernels as the plan builder (converter/plan.py) states them: the test names its inputs and
+outputs, calls one Plan method, and the real executor runs the resulting steps with the plan's own
+geometry and dispatch, so the kernel tests exercise exactly what packages run."""
 from __future__ import annotations
 
 import numpy as np
-import wgpu
 
+from webmoe.converter.plan import Plan
 from webmoe.engine.executor import STORAGE, Executor, Readback
 
 
@@ -19,21 +21,25 @@ def to_words(a: np.ndarray, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
 
 
-def run_kernel(gpu, kernel: str, inputs: dict, outputs: dict, params: dict, dispatch, defines=(),
-               env=None, dtypes=None) -> dict[str, np.ndarray]:
-    """inputs: name -> array (bound as given); outputs: name -> (initial array, dtype). Returns outputs."""
+def run_plan(gpu, build, inputs: dict, outputs: dict, env=None, dtypes=None, geometry=None) -> dict[str, np.ndarray]:
+    """inputs: name -> array; outputs: name -> (initial array, dtype); dtypes: storage dtype of an input
+    ("f32" default, "f16", "u32"). build(plan) calls Plan methods on those names (the runtime's
+    "experts" and "expert_slots" are ordinary inputs here). env: the plan variables (T, pos, ...).
+    Runs the steps built, then the sampler if one was built; returns the outputs."""
     dtypes = dtypes or {}
+    arrays = {**inputs, **{k: v[0] for k, v in outputs.items()}}
+    kinds = {n: dtypes.get(n) or (outputs[n][1] if n in outputs else "f32") for n in arrays}
+    plan = Plan({n: (np.shape(a), kinds[n]) for n, a in arrays.items()}, geometry)
+    build(plan)
+    steps = plan.steps + ([plan.sampler_step] if plan.sampler_step else [])
     device = gpu.device
     buffers = {}
-    for name, arr in {**inputs, **{k: v[0] for k, v in outputs.items()}}.items():
-        dt = dtypes.get(name) or (outputs[name][1] if name in outputs else "f32")
-        words = to_words(arr, dt)
+    for name, arr in arrays.items():
+        words = to_words(arr, kinds[name])
         buf = device.create_buffer(size=max(words.nbytes, 4), usage=STORAGE)
         device.queue.write_buffer(buf, 0, words)
         buffers[name] = buf
-    plan = {"buffers": {}, "steps": [{"kernel": kernel, "defines": list(defines), "bind": {n: n for n in buffers},
-                                      "params": params, "dispatch": dispatch}]}
-    ex = Executor(gpu, plan, buffers, {}, {})
+    ex = Executor(gpu, {"buffers": {}, "steps": steps}, buffers, {}, {})
     encoder = device.create_command_encoder()
     ex.encode(encoder, env or {})
     device.queue.submit([encoder.finish()])

@@ -9,7 +9,7 @@ import torch
 
 from webmoe.tiny_models import save_checkpoint
 from webmoe.converter.convert import convert
-from webmoe.engine.engine import Engine
+from webmoe import Engine
 
 TOLERANCE = {"f32": 1e-3, "f16": 2e-2}     # max abs logit error / largest reference logit magnitude
 
@@ -20,7 +20,7 @@ def build(model_cls, config, tmp: Path, dtype: str = "f32", seed: int = 0, sourc
     convert(ckpt, tmp / f"pkg-{dtype}", dtype=dtype, progress=False)
     # the eager experts path is the plain per-expert loop: the clearest reference, and it takes odd sizes
     ref = model_cls.from_pretrained(ckpt, dtype=torch.float32, experts_implementation="eager").eval()
-    return ref, Engine.load(tmp / f"pkg-{dtype}", quiet=True)
+    return ref, Engine.load(tmp / f"pkg-{dtype}")
 
 
 def reference_logits(model, ids) -> np.ndarray:

@@ -12,7 +12,7 @@ from transformers import MixtralForCausalLM
 from webmoe.tiny_models import save_checkpoint
 from test_mixtral import mixtral
 from webmoe.converter.convert import convert
-from webmoe.engine.engine import Engine
+from webmoe import Engine
 from webmoe.engine.package import PackageError
 from webmoe.engine.tokenizer import PromptError
 
@@ -176,13 +176,13 @@ def flip_expert_byte(p):
 def test_engine_rejects_bad_packages(good_pkg, tmp_path, how, message):
     bad = corrupt(good_pkg, tmp_path, how)
     with pytest.raises(PackageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        Engine.load(bad, quiet=True)
+        Engine.load(bad)
     r = cli("run", bad, "--prompt", "hi")
     assert r.returncode == 1 and "webmoe: error:" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_engine_rejects_bad_prompts(good_pkg):
-    engine = Engine.load(good_pkg, quiet=True)
+    engine = Engine.load(good_pkg)
     for bad in ([], [1, 400], [-1], [[1, 2]], "x" * 0, None, [{"role": "user"}]):
         with pytest.raises(PromptError):
             if isinstance(bad, list) and bad and isinstance(bad[0], (int, list)):

@@ -13,8 +13,8 @@ from browser import GREEDY, LOAD, LOGITS, browser, open_page, serving
 from parity import TOLERANCE
 from test_mixtral import CONFIGS
 from webmoe.converter.convert import convert
-from webmoe.engine.engine import Engine
-from webmoe.engine.server import PACKAGES, create_app
+from webmoe import Engine
+from webmoe.serve.server import PACKAGES, create_app
 from webmoe.tiny_models import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def browser_logits(page, ids):
 
 
 def check_parity(page, pkg, prompt_len=21, n_greedy=16):
-    native = Engine.load(pkg, quiet=True)
+    native = Engine.load(pkg)
     vocab = native.vocab_size
     rng = np.random.default_rng(5)
     ids = rng.integers(3, min(vocab, 400), prompt_len).tolist()
@@ -126,7 +126,7 @@ def test_browser_matches_native_on_the_demo_model():
     """Logits, greedy tokens, tokenisation and chat templates (@huggingface/tokenizers and
     @huggingface/jinja against tokenizers and jinja2), stop(), and deleting the cached model."""
     rec = Recorder()
-    native = Engine.load(DEMO, quiet=True)
+    native = Engine.load(DEMO)
     with serving(app_with(rec, DEMO)) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.evaluate(LOAD, [manifest_url(DEMO)])
@@ -157,7 +157,7 @@ def test_expert_paging_from_opfs_matches_native(packages, prefetch):
     are paged in from OPFS, and the logits and greedy tokens are those of the native engine with every
     expert resident; with prefetch too."""
     pkg = packages["odd-sizes-top3-f16"]
-    native = Engine.load(pkg, quiet=True)
+    native = Engine.load(pkg)
     slot = native.experts.slot_bytes
     ids = list(range(7, 47))
     ref = native.logits(ids)
@@ -182,7 +182,7 @@ def test_expert_paging_from_opfs_matches_native(packages, prefetch):
 
 def test_browser_bench_bookkeeping(packages):
     """`webmoe bench --browser` (its bookkeeping, not its speed): one slot misses every lookup."""
-    from webmoe.engine.bench_browser import bench_browser
+    from webmoe.tools.bench_browser import bench_browser
     rows = bench_browser(packages["gqa-top2-f32"], tokens=3, runs=((1.0, False), (0.0, False)))
     assert [r["label"] for r in rows] == ["100%", "min (1 slot)"]
     assert rows[0]["bytes_per_token"] == 0 and rows[1]["slots"] == 1 and rows[1]["hit_rate"] == 0.0
@@ -197,7 +197,7 @@ def test_opfs_cache_second_load_corruption_and_resume(packages):
     rec = Recorder()
     rec.cut = cut_shard
     ids = list(range(5, 25))
-    native = Engine.load(pkg, quiet=True).logits(ids)
+    native = Engine.load(pkg).logits(ids)
     with serving(app_with(rec, pkg)) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.evaluate(LOAD, [manifest_url(pkg)])
@@ -289,3 +289,41 @@ def test_no_webgpu_gives_a_clear_message(packages, tmp_path):
         page.wait_for_selector("#notice:not([hidden])")
         assert "WebGPU is not available" in page.inner_text("#notice")
         b.close()
+
+
+def test_sampled_tokens_and_statistics_match_native():
+    """The same prompt, seed, temperature and top-p sample the same tokens natively and in Chromium (one
+    seeded generator, SplitMix64, in both); the expert cache statistics have the same shape; a package of
+    the previous format version is refused with the same message as natively."""
+    native = Engine.load(DEMO, observe_routing=True)
+    settings = dict(max_new_tokens=24, temperature=0.8, top_p=0.9, seed=1234)
+    prompt = "JULIET. O Romeo, Romeo!"
+    expected = [t.id for t in native.generate(prompt, **settings)]
+    old = (Path(__file__).parent / "data" / "format1-manifest.json").read_text()
+    with serving(create_app([DEMO])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.evaluate("""async ([manifest]) => {
+          const webmoe = await import('/web/webmoe.js');
+          window.engine = await webmoe.load(manifest, {observeRouting: true});
+        }""", [manifest_url(DEMO)])
+        got = page.evaluate("""async ([p, s]) => {
+          const out = [];
+          for await (const t of window.engine.generate(p, {maxNewTokens: s.max_new_tokens, temperature: s.temperature,
+                                                           topP: s.top_p, seed: s.seed})) out.push(t.id);
+          return out;
+        }""", [prompt, settings])
+        assert got == expected
+        stats = page.evaluate("async () => window.engine.expertStats()")
+        want = json.loads(json.dumps(native.expert_stats()))
+        assert sorted(stats) == sorted(want)
+        assert sorted(stats["layers"]) == sorted(want["layers"])
+        assert sorted(stats["total"]) == sorted(want["total"])
+        page.route("**/old/manifest.json", lambda route: route.fulfill(body=old, content_type="application/json"))
+        err = page.evaluate("""async () => {
+          const webmoe = await import('/web/webmoe.js');
+          try { await webmoe.load('/old/manifest.json'); return null; } catch (e) { return [e.name, e.message]; }
+        }""")
+    from webmoe.engine.package import PackageError, validate
+    with pytest.raises(PackageError) as native_err:
+        validate(json.loads(old))
+    assert err == ["PackageError", str(native_err.value)]

@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from webmoe.engine.engine import Engine
+from webmoe import Engine
 
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "shakespeare-moe"
 # frequent English words; random or broken weights produce almost none of them
@@ -11,7 +11,7 @@ COMMON = {"the", "and", "i", "to", "of", "a", "my", "you", "that", "in", "is", "
 
 
 def test_demo_writes_english():
-    engine = Engine.load(DEMO, quiet=True)
+    engine = Engine.load(DEMO)
     text = "".join(t.text for t in engine.generate("KING HENRY.\n", max_new_tokens=120, temperature=0))
     words = re.findall(r"[a-z']+", text.lower())
     assert len(words) >= 40, text

@@ -7,7 +7,7 @@ from transformers import MixtralForCausalLM
 from test_families import CASES as FAMILY_CASES
 from test_mixtral import CONFIGS
 from webmoe.converter.convert import convert
-from webmoe.engine.engine import Engine
+from webmoe import Engine
 from webmoe.engine.expert_cache import ExpertCacheError
 from webmoe.tiny_models import save_checkpoint
 
@@ -34,14 +34,14 @@ def budgets(engine):
 
 @pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
 def test_numerics_do_not_depend_on_the_budget(packages, name):
-    full = Engine.load(packages[name], quiet=True)
+    full = Engine.load(packages[name])
     assert not full.experts.paging
     ids = np.random.default_rng(0).integers(3, 400, 70).tolist()    # prefill over two chunks
     ref_logits = full.logits(ids)
     ref_tokens = [t.id for t in full.generate(ids[:9], max_new_tokens=16, temperature=0)]
     for budget in budgets(full)[1:]:
         for prefetch in (False, True):
-            engine = Engine.load(packages[name], expert_cache_bytes=budget, prefetch=prefetch, quiet=True)
+            engine = Engine.load(packages[name], expert_cache_bytes=budget, prefetch=prefetch)
             assert engine.experts.paging and engine.experts.n_slots == budget // engine.experts.slot_bytes
             np.testing.assert_allclose(engine.logits(ids), ref_logits, rtol=0, atol=1e-5 * np.abs(ref_logits).max())
             assert [t.id for t in engine.generate(ids[:9], max_new_tokens=16, temperature=0)] == ref_tokens
@@ -59,9 +59,9 @@ def test_numerics_do_not_depend_on_the_budget(packages, name):
 
 
 def test_eviction_spares_the_running_batch_and_pinned_experts(packages):
-    slot = Engine.load(packages["mixtral"], quiet=True).experts.slot_bytes
+    slot = Engine.load(packages["mixtral"]).experts.slot_bytes
     pinned = [(0, 1), (2, 6)]
-    engine = Engine.load(packages["mixtral"], expert_cache_bytes=5 * slot, pinned_experts=pinned, quiet=True)
+    engine = Engine.load(packages["mixtral"], expert_cache_bytes=5 * slot, pinned_experts=pinned)
     cache = engine.experts
     evicted_while_in_use = []
     take = cache._take_slot
@@ -81,25 +81,25 @@ def test_eviction_spares_the_running_batch_and_pinned_experts(packages):
 
 
 def test_full_budget_decodes_without_uploads(packages):
-    engine = Engine.load(packages["mixtral"], quiet=True)
+    engine = Engine.load(packages["mixtral"])
     list(engine.generate([5, 6, 7], max_new_tokens=8, temperature=0))
     assert engine.expert_stats()["total"]["lookups"] == 0     # routing never left the GPU
 
 
 def test_bad_budgets_are_clear_errors(packages):
-    slot = Engine.load(packages["mixtral"], quiet=True).experts.slot_bytes
+    slot = Engine.load(packages["mixtral"]).experts.slot_bytes
     with pytest.raises(ExpertCacheError, match="holds no expert"):
-        Engine.load(packages["mixtral"], expert_cache_bytes=slot - 1, quiet=True)
+        Engine.load(packages["mixtral"], expert_cache_bytes=slot - 1)
     with pytest.raises(ExpertCacheError, match="do not exist"):
-        Engine.load(packages["mixtral"], expert_cache_bytes=2 * slot, pinned_experts=[(0, 99)], quiet=True)
+        Engine.load(packages["mixtral"], expert_cache_bytes=2 * slot, pinned_experts=[(0, 99)])
     with pytest.raises(ExpertCacheError, match="leave no free slot"):
-        Engine.load(packages["mixtral"], expert_cache_bytes=2 * slot, pinned_experts=[(0, 1), (1, 1)], quiet=True)
+        Engine.load(packages["mixtral"], expert_cache_bytes=2 * slot, pinned_experts=[(0, 1), (1, 1)])
 
 
 def test_bench_reports_cache_behaviour_per_budget(packages):
     """The benchmark's bookkeeping (not its speed): all-resident decoding uploads nothing, one slot
     misses every time, and the table names every budget."""
-    from webmoe.engine.bench import bench, table
+    from webmoe.tools.bench import bench, table
     rows = bench(packages["mixtral"], tokens=4)
     assert [r["label"] for r in rows] == ["100%", "50%", "50% +prefetch", "25%", "25% +prefetch", "min (1 slot)"]
     assert rows[2]["precision"] is not None and rows[1]["precision"] is None
@@ -112,9 +112,9 @@ def test_bench_reports_cache_behaviour_per_budget(packages):
 def test_routing_analysis_counts_every_choice(packages, tmp_path):
     """Observed routing: usage counts one per (token, layer, slot-k); co-activation is symmetric with the
     usage on its diagonal; the numerics are those of an engine that does not observe."""
-    from webmoe.engine.analyze import analyze, write
-    plain = Engine.load(packages["mixtral"], quiet=True)
-    observing = Engine.load(packages["mixtral"], observe_routing=True, quiet=True)
+    from webmoe.tools.analyze import analyze, write
+    plain = Engine.load(packages["mixtral"])
+    observing = Engine.load(packages["mixtral"], observe_routing=True)
     ids = list(range(5, 30))
     np.testing.assert_array_equal(observing.logits(ids), plain.logits(ids))
     cache = observing.experts

@@ -7,7 +7,7 @@ import pytest
 from transformers import (DeepseekV3Config, DeepseekV3ForCausalLM, GptOssConfig, GptOssForCausalLM, OlmoeConfig, OlmoeForCausalLM, PhimoeConfig, PhimoeForCausalLM, Qwen2MoeConfig,
                           Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
-from webmoe.engine.summary import summarize
+from webmoe.tools.summary import summarize
 from parity import (assert_greedy_matches, assert_incremental_equals_prefill, assert_logits_close, build,
                     reference_logits)
 
@@ -137,7 +137,7 @@ def test_gpt_oss_mxfp4_experts(tmp_path):
     from safetensors.torch import load_file, save_file
     from transformers.integrations.mxfp4 import convert_moe_packed_tensors
     from webmoe.converter.convert import convert
-    from webmoe.engine.engine import Engine
+    from webmoe import Engine
     from webmoe.tiny_models import save_checkpoint
 
     model_cls, config = gpt_oss()
@@ -154,6 +154,6 @@ def test_gpt_oss_mxfp4_experts(tmp_path):
             getattr(ref.model.layers[l].mlp.experts, part).data.copy_(deq)
     save_file(sd, ckpt / "model.safetensors")
     convert(ckpt, tmp_path / "pkg", dtype="f32", progress=False)
-    engine = Engine.load(tmp_path / "pkg", quiet=True)
+    engine = Engine.load(tmp_path / "pkg")
     ids = np.random.default_rng(11).integers(3, 400, 40).tolist()
     assert_logits_close(engine.logits(ids), reference_logits(ref, ids), "f32")

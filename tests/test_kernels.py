@@ -1,8 +1,10 @@
-"""Every kernel in shaders/ against a numpy reference, with sizes that are not powers of two."""
+"""Every kernel in shaders/ against a numpy reference, with sizes that are not powers of two. Kernels run
+as the plan builder states them (kernel_runner.run_plan): the same steps, geometry and dispatch a package
+holds."""
 import numpy as np
 import pytest
 
-from kernel_runner import run_kernel
+from kernel_runner import run_plan
 
 rng = np.random.default_rng(0)
 
@@ -21,9 +23,8 @@ def test_embed(gpu, wdtype):
     V, H, T = 37, 71, 5
     w = rand(V, H)
     ids = np.array([3, 0, 36, 3, 17], np.uint32)
-    out = run_kernel(gpu, "embed", {"ids": ids, "w": w}, {"y": (np.zeros((T, H)), "f32")},
-                     {"T": T, "H": H}, [-(-H // 64), T, 1], ["W_F16"] if wdtype == "f16" else [],
-                     dtypes={"ids": "u32", "w": wdtype})
+    out = run_plan(gpu, lambda p: p.embed("ids", "w", "y", H), {"ids": ids, "w": w}, {"y": (np.zeros((T, H)), "f32")},
+                   {"T": T}, dtypes={"ids": "u32", "w": wdtype})
     ref = (w.astype(np.float16).astype(np.float32) if wdtype == "f16" else w)[ids]
     np.testing.assert_array_equal(out["y"], ref)
 
@@ -33,8 +34,8 @@ def test_layernorm(gpu):
     x, wt, b = rand(rows, H) + 3.0, rand(H), rand(H)
     mu = x.mean(-1, keepdims=True)
     ref = (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * wt + b
-    out = run_kernel(gpu, "rmsnorm", {"weight": wt, "x": x, "bias": b}, {"y": (np.zeros_like(x), "f32")},
-                     {"rows": rows, "row0": 0, "H": H, "eps": eps}, [rows, 1, 1], ["LAYERNORM"])
+    out = run_plan(gpu, lambda p: p.rmsnorm("x", "weight", "y", rows, H, eps, bias="bias"),
+                   {"weight": wt, "x": x, "bias": b}, {"y": (np.zeros_like(x), "f32")})
     close(out["y"], ref)
 
 
@@ -45,42 +46,45 @@ def test_rmsnorm(gpu, in_place):
     ref = x.copy()
     seg = x[row0:row0 + rows]
     ref[row0:row0 + rows] = seg / np.sqrt((seg.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * wt
-    params = {"rows": rows, "row0": row0, "H": H, "eps": eps}
     if in_place:
-        out = run_kernel(gpu, "rmsnorm", {"weight": wt}, {"y": (x, "f32")}, params, [rows, 1, 1], ["IN_PLACE"])
+        out = run_plan(gpu, lambda p: p.rmsnorm(None, "weight", "y", rows, H, eps, row0=row0), {"weight": wt},
+                       {"y": (x, "f32")})
     else:
-        out = run_kernel(gpu, "rmsnorm", {"weight": wt, "x": x}, {"y": (x.copy(), "f32")}, params, [rows, 1, 1])
+        out = run_plan(gpu, lambda p: p.rmsnorm("x", "weight", "y", rows, H, eps, row0=row0), {"weight": wt, "x": x},
+                       {"y": (x.copy(), "f32")})
     close(out["y"], ref)
 
 
 def test_silu_mul_and_gated_add(gpu):
-    n = 1000
-    g, u = rand(n) * 4, rand(n)
-    out = run_kernel(gpu, "silu_mul", {"gate": g, "up": u}, {"y": (np.zeros(n), "f32")}, {"n": n}, [4, 1, 1])
+    T, I = 8, 125
+    g, u = rand(T, I) * 4, rand(T, I)
+    out = run_plan(gpu, lambda p: p.silu_mul("gate", "up", "y", I), {"gate": g, "up": u}, {"y": (np.zeros((T, I)), "f32")},
+                   {"T": T})
     close(out["y"], g / (1 + np.exp(-g)) * u)
     T, H = 5, 70
     logit, x, y = rand(T, 1) * 3, rand(T, H), rand(T, H)
-    out = run_kernel(gpu, "gated_add", {"gate_logit": logit, "x": x}, {"y": (y, "f32")}, {"T": T, "H": H}, [2, T, 1])
+    out = run_plan(gpu, lambda p: p.gated_add("gate_logit", "x", "y", H), {"gate_logit": logit, "x": x}, {"y": (y, "f32")},
+                   {"T": T})
     close(out["y"], y + x / (1 + np.exp(-logit)))
 
 
-@pytest.mark.parametrize("wdtype,T,K,N,bias,acc", [
-    ("f32", 1, 67, 45, False, False),   # decode
-    ("f32", 13, 130, 29, True, True),   # prefill with a partial token tile, bias, accumulate
-    ("f16", 9, 51, 33, False, False),   # odd K: f16 rows start mid-word
-    ("f16", 3, 200, 7, True, False),
+@pytest.mark.parametrize("wdtype,T,K,N,bias,acc,geometry", [
+    ("f32", 1, 67, 45, False, False, None),   # decode
+    ("f32", 13, 130, 29, True, True, None),   # prefill with a partial token tile, bias, accumulate
+    ("f16", 9, 51, 33, False, False, None),   # odd K: f16 rows start mid-word
+    ("f16", 3, 200, 7, True, False, None),
+    # another geometry changes kernel and dispatch together (one source): still exact
+    ("f16", 13, 130, 29, True, True, {"matmul": {"ROWS": 3, "TOKENS": 5, "LANES": 32}}),
 ])
-def test_matmul(gpu, wdtype, T, K, N, bias, acc):
+def test_matmul(gpu, wdtype, T, K, N, bias, acc, geometry):
     x_row0, y_row0 = 2, 1
     x, w, b, y0 = rand(T + x_row0 + 1, K), rand(N, K), rand(N), rand(T + y_row0, N)
     inputs = {"x": x, "w": w}
-    defines = ["W_F16"] if wdtype == "f16" else []
     if bias:
         inputs["bias"] = b
-        defines.append("BIAS")
-    out = run_kernel(gpu, "matmul", inputs, {"y": (y0, "f32")},
-                     {"T": T, "K": K, "N": N, "x_row0": x_row0, "y_row0": y_row0, "accumulate": int(acc)},
-                     [-(-N // 4), -(-T // 8), 1], defines, dtypes={"w": wdtype})
+    out = run_plan(gpu, lambda p: p.matmul("x", "w", "y", K, N, x_row0=x_row0, y_row0=y_row0, accumulate=acc,
+                                           bias="bias" if bias else None),
+                   inputs, {"y": (y0, "f32")}, {"T": T}, dtypes={"w": wdtype}, geometry=geometry)
     wq = w.astype(np.float16).astype(np.float32) if wdtype == "f16" else w
     ref = y0.copy()
     r = x[x_row0:x_row0 + T].astype(np.float64) @ wq.T.astype(np.float64) + (b if bias else 0)
@@ -93,9 +97,8 @@ def test_rope(gpu, interleaved, off):
     T, row0, pos0, nh, D, rot = 5, 3, 11, 3, 18, 12
     x = rand(row0 + T + 2, nh, D)
     inv_freq = (1.0 / 500.0 ** (np.arange(0, rot, 2) / rot)).astype(np.float32)
-    out = run_kernel(gpu, "rope", {"inv_freq": inv_freq}, {"x": (x, "f32")},
-                     {"T": T, "row0": row0, "pos0": pos0, "n_heads": nh, "D": D, "rot": rot, "rot_off": off,
-                      "attn_factor": 1.5}, [1, nh, T], ["INTERLEAVED"] if interleaved else [])
+    out = run_plan(gpu, lambda p: p.rope("x", "inv_freq", nh, D, rot, 1.5, row0=row0, interleaved=interleaved,
+                                         rot_off=off), {"inv_freq": inv_freq}, {"x": (x, "f32")}, {"T": T, "pos": pos0})
     ref = x.copy()
     ang = (pos0 + np.arange(T))[:, None] * inv_freq[None, :]           # [T, rot/2]
     c, s = (np.cos(ang) * 1.5)[:, None, :], (np.sin(ang) * 1.5)[:, None, :]
@@ -131,10 +134,10 @@ def test_attention_sinks(gpu):
     T, pos0, nh, nkv, D = 6, 9, 4, 2, 24
     S = pos0 + T
     q, kc, vc, sinks = rand(T, nh, D), rand(S, nkv, D), rand(S, nkv, D), rand(nh) * 3
-    out = run_kernel(gpu, "attention", {"q": q, "k_cache": kc, "v_cache": vc, "sinks": sinks},
-                     {"out": (np.zeros((T, nh, D)), "f32")},
-                     {"T": T, "pos0": pos0, "n_heads": nh, "n_kv": nkv, "D": D, "Dv": D, "window": 4,
-                      "scale": D ** -0.5}, [nh, T, 1], ["SINKS"])
+    out = run_plan(gpu, lambda p: p.attention("q", "k_cache", "v_cache", "out", nh, nkv, D, D, D ** -0.5, window=4,
+                                              sinks="sinks"),
+                   {"q": q, "k_cache": kc, "v_cache": vc, "sinks": sinks}, {"out": (np.zeros((T, nh, D)), "f32")},
+                   {"T": T, "pos": pos0})
     close(out["out"], attention_ref(q, kc, vc, pos0, 4, D ** -0.5, sinks))
 
 
@@ -148,9 +151,8 @@ def test_attention(gpu, T, pos0, nh, nkv, D, Dv, window):
     S = pos0 + T + 3
     q, kc, vc = rand(T, nh, D), rand(S, nkv, D), rand(S, nkv, Dv)
     scale = D ** -0.5
-    out = run_kernel(gpu, "attention", {"q": q, "k_cache": kc, "v_cache": vc}, {"out": (np.zeros((T, nh, Dv)), "f32")},
-                     {"T": T, "pos0": pos0, "n_heads": nh, "n_kv": nkv, "D": D, "Dv": Dv, "window": window,
-                      "scale": scale}, [nh, T, 1])
+    out = run_plan(gpu, lambda p: p.attention("q", "k_cache", "v_cache", "out", nh, nkv, D, Dv, scale, window=window),
+                   {"q": q, "k_cache": kc, "v_cache": vc}, {"out": (np.zeros((T, nh, Dv)), "f32")}, {"T": T, "pos": pos0})
     close(out["out"], attention_ref(q, kc, vc, pos0, window, scale))
 
 
@@ -159,10 +161,9 @@ def test_attention(gpu, T, pos0, nh, nkv, D, Dv, window):
 def test_router(gpu, scoring, normalize, K, scale):
     T, E = 11, 13
     logits = rand(T, E)
-    out = run_kernel(gpu, "router", {"logits": logits},
-                     {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
-                     {"T": T, "E": E, "K": K, "scoring": int(scoring == "sigmoid"), "normalize": normalize,
-                      "scale": scale, "jitter_eps": 0.0, "n_group": 1, "topk_group": 1}, [1, 1, 1])
+    out = run_plan(gpu, lambda p: p.router("logits", "topk_ids", "topk_w", E, K, scoring, bool(normalize), scale),
+                   {"logits": logits}, {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
+                   {"T": T})
     if scoring == "softmax":
         prob = np.exp(logits - logits.max(-1, keepdims=True))
         prob /= prob.sum(-1, keepdims=True)
@@ -181,10 +182,9 @@ def test_router_sparsemixer(gpu):
     T, E, K, eps = 16, 9, 2, 0.2
     logits = rand(T, E)
     logits[3, :] = 0.0          # all tied at zero: the relative threshold divides 0 by 0
-    out = run_kernel(gpu, "router", {"logits": logits},
-                     {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
-                     {"T": T, "E": E, "K": K, "scoring": 2, "normalize": 0, "scale": 1.0, "jitter_eps": eps,
-                      "n_group": 1, "topk_group": 1}, [1, 1, 1])
+    out = run_plan(gpu, lambda p: p.router("logits", "topk_ids", "topk_w", E, K, "sparsemixer", False, jitter_eps=eps),
+                   {"logits": logits}, {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
+                   {"T": T})
     for t in range(T):
         s = logits[t].astype(np.float64)
         masked = s.copy()
@@ -205,10 +205,10 @@ def test_router_grouped_sigmoid_with_bias(gpu, n_group, topk_group, K):
     """DeepSeek-V3 routing against a numpy transcription of transformers' DeepseekV3TopkRouter."""
     T, E, scale = 13, 16, 2.5
     logits, bias = rand(T, E), rand(E) * 0.3
-    out = run_kernel(gpu, "router", {"logits": logits, "bias": bias},
-                     {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")},
-                     {"T": T, "E": E, "K": K, "scoring": 3, "normalize": 1, "scale": scale, "jitter_eps": 0.0,
-                      "n_group": n_group, "topk_group": topk_group}, [1, 1, 1], ["CHOICE_BIAS"])
+    out = run_plan(gpu, lambda p: p.router("logits", "topk_ids", "topk_w", E, K, "sigmoid_grouped", True, scale,
+                                           bias="bias", n_group=n_group, topk_group=topk_group),
+                   {"logits": logits, "bias": bias},
+                   {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32")}, {"T": T})
     scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
     choice = scores + bias
     group = np.sort(choice.reshape(T, n_group, -1), -1)[..., -2:].sum(-1)          # [T, n_group]
@@ -225,8 +225,8 @@ def test_router_grouped_sigmoid_with_bias(gpu, n_group, topk_group, K):
 def test_mla_assemble_k(gpu):
     T, pos0, nh, dn, dr, S = 4, 7, 3, 5, 6, 14
     k_nope, k_rot, cache = rand(T, nh, dn), rand(T, dr), rand(S, nh, dn + dr)
-    out = run_kernel(gpu, "mla_assemble_k", {"k_nope": k_nope, "k_rot": k_rot}, {"k_cache": (cache, "f32")},
-                     {"T": T, "pos0": pos0, "n_heads": nh, "d_nope": dn, "d_rot": dr}, [1, T, 1])
+    out = run_plan(gpu, lambda p: p.mla_assemble_k("k_nope", "k_rot", "k_cache", nh, dn, dr),
+                   {"k_nope": k_nope, "k_rot": k_rot}, {"k_cache": (cache, "f32")}, {"T": T, "pos": pos0})
     ref = cache.copy()
     ref[pos0:pos0 + T, :, :dn] = k_nope
     ref[pos0:pos0 + T, :, dn:] = k_rot[:, None, :]
@@ -236,9 +236,9 @@ def test_mla_assemble_k(gpu):
 def test_moe_gather(gpu):
     T, K, E = 23, 3, 10
     ids = np.stack([rng.choice(E, K, replace=False) for _ in range(T)]).astype(np.uint32)
-    out = run_kernel(gpu, "moe_gather", {"topk_ids": ids},
-                     {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")},
-                     {"pairs": T * K, "E": E}, [1, 1, 1], dtypes={"topk_ids": "u32"})
+    out = run_plan(gpu, lambda p: p.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K), {"topk_ids": ids},
+                   {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")}, {"T": T},
+                   dtypes={"topk_ids": "u32"})
     counts = np.bincount(ids.reshape(-1), minlength=E)
     np.testing.assert_array_equal(out["expert_offsets"], np.concatenate([[0], np.cumsum(counts)]))
     flat = ids.reshape(-1)
@@ -266,8 +266,12 @@ def build_slab(parts_per_expert, slot_of, layer, E, L, wdtype):
     return np.frombuffer(bytes(slab), np.uint32), layout
 
 
-@pytest.mark.parametrize("wdtype,gpt_oss", [("f32", False), ("f16", False), ("f32", True), ("f16", True)])
-def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss):
+@pytest.mark.parametrize("wdtype,gpt_oss,geometry", [
+    ("f32", False, None), ("f16", False, None), ("f32", True, None), ("f16", True, None),
+    # another geometry changes kernels and dispatches together (one source): still exact
+    ("f16", True, {"moe_gate_up": {"ROWS": 3, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 5, "TILE": 3}}),
+])
+def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry):
     """moe_gate_up + moe_down over a slab whose slots are shuffled, then scatter_add, vs a dense loop.
     gpt_oss: slot biases and the clamped SwiGLU."""
     T, K, E, H, I, layer, L = 19, 2, 5, 37, 23, 1, 2
@@ -281,24 +285,18 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss):
     parts = [{"gate": gate[e], "up": up[e], "down": down[e],
               **({"gate_bias": gb[e], "up_bias": ub[e], "down_bias": db[e]} if gpt_oss else {})} for e in range(E)]
     slab, layout = build_slab(parts, slot_of, layer, E, L, wdtype)
-    slot_elems = layout["slot_elems"]
-    g = run_kernel(gpu, "moe_gather", {"topk_ids": ids},
-                   {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")},
-                   {"pairs": T * K, "E": E}, [1, 1, 1], dtypes={"topk_ids": "u32"})
-    common = {"layer": layer, "E": E, "K": K, "H": H, "I": I, "slot0": 0, "n_slots": L * E,
-              "slot_elems": slot_elems}
-    defines = (["W_F16"] if wdtype == "f16" else []) + (["EXPERT_BIAS"] if gpt_oss else [])
-    words = {r: layout[r]["word_offset"] if r in layout else 0 for r in ("gate_bias", "up_bias", "down_bias")}
-    grouped = {"w": slab, "slots": slot_of, "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"]}
-    dt = {"w": "u32", "slots": "u32", "expert_offsets": "u32", "pair_order": "u32"}
-    act = run_kernel(gpu, "moe_gate_up", {"x": x, **grouped}, {"act": (np.zeros((T * K, I)), "f32")},
-                     {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
-                      "gate_bias_off": words["gate_bias"], "up_bias_off": words["up_bias"], "alpha": alpha,
-                      "limit": limit}, [-(-I // 4), E, -(-T // 8)],
-                     defines + (["CLAMPED_SWIGLU"] if gpt_oss else []), dtypes=dt)["act"]
-    y = run_kernel(gpu, "moe_down", {"act": act, **grouped}, {"y": (np.zeros((T * K, H)), "f32")},
-                   {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": words["down_bias"]},
-                   [-(-H // 4), E, -(-T // 8)], defines, dtypes=dt)["y"]
+    g = run_plan(gpu, lambda p: p.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K), {"topk_ids": ids},
+                 {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")}, {"T": T},
+                 dtypes={"topk_ids": "u32"})
+    activation = {"kind": "clamped_swiglu", "alpha": alpha, "limit": limit} if gpt_oss else None
+    inputs = {"x": x, "experts": slab, "expert_slots": slot_of, "expert_offsets": g["expert_offsets"],
+              "pair_order": g["pair_order"]}
+    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", layer, E, K, H, I,
+                                                layout, wdtype, activation),
+                   inputs, {"act": (np.zeros((T * K, I)), "f32"), "y": (np.zeros((T * K, H)), "f32")},
+                   {"T": T, "slot0": 0, "n_slots": L * E}, dtypes={n: "u32" for n in inputs if n != "x"},
+                   geometry=geometry)
+    act, y = out["act"], out["y"]
     ref_act = np.zeros((T * K, I))
     ref_y = np.zeros((T * K, H))
     for t in range(T):
@@ -315,8 +313,8 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss):
     close(act, ref_act)
     close(y, ref_y)
     resid = rand(T, H)
-    out = run_kernel(gpu, "scatter_add", {"expert_out": y, "topk_w": topw}, {"y": (resid, "f32")},
-                     {"T": T, "K": K, "H": H}, [1, T, 1])
+    out = run_plan(gpu, lambda p: p.scatter_add("expert_out", "topk_w", "y", K, H), {"expert_out": y, "topk_w": topw},
+                   {"y": (resid, "f32")}, {"T": T})
     close(out["y"], resid + np.einsum("tk,tkh->th", topw, ref_y.reshape(T, K, H)))
 
 
@@ -325,23 +323,24 @@ def test_experts_outside_the_bound_slab_are_skipped(gpu):
     T, K, E, H, I = 3, 1, 2, 8, 6
     ids = np.zeros((T, K), np.uint32)
     act0 = np.full((T * K, I), 7.0, np.float32)
-    out = run_kernel(gpu, "moe_gate_up",
-                     {"x": rand(T, H), "w": rand(2 * (2 * I * H + H * I)), "slots": np.array([0, 1], np.uint32),
-                      "expert_offsets": np.array([0, T, T], np.uint32), "pair_order": np.arange(T, dtype=np.uint32)},
-                     {"act": (act0, "f32")},
-                     {"layer": 0, "E": E, "K": K, "H": H, "I": I, "slot0": 1, "n_slots": 1,
-                      "slot_elems": 2 * I * H + H * I, "gate_off": 0, "up_off": I * H, "gate_bias_off": 0,
-                      "up_bias_off": 0, "alpha": 1.0, "limit": 0.0}, [2, E, 1],
-                     dtypes={"slots": "u32", "expert_offsets": "u32", "pair_order": "u32"})
+    from webmoe.converter.writer import expert_layout
+    layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, "f32")
+    inputs = {"x": rand(T, H), "experts": rand(2 * layout["slot_elems"]), "expert_slots": np.array([0, 1], np.uint32),
+              "expert_offsets": np.array([0, T, T], np.uint32), "pair_order": np.arange(T, dtype=np.uint32)}
+    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", 0, E, K, H, I, layout,
+                                                "f32"),
+                   inputs, {"act": (act0, "f32"), "y": (np.zeros((T * K, H)), "f32")}, {"T": T, "slot0": 1, "n_slots": 1},
+                   dtypes={"expert_slots": "u32", "expert_offsets": "u32", "pair_order": "u32"})
     np.testing.assert_array_equal(out["act"], act0)
+    np.testing.assert_array_equal(out["y"], 0)
 
 
-def test_sample_greedy_ties_and_rows(gpu):
+def test_sample_greedy_ties(gpu):
     V = 1000
     logits = rand(3, V)
     logits[1, [17, 512, 999]] = 50.0
-    out = run_kernel(gpu, "sample", {"logits": logits}, {"token": (np.zeros(1), "u32")},
-                     {"V": V, "row": 1, "temperature": 0.0, "top_p": 1.0, "u": 0.5}, [1, 1, 1])
+    out = run_plan(gpu, lambda p: p.sampler("logits", "token", V), {"logits": logits[1:2]},
+                   {"token": (np.zeros(1), "u32")}, {"temperature": 0.0, "top_p": 1.0, "u": 0.5})
     assert out["token"][0] == 17
 
 
@@ -361,6 +360,6 @@ def test_sample_matches_inverse_cdf(gpu, temperature, top_p):
     V = 517
     logits = rand(1, V) * 3
     for u in [0.01, 0.3, 0.77, 0.999]:
-        out = run_kernel(gpu, "sample", {"logits": logits}, {"token": (np.zeros(1), "u32")},
-                         {"V": V, "row": 0, "temperature": temperature, "top_p": top_p, "u": u}, [1, 1, 1])
+        out = run_plan(gpu, lambda p: p.sampler("logits", "token", V), {"logits": logits},
+                       {"token": (np.zeros(1), "u32")}, {"temperature": temperature, "top_p": top_p, "u": u})
         assert out["token"][0] == sample_ref(logits[0], temperature, top_p, u), (u, out["token"][0])

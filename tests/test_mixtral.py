@@ -11,7 +11,7 @@ from transformers import MixtralConfig, MixtralForCausalLM
 from parity import (assert_greedy_matches, assert_incremental_equals_prefill, assert_logits_close, build,
                     reference_logits)
 from webmoe.converter.convert import convert
-from webmoe.engine.engine import Engine
+from webmoe import Engine
 
 rng = np.random.default_rng(1)
 
@@ -94,7 +94,7 @@ def test_fused_expert_tensors_and_sharded_checkpoint(tmp_path):
     for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (fused_dir / f).write_bytes((src / f).read_bytes())
     convert(fused_dir, tmp_path / "pkg-fused", dtype="f32", progress=False)
-    fused = Engine.load(tmp_path / "pkg-fused", quiet=True)
+    fused = Engine.load(tmp_path / "pkg-fused")
     ids = prompt(15)
     np.testing.assert_array_equal(fused.logits(ids), engine.logits(ids))
 

@@ -8,8 +8,8 @@ from transformers import MixtralForCausalLM
 from browser import serving
 from test_mixtral import CONFIGS
 from webmoe.converter.convert import convert
-from webmoe.engine.engine import Engine
-from webmoe.engine.server import create_app
+from webmoe import Engine
+from webmoe.serve.server import create_app
 from webmoe.tiny_models import save_checkpoint
 
 MESSAGES = [{"role": "user", "content": "Beautiful is better than ugly."}]
@@ -37,7 +37,7 @@ def test_models_and_completion_match_the_engine(api):
     c = http.client.HTTPConnection(url.split("//")[1], timeout=30)
     c.request("GET", "/v1/models")
     assert [m["id"] for m in json.loads(c.getresponse().read())["data"]] == ["tiny"]
-    expected = "".join(t.text for t in Engine.load(pkg, quiet=True).generate(MESSAGES, max_new_tokens=9, temperature=0))
+    expected = "".join(t.text for t in Engine.load(pkg).generate(MESSAGES, max_new_tokens=9, temperature=0))
     status, _, body = post(url, {"model": "tiny", "messages": MESSAGES, "max_tokens": 9, "temperature": 0})
     assert status == 200, body
     r = json.loads(body)

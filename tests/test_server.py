@@ -10,7 +10,7 @@ from transformers import MixtralForCausalLM
 from browser import serving
 from test_mixtral import CONFIGS
 from webmoe.converter.convert import convert
-from webmoe.engine.server import create_app
+from webmoe.serve.server import create_app
 from webmoe.tiny_models import save_checkpoint
 
 

@@ -1,14 +1,14 @@
 // Opens a WebGPU device with the limits webmoe needs. Every kernel computes in f32, so adapters without
 // shader-f16 (SwiftShader, some phones) run every package; f16 weights are unpacked with unpack2x16float.
-export class NoWebGPUError extends Error {}
+import { DeviceError } from "./errors.js";
 
 export async function openDevice() {
   if (!globalThis.navigator?.gpu) {
-    throw new NoWebGPUError("WebGPU is not available in this browser. Use a recent Chrome, Edge or Safari, " +
+    throw new DeviceError("WebGPU is not available in this browser. Use a recent Chrome, Edge or Safari, " +
                             "or enable WebGPU (chrome://flags/#enable-unsafe-webgpu).");
   }
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
-  if (!adapter) throw new NoWebGPUError("WebGPU is present but no GPU adapter is available.");
+  if (!adapter) throw new DeviceError("WebGPU is present but no GPU adapter is available.");
   const L = adapter.limits;
   const device = await adapter.requestDevice({
     label: "webmoe",

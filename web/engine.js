@@ -1,9 +1,12 @@
 // The browser engine, twin of engine/engine.py: uploads a package, runs its plan, samples on the GPU.
 import { openDevice } from "./device.js";
+import { PromptError } from "./errors.js";
 import { ExpertCache, expertSegments } from "./expert_cache.js";
 import { Executor, STORAGE } from "./executor.js";
+import { GenerationConfig, Generator } from "./generation.js";
 import { ModelStore } from "./loader.js";
 import { predictorPlan } from "./prefetch.js";
+import { checkResources } from "./resources.js";
 import { ShaderLibrary } from "./shaders.js";
 import { TextTokenizer } from "./tokenizer.js";
 
@@ -18,18 +21,6 @@ class Readback {
     this.buffer.unmap();
     return out;
   }
-}
-
-// Seeded uniform [0, 1) generator for sampling (mulberry32).
-function rng(seed) {
-  let a = (seed ?? Math.floor(Math.random() * 2 ** 32)) >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export class Engine {
@@ -52,6 +43,8 @@ export class Engine {
     e.maxSeqLen = Math.min(maxSeqLen, m.config.max_position_embeddings);
     e.chunk = Math.max(1, Math.min(chunkTokens, e.maxSeqLen));
     e.tokenizer = await TextTokenizer.load(store.url, m);
+    e.io = m.plan.io;             // the buffers of token ids, logits and the sampled token
+    checkResources(m.plan, maxBinding, e.chunk, e.maxSeqLen);
 
     const upload = (bytes, label) => {
       const buf = e.device.createBuffer({ size: Math.max(4, Math.ceil(bytes.byteLength / 4) * 4), usage: STORAGE, label });
@@ -61,7 +54,6 @@ export class Engine {
     const tensors = new Map();
     const byShard = new Map();
     for (const [name, t] of Object.entries(m.tensors)) {
-      if (t.size > maxBinding) throw new Error(`tensor ${name} exceeds this adapter's storage binding limit`);
       if (!byShard.has(t.shard)) byShard.set(t.shard, []);
       byShard.get(t.shard).push([name, t]);
     }
@@ -76,16 +68,13 @@ export class Engine {
     const runtime = new Map([["experts", e.experts.slab], ["expert_slots", e.experts.slotTable]]);
     const shaders = new ShaderLibrary(shaderBase || new URL("../shaders/", import.meta.url));
     e.executor = await Executor.create(e.device, m.plan, tensors, runtime, { T: e.chunk, S: e.maxSeqLen }, shaders);
-    e.tokenBuf = e.device.createBuffer({ size: 16, usage: STORAGE, label: "sampled token" });
-    e.sampler = await Executor.create(e.device, { buffers: {}, steps: [{
-      kernel: "sample", bind: { logits: "logits", token: "token" }, dispatch: [1, 1, 1],
-      params: { V: e.vocab, row: 0, temperature: "temperature", top_p: "top_p", u: "u" } }] },
-      new Map([["logits", e.executor.buffers.get("logits")], ["token", e.tokenBuf]]), new Map(), {}, shaders);
+    e.sampler = await Executor.create(e.device, { buffers: {}, steps: [m.plan.sampler] }, e.executor.buffers, new Map(),
+                                      {}, shaders);
     e.logitsRb = new Readback(e.device, e.chunk * e.vocab * 4);
     e.routeRb = new Readback(e.device, 2 * e.chunk * e.topK * 4);
     e.predict = new Map();
     if (prefetch && e.experts.paging && e.segments.length > 1) {
-      const p = predictorPlan(m.plan, e.segments, m.moe.num_experts, e.topK);
+      const p = predictorPlan(m.plan, m.moe.num_experts, e.topK);
       e.predict = p.ranges;
       e.predictor = await Executor.create(e.device, p.plan, e.executor.buffers, new Map(),
                                           { T: e.chunk, S: e.maxSeqLen }, shaders);
@@ -96,11 +85,13 @@ export class Engine {
   }
 
   checkIds(ids) {
-    if (!Array.isArray(ids) && !(ids instanceof Uint32Array)) throw new Error("token ids must be an array");
+    if (!Array.isArray(ids) && !(ids instanceof Uint32Array)) throw new PromptError("token ids must be an array");
     if (!ids.length || ![...ids].every((i) => Number.isInteger(i) && i >= 0 && i < this.vocab)) {
-      throw new Error(`token ids must be a non-empty list of integers in [0, ${this.vocab})`);
+      throw new PromptError(`token ids must lie in [0, ${this.vocab})`);
     }
-    if (this.pos + ids.length > this.maxSeqLen) throw new Error(`sequence longer than ${this.maxSeqLen} tokens`);
+    if (this.pos + ids.length > this.maxSeqLen) {
+      throw new PromptError(`${this.pos + ids.length} tokens exceed the maximum sequence length ${this.maxSeqLen}`);
+    }
     return Uint32Array.from(ids);
   }
 
@@ -108,7 +99,7 @@ export class Engine {
   // observed routing) each MoE layer's chosen experts are read back and made resident before its experts run.
   async forward(ids, logitRow0, nLogits) {
     const ex = this.executor;
-    this.device.queue.writeBuffer(ex.buffers.get("ids"), 0, ids);
+    this.device.queue.writeBuffer(ex.buffers.get(this.io.ids), 0, ids);
     const env = { T: ids.length, pos: this.pos, logit_row0: logitRow0, n_logits: nLogits, ...this.experts.variables };
     ex.writeParams(env);
     if (this.predictor) this.predictor.writeParams(env);
@@ -161,7 +152,7 @@ export class Engine {
       const chunk = ids.subarray(s, s + this.chunk);
       const enc = await this.forward(chunk, 0, chunk.length);
       const size = chunk.length * this.vocab * 4;
-      enc.copyBufferToBuffer(this.executor.buffers.get("logits"), 0, this.logitsRb.buffer, 0, size);
+      enc.copyBufferToBuffer(this.executor.buffers.get(this.io.logits), 0, this.logitsRb.buffer, 0, size);
       this.device.queue.submit([enc.finish()]);
       out.set(new Float32Array(await this.logitsRb.read(size)), s * this.vocab);
     }
@@ -184,53 +175,16 @@ export class Engine {
       if (!last) this.device.queue.submit([enc.finish()]);
     }
     this.sampler.encode(enc, { temperature, top_p: topP, u });
-    enc.copyBufferToBuffer(this.tokenBuf, 0, this.tokenRb.buffer, 0, 4);
+    enc.copyBufferToBuffer(this.executor.buffers.get(this.io.token), 0, this.tokenRb.buffer, 0, 4);
     this.device.queue.submit([enc.finish()]);
     return new Uint32Array(await this.tokenRb.read(4))[0];
   }
 
-  // Yields {id, text} per new token. options: maxNewTokens, temperature, topP, seed, stop, signal.
-  async *generate(prompt, { maxNewTokens = 128, temperature = 0, topP = 1, seed, stop = [], signal } = {}) {
-    const stops = (typeof stop === "string" ? [stop] : stop).filter(Boolean);
+  // A Generator (for await ... of it) of {id, text} per new token. prompt: text, token ids or chat messages.
+  // options: maxNewTokens, temperature (0 = greedy), topP, seed, stop, signal (an AbortSignal that ends it).
+  generate(prompt, { signal, ...options } = {}) {
+    const config = new GenerationConfig(options);
     this.reset();
-    let ids = this.checkIds(this.tokenizer.promptIds(prompt));
-    const budget = Math.min(maxNewTokens, this.maxSeqLen - ids.length + 1);
-    const random = rng(seed);
-    const generated = [];
-    let text = "";
-    let emitted = 0;
-    for (let i = 0; i < budget && !signal?.aborted; i++) {
-      const token = await this.step(ids, temperature, topP, random());
-      ids = [token];
-      if (this.tokenizer.eos.has(token)) {
-        yield { id: token, text: text.slice(emitted) };
-        return;
-      }
-      generated.push(token);
-      const full = this.tokenizer.decode(generated);
-      if (!full.endsWith("\ufffd")) text = full;
-      const hits = stops.map((s) => text.indexOf(s, Math.max(0, emitted - s.length))).filter((j) => j >= 0);
-      if (hits.length) {
-        yield { id: token, text: text.slice(emitted, Math.min(...hits)) };
-        return;
-      }
-      const safe = i === budget - 1 ? text.length : text.length - pendingStop(text, stops);
-      yield { id: token, text: text.slice(emitted, Math.max(emitted, safe)) };
-      emitted = Math.max(emitted, safe);
-    }
+    return new Generator(this, config, this.checkIds(this.tokenizer.promptIds(prompt)), signal);
   }
-}
-
-// Length of the longest suffix of text that is a proper prefix of a stop string.
-function pendingStop(text, stops) {
-  let best = 0;
-  for (const s of stops) {
-    for (let n = Math.min(s.length - 1, text.length); n > 0; n--) {
-      if (text.endsWith(s.slice(0, n))) {
-        best = Math.max(best, n);
-        break;
-      }
-    }
-  }
-  return best;
 }

@@ -1,5 +1,6 @@
 // The plan interpreter, the browser twin of engine/executor.py: allocates the plan's buffers, compiles
 // each step's kernel once, and records the steps for given runtime variables (T, pos, ...).
+import { PlanError } from "./errors.js";
 import { evaluate, isDynamic } from "./expr.js";
 
 export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -14,7 +15,7 @@ export class Executor {
       const count = spec.shape.reduce((a, d) => a * (typeof d === "string" ? dims[d] : d), 1);
       const size = Math.max(4 * count, 4);
       if (size > maxBinding) {
-        throw new Error(`buffer ${name} needs ${size} bytes, above this adapter's storage binding limit of ${maxBinding}`);
+        throw new PlanError(`buffer ${name} needs ${size} bytes, above this adapter's storage binding limit of ${maxBinding}`);
       }
       ex.buffers.set(name, device.createBuffer({ size, usage: STORAGE, label: name }));
     }
@@ -41,13 +42,13 @@ export class Executor {
 
   async compile(index, step, shaders) {
     const label = step.label || step.kernel;
-    const kernel = await shaders.kernel(step.kernel, step.defines || []);
+    const kernel = await shaders.kernel(step.kernel, step.defines || [], step.consts || {});
     const missing = kernel.params.filter(([f]) => !(f in step.params)).map(([f]) => f);
     const unbound = [...kernel.bindings.keys()].filter((b) => b !== "p" && !(b in step.bind));
     const unknown = Object.entries(step.bind).filter(([b, t]) => !kernel.bindings.has(b) || !this.buffers.has(t))
       .map(([b]) => b);
     if (missing.length || unbound.length || unknown.length) {
-      throw new Error(`plan step ${label}: params missing [${missing}], bindings missing [${unbound}], unknown bindings [${unknown}]`);
+      throw new PlanError(`plan step ${label}: params missing [${missing}], bindings missing [${unbound}], unknown bindings [${unknown}]`);
     }
     const module = moduleFor(this.device, kernel);
     const pipeline = await this.device.createComputePipelineAsync({ layout: "auto", label,

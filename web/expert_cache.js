@@ -1,23 +1,15 @@
 // GPU residency of routed experts, the browser twin of engine/expert_cache.py: slots of one slab buffer,
 // a slot table [layers, E], LRU eviction that spares the running batch and pinned experts, batches when a
 // layer needs more experts than fit, statistics. Expert bytes come from the ModelStore (memory, OPFS, HTTP).
+import { ExpertCacheError } from "./errors.js";
 import { STORAGE } from "./executor.js";
 
 export const NO_SLOT = 0xffffffff;
 
-// Consecutive plan steps that read the slab (one MoE layer's expert kernels) and the buffer of the ids.
+// One MoE layer as the plan records it: the steps that read the expert slab (start .. stop) and the plan
+// buffer holding that layer's chosen expert ids.
 export function expertSegments(plan) {
-  const segments = [];
-  let topk = null;
-  plan.steps.forEach((step, i) => {
-    if (step.kernel === "moe_gather") topk = step.bind.topk_ids;
-    if (Object.values(step.bind).includes("experts")) {
-      const last = segments[segments.length - 1];
-      if (last && last.stop === i) last.stop = i + 1;
-      else segments.push({ layer: step.params.layer, start: i, stop: i + 1, topkIds: topk });
-    }
-  });
-  return segments;
+  return plan.moe_layers.map((r) => ({ layer: r.layer, start: r.experts[0], stop: r.experts[1], topkIds: r.topk_ids }));
 }
 
 const FIELDS = ["lookups", "hits", "misses", "evictions", "bytes_uploaded", "wait_s", "prefetched", "predicted",
@@ -36,13 +28,15 @@ export class ExpertCache {
     const total = c.layers.length * c.E;
     const fit = Math.floor(device.limits.maxStorageBufferBindingSize / c.slotBytes);
     if (budgetBytes != null && budgetBytes < c.slotBytes) {
-      throw new Error(`an expert cache of ${(budgetBytes / 2 ** 20).toFixed(2)} MiB holds no expert; one needs ${(c.slotBytes / 2 ** 20).toFixed(2)} MiB`);
+      throw new ExpertCacheError(`an expert cache of ${(budgetBytes / 2 ** 20).toFixed(2)} MiB holds no expert; one needs ${(c.slotBytes / 2 ** 20).toFixed(2)} MiB`);
     }
     c.nSlots = Math.max(1, Math.min(total, fit, budgetBytes == null ? total : Math.floor(budgetBytes / c.slotBytes)));
     c.paging = c.nSlots < total;
     c.observe = observe;
     c.pinned = new Set(pinned.map(([l, e]) => `${l}_${e}`));
-    if (c.paging && c.pinned.size >= c.nSlots) throw new Error("pinned experts leave no free slot");
+    if (c.paging && c.pinned.size >= c.nSlots) {
+      throw new ExpertCacheError(`${c.pinned.size} pinned experts leave no free slot in a cache of ${c.nSlots}`);
+    }
     c.slab = device.createBuffer({ size: c.nSlots * c.slotBytes, usage: STORAGE, label: "expert slab" });
     c.table = new Uint32Array(manifest.config.num_layers * c.E).fill(NO_SLOT);
     c.slotTable = device.createBuffer({ size: c.table.byteLength, usage: STORAGE, label: "expert slots" });
@@ -163,10 +157,20 @@ export class ExpertCache {
     st.wait_s += (performance.now() - t0) / 1000;
   }
 
+  // Statistics per layer and in total, routing usage and the in-memory shard cache: the same shape as
+  // engine/expert_cache.py's report().
   report() {
     const total = Object.fromEntries(FIELDS.map((f) => [f, 0]));
     for (const s of Object.values(this.stats)) for (const f of FIELDS) total[f] += s[f];
+    const layers = Object.fromEntries(Object.entries(this.stats).map(([l, s]) => [l, statsDict(s)]));
     return { slots: this.nSlots, slot_bytes: this.slotBytes, paging: this.paging, resident: this.resident.size,
-             layers: this.stats, total, usage: this.usage, memory: this.store.memoryStats() };
+             layers, total: statsDict(total), usage: this.usage, memory: this.store.memoryStats() };
   }
+}
+
+// A layer's counters with the rates derived from them, as LayerStats.as_dict() in Python.
+function statsDict(s) {
+  const ratio = (a, b) => (b ? a / b : null);
+  return { ...s, wait_s: Math.round(s.wait_s * 1e6) / 1e6, hit_rate: ratio(s.hits, s.lookups),
+           precision: ratio(s.predicted_used, s.predicted), recall: ratio(s.predicted_used, s.needed_after_prediction) };
 }

@@ -3,11 +3,11 @@
 // Layout: OPFS /webmoe/<model id>/{state.json, <shard>, <shard>.part}. state.json marks a model complete
 // only when every shard has been verified.
 
-const ROOT = "webmoe";
+import { PackageError, QuotaError } from "./errors.js";
+import { validateManifest } from "./manifest.js";
 
-export class QuotaError extends Error {
-  name = "QuotaError";
-}
+export { QuotaError };
+const ROOT = "webmoe";
 
 export async function sha256Hex(data) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
@@ -74,9 +74,14 @@ export class ModelStore {
     s.memoryCounts = { hits: 0, misses: 0, evictions: 0 };
     s.retries = options.retries ?? 4;
     const r = await fetch(s.url, { cache: "no-cache" });
-    if (!r.ok) throw new Error(`manifest ${s.url}: HTTP ${r.status}`);
-    s.manifest = await r.json();
-    if (s.manifest.format !== "rdrr" || !Array.isArray(s.manifest.shards)) throw new Error(`${s.url} is not an RDRR manifest`);
+    if (!r.ok) throw new PackageError(`manifest ${s.url}: HTTP ${r.status}`);
+    let manifest;
+    try {
+      manifest = await r.json();
+    } catch (e) {
+      throw new PackageError(`malformed manifest.json: ${e.message}`);
+    }
+    s.manifest = validateManifest(manifest);       // before anything is stored or downloaded
     s.id = await modelId(s.url);
     s.dir = await (await rootDir()).getDirectoryHandle(s.id, { create: true });
     const old = (await readJson(s.dir, "state.json")) || {};
@@ -118,12 +123,17 @@ export class ModelStore {
       if (!this.state.complete) await this.markComplete();
       return;
     }
-    await writeJson(this.dir, "state.json", this.state);   // not complete while anything is missing
     let need = 0;
     for (const e of missing) need += e.size - Math.max(0, await this.fileSize(`${e.file}.part`));
     if (navigator.storage.persist) await navigator.storage.persist().catch(() => false);
     const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
     if (need > quota - usage) throw quotaError(need, quota - usage);
+    try {
+      await writeJson(this.dir, "state.json", this.state);   // not complete while anything is missing
+    } catch (err) {
+      if (err?.name === "QuotaExceededError") throw quotaError(need, 0);   // the estimate was optimistic
+      throw err;
+    }
     const queue = [...missing];
     const worker = async () => {
       while (queue.length) await this.download(queue.shift());

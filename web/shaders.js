@@ -1,6 +1,8 @@
 // Loads kernels from /shaders/ and applies the same preprocessor as engine/shaders.py:
 //   //!include FILE    //!if NAME    //!if !NAME    //!else    //!endif
+//   //!const NAME      -> `const NAME: u32 = <value>u;` from the plan step's consts (kernel geometry)
 // then reads the kernel's interface: binding index by variable name, and the Params struct fields.
+import { ShaderError } from "./errors.js";
 
 const BINDING = /@binding\((\d+)\)\s*var<([\w\s,]+)>\s*(\w+)/g;
 const PARAMS = /struct\s+Params\s*\{([^}]*)\}/;
@@ -16,14 +18,15 @@ export class ShaderLibrary {
   file(name) {
     if (!this.files.has(name)) {
       this.files.set(name, fetch(new URL(name, this.baseUrl)).then((r) => {
-        if (!r.ok) throw new Error(`kernel source ${name}: HTTP ${r.status}`);
+        if (!r.ok) throw new ShaderError(`kernel source ${name}: HTTP ${r.status}`);
         return r.text();
       }));
     }
     return this.files.get(name);
   }
 
-  async preprocess(name, defines) {
+  async preprocess(name, defines, consts = {}) {
+    const declared = new Set();
     const out = [];
     const included = new Set();
     const keep = [];
@@ -35,13 +38,21 @@ export class ShaderLibrary {
           const cond = d.slice(6).trim();
           keep.push(defines.has(cond.replace(/^!/, "")) === !cond.startsWith("!"));
         } else if (d === "//!else") {
-          if (!keep.length) throw new Error(`${file}: //!else without //!if`);
+          if (!keep.length) throw new ShaderError(`${file}: //!else without //!if`);
           keep[keep.length - 1] = !keep[keep.length - 1];
         } else if (d === "//!endif") {
-          if (!keep.length) throw new Error(`${file}: //!endif without //!if`);
+          if (!keep.length) throw new ShaderError(`${file}: //!endif without //!if`);
           keep.pop();
         } else if (!keep.every(Boolean)) {
           continue;
+        } else if (d.startsWith("//!const ")) {
+          const name = d.slice(9).trim();
+          const value = consts[name];
+          if (!(Number.isInteger(value) && value > 0 && value < 2 ** 31)) {
+            throw new ShaderError(`${file}: constant ${name} needs a positive integer from the plan, got ${value}`);
+          }
+          declared.add(name);
+          out.push(`const ${name}: u32 = ${value}u;`);
         } else if (d.startsWith("//!include ")) {
           const inc = d.slice(11).trim();
           if (!included.has(inc)) {
@@ -54,16 +65,19 @@ export class ShaderLibrary {
       }
     };
     await emit(`${name}.wgsl`);
-    if (keep.length) throw new Error(`${name}.wgsl: unterminated //!if`);
+    if (keep.length) throw new ShaderError(`${name}.wgsl: unterminated //!if`);
+    const extra = Object.keys(consts).filter((c) => !declared.has(c));
+    if (extra.length) throw new ShaderError(`${name}.wgsl declares no constant ${extra}`);
     return out.join("\n") + "\n";
   }
 
-  kernel(name, defines = []) {
-    const key = `${name}|${[...defines].sort().join(",")}`;
+  kernel(name, defines = [], consts = {}) {
+    const constKey = Object.entries(consts).sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => `${k}=${v}`);
+    const key = `${name}|${[...defines].sort().join(",")}|${constKey.join(",")}`;
     if (!this.kernels.has(key)) {
       this.kernels.set(key, (async () => {
-        if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`unknown kernel ${name}`);
-        const source = await this.preprocess(name, new Set(defines));
+        if (!/^[a-z0-9_]+$/.test(name)) throw new ShaderError(`unknown kernel ${name}`);
+        const source = await this.preprocess(name, new Set(defines), consts);
         const bindings = new Map();
         for (const m of source.matchAll(BINDING)) bindings.set(m[3], { index: Number(m[1]), space: m[2] });
         const struct = source.match(PARAMS);

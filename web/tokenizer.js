@@ -2,6 +2,7 @@
 // (@huggingface/jinja), mirroring engine/tokenizer.py.
 import { Tokenizer } from "../vendor/tokenizers.mjs";
 import { Template } from "../vendor/jinja.js";
+import { PromptError } from "./errors.js";
 
 export class TextTokenizer {
   static async load(manifestUrl, manifest) {
@@ -32,7 +33,7 @@ export class TextTokenizer {
   }
 
   renderChat(messages, addGenerationPrompt = true) {
-    if (!this.template) throw new Error("this model has no chat template; pass a plain text prompt");
+    if (!this.template) throw new PromptError("this model has no chat template; pass a plain text prompt instead");
     return this.template.render({ messages, add_generation_prompt: addGenerationPrompt, ...this.specialTokens });
   }
 
@@ -43,6 +44,26 @@ export class TextTokenizer {
       return this.encode(this.renderChat(prompt), false);
     }
     if (Array.isArray(prompt) && prompt.every(Number.isInteger)) return prompt;
-    throw new Error("a prompt is a string, an array of token ids, or an array of chat messages");
+    throw new PromptError("a prompt is a string, a list of token ids, or a list of chat messages");
+  }
+}
+
+// Text of a growing list of ids, one token at a time, holding back an unfinished UTF-8 character. The twin
+// of engine/tokenizer.py's StreamDecoder; @huggingface/tokenizers has no DecodeStream, so this one decodes
+// the ids so far again at each token.
+export class StreamDecoder {
+  constructor(tokenizer) {
+    this.tokenizer = tokenizer;
+    this.ids = [];
+    this.text = "";
+  }
+
+  push(tokenId) {
+    this.ids.push(tokenId);
+    const text = this.tokenizer.decode(this.ids);
+    if (text.endsWith("\ufffd")) return "";
+    const piece = text.slice(this.text.length);
+    this.text = text;
+    return piece;
   }
 }

@@ -1,2 +1,15 @@
-"""webmoe: Mixture-of-Experts language models on WebGPU."""
-__version__ = "0.1.0"
+"""webmoe: Mixture-of-Experts language models on WebGPU.
+
+    from webmoe import Engine
+    engine = Engine.load("demo/shakespeare-moe")
+"""
+__version__ = "0.2.0"
+__all__ = ["Engine", "__version__"]
+
+
+def __getattr__(name):
+    # Engine imports wgpu; `webmoe --version` and the converter should not pay for that.
+    if name == "Engine":
+        from webmoe.engine.engine import Engine
+        return Engine
+    raise AttributeError(f"module 'webmoe' has no attribute {name!r}")

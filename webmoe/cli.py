@@ -1,8 +1,22 @@
-"""The `webmoe` command: convert, run, info."""
+"""The `webmoe` command: convert, run, info, serve, bench, analyze."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
+
+import webmoe
+
+
+class MissingExtra(RuntimeError):
+    pass
+
+
+def _require(module: str, extra: str, what: str) -> None:
+    """Fails before any work is done when an optional dependency is not installed."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(f"{what} needs {module}, which is not installed: pip install 'webmoe[{extra}]'")
 
 
 def _mib(value: float | None) -> int | None:
@@ -17,9 +31,10 @@ def _convert(args) -> int:
 
 
 def _run(args) -> int:
-    from webmoe.engine.engine import Engine
+    from webmoe import Engine
     engine = Engine.load(args.package, adapter=args.adapter, max_seq_len=args.max_seq_len,
                          expert_cache_bytes=_mib(args.expert_cache_mb))
+    print(f"webmoe: {engine.describe()}", file=sys.stderr)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     for token in engine.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                  top_p=args.top_p, seed=args.seed, stop=args.stop):
@@ -30,16 +45,20 @@ def _run(args) -> int:
 
 
 def _serve(args) -> int:
-    from webmoe.engine.server import serve
+    from webmoe.serve.server import serve
     serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter,
           expert_cache_bytes=_mib(args.expert_cache_mb))
     return 0
 
 
 def _bench(args) -> int:
-    from webmoe.engine.bench import bench, save_png, table
+    if args.png:
+        _require("matplotlib", "plots", "webmoe bench --png")
     if args.browser:
-        from webmoe.engine.bench_browser import bench_browser
+        _require("playwright", "browser", "webmoe bench --browser")
+    from webmoe.tools.bench import bench, save_png, table
+    if args.browser:
+        from webmoe.tools.bench_browser import bench_browser
         rows = bench_browser(args.package, tokens=args.tokens)
     else:
         rows = bench(args.package, tokens=args.tokens, adapter=args.adapter)
@@ -54,7 +73,8 @@ def _bench(args) -> int:
 
 def _analyze(args) -> int:
     from pathlib import Path
-    from webmoe.engine.analyze import analyze, write
+    _require("matplotlib", "plots", "webmoe analyze")
+    from webmoe.tools.analyze import analyze, write
     prompts = list(args.prompt or [])
     if args.prompts:
         prompts += [line for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -69,14 +89,20 @@ def _analyze(args) -> int:
 
 def _info(args) -> int:
     from webmoe.engine.package import Package
-    from webmoe.engine.summary import summarize
-    for key, value in summarize(Package(args.package)).items():
+    from webmoe.tools.summary import summarize
+    package = Package(args.package)
+    for key, value in summarize(package).items():
         print(f"{key:<22}{value}")
+    if args.plan:
+        from webmoe.tools.plan_view import describe_plan
+        print()
+        print("\n".join(describe_plan(package.manifest)))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="webmoe", description="Mixture-of-Experts models on WebGPU")
+    p.add_argument("--version", action="version", version=f"webmoe {webmoe.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="Hugging Face checkpoint directory -> RDRR package")
@@ -129,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a package")
     i.add_argument("package")
+    i.add_argument("--plan", action="store_true", help="also list the forward pass step by step")
     i.set_defaults(func=_info)
     return p
 
@@ -139,11 +166,14 @@ def main(argv=None) -> int:
     from webmoe.engine.errors import USER_ERRORS
     try:
         return args.func(args)
-    except (ConversionError, *USER_ERRORS) as e:
+    except (ConversionError, MissingExtra, *USER_ERRORS) as e:
         print(f"webmoe: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:          # e.g. `webmoe info --plan | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import ConversionError
-from ..plan import Plan
+from ..plan import GEOMETRY, Plan
 from ..rope import rope_parameters, rope_tables
 
 
@@ -147,10 +147,11 @@ class DecoderFamily:
 
     def read_moe(self, c: dict) -> MoE:
         E, k = need(c, self.num_experts_key), need(c, "num_experts_per_tok")
-        if k > E or k > 32:
-            raise ConversionError(f"num_experts_per_tok ({k}) must be at most num_experts ({E}) and 32")
-        if E > 1024:
-            raise ConversionError(f"{E} experts per layer; webmoe supports up to 1024")
+        max_k, max_e = GEOMETRY["router"]["MAX_K"], GEOMETRY["moe_gather"]["MAX_E"]
+        if k > E or k > max_k:
+            raise ConversionError(f"num_experts_per_tok ({k}) must be at most num_experts ({E}) and {max_k}")
+        if E > max_e:
+            raise ConversionError(f"{E} experts per layer; webmoe supports up to {max_e}")
         norm = c.get("norm_topk_prob")
         return MoE(num_experts=E, top_k=k, intermediate_size=need(c, self.moe_intermediate_key),
                    scoring="softmax", norm_topk_prob=self.norm_topk_default if norm is None else bool(norm),
@@ -168,15 +169,18 @@ class DecoderFamily:
 
     # --- tensors --------------------------------------------------------------------------------------
 
-    def resolve(self, ckpt: Checkpoint, names, **fmt) -> str:
-        """The first alias present in the checkpoint."""
+    def resolve(self, ckpt: Checkpoint | None, names, **fmt) -> str:
+        """The first alias present in the checkpoint; without a checkpoint (a plan built from a config
+        alone), the first alias."""
         names = (names,) if isinstance(names, str) else names
+        if ckpt is None:
+            return names[0].format(**fmt)
         for n in names:
             if ckpt.has(n.format(**fmt)):
                 return n.format(**fmt)
         raise ConversionError(f"missing tensor {names[0].format(**fmt)} in the checkpoint")
 
-    def dense_tensors(self, ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
+    def dense_tensors(self, ckpt: Checkpoint | None) -> dict[str, tuple[int, ...]]:
         """Every non-expert tensor the plan reads: checkpoint name -> expected shape."""
         d, H = self.dims, self.dims.hidden_size
         out = {self.embed: (d.vocab_size, H), **self.norm_tensors(self.final_norm)}
@@ -188,7 +192,7 @@ class DecoderFamily:
             out.update(self.layer_tensors(ckpt, l))
         return out
 
-    def layer_tensors(self, ckpt: Checkpoint, l: int) -> dict[str, tuple[int, ...]]:
+    def layer_tensors(self, ckpt: Checkpoint | None, l: int) -> dict[str, tuple[int, ...]]:
         d, H = self.dims, self.dims.hidden_size
         out = {**self.norm_tensors(self.attn_norm.format(l=l)), **self.norm_tensors(self.ffn_norm.format(l=l)),
                **self.attention_tensors(l)}
@@ -250,7 +254,7 @@ class DecoderFamily:
     def expert_activation(self) -> dict | None:
         return None
 
-    def f32_tensors(self, ckpt: Checkpoint) -> set[str]:
+    def f32_tensors(self, ckpt: Checkpoint | None) -> set[str]:
         """Matrices kept in f32 whatever --dtype says: routers and shared-expert gates."""
         out = {self.resolve(ckpt, self.router, l=l) for l in self.moe.moe_layers}
         if self.moe.shared_expert_gate:
@@ -295,13 +299,15 @@ class DecoderFamily:
 
     # --- plan -----------------------------------------------------------------------------------------
 
-    def build_plan(self, plan: Plan, ckpt: Checkpoint, expert_layout: dict, expert_dtype: str) -> None:
+    def build_plan(self, plan: Plan, ckpt: Checkpoint | None, expert_layout: dict, expert_dtype: str) -> None:
         d = self.dims
         H, V = d.hidden_size, d.vocab_size
         plan.buffer("ids", ["T"], "u32")
         plan.buffer("h", ["T", H])          # residual stream
         plan.buffer("xn", ["T", H])         # normalised input of a block
         plan.buffer("logits", ["T", V])
+        plan.buffer("token", [1], "u32")    # the sampled next token
+        plan.inputs_outputs("ids", "logits")
         plan.embed("ids", self.embed, "h", H)
         for l in range(d.num_layers):
             self.attention_block(plan, l)
@@ -313,6 +319,7 @@ class DecoderFamily:
         head = self.embed if d.tie_word_embeddings else self.lm_head
         plan.matmul("xn", head, "logits", H, V, T="n_logits", x_row0="logit_row0",
                     bias=self.lm_head_bias if self.has_lm_head_bias() else None, label="lm_head")
+        plan.sampler("logits", "token", V)
 
     def attention_block(self, plan: Plan, l: int) -> None:
         d = self.dims
@@ -342,7 +349,7 @@ class DecoderFamily:
                        sinks=self.attention_sinks(l), label=f"L{l}.attention")
         plan.matmul(attn, name["o"], "h", nh * D, H, accumulate=True, bias=bias["o"], label=f"L{l}.o_proj")
 
-    def moe_block(self, plan: Plan, ckpt: Checkpoint, l: int, layout: dict, expert_dtype: str) -> None:
+    def moe_block(self, plan: Plan, ckpt: Checkpoint | None, l: int, layout: dict, expert_dtype: str) -> None:
         d, m = self.dims, self.moe
         H, E, K, I = d.hidden_size, m.num_experts, m.top_k, m.intermediate_size
         plan.buffer("router_logits", ["T", E])
@@ -353,14 +360,15 @@ class DecoderFamily:
         plan.buffer("act", ["T", K, I])
         plan.buffer("expert_out", ["T", K, H])
         self.block_norm(plan, self.ffn_norm.format(l=l), f"L{l}.ffn_norm")
-        plan.matmul("xn", self.resolve(ckpt, self.router, l=l), "router_logits", H, E, bias=self.router_bias(l),
-                    label=f"L{l}.router_logits")
-        plan.router("router_logits", "topk_ids", "topk_w", E, K, m.scoring, m.norm_topk_prob,
-                    m.routed_scaling_factor, m.jitter_eps, self.router_choice_bias(l), m.n_group, m.topk_group,
-                    label=f"L{l}.router")
+        logits_step = plan.matmul("xn", self.resolve(ckpt, self.router, l=l), "router_logits", H, E,
+                                  bias=self.router_bias(l), label=f"L{l}.router_logits")
+        router_step = plan.router("router_logits", "topk_ids", "topk_w", E, K, m.scoring, m.norm_topk_prob,
+                                  m.routed_scaling_factor, m.jitter_eps, self.router_choice_bias(l), m.n_group,
+                                  m.topk_group, label=f"L{l}.router")
         plan.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K, label=f"L{l}.moe_gather")
-        plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", l, E, K, H, I, layout,
-                         expert_dtype, self.expert_activation(), label=f"L{l}.experts")
+        experts = plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", l, E, K, H, I, layout,
+                                   expert_dtype, self.expert_activation(), label=f"L{l}.experts")
+        plan.moe_layer(l, "xn", logits_step, router_step, experts)
         if m.shared_expert_intermediate_size:
             if m.shared_expert_gate:     # h += sigmoid(xn . w_gate) * shared(xn)
                 plan.buffer("shared_out", ["T", H])

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Engine
+from webmoe.engine.engine import Engine
 
 
 def analyze(path, prompts: list[str], max_new_tokens: int = 32, adapter: str | None = None) -> dict:
-    engine = Engine.load(path, adapter=adapter, observe_routing=True, quiet=True)
+    engine = Engine.load(path, adapter=adapter, observe_routing=True)
     tokens = 0
     for prompt in prompts:
         tokens += sum(1 for _ in engine.generate(prompt, max_new_tokens=max_new_tokens, temperature=0))

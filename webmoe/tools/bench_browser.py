@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bench import RUNS, budgets, relate_to_first
-from .package import Package
-from .server import create_app
+from webmoe.engine.package import Package
+from webmoe.serve.server import create_app
 
 PAGE_RUN = """async ([manifest, budget, prefetch, tokens]) => {
   const webmoe = await import('/web/webmoe.js');
@@ -27,7 +27,7 @@ PAGE_RUN = """async ([manifest, budget, prefetch, tokens]) => {
 
 
 def bench_browser(path, tokens: int = 16, runs=RUNS) -> list[dict]:
-    from webmoe.headless import browser, serving
+    from .headless import browser, serving
     total, slot, plans = budgets(path, runs)
     name = Package(path).dir.name
     rows = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .package import Package
+from webmoe.engine.package import Package
 
 
 def summarize(package: Package) -> dict[str, str]:

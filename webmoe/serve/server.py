@@ -3,11 +3,11 @@
     /                        the chat page (web/index.html)
     /web/FILE                the browser runtime (ES modules)
     /shaders/NAME.wgsl       the kernels, the same files the native engine reads
-    /vendor/tokenizers.mjs   @huggingface/tokenizers and @huggingface/jinja from web/node_modules
-    /vendor/jinja.js
+    /vendor/tokenizers.mjs   @huggingface/tokenizers and @huggingface/jinja: vendored into a built wheel
+    /vendor/jinja.js         (webmoe/web/vendor/), else from web/node_modules in a source checkout
     /models                  JSON list of the served packages
     /models/NAME/FILE        package files: only those the manifest names, with Range and sha256 ETags
-    /v1/models, /v1/chat/completions   OpenAI-compatible API on the native engine (engine/openai_api.py)
+    /v1/models, /v1/chat/completions   OpenAI-compatible API on the native engine (openai_api.py)
 """
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from pathlib import Path
 
 from aiohttp import web
 
+from webmoe.engine.package import Package
 from webmoe.shaders import SHADER_DIR
+from webmoe.web import WEB_DIR
 
 from .http_files import confined, file_sha256, hashed_file, static_file
 from .openai_api import add_routes as add_api_routes
-from .package import Package
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PACKAGES = web.AppKey("packages", dict)
-VENDOR = {"tokenizers.mjs": "@huggingface/tokenizers/dist/tokenizers.mjs",
+VENDOR = {"tokenizers.mjs": "@huggingface/tokenizers/dist/tokenizers.mjs",    # as build_hooks.py copies them
           "jinja.js": "@huggingface/jinja/dist/index.js"}
 
 
@@ -56,14 +56,14 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
         if sp.name in packages:
             raise ValueError(f"two packages are named {sp.name!r}")
         packages[sp.name] = sp
-    web_root, modules = web_dir.resolve(), (web_dir / "node_modules").resolve()
+    web_root, modules, vendored = web_dir.resolve(), (web_dir / "node_modules").resolve(), (web_dir / "vendor").resolve()
 
     async def index(request):
         return static_file(web_root / "index.html")
 
     async def web_file(request):
         path = confined(web_root, request.match_info["path"])
-        if path is None or path.is_relative_to(modules):
+        if path is None or path.is_relative_to(modules) or path.is_relative_to(vendored) or path.suffix == ".py":
             raise web.HTTPNotFound()
         return static_file(path)
 
@@ -74,9 +74,13 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
         return static_file(path)
 
     async def vendor(request):
-        rel = VENDOR.get(request.match_info["name"])
-        path = confined(modules, rel) if rel else None
-        if path is None:
+        name = request.match_info["name"]
+        if name not in VENDOR:
+            raise web.HTTPNotFound()
+        path = vendored / name
+        if not path.is_file():
+            path = confined(modules, VENDOR[name])
+        if path is None or not path.is_file():
             raise web.HTTPNotFound(text="npm dependencies missing: run ./setup.sh (npm ci in web/)")
         return static_file(path)
 

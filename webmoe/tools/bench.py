@@ -7,15 +7,15 @@ import time
 
 import numpy as np
 
-from .engine import Engine
-from .package import Package
+from webmoe.engine.engine import Engine
+from webmoe.engine.package import Package
 
 PROMPT_TOKENS = 32
 
 
 def run_budget(path, budget: int | None, tokens: int, adapter: str | None, prefetch: bool = False,
                seed: int = 0) -> dict:
-    engine = Engine.load(path, adapter=adapter, expert_cache_bytes=budget, prefetch=prefetch, quiet=True)
+    engine = Engine.load(path, adapter=adapter, expert_cache_bytes=budget, prefetch=prefetch)
     cache = engine.experts
     prompt = np.random.default_rng(seed).integers(0, engine.vocab_size, PROMPT_TOKENS).tolist()
     t0 = time.perf_counter()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .engine import Engine
-from .errors import USER_ERRORS
+from webmoe.engine.engine import Engine
+from webmoe.engine.errors import USER_ERRORS
 
 
 class ApiError(web.HTTPBadRequest):

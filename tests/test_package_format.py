@@ -1,0 +1,53 @@
+"""Package format versions: a manifest of the previous format (a real one: the demo package as format 1
+wrote it) is refused with a message that says to convert again, by the library and by the CLI."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from webmoe.engine.package import FORMAT_VERSION, Package, PackageError
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD = Path(__file__).parent / "data" / "format1-manifest.json"
+
+
+@pytest.fixture
+def old_package(tmp_path):
+    pkg = tmp_path / "old"
+    shutil.copytree(ROOT / "demo" / "shakespeare-moe", pkg)
+    shutil.copyfile(OLD, pkg / "manifest.json")
+    return pkg
+
+
+def test_previous_format_is_refused_clearly(old_package):
+    assert json.loads(OLD.read_text())["format_version"] == FORMAT_VERSION - 1
+    with pytest.raises(PackageError, match=r"package format 1 is older than this webmoe reads \(2\); convert the "
+                                           r"checkpoint again with `webmoe convert`"):
+        Package(old_package)
+    r = subprocess.run([sys.executable, "-m", "webmoe", "info", str(old_package)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == ["webmoe: error: package format 1 is older than this webmoe reads (2); "
+                                             "convert the checkpoint again with `webmoe convert`"]
+
+
+def test_newer_format_asks_for_an_upgrade(tmp_path):
+    pkg = tmp_path / "new"
+    shutil.copytree(ROOT / "demo" / "shakespeare-moe", pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["format_version"] = FORMAT_VERSION + 1
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PackageError, match="newer than this webmoe"):
+        Package(pkg)
+
+
+def test_plan_records_are_checked(tmp_path):
+    pkg = tmp_path / "bad"
+    shutil.copytree(ROOT / "demo" / "shakespeare-moe", pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["plan"]["moe_layers"][1]["experts"] = [0, 2]          # steps that do not read the expert slab
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PackageError, match="malformed plan"):
+        Package(pkg)

@@ -1,0 +1,94 @@
+// The decoding loop, the twin of engine/generation.py: one token at a time with the KV cache, stop
+// conditions, incremental detokenisation with stop strings held back until they are ruled out, and the
+// same seeded generator, so a seed samples the same tokens natively and in the browser.
+import { PromptError } from "./errors.js";
+import { StreamDecoder } from "./tokenizer.js";
+
+const MASK64 = (1n << 64n) - 1n;
+
+// Uniform floats in [0, 1) from a 64-bit seed (SplitMix64, 53-bit mantissa), as SplitMix64 in Python.
+export class SplitMix64 {
+  constructor(seed = null) {
+    const random = () => BigInt(Math.floor(Math.random() * 2 ** 32));
+    this.state = (seed == null ? (random() << 32n) | random() : BigInt(seed)) & MASK64;
+  }
+
+  random() {
+    this.state = (this.state + 0x9e3779b97f4a7c15n) & MASK64;
+    let z = this.state;
+    z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & MASK64;
+    z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & MASK64;
+    z ^= z >> 31n;
+    return Number(z >> 11n) * 2 ** -53;
+  }
+}
+
+export class GenerationConfig {
+  constructor({ maxNewTokens = 128, temperature = 0, topP = 1, seed = null, stop = null } = {}) {
+    if (!(Number.isInteger(maxNewTokens) && maxNewTokens >= 0)) throw new PromptError("maxNewTokens must be a non-negative integer");
+    if (!(temperature >= 0 && temperature <= 100)) throw new PromptError("temperature must lie in [0, 100]");
+    if (!(topP > 0 && topP <= 1)) throw new PromptError("topP must lie in (0, 1]");
+    if (seed != null && !Number.isInteger(seed)) throw new PromptError("seed must be an integer");
+    const stops = typeof stop === "string" ? [stop] : (stop || []);
+    if (!Array.isArray(stops) || !stops.every((s) => typeof s === "string")) {
+      throw new PromptError("stop must be a string or a list of strings");
+    }
+    Object.assign(this, { maxNewTokens, temperature, topP, seed, stop: stops.filter(Boolean) });
+  }
+}
+
+// Length of the longest suffix of text that is a proper prefix of a stop string.
+export function pendingStop(text, stops) {
+  let best = 0;
+  for (const s of stops) {
+    for (let n = Math.min(s.length - 1, text.length); n > 0; n--) {
+      if (text.endsWith(s.slice(0, n))) {
+        best = Math.max(best, n);
+        break;
+      }
+    }
+  }
+  return best;
+}
+
+// Iterate it (for await) for {id, text}; afterwards finishReason is "stop" (end-of-sequence token or stop
+// string) or "length", and promptTokens / completionTokens count the tokens. signal (an AbortSignal) ends it.
+export class Generator {
+  constructor(engine, config, promptIds, signal = null) {
+    Object.assign(this, { engine, config, promptIds, signal });
+    this.rng = new SplitMix64(config.seed);
+    this.promptTokens = promptIds.length;
+    this.completionTokens = 0;
+    this.finishReason = null;
+  }
+
+  async *[Symbol.asyncIterator]() {
+    const { engine, config: cfg } = this;
+    this.finishReason = "length";
+    const budget = Math.min(cfg.maxNewTokens, engine.maxSeqLen - this.promptIds.length + 1);
+    const decoder = new StreamDecoder(engine.tokenizer);
+    let emitted = 0;
+    let ids = this.promptIds;
+    for (let i = 0; i < budget && !this.signal?.aborted; i++) {
+      const token = await engine.step(ids, cfg.temperature, cfg.topP, this.rng.random());
+      ids = [token];
+      this.completionTokens++;
+      if (engine.tokenizer.eos.has(token)) {
+        this.finishReason = "stop";
+        yield { id: token, text: decoder.text.slice(emitted) };   // a pending stop-string prefix is plain text now
+        return;
+      }
+      decoder.push(token);
+      const text = decoder.text;
+      const hits = cfg.stop.map((s) => text.indexOf(s, Math.max(0, emitted - s.length))).filter((j) => j >= 0);
+      if (hits.length) {
+        this.finishReason = "stop";
+        yield { id: token, text: text.slice(emitted, Math.min(...hits)) };
+        return;
+      }
+      const safe = i === budget - 1 ? text.length : text.length - pendingStop(text, cfg.stop);
+      yield { id: token, text: text.slice(emitted, Math.max(emitted, safe)) };
+      emitted = Math.max(emitted, safe);
+    }
+  }
+}

@@ -1,0 +1,28 @@
+// What a package's plan needs of an adapter (plan.resources, written by the converter), checked once at
+// load before anything is allocated. The twin of engine/resources.py.
+import { ExpertCacheError, PackageError, PlanError } from "./errors.js";
+
+// A plan buffer's bytes: resource is {T: bytes per chunk token} | {S: per position} | {fixed: n}.
+export function bufferBytes(resource, dims) {
+  return Object.entries(resource).reduce((a, [k, v]) => a + (k === "fixed" ? v : v * dims[k]), 0);
+}
+
+const mib = (n) => (n / 2 ** 20).toFixed(0);
+
+export function checkResources(plan, maxBinding, T, S) {
+  const r = plan.resources;
+  const big = r.largest_tensor;
+  if (big.bytes > maxBinding) {
+    throw new PackageError(`tensor ${big.name} (${mib(big.bytes)} MiB) exceeds this adapter's storage binding limit of ${mib(maxBinding)} MiB`);
+  }
+  const slot = r.experts.slot_bytes;
+  if (slot > maxBinding) {
+    throw new ExpertCacheError(`one expert (${mib(slot)} MiB) exceeds this adapter's storage binding limit of ${mib(maxBinding)} MiB`);
+  }
+  for (const [name, res] of Object.entries(r.buffers)) {
+    const size = bufferBytes(res, { T, S });
+    if (size > maxBinding) {
+      throw new PlanError(`buffer ${name} needs ${size} bytes, above this adapter's storage binding limit of ${maxBinding}; lower maxSeqLen or the chunk size`);
+    }
+  }
+}
