@@ -10,7 +10,7 @@ import wgpu
 from .device import Gpu
 from .expr import evaluate, variables
 from .shaders import load_kernel
-from .errors import PlanError  # noqa: F401  (raised here; callers may import it from here)
+from .errors import PlanError
 
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
 _U32 = {"u32": np.uint32, "i32": np.int32, "f32": np.float32}

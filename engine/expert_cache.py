@@ -19,7 +19,7 @@ import wgpu
 
 from .device import Gpu
 from .package import Package
-from .errors import ExpertCacheError  # noqa: F401  (raised here; callers may import it from here)
+from .errors import ExpertCacheError
 
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
 NO_SLOT = 0xFFFFFFFF          # the kernels skip experts whose slot lies outside the bound slab

@@ -6,7 +6,7 @@ import hashlib
 import json
 import mmap
 from pathlib import Path
-from .errors import PackageError  # noqa: F401  (raised here; callers may import it from here)
+from .errors import PackageError
 
 FORMAT_VERSION = 2          # the one format this webmoe reads (converter/writer.py writes it)
 _REQUIRED = {"format": str, "format_version": int, "family": str, "config": dict, "moe": dict,

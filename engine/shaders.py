@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from webmoe.shaders import SHADER_DIR
-from .errors import ShaderError  # noqa: F401  (raised here; callers may import it from here)
+from .errors import ShaderError
 
 _BINDING = re.compile(r"@binding\((\d+)\)\s*var<([\w\s,]+)>\s*(\w+)")
 _PARAMS = re.compile(r"struct\s+Params\s*\{([^}]*)\}")

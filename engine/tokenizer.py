@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
 from .package import Package
-from .errors import PromptError  # noqa: F401  (raised here; callers may import it from here)
+from .errors import PromptError
 
 
 def _raise(message):
