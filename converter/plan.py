@@ -195,16 +195,16 @@ class Plan:
                          [-(-N // g["ROWS"]), ceil_div(T, 1, g["TOKENS"]), 1], defines, label)
 
     def rope(self, x: str, inv_freq: str, n_heads: int, D: int, rot: int, attn_factor: float,
-             row0=0, interleaved=False, rot_off: int = 0, T="T", pos0="pos", label="") -> int:
-        """In place on x rows row0 .. row0 + T, which hold positions pos0 .. pos0 + T."""
+             row0=0, interleaved=False, rot_off: int = 0, label="") -> int:
+        """In place on x rows row0 .. row0 + T, which hold positions pos .. pos + T."""
         return self.step("rope", {"inv_freq": inv_freq, "x": x},
-                         {"T": T, "row0": row0, "pos0": pos0, "n_heads": n_heads, "D": D,
+                         {"T": "T", "row0": row0, "pos0": "pos", "n_heads": n_heads, "D": D,
                           "rot": rot, "rot_off": rot_off, "attn_factor": attn_factor},
-                         [-(-(rot // 2) // self.geometry["rope"]["WG"]), n_heads, T],
+                         [-(-(rot // 2) // self.geometry["rope"]["WG"]), n_heads, "T"],
                          ["INTERLEAVED"] if interleaved else [], label)
 
     def attention(self, q: str, k_cache: str, v_cache: str, out: str, n_heads: int, n_kv: int, D: int,
-                  Dv: int, scale: float, window: int = 0, sinks: str | None = None, T="T", pos0="pos",
+                  Dv: int, scale: float, window: int = 0, sinks: str | None = None,
                   label="") -> int:
         g = self.geometry["attention"]
         if max(D, Dv) > g["LANES"] * g["DIMS_PER_LANE"]:
@@ -213,13 +213,13 @@ class Plan:
         if sinks is not None:
             bind["sinks"] = sinks
         return self.step("attention", bind,
-                         {"T": T, "pos0": pos0, "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
+                         {"T": "T", "pos0": "pos", "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
                           "window": window, "scale": scale},
-                         [n_heads, T, 1], ["SINKS"] if sinks else [], label)
+                         [n_heads, "T", 1], ["SINKS"] if sinks else [], label)
 
     def router(self, logits: str, topk_ids: str, topk_w: str, E: int, K: int, scoring: str,
                normalize: bool, scale: float = 1.0, jitter_eps: float = 0.0, bias: str | None = None,
-               n_group: int = 1, topk_group: int = 1, T="T", label="") -> int:
+               n_group: int = 1, topk_group: int = 1, label="") -> int:
         """scoring: softmax | sigmoid | sparsemixer (PhiMoE) | sigmoid_grouped (DeepSeek-V3: choice by
         sigmoid + bias within the best topk_group of n_group groups)."""
         if K > self.geometry["router"]["MAX_K"]:
@@ -228,29 +228,29 @@ class Plan:
         if bias is not None:
             bind["bias"] = bias
         return self.step("router", bind,
-                         {"T": T, "E": E, "K": K,
+                         {"T": "T", "E": E, "K": K,
                           "scoring": {"softmax": 0, "sigmoid": 1, "sparsemixer": 2, "sigmoid_grouped": 3}[scoring],
                           "normalize": int(normalize), "scale": scale, "jitter_eps": jitter_eps, "n_group": n_group,
                           "topk_group": topk_group},
-                         [ceil_div(T, 1, self.geometry["router"]["WG"]), 1, 1], ["CHOICE_BIAS"] if bias else [], label)
+                         [ceil_div("T", 1, self.geometry["router"]["WG"]), 1, 1], ["CHOICE_BIAS"] if bias else [], label)
 
     def mla_assemble_k(self, k_nope: str, k_rot: str, k_cache: str, n_heads: int, d_nope: int, d_rot: int,
-                       T="T", pos0="pos", label="") -> int:
+                       label="") -> int:
         """K cache rows pos.. of multi-head latent attention: [n_heads, d_nope + d_rot] per token, the
         per-head k_nope [T, n_heads * d_nope] then the shared, rotated k_rot [T, d_rot]."""
         D = d_nope + d_rot
         return self.step("mla_assemble_k", {"k_nope": k_nope, "k_rot": k_rot, "k_cache": k_cache},
-                         {"T": T, "pos0": pos0, "n_heads": n_heads, "d_nope": d_nope, "d_rot": d_rot},
-                         [-(-(n_heads * D) // self.geometry["mla_assemble_k"]["WG"]), T, 1], [], label)
+                         {"T": "T", "pos0": "pos", "n_heads": n_heads, "d_nope": d_nope, "d_rot": d_rot},
+                         [-(-(n_heads * D) // self.geometry["mla_assemble_k"]["WG"]), "T", 1], [], label)
 
-    def moe_gather(self, topk_ids: str, offsets: str, order: str, E: int, K: int, T="T", label="") -> int:
+    def moe_gather(self, topk_ids: str, offsets: str, order: str, E: int, K: int, label="") -> int:
         if E > self.geometry["moe_gather"]["MAX_E"]:
             raise ValueError(f"{E} experts: moe_gather sorts at most {self.geometry['moe_gather']['MAX_E']}")
         return self.step("moe_gather", {"topk_ids": topk_ids, "expert_offsets": offsets, "pair_order": order},
-                         {"pairs": ceil_div(T, K, 1), "E": E}, [1, 1, 1], [], label)
+                         {"pairs": ceil_div("T", K, 1), "E": E}, [1, 1, 1], [], label)
 
     def moe_experts(self, x: str, act: str, out: str, offsets: str, order: str, layer: int, E: int, K: int,
-                    H: int, I: int, layout: dict, expert_dtype: str, activation: dict | None = None, T="T",
+                    H: int, I: int, layout: dict, expert_dtype: str, activation: dict | None = None,
                     label="") -> tuple[int, int]:
         """Grouped expert FFN over the slab: act = silu(x W_gate) * (x W_up), out = act W_down, with the
         slot's biases when the layout has them. activation {"kind": "clamped_swiglu", "alpha", "limit"}
@@ -270,12 +270,12 @@ class Plan:
                           {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
                            "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha,
                            "limit": limit},
-                          [-(-I // gu["ROWS"]), E, ceil_div(T, 1, gu["TILE"])], defines + act_defines, f"{label}.gate_up")
+                          [-(-I // gu["ROWS"]), E, ceil_div("T", 1, gu["TILE"])], defines + act_defines, f"{label}.gate_up")
         self.step("moe_down", {"act": act, "y": out, **grouped},
                   {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"]},
-                  [-(-H // dn["ROWS"]), E, ceil_div(T, 1, dn["TILE"])], defines, f"{label}.down")
+                  [-(-H // dn["ROWS"]), E, ceil_div("T", 1, dn["TILE"])], defines, f"{label}.down")
         return first, len(self.steps)
 
-    def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, T="T", label="") -> int:
+    def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, label="") -> int:
         return self.step("scatter_add", {"expert_out": expert_out, "topk_w": topk_w, "y": y},
-                         {"T": T, "K": K, "H": H}, [-(-H // self.geometry["scatter_add"]["WG"]), T, 1], [], label)
+                         {"T": "T", "K": K, "H": H}, [-(-H // self.geometry["scatter_add"]["WG"]), "T", 1], [], label)
