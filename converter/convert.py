@@ -33,7 +33,7 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     layout = expert_layout(family.expert_shapes(), dtype)
     tensors = package_tensors(family, ckpt, dtype)      # name -> (shape, storage dtype): what is written
     try:
-        plan = build_plan(family, ckpt, dtype)
+        plan = build_plan(family, ckpt, tensors, dtype)
     except ValueError as e:                     # a dimension the kernels do not support
         raise ConversionError(str(e)) from None
 

@@ -31,13 +31,16 @@ def package_tensors(family: DecoderFamily, ckpt: Checkpoint | None, dtype: str) 
     return out
 
 
-def build_plan(family: DecoderFamily, ckpt: Checkpoint | None, dtype: str, geometry: dict | None = None) -> dict:
-    """The plan's JSON (see plan.py); ckpt=None names tensors by their first alias."""
+def build_plan(family: DecoderFamily, ckpt: Checkpoint | None, tensors: dict[str, tuple[tuple, str]], dtype: str,
+               geometry: dict | None = None) -> dict:
+    """The plan's JSON (see plan.py) over the package tensors `package_tensors` gives; ckpt=None names
+    tensors by their first alias."""
     layout = expert_layout(family.expert_shapes(), dtype)
-    plan = Plan(package_tensors(family, ckpt, dtype), geometry)
+    plan = Plan(tensors, geometry)
     family.build_plan(plan, ckpt, layout, dtype)
     return plan.to_json(layout, len(family.moe.moe_layers) * family.moe.num_experts)
 
 
 def plan_from_config(config: dict, dtype: str = "f16") -> dict:
-    return build_plan(family_for(config), None, dtype)
+    family = family_for(config)
+    return build_plan(family, None, package_tensors(family, None, dtype), dtype)

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import math
 
+from .writer import encoded_size
+
 RUNTIME_BUFFERS = ("experts", "expert_slots")   # provided by the runtime's expert cache
 VARIABLES = ("T", "pos", "logit_row0", "n_logits", "slot0", "n_slots", "temperature", "top_p", "u")
 
@@ -54,12 +56,6 @@ _RED_VALUES = {"rmsnorm": lambda g: 1, "matmul": lambda g: g["TOKENS"], "moe_gat
 
 def ceil_div(var, mul: int, div: int):
     return [var, mul, div]
-
-
-def tensor_bytes(shape, dtype: str) -> int:
-    """Bytes of a package tensor as the writer encodes it (f16 padded to whole 32-bit words)."""
-    n = math.prod(shape)
-    return -(-n // 2) * 4 if dtype == "f16" else 4 * n
 
 
 class Plan:
@@ -137,7 +133,7 @@ class Plan:
             words = math.prod(d for d in spec["shape"] if isinstance(d, int))
             var = next((d for d in spec["shape"] if isinstance(d, str)), "fixed")
             buffers[name] = {var: 4 * words}
-        sizes = {n: tensor_bytes(shape, dt) for n, (shape, dt) in self.tensors.items()}
+        sizes = {n: encoded_size(shape, dt) for n, (shape, dt) in self.tensors.items()}
         largest = max(sizes, key=sizes.get) if sizes else None
         return {"buffers": buffers, "dense_bytes": sum(sizes.values()),
                 "largest_tensor": {"name": largest, "bytes": sizes.get(largest, 0)},

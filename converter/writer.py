@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -31,6 +32,12 @@ def encode(a: np.ndarray, dtype: str) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
+def encoded_size(shape, dtype: str) -> int:
+    """len(encode(a, dtype)) for an array of this shape, without making one."""
+    n = math.prod(shape)
+    return -(-n // 2) * 4 if dtype == "f16" else 4 * n
+
+
 def pad(n: int) -> int:
     return -n % ALIGN
 
@@ -43,7 +50,7 @@ def expert_layout(shapes: dict[str, tuple[int, ...]], dtype: str) -> dict:
     layout, off = {}, 0
     for role, shape in shapes.items():
         part_dtype = dtype if len(shape) == 2 else "f32"
-        size = len(encode(np.zeros(shape, np.float32), part_dtype))
+        size = encoded_size(shape, part_dtype)
         layout[role] = {"offset": off, "size": size, "shape": list(shape), "dtype": part_dtype,
                         "elem_offset": off // elem, "word_offset": off // 4}
         off += size + pad(size)
