@@ -77,8 +77,16 @@ class Checkpoint:
                                   "from config.json")
         return t
 
+    def read_rows(self, name: str, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) of a tensor as float32, reading only those bytes."""
+        return self._file(name).read(name, rows=(r0, r1))
+
     def read_raw(self, name: str, index: int | None = None) -> np.ndarray:
         return self._file(name).read_raw(name, index)
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(f.bytes_read for f in self.files.values())
 
     def _file(self, name: str) -> SafetensorsFile:
         if name not in self.where:

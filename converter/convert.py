@@ -1,7 +1,10 @@
-"""HF checkpoint directory -> RDRR package directory."""
+"""HF checkpoint directory -> RDRR package directory, in bounded memory: dense tensors are streamed in
+row blocks (a family that reshapes a tensor reads that one whole), experts are read one at a time, and
+the safetensors files are read with plain reads, so the peak stays near one expert plus one block."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -10,15 +13,24 @@ from .checkpoint import Checkpoint
 from .errors import ConversionError
 from .families import family_for
 from .model_plan import build_plan, package_tensors
+from .plan import DEFAULT_MAX_BINDING
 from .tokenizer_info import tokenizer_files, tokenizer_info
 from .writer import PackageWriter, expert_layout
 
 DTYPES = ("f32", "f16")
+BLOCK_BYTES = 16 << 20           # dense tensors are read and written in row blocks of about this many f32 bytes
 
 
-def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progress: bool | None = None) -> Path:
+def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progress: bool | None = None,
+            max_binding: int = DEFAULT_MAX_BINDING, stats: dict | None = None) -> Path:
+    """Writes the package; returns its path. max_binding: no tensor part or expert slot of the package
+    exceeds it (WebGPU's default storage binding size unless a test lowers it). stats, if given, receives
+    bytes_read, bytes_written and seconds."""
+    t_start = time.perf_counter()
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if max_binding < 1024:
+        raise ConversionError(f"--max-binding must be at least 1024 bytes, got {max_binding}")
     ckpt = Checkpoint(src)
     family = family_for(ckpt.config)
     d, moe = family.dims, family.moe
@@ -30,10 +42,10 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     for l in moe.moe_layers:
         family.check_experts(ckpt, l)
     tok_info = tokenizer_info(ckpt, d.vocab_size)
-    layout = expert_layout(family.expert_shapes(), dtype)
+    layout = expert_layout(family.expert_shapes(), dtype, max_binding)
     tensors = package_tensors(family, ckpt, dtype)      # name -> (shape, storage dtype): what is written
     try:
-        plan = build_plan(family, ckpt, tensors, dtype)
+        plan = build_plan(family, ckpt, tensors, dtype, max_binding=max_binding)
     except ValueError as e:                     # a dimension the kernels do not support
         raise ConversionError(str(e)) from None
 
@@ -45,8 +57,15 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
         with tqdm(total=total, unit="param", unit_scale=True, desc=f"convert {family.name}",
                   disable=(not progress) if progress is not None else None) as bar:
             for name, shape in dense.items():
-                for out_name, array in family.transform_dense(name, ckpt.read(name, shape)).items():
-                    writer.add_dense(out_name, array, tensors[out_name][1])
+                if family.transforms(name):
+                    for out_name, array in family.transform_dense(name, ckpt.read(name, shape)).items():
+                        for part in _parts(plan, out_name, array.shape):
+                            writer.add_dense(part["tensor"], array[part["row0"]:part["row0"] + part["rows"]],
+                                             tensors[out_name][1])
+                else:
+                    for part in _parts(plan, name, shape):
+                        writer.add_dense_blocks(part["tensor"], (part["rows"], *shape[1:]), tensors[name][1],
+                                                _row_blocks(ckpt, name, shape, part["row0"], part["rows"]))
                 bar.update(math.prod(shape))
             for name, array in family.generated_tensors().items():
                 writer.add_dense(name, array, tensors[name][1])
@@ -68,7 +87,29 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
             "tokenizer": tok_info,
             "plan": plan,
         }
-        return writer.finish(manifest)
+        path = writer.finish(manifest)
+        if stats is not None:
+            stats.update(bytes_read=ckpt.bytes_read, bytes_written=writer.bytes_written,
+                         seconds=time.perf_counter() - t_start)
+        return path
     except BaseException:
         writer.abort()
         raise
+
+
+def _parts(plan: dict, name: str, shape) -> list[dict]:
+    return plan["splits"].get(name) or [{"tensor": name, "row0": 0, "rows": shape[0] if shape else 0}]
+
+
+def _row_blocks(ckpt: Checkpoint, name: str, shape, row0: int, rows: int):
+    """Rows row0 .. row0 + rows of a tensor as float32 blocks of about BLOCK_BYTES (an even number of
+    values per block, so f16 blocks join without padding)."""
+    if len(shape) < 2:
+        yield ckpt.read(name, shape)
+        return
+    width = math.prod(shape[1:])
+    step = max(1, BLOCK_BYTES // (4 * width))
+    if step % 2 and width % 2 and step < rows:
+        step += 1
+    for r in range(row0, row0 + rows, step):
+        yield ckpt.read_rows(name, r, min(r + step, row0 + rows))

@@ -7,7 +7,7 @@ import numpy as np
 from .checkpoint import Checkpoint
 from .families import family_for
 from .families.base import DecoderFamily
-from .plan import Plan
+from .plan import DEFAULT_MAX_BINDING, Plan
 from .writer import expert_layout
 
 
@@ -18,10 +18,14 @@ def storage_dtype(shape: tuple[int, ...], keep_f32: bool, dtype: str) -> str:
 
 
 def package_tensors(family: DecoderFamily, ckpt: Checkpoint | None, dtype: str) -> dict[str, tuple[tuple, str]]:
-    """Every dense package tensor: name -> (shape, storage dtype), as convert writes them."""
+    """Every dense tensor the plan reads: name -> (shape, storage dtype), before the plan splits the
+    ones larger than a binding into row parts (plan["splits"])."""
     keep_f32 = family.f32_tensors(ckpt)
     out = {}
     for name, shape in family.dense_tensors(ckpt).items():
+        if not family.transforms(name):
+            out[name] = (tuple(shape), storage_dtype(shape, name in keep_f32, dtype))
+            continue
         placeholder = np.broadcast_to(np.float32(0), shape)       # shapes only: no memory for the data
         for out_name, array in family.transform_dense(name, placeholder).items():
             out[out_name] = (tuple(array.shape), storage_dtype(array.shape, out_name in keep_f32 or name in keep_f32,
@@ -32,15 +36,15 @@ def package_tensors(family: DecoderFamily, ckpt: Checkpoint | None, dtype: str) 
 
 
 def build_plan(family: DecoderFamily, ckpt: Checkpoint | None, tensors: dict[str, tuple[tuple, str]], dtype: str,
-               geometry: dict | None = None) -> dict:
-    """The plan's JSON (see plan.py) over the package tensors `package_tensors` gives; ckpt=None names
-    tensors by their first alias."""
-    layout = expert_layout(family.expert_shapes(), dtype)
-    plan = Plan(tensors, geometry)
+               geometry: dict | None = None, max_binding: int = DEFAULT_MAX_BINDING) -> dict:
+    """The plan's JSON (see plan.py) over the tensors `package_tensors` gives; ckpt=None names tensors
+    by their first alias. No tensor part or expert slot it binds exceeds max_binding bytes."""
+    layout = expert_layout(family.expert_shapes(), dtype, max_binding)
+    plan = Plan(tensors, geometry, max_binding)
     family.build_plan(plan, ckpt, layout, dtype)
     return plan.to_json(layout, len(family.moe.moe_layers) * family.moe.num_experts)
 
 
-def plan_from_config(config: dict, dtype: str = "f16") -> dict:
+def plan_from_config(config: dict, dtype: str = "f16", max_binding: int = DEFAULT_MAX_BINDING) -> dict:
     family = family_for(config)
-    return build_plan(family, None, package_tensors(family, None, dtype), dtype)
+    return build_plan(family, None, package_tensors(family, None, dtype), dtype, max_binding=max_binding)

@@ -10,15 +10,21 @@ into the kernel by the preprocessor's //!const directive), what each of the kern
     pos         absolute position of the first of them
     logit_row0  first row of the final hidden state that gets logits
     n_logits    how many rows get logits (1 while generating, T for Engine.logits)
-    slot0, n_slots  the expert-slot range of the bound slab buffer (set by the runtime's expert cache)
     temperature, top_p, u   the sampler's inputs
 Buffer shapes may use "T" (the chunk size) and "S" (the runtime's maximum sequence length).
+
+Tensors larger than `max_binding` (the storage binding every WebGPU adapter grants: 128 MiB unless the
+converter is told otherwise) are split by rows into package tensors `NAME.partI`; `splits` states the
+parts and each step that reads such a tensor becomes one step per part, so no binding exceeds the limit.
+Routed experts whose slot would exceed it are cut along their intermediate dimension into `pieces` (see
+writer.expert_layout): the expert FFN is the sum of its pieces' FFNs.
 
 Besides `buffers` and `steps` the plan holds:
     moe_layers  per MoE layer: the router-logits and router steps, the buffer of the chosen expert ids,
                 the router's input, and the range of steps that read the expert slab
     sampler     the step that picks the next token from the logits
     io          the buffers a runtime writes (token ids) and reads back (logits, sampled token)
+    splits      tensor -> its row parts [{tensor, row0, rows}]
     resources   bytes of every buffer as a function of T and S, the largest tensor, the expert slots
 
 GEOMETRY is the one statement of each kernel's workgroup shape: the kernels read it as constants and
@@ -30,8 +36,11 @@ import math
 
 from .writer import encoded_size
 
-RUNTIME_BUFFERS = ("experts", "expert_slots")   # provided by the runtime's expert cache
-VARIABLES = ("T", "pos", "logit_row0", "n_logits", "slot0", "n_slots", "temperature", "top_p", "u")
+# provided by the runtime's expert cache: the slab (one of its banks per dispatch), the bank's slot range
+# (a uniform vec4<u32>: first slot, slot count) and the slot table [layers, E, pieces]
+RUNTIME_BUFFERS = ("experts", "expert_bank", "expert_slots")
+VARIABLES = ("T", "pos", "logit_row0", "n_logits", "temperature", "top_p", "u")
+DEFAULT_MAX_BINDING = 128 << 20     # WebGPU's default maxStorageBufferBindingSize: every adapter grants it
 
 GEOMETRY: dict[str, dict[str, int]] = {
     "embed": {"WG": 64},
@@ -40,9 +49,8 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "gated_add": {"WG": 64},
     "matmul": {"LANES": 64, "ROWS": 4, "TOKENS": 8},          # ROWS outputs x TOKENS tokens per workgroup
     "rope": {"WG": 32},
-    "attention": {"LANES": 64, "DIMS_PER_LANE": 4},          # head dims up to LANES * DIMS_PER_LANE
+    "attention": {"LANES": 64},              # each lane owns ceil(max(D, Dv) / LANES) dims (DIMS_PER_LANE)
     "router": {"WG": 64, "MAX_K": 32},
-    "mla_assemble_k": {"WG": 64},
     "moe_gather": {"WG": 256, "MAX_E": 1024},
     "moe_gate_up": {"LANES": 64, "ROWS": 4, "TILE": 8},      # ROWS rows x TILE pairs of one expert
     "moe_down": {"LANES": 64, "ROWS": 4, "TILE": 8},
@@ -58,11 +66,30 @@ def ceil_div(var, mul: int, div: int):
     return [var, mul, div]
 
 
+def row_parts(name: str, shape: tuple[int, ...], dtype: str, max_binding: int) -> list[dict]:
+    """A matrix [rows, cols] cut by rows into parts of at most max_binding bytes (one part if it fits)."""
+    if encoded_size(shape, dtype) <= max_binding or len(shape) != 2:
+        return [{"tensor": name, "row0": 0, "rows": shape[0]}]
+    per_part = max_binding // encoded_size((1, shape[1]), dtype)
+    if per_part < 1:
+        raise ValueError(f"tensor {name}: one row of {shape[1]} values exceeds a {max_binding}-byte binding")
+    return [{"tensor": f"{name}.part{i}", "row0": r0, "rows": min(per_part, shape[0] - r0)}
+            for i, r0 in enumerate(range(0, shape[0], per_part))]
+
+
 class Plan:
-    def __init__(self, tensors: dict[str, tuple[tuple[int, ...], str]], geometry: dict | None = None):
-        """tensors: package tensor name -> (shape, "f32" | "f16"). geometry: per-kernel overrides of
-        GEOMETRY (tests use it to show that kernels and dispatches follow one source)."""
-        self.tensors = tensors
+    def __init__(self, tensors: dict[str, tuple[tuple[int, ...], str]], geometry: dict | None = None,
+                 max_binding: int = DEFAULT_MAX_BINDING):
+        """tensors: tensor name -> (shape, "f32" | "f16"), before splitting. geometry: per-kernel
+        overrides of GEOMETRY (tests use it to show that kernels and dispatches follow one source).
+        max_binding: the largest tensor part or expert slot the plan lets a step bind."""
+        self.max_binding = max_binding
+        self.splits = {n: row_parts(n, shape, dt, max_binding) for n, (shape, dt) in tensors.items()}
+        self.splits = {n: parts for n, parts in self.splits.items() if len(parts) > 1}
+        self.tensors = {}                     # package tensors: the parts of split ones
+        for n, (shape, dt) in tensors.items():
+            for part in self.splits.get(n, [{"tensor": n, "rows": shape[0] if shape else 0}]):
+                self.tensors[part["tensor"]] = ((part["rows"], *shape[1:]) if n in self.splits else shape, dt)
         self.geometry = {k: {**v, **(geometry or {}).get(k, {})} for k, v in GEOMETRY.items()}
         self.buffers: dict[str, dict] = {}
         self.steps: list[dict] = []
@@ -78,26 +105,36 @@ class Plan:
         self.buffers[name] = {"shape": shape, "dtype": dtype}
         return name
 
-    def consts(self, kernel: str) -> dict[str, int]:
-        g = dict(self.geometry[kernel])
+    def consts(self, kernel: str, extra: dict | None = None) -> dict[str, int]:
+        g = {**self.geometry[kernel], **(extra or {})}
         if kernel in _RED_VALUES:
             g["RED_VALUES"] = _RED_VALUES[kernel](g)
         return g
 
-    def _make_step(self, kernel: str, bind: dict, params: dict, dispatch: list, defines=(), label: str = "") -> dict:
+    def _make_step(self, kernel: str, bind: dict, params: dict, dispatch: list, defines=(), label: str = "",
+                   consts: dict | None = None) -> dict:
         for target in bind.values():
+            if target in self.splits:
+                raise ValueError(f"step {label or kernel} binds {target!r} whole; it is split into parts")
             if target not in self.buffers and target not in self.tensors and target not in RUNTIME_BUFFERS:
                 raise ValueError(f"step {label or kernel} binds unknown buffer {target!r}")
-        return {"kernel": kernel, "defines": sorted(defines), "consts": self.consts(kernel), "bind": bind,
+        return {"kernel": kernel, "defines": sorted(defines), "consts": self.consts(kernel, consts), "bind": bind,
                 "params": params, "dispatch": dispatch, "label": label}
 
-    def step(self, kernel: str, bind: dict, params: dict, dispatch: list, defines=(), label: str = "") -> int:
+    def step(self, kernel: str, bind: dict, params: dict, dispatch: list, defines=(), label: str = "",
+             consts: dict | None = None) -> int:
         """Appends a step; returns its index."""
-        self.steps.append(self._make_step(kernel, bind, params, dispatch, defines, label))
+        self.steps.append(self._make_step(kernel, bind, params, dispatch, defines, label, consts))
         return len(self.steps) - 1
 
+    def parts(self, tensor: str) -> list[dict]:
+        """The row parts a step reads `tensor` through: [{tensor, row0, rows}] (one entry if not split)."""
+        if tensor in self.splits:
+            return self.splits[tensor]
+        return [{"tensor": tensor, "row0": 0, "rows": self.tensors[tensor][0][0]}]
+
     def weight_defines(self, tensor: str) -> list[str]:
-        return ["W_F16"] if self.tensors[tensor][1] == "f16" else []
+        return ["W_F16"] if self.tensors[self.parts(tensor)[0]["tensor"]][1] == "f16" else []
 
     # --- structure records ------------------------------------------------------------------------
 
@@ -135,28 +172,35 @@ class Plan:
             buffers[name] = {var: 4 * words}
         sizes = {n: encoded_size(shape, dt) for n, (shape, dt) in self.tensors.items()}
         largest = max(sizes, key=sizes.get) if sizes else None
-        return {"buffers": buffers, "dense_bytes": sum(sizes.values()),
+        layout = expert_layout or {}
+        return {"buffers": buffers, "dense_bytes": sum(sizes.values()), "max_binding": self.max_binding,
                 "largest_tensor": {"name": largest, "bytes": sizes.get(largest, 0)},
-                "experts": {"count": n_experts, "slot_bytes": expert_layout["slot_bytes"] if expert_layout else 0}}
+                "experts": {"count": n_experts, "slot_bytes": layout.get("slot_bytes", 0),
+                            "pieces": layout.get("pieces", 1), "expert_bytes": layout.get("expert_bytes", 0)}}
 
     def to_json(self, expert_layout: dict | None = None, n_experts: int = 0) -> dict:
         if None in self.io.values() or self.sampler_step is None:
             raise ValueError("a plan needs its inputs, outputs and sampler")
         return {"buffers": self.buffers, "steps": self.steps, "moe_layers": self.moe_layers,
-                "sampler": self.sampler_step, "io": self.io, "variables": list(VARIABLES),
+                "sampler": self.sampler_step, "io": self.io, "variables": list(VARIABLES), "splits": self.splits,
                 "resources": self.resources(expert_layout, n_experts)}
 
     # --- one method per kernel; each returns the index of its (first) step ------------------------
 
     def embed(self, ids: str, w: str, y: str, H: int, label="embed") -> int:
+        """y[t] = w[ids[t]]; one step per row part of w, each writing the tokens whose ids it holds."""
         g = self.geometry["embed"]
-        return self.step("embed", {"ids": ids, "w": w, "y": y}, {"T": "T", "H": H},
-                         [-(-H // g["WG"]), "T", 1], self.weight_defines(w), label)
+        first = len(self.steps)
+        for part in self.parts(w):
+            self.step("embed", {"ids": ids, "w": part["tensor"], "y": y},
+                      {"T": "T", "H": H, "row0": part["row0"], "rows": part["rows"]},
+                      [-(-H // g["WG"]), "T", 1], self.weight_defines(w), label)
+        return first
 
     def rmsnorm(self, x: str | None, weight: str, y: str, rows, H: int, eps: float, row0=0, bias: str | None = None,
-                label="") -> int:
-        """Rows row0 .. row0 + rows (exprs) of length H, one workgroup each. x=None normalises y in place.
-        A bias makes it LayerNorm (mean subtracted, bias added)."""
+                stride: int | None = None, label="") -> int:
+        """Rows row0 .. row0 + rows (exprs) of length H, `stride` values apart (default H), one workgroup
+        each. x=None normalises y in place. A bias makes it LayerNorm (mean subtracted, bias added)."""
         bind = {"weight": weight, "y": y}
         defines = [] if x is not None else ["IN_PLACE"]
         if x is not None:
@@ -164,8 +208,8 @@ class Plan:
         if bias is not None:
             bind["bias"] = bias
             defines.append("LAYERNORM")
-        return self.step("rmsnorm", bind, {"rows": rows, "row0": row0, "H": H, "eps": eps}, [rows, 1, 1], defines,
-                         label)
+        return self.step("rmsnorm", bind, {"rows": rows, "row0": row0, "H": H, "stride": stride or H, "eps": eps},
+                         [rows, 1, 1], defines, label)
 
     def silu_mul(self, gate: str, up: str, y: str, I: int, label="") -> int:
         """y = silu(gate) * up elementwise over [T, I]: the SwiGLU of a dense FFN."""
@@ -178,17 +222,31 @@ class Plan:
                          [-(-H // self.geometry["gated_add"]["WG"]), "T", 1], [], label)
 
     def matmul(self, x: str, w: str, y: str, K: int, N: int, T="T", x_row0=0, y_row0=0,
-               accumulate=False, bias: str | None = None, label="") -> int:
-        """y[y_row0 + t, :N] (+)= x[x_row0 + t, :K] @ w[N, K]^T (+ bias) for t < T."""
+               accumulate=False, bias: str | None = None, label="", x_stride: int | None = None, x_col0: int = 0,
+               y_stride: int | None = None, y_col0: int = 0, heads: int = 1, x_hstride: int = 0,
+               y_hstride: int = 0) -> int:
+        """For t < T (and each head h < heads, whose weights are rows h*N .. of w):
+            y[y_row0 + t, y_col0 + h*y_hstride + n] (+)= sum_k x[x_row0 + t, x_col0 + h*x_hstride + k] * w[h*N + n, k]
+        (+ bias[h*N + n]); rows of x are x_stride values apart (default K), of y y_stride (default N).
+        A weight split into row parts becomes one step per part, each writing its columns of y."""
         g = self.geometry["matmul"]
-        bind = {"x": x, "w": w, "y": y}
-        defines = self.weight_defines(w)
-        if bias is not None:
-            bind["bias"] = bias
-            defines.append("BIAS")
-        return self.step("matmul", bind,
-                         {"T": T, "K": K, "N": N, "x_row0": x_row0, "y_row0": y_row0, "accumulate": int(accumulate)},
-                         [-(-N // g["ROWS"]), ceil_div(T, 1, g["TOKENS"]), 1], defines, label)
+        parts = self.parts(w)
+        if heads > 1 and len(parts) > 1:
+            raise ValueError(f"{label}: a head-batched matmul over a split weight is not supported")
+        defines = self.weight_defines(w) + (["BIAS"] if bias is not None else [])
+        first = len(self.steps)
+        for part in parts:
+            n = N if len(parts) == 1 else part["rows"]
+            bind = {"x": x, "w": part["tensor"], "y": y}
+            if bias is not None:
+                bind["bias"] = bias
+            self.step("matmul", bind,
+                      {"T": T, "K": K, "N": n, "x_row0": x_row0, "x_stride": x_stride or K, "x_col0": x_col0,
+                       "x_hstride": x_hstride, "y_row0": y_row0, "y_stride": y_stride or N,
+                       "y_col0": y_col0 + part["row0"], "y_hstride": y_hstride, "b_off": part["row0"],
+                       "accumulate": int(accumulate)},
+                      [-(-n // g["ROWS"]), ceil_div(T, 1, g["TOKENS"]), heads], defines, label)
+        return first
 
     def rope(self, x: str, inv_freq: str, n_heads: int, D: int, rot: int, attn_factor: float,
              row0=0, interleaved=False, rot_off: int = 0, label="") -> int:
@@ -200,18 +258,20 @@ class Plan:
                          ["INTERLEAVED"] if interleaved else [], label)
 
     def attention(self, q: str, k_cache: str, v_cache: str, out: str, n_heads: int, n_kv: int, D: int,
-                  Dv: int, scale: float, window: int = 0, sinks: str | None = None,
-                  label="") -> int:
-        g = self.geometry["attention"]
-        if max(D, Dv) > g["LANES"] * g["DIMS_PER_LANE"]:
-            raise ValueError(f"attention head dims above {g['LANES'] * g['DIMS_PER_LANE']} are not supported")
+                  Dv: int, scale: float, window: int = 0, sinks: str | None = None, k_stride: int | None = None,
+                  v_stride: int | None = None, label="") -> int:
+        """Cache rows are k_stride (default n_kv * D) and v_stride (default n_kv * Dv) values apart, so
+        keys and values may share one buffer (MLA's latent cache)."""
+        lanes = self.geometry["attention"]["LANES"]
         bind = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out}
         if sinks is not None:
             bind["sinks"] = sinks
         return self.step("attention", bind,
                          {"T": "T", "pos0": "pos", "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
-                          "window": window, "scale": scale},
-                         [n_heads, "T", 1], ["SINKS"] if sinks else [], label)
+                          "k_stride": k_stride or n_kv * D, "v_stride": v_stride or n_kv * Dv, "window": window,
+                          "scale": scale},
+                         [n_heads, "T", 1], ["SINKS"] if sinks else [], label,
+                         consts={"DIMS_PER_LANE": -(-max(D, Dv) // lanes)})
 
     def router(self, logits: str, topk_ids: str, topk_w: str, E: int, K: int, scoring: str,
                normalize: bool, scale: float = 1.0, jitter_eps: float = 0.0, bias: str | None = None,
@@ -230,15 +290,6 @@ class Plan:
                           "topk_group": topk_group},
                          [ceil_div("T", 1, self.geometry["router"]["WG"]), 1, 1], ["CHOICE_BIAS"] if bias else [], label)
 
-    def mla_assemble_k(self, k_nope: str, k_rot: str, k_cache: str, n_heads: int, d_nope: int, d_rot: int,
-                       label="") -> int:
-        """K cache rows pos.. of multi-head latent attention: [n_heads, d_nope + d_rot] per token, the
-        per-head k_nope [T, n_heads * d_nope] then the shared, rotated k_rot [T, d_rot]."""
-        D = d_nope + d_rot
-        return self.step("mla_assemble_k", {"k_nope": k_nope, "k_rot": k_rot, "k_cache": k_cache},
-                         {"T": "T", "pos0": "pos", "n_heads": n_heads, "d_nope": d_nope, "d_rot": d_rot},
-                         [-(-(n_heads * D) // self.geometry["mla_assemble_k"]["WG"]), "T", 1], [], label)
-
     def moe_gather(self, topk_ids: str, offsets: str, order: str, E: int, K: int, label="") -> int:
         if E > self.geometry["moe_gather"]["MAX_E"]:
             raise ValueError(f"{E} experts: moe_gather sorts at most {self.geometry['moe_gather']['MAX_E']}")
@@ -249,10 +300,10 @@ class Plan:
                     H: int, I: int, layout: dict, expert_dtype: str, activation: dict | None = None,
                     label="") -> tuple[int, int]:
         """Grouped expert FFN over the slab: act = silu(x W_gate) * (x W_up), out = act W_down, with the
-        slot's biases when the layout has them. activation {"kind": "clamped_swiglu", "alpha", "limit"}
-        selects GPT-OSS's activation. Returns the range of its steps."""
-        common = {"layer": layer, "E": E, "K": K, "H": H, "I": I,
-                  "slot0": "slot0", "n_slots": "n_slots", "slot_elems": layout["slot_elems"]}
+        slot's biases when the layout has them; per piece of the experts (layout["pieces"]), the later
+        pieces adding into out. activation {"kind": "clamped_swiglu", "alpha", "limit"} selects GPT-OSS's
+        activation. Returns the range of its steps."""
+        pieces, rows = layout["pieces"], layout["piece_rows"]
         defines = ["W_F16"] if expert_dtype == "f16" else []
         if "gate_bias" in layout:
             defines.append("EXPERT_BIAS")
@@ -260,16 +311,24 @@ class Plan:
         act_defines, alpha, limit = [], 1.0, 0.0
         if activation and activation["kind"] == "clamped_swiglu":
             act_defines, alpha, limit = ["CLAMPED_SWIGLU"], activation["alpha"], activation["limit"]
-        grouped = {"w": "experts", "slots": "expert_slots", "expert_offsets": offsets, "pair_order": order}
+        grouped = {"w": "experts", "bank": "expert_bank", "slots": "expert_slots", "expert_offsets": offsets,
+                   "pair_order": order}
         gu, dn = self.geometry["moe_gate_up"], self.geometry["moe_down"]
-        first = self.step("moe_gate_up", {"x": x, "act": act, **grouped},
-                          {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
-                           "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha,
-                           "limit": limit},
-                          [-(-I // gu["ROWS"]), E, ceil_div("T", 1, gu["TILE"])], defines + act_defines, f"{label}.gate_up")
-        self.step("moe_down", {"act": act, "y": out, **grouped},
-                  {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"]},
-                  [-(-H // dn["ROWS"]), E, ceil_div("T", 1, dn["TILE"])], defines, f"{label}.down")
+        first = len(self.steps)
+        for piece in range(pieces):
+            Ip = min(rows, I - piece * rows)      # this piece's rows of the intermediate dimension
+            common = {"layer": layer, "E": E, "K": K, "H": H, "I": Ip, "pieces": pieces, "piece": piece,
+                      "slot_elems": layout["slot_elems"]}
+            tag = f"{label}.piece{piece}" if pieces > 1 else label
+            self.step("moe_gate_up", {"x": x, "act": act, **grouped},
+                      {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
+                       "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha,
+                       "limit": limit},
+                      [-(-Ip // gu["ROWS"]), E, ceil_div("T", 1, gu["TILE"])], defines + act_defines, f"{tag}.gate_up")
+            self.step("moe_down", {"act": act, "y": out, **grouped},
+                      {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"],
+                       "accumulate": int(piece > 0)},
+                      [-(-H // dn["ROWS"]), E, ceil_div("T", 1, dn["TILE"])], defines, f"{tag}.down")
         return first, len(self.steps)
 
     def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, label="") -> int:

@@ -1,6 +1,10 @@
 """RoPE frequency tables, computed by the converter so that every scaling scheme is Python work only:
 the kernel reads inv_freq [rot / 2] and multiplies cos/sin by attention_factor. The formulas follow the
-published methods (and transformers' implementations of them): default, linear, YaRN, Llama 3."""
+published methods (and transformers' implementations of them): default, linear, YaRN, Llama 3, LongRoPE.
+
+LongRoPE (Phi-3.5) switches from its short to its long factors once a sequence grows beyond
+original_max_position_embeddings; webmoe uses the short factors and caps the context at that length
+(`max_context`), which matches the reference exactly for every sequence it accepts."""
 from __future__ import annotations
 
 import math
@@ -9,7 +13,7 @@ import numpy as np
 
 from .errors import ConversionError
 
-SUPPORTED = ("default", "linear", "yarn", "llama3")
+SUPPORTED = ("default", "linear", "yarn", "llama3", "longrope")
 
 
 def rope_parameters(c: dict) -> dict:
@@ -36,7 +40,40 @@ def rope_tables(c: dict, dim: int) -> tuple[np.ndarray, float]:
         return _llama3(inv_freq, p).astype(np.float32), 1.0
     if kind == "yarn":
         return _yarn(pos_freqs, dim, base, p, c)
+    if kind == "longrope":
+        return _longrope(dim, base, p, c)
     return inv_freq.astype(np.float32), 1.0
+
+
+def max_context(c: dict) -> int:
+    """The longest sequence the package supports: max_position_embeddings, or for LongRoPE the original
+    (pre-training) length its short factors are for."""
+    p = rope_parameters(c)
+    longest = int(c.get("max_position_embeddings") or 4096)
+    if p["rope_type"] == "longrope":
+        longest = min(longest, int(_original_max(p, c)))
+    return longest
+
+
+def _original_max(p: dict, c: dict) -> int:
+    original = p.get("original_max_position_embeddings") or c.get("original_max_position_embeddings")
+    if not isinstance(original, (int, float)) or original <= 1:
+        raise ConversionError("longrope scaling needs original_max_position_embeddings > 1")
+    return int(original)
+
+
+def _longrope(dim: int, base: float, p: dict, c: dict) -> tuple[np.ndarray, float]:
+    original = _original_max(p, c)
+    factor = p.get("factor") or (c.get("max_position_embeddings") or original) / original
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+    short = np.asarray(p.get("short_factor") or [], dtype=np.float32)
+    if short.shape != (dim // 2,):
+        raise ConversionError(f"longrope short_factor must have {dim // 2} values, got {short.size}")
+    exponents = (np.arange(0, dim, 2).astype(np.float32) / np.float32(dim)).astype(np.float32)
+    inv_freq = np.float32(1.0) / (short * np.power(np.float32(base), exponents, dtype=np.float32))
+    return inv_freq.astype(np.float32), float(attention_factor)
 
 
 def _yarn(pos_freqs: np.ndarray, dim: int, base: float, p: dict, c: dict) -> tuple[np.ndarray, float]:

@@ -4,7 +4,8 @@ The `safetensors` package's numpy API cannot return bfloat16 (numpy has no such 
 would make torch a converter dependency, so the converter reads the (simple, documented) format itself:
 an 8-byte little-endian header length, a JSON header of {name: {dtype, shape, data_offsets}}, then the
 data. Every entry is checked against the file size before any tensor is read, so a truncated or corrupt
-file is a clear error, and only the tensors (or expert slices) asked for are paged in.
+file is a clear error. Tensors, row ranges and expert slices are read with plain positioned reads (no
+memory map), so reading a multi-GiB checkpoint holds only what was asked for in memory.
 """
 from __future__ import annotations
 
@@ -59,24 +60,41 @@ class SafetensorsFile:
                 raise ConversionError(f"{path.name}: truncated file: tensor {name} ends at byte "
                                       f"{self.data_start + end}, file has {size}")
             self.entries[name] = (dtype, shape, begin, end)
-        self._map = np.memmap(path, dtype=np.uint8, mode="r") if size > 0 else None
+        self.bytes_read = 0
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.entries[name][1]
 
-    def read_raw(self, name: str, index: int | None = None) -> np.ndarray:
-        """The stored values (or the slice [index] along the first axis), reading only those bytes;
-        bfloat16 comes back as its uint16 bits."""
+    def read_raw(self, name: str, index: int | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """The stored values, or the slice [index], or rows [r0, r1) along the first axis, reading only
+        those bytes; bfloat16 comes back as its uint16 bits."""
         dtype, shape, begin, end = self.entries[name]
         np_dtype, size = DTYPES[dtype]
         if index is not None:
+            rows = (index, index + 1)
+        if rows is not None:
+            r0, r1 = rows
+            if not 0 <= r0 <= r1 <= (shape[0] if shape else 0):
+                raise ConversionError(f"{self.path.name}: rows {r0}..{r1} of tensor {name} {list(shape)}")
             row = math.prod(shape[1:]) * size
-            begin, end, shape = begin + index * row, begin + (index + 1) * row, shape[1:]
-        return self._map[self.data_start + begin:self.data_start + end].view(np_dtype).reshape(shape)
+            begin, end = begin + r0 * row, begin + r1 * row
+            shape = shape[1:] if index is not None else (r1 - r0, *shape[1:])
+        out = np.empty(end - begin, np.uint8)
+        view, got = memoryview(out), 0
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.data_start + begin)
+            while got < len(out):                 # one read returns at most about 2 GiB
+                n = f.readinto(view[got:])
+                if not n:
+                    raise ConversionError(f"{self.path.name}: tensor {name} could not be read (file changed or "
+                                          "truncated)")
+                got += n
+        self.bytes_read += got
+        return out.view(np_dtype).reshape(shape)
 
-    def read(self, name: str, index: int | None = None) -> np.ndarray:
-        """The tensor (or its slice [index]) as float32."""
-        raw = self.read_raw(name, index)
+    def read(self, name: str, index: int | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """The tensor (or its slice [index], or rows [r0, r1)) as float32."""
+        raw = self.read_raw(name, index, rows)
         if self.entries[name][0] == "BF16":
             return (raw.astype(np.uint32) << 16).view(np.float32)
-        return raw.astype(np.float32)
+        return raw.astype(np.float32, copy=False)

@@ -15,7 +15,8 @@ from .errors import ConversionError
 
 ALIGN = 256                      # byte alignment of every tensor in a shard (GPU copy offsets)
 DENSE_SHARD_BYTES = 64 << 20     # dense shards are cut at about this size
-FORMAT_VERSION = 2              # 2: the plan states structure (moe_layers, sampler, io, resources, consts)
+FORMAT_VERSION = 3              # 3: tensors split by rows, experts in pieces, banked slab, latent MLA cache
+                                # (2: the plan states structure; 1: the first format)
 
 
 def encode(a: np.ndarray, dtype: str) -> bytes:
@@ -42,10 +43,7 @@ def pad(n: int) -> int:
     return -n % ALIGN
 
 
-def expert_layout(shapes: dict[str, tuple[int, ...]], dtype: str) -> dict:
-    """Byte layout of one expert's shard, which is also its GPU slot: each part aligned to ALIGN.
-    Matrices (2-D) are stored in `dtype` and addressed by element offset; 1-D parts (biases) stay f32
-    and are addressed by 32-bit word offset."""
+def _slot_layout(shapes: dict[str, tuple[int, ...]], dtype: str) -> dict:
     elem = 2 if dtype == "f16" else 4
     layout, off = {}, 0
     for role, shape in shapes.items():
@@ -58,6 +56,58 @@ def expert_layout(shapes: dict[str, tuple[int, ...]], dtype: str) -> dict:
     layout["slot_elems"] = off // elem
     layout["dtype"] = dtype
     return layout
+
+
+def piece_shapes(shapes: dict[str, tuple[int, ...]], rows: int) -> dict[str, tuple[int, ...]]:
+    """The parts of one piece holding `rows` rows of the intermediate dimension: gate, up (and their
+    biases) by rows, down by columns; down's bias is whole in every piece (zero after the first)."""
+    out = {}
+    for role, shape in shapes.items():
+        if role == "down":
+            out[role] = (shape[0], rows)
+        elif role == "down_bias":
+            out[role] = shape
+        else:
+            out[role] = (rows, *shape[1:])
+    return out
+
+
+def expert_layout(shapes: dict[str, tuple[int, ...]], dtype: str, max_binding: int = 128 << 20) -> dict:
+    """Byte layout of one expert's slot: each part aligned to ALIGN. Matrices (2-D) are stored in `dtype`
+    and addressed by element offset; 1-D parts (biases) stay f32 and are addressed by 32-bit word offset.
+    An expert whose slot would exceed max_binding is cut into `pieces` along its intermediate dimension
+    (`piece_rows` rows each, the last maybe fewer), each piece a slot of this layout; its shard holds the
+    pieces one after another."""
+    I = shapes["gate"][0]
+    rows = I
+    while True:
+        layout = _slot_layout(piece_shapes(shapes, rows), dtype)
+        if layout["slot_bytes"] <= max_binding:
+            break
+        if rows == 1:
+            raise ConversionError(f"one row of an expert exceeds a {max_binding}-byte binding")
+        rows = -(-I // (-(-I // rows) + 1))          # the next larger number of pieces
+    layout["pieces"] = -(-I // rows)
+    layout["piece_rows"] = rows
+    layout["expert_bytes"] = layout["pieces"] * layout["slot_bytes"]
+    return layout
+
+
+def expert_pieces(parts: dict[str, np.ndarray], layout: dict) -> list[dict[str, np.ndarray]]:
+    """An expert's parts {gate [I, H], up, down [H, I], biases} as its layout's pieces."""
+    rows, out = layout["piece_rows"], []
+    for p in range(layout["pieces"]):
+        r0, r1 = p * rows, (p + 1) * rows
+        piece = {}
+        for role, a in parts.items():
+            if role == "down":
+                piece[role] = a[:, r0:r1]
+            elif role == "down_bias":
+                piece[role] = a if p == 0 else np.zeros_like(a)
+            else:
+                piece[role] = a[r0:r1]
+        out.append(piece)
+    return out
 
 
 class _Shard:
@@ -77,6 +127,21 @@ class _Shard:
         self.sha.update(data)
         self.size += len(data)
         return off
+
+    def append(self, data: bytes) -> int:
+        """Appends data right after the previous write (the next block of one tensor)."""
+        off = self.size
+        self.file.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        return off
+
+    def fill_to(self, offset: int) -> None:
+        """Zeros up to byte `offset` (a piece smaller than its slot leaves gaps)."""
+        if offset > self.size:
+            self.file.write(b"\0" * (offset - self.size))
+            self.sha.update(b"\0" * (offset - self.size))
+            self.size = offset
 
     def close(self) -> dict:
         self.file.close()
@@ -109,16 +174,36 @@ class PackageWriter:
                               "shape": list(array.shape), "dtype": dtype}
         self.bytes_written += len(data)
 
+    def add_dense_blocks(self, name: str, shape: tuple[int, ...], dtype: str, blocks) -> None:
+        """A tensor written from consecutive row blocks (float32 arrays), never held whole."""
+        size = encoded_size(shape, dtype)
+        if self._dense is not None and self._dense.size + pad(self._dense.size) + size > DENSE_SHARD_BYTES:
+            self._close_dense()
+        if self._dense is None:
+            self._dense = _Shard(self.tmp / f"dense-{sum(s['kind'] == 'dense' for s in self.shards):05d}.bin")
+        off = None
+        for block in blocks:
+            data = encode(block, dtype)
+            at = self._dense.write(data) if off is None else self._dense.append(data)
+            off = at if off is None else off
+        if off is None or self._dense.size - off != size:
+            raise ConversionError(f"tensor {name}: the blocks read do not make its shape {list(shape)}")
+        self.tensors[name] = {"shard": self._dense.path.name, "offset": off, "size": size, "shape": list(shape),
+                              "dtype": dtype}
+        self.bytes_written += size
+
     def add_expert(self, layer: int, expert: int, parts: dict[str, np.ndarray], layout: dict) -> None:
         key = f"{layer}_{expert}"
         shard = _Shard(self.tmp / f"expert-L{layer:03d}-E{expert:03d}.bin")
-        for role, part in parts.items():
-            off = shard.write(encode(part, layout[role]["dtype"]))
-            assert off == layout[role]["offset"], (role, off)
-        shard.write(b"\0" * (layout["slot_bytes"] - shard.size))
+        for p, piece in enumerate(expert_pieces(parts, layout)):
+            start = p * layout["slot_bytes"]
+            for role, part in piece.items():
+                shard.fill_to(start + layout[role]["offset"])
+                shard.write(encode(part, layout[role]["dtype"]))
+            shard.fill_to(start + layout["slot_bytes"])
         self.shards.append({**shard.close(), "kind": "expert", "expert": key})
-        self.experts[key] = {"shard": shard.path.name, "size": layout["slot_bytes"]}
-        self.bytes_written += layout["slot_bytes"]
+        self.experts[key] = {"shard": shard.path.name, "size": layout["expert_bytes"]}
+        self.bytes_written += layout["expert_bytes"]
 
     def _close_dense(self) -> None:
         self.shards.append({**self._dense.close(), "kind": "dense"})

@@ -31,10 +31,21 @@ class Gpu:
     description: str
     limits: dict
     modules: dict = field(default_factory=dict)   # compiled shader modules, by (kernel, defines)
+    binding_cap: int | None = None                # a lower storage binding limit the runtime keeps to (tests)
 
     @property
     def max_binding(self) -> int:
-        return self.limits["max-storage-buffer-binding-size"]
+        limit = self.limits["max-storage-buffer-binding-size"]
+        return min(limit, self.binding_cap) if self.binding_cap else limit
+
+    @property
+    def max_buffer(self) -> int:
+        return self.limits["max-buffer-size"]
+
+    @property
+    def is_cpu(self) -> bool:
+        """A CPU adapter (lavapipe, SwiftShader): its buffers live in host memory."""
+        return self.adapter.info.get("adapter_type") == "CPU"
 
 
 def describe(adapter) -> str:
@@ -60,7 +71,9 @@ def pick_adapter(choice: str | None = None):
                                         _BACKEND_RANK.get(a.info.get("backend_type"), 1)))
 
 
-def open_gpu(choice: str | None = None) -> Gpu:
+def open_gpu(choice: str | None = None, max_binding: int | None = None) -> Gpu:
+    """Opens a device with the adapter's full storage binding and buffer sizes. max_binding lowers the
+    binding limit the runtime keeps to (tests use it to exercise at small sizes what real sizes need)."""
     adapter = pick_adapter(choice)
     al = adapter.limits
     wanted = {
@@ -70,4 +83,4 @@ def open_gpu(choice: str | None = None) -> Gpu:
         "max-compute-workgroup-storage-size": min(al["max-compute-workgroup-storage-size"], 16384),
     }
     device = adapter.request_device_sync(required_limits=wanted, label="webmoe")
-    return Gpu(adapter, device, describe(adapter), dict(device.limits))
+    return Gpu(adapter, device, describe(adapter), dict(device.limits), binding_cap=max_binding)

@@ -9,9 +9,10 @@ from .device import Gpu, open_gpu
 from .executor import STORAGE, Executor, Readback
 from .expert_cache import ExpertCache, expert_segments
 from .generation import GenerationConfig, Generator, Token  # noqa: F401  (Token is part of this API)
+from .memory import Budget, default_budget, gib
 from .package import Package
 from .prefetch import predictor_plan
-from .resources import check_resources
+from .resources import check_resources, plan_bytes
 from .tokenizer import PromptError, TextTokenizer
 
 
@@ -28,13 +29,21 @@ class Engine:
         plan = package.manifest["plan"]
         self.io = plan["io"]                      # the buffers of token ids, logits and the sampled token
         check_resources(plan, gpu.max_binding, self.chunk, self.max_seq_len)
+        self.memory = plan_bytes(plan, self.chunk, self.max_seq_len)   # buffers, kv_cache, kv_per_token
+        dense = sum(t["size"] for t in package.manifest["tensors"].values())
+        expert_total = len(package.moe["moe_layers"]) * package.moe["num_experts"] * \
+            package.moe["expert_layout"].get("expert_bytes", package.moe["expert_layout"]["slot_bytes"])
+        if expert_cache_bytes is None:
+            budget = default_budget(gpu.is_cpu, expert_total, dense + self.memory["buffers"])
+        else:
+            budget = Budget(expert_cache_bytes, f"{gib(expert_cache_bytes)} asked for")
         device = gpu.device
         self.weights = {}
         for name, t in package.manifest["tensors"].items():
             buf = device.create_buffer(size=max(t["size"], 4), usage=STORAGE, label=name)
             device.queue.write_buffer(buf, 0, package.tensor_bytes(name))
             self.weights[name] = buf
-        self.experts = ExpertCache(gpu, package, expert_cache_bytes, pinned_experts, observe_routing)
+        self.experts = ExpertCache(gpu, package, budget, pinned_experts, observe_routing)
         self.segments = expert_segments(plan)
         self._route_rb = Readback(device, 2 * self.chunk * package.moe["top_k"] * 4)
         self.executor = Executor(gpu, plan, self.weights, self.experts.buffers,
@@ -53,23 +62,24 @@ class Engine:
     @classmethod
     def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
              expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-             prefetch: bool = False) -> "Engine":
+             prefetch: bool = False, max_binding: int | None = None) -> "Engine":
         """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
         else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
-        `expert_cache_bytes` is the GPU budget for routed experts (default: all of them, as far as the
-        adapter's binding limit allows); `pinned_experts` lists (layer, expert) pairs never evicted;
-        `observe_routing` records which experts every token chooses (engine.experts.usage, .coactivation);
-        `prefetch` (when paging) loads each next MoE layer's predicted experts ahead of need."""
+        `expert_cache_bytes` is the GPU budget for routed experts (default: what the adapter and the
+        machine can hold, see engine/memory.py); `pinned_experts` lists (layer, expert) pairs never
+        evicted; `observe_routing` records which experts every token chooses (engine.experts.usage,
+        .coactivation); `prefetch` (when paging) loads each next MoE layer's predicted experts ahead of
+        need; `max_binding` lowers the storage binding limit the engine keeps to (tests)."""
         package = Package(path)
-        gpu = open_gpu(adapter)
+        gpu = open_gpu(adapter, max_binding)
         return cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing,
                    prefetch)
 
     def describe(self) -> str:
         """One line on what was loaded where, for a tool to print (the library prints nothing)."""
-        cache = self.experts
-        return (f"{self.package.manifest['family']} on {self.gpu.description}; experts: {cache.n_slots} GPU slots "
-                f"for {len(cache.moe_layers) * cache.num_experts}")
+        m = self.memory
+        return (f"{self.package.manifest['family']} on {self.gpu.description}; KV cache {gib(m['kv_cache'])} for "
+                f"{self.max_seq_len} tokens ({m['kv_per_token']} bytes per token); {self.experts.describe()}")
 
     def expert_stats(self) -> dict:
         """The expert cache's statistics, per layer and in total."""
@@ -98,35 +108,38 @@ class Engine:
         resident (in batches if they do not all fit) before its expert kernels run."""
         device, ex = self.gpu.device, self.executor
         device.queue.write_buffer(ex.buffers[self.io["ids"]], 0, ids)
-        env = {"T": len(ids), "pos": self.pos, "logit_row0": logit_row0, "n_logits": n_logits,
-               **self.experts.variables}
+        env = {"T": len(ids), "pos": self.pos, "logit_row0": logit_row0, "n_logits": n_logits}
         ex.write_params(env)
         if self.prefetch:
             self.predictor.write_params(env)
         encoder, done = device.create_command_encoder(), 0
-        if self.experts.reads_routing:
-            K = self.package.moe["top_k"]
-            size = len(ids) * K * 4
-            for seg in self.segments:
-                ex.encode_range(encoder, env, done, seg.start)
-                encoder.copy_buffer_to_buffer(ex.buffers[seg.topk_ids], 0, self._route_rb.buffer, 0, size)
-                predict = self._predict.get(seg.layer)
-                if predict:                     # the next MoE layer's router on this layer's router input
-                    self.predictor.encode_range(encoder, env, predict[0], predict[1])
-                    encoder.copy_buffer_to_buffer(self.predictor.buffers["pred_ids"], 0, self._route_rb.buffer, size, size)
+        cache = self.experts
+        K = self.package.moe["top_k"]
+        size = len(ids) * K * 4
+        for seg in self.segments:
+            ex.encode_range(encoder, env, done, seg.start)
+            done = seg.stop
+            if not cache.reads_routing:           # every expert resident: no read-back
+                ex.encode_range(encoder, env, seg.start, seg.stop, cache.layer_banks[seg.layer])
+                continue
+            encoder.copy_buffer_to_buffer(ex.buffers[seg.topk_ids], 0, self._route_rb.buffer, 0, size)
+            predict = self._predict.get(seg.layer)
+            if predict:                     # the next MoE layer's router on this layer's router input
+                self.predictor.encode_range(encoder, env, predict[0], predict[1])
+                encoder.copy_buffer_to_buffer(self.predictor.buffers["pred_ids"], 0, self._route_rb.buffer, size, size)
+            device.queue.submit([encoder.finish()])
+            t0 = time.perf_counter()
+            routed = np.frombuffer(self._route_rb.read(2 * size if predict else size), np.uint32)
+            chosen = routed[:len(ids) * K]
+            cache.stats[seg.layer].wait_s += time.perf_counter() - t0
+            cache.record(seg.layer, chosen.reshape(len(ids), K))
+            for batch in cache.batches(seg.layer, chosen):
+                encoder = device.create_command_encoder()
+                ex.encode_range(encoder, env, seg.start, seg.stop, cache.banks_of(seg.layer, batch))
                 device.queue.submit([encoder.finish()])
-                t0 = time.perf_counter()
-                routed = np.frombuffer(self._route_rb.read(2 * size if predict else size), np.uint32)
-                chosen = routed[:len(ids) * K]
-                self.experts.stats[seg.layer].wait_s += time.perf_counter() - t0
-                self.experts.record(seg.layer, chosen.reshape(len(ids), K))
-                for _ in self.experts.batches(seg.layer, chosen):
-                    encoder = device.create_command_encoder()
-                    ex.encode_range(encoder, env, seg.start, seg.stop)
-                    device.queue.submit([encoder.finish()])
-                if predict:
-                    self.experts.prefetch(predict[2], routed[len(ids) * K:])
-                encoder, done = device.create_command_encoder(), seg.stop
+            if predict:
+                cache.prefetch(predict[2], routed[len(ids) * K:])
+            encoder = device.create_command_encoder()
         ex.encode_range(encoder, env, done, len(ex.steps))
         self.pos += len(ids)
         return encoder

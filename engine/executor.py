@@ -1,5 +1,8 @@
 """The plan interpreter: allocates the plan's buffers, compiles each step's kernel once, and runs the
-steps for given runtime variables (T, pos, ...). Knows no model family; see converter/plan.py."""
+steps for given runtime variables (T, pos, ...). Knows no model family; see converter/plan.py.
+
+A runtime buffer may be a list of banks (the expert slab and its bank ranges): a step that binds one gets
+a bind group per bank and is dispatched once per bank asked for."""
 from __future__ import annotations
 
 import math
@@ -34,16 +37,14 @@ class Readback:
 
 class Executor:
     def __init__(self, gpu: Gpu, plan: dict, tensors: dict, runtime_buffers: dict, dims: dict[str, int]):
-        """tensors, runtime_buffers: name -> GPUBuffer. dims: sizes for "T" and "S" in buffer shapes."""
+        """tensors: name -> GPUBuffer; runtime_buffers: name -> GPUBuffer or a list of them (banks, all
+        lists of the same length). dims: sizes for "T" and "S" in buffer shapes."""
         self.gpu, self.device = gpu, gpu.device
         self.buffers = dict(tensors)
         self.buffers.update(runtime_buffers)
         for name, spec in plan["buffers"].items():
             shape = [dims[d] if isinstance(d, str) else d for d in spec["shape"]]
             size = max(4 * math.prod(shape), 4)
-            if size > gpu.max_binding:
-                raise PlanError(f"buffer {name} needs {size} bytes, above this adapter's storage binding "
-                                f"limit of {gpu.max_binding}; lower max_seq_len or the chunk size")
             self.buffers[name] = self.device.create_buffer(size=(size + 3) // 4 * 4, usage=STORAGE, label=name)
         self.steps = [self._compile(i, s) for i, s in enumerate(plan["steps"])]
         # each step's Params block sits at its own aligned offset of one uniform buffer
@@ -53,7 +54,7 @@ class Executor:
         self.params = self.device.create_buffer(size=max(len(self.steps), 1) * self.align,
                                                 usage=wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST)
         for st in self.steps:
-            st["bind_group"] = self._bind_group(st)
+            st["bind_groups"] = self._bind_groups(st)
         self._template = np.zeros(len(self.steps) * self.align // 4, np.uint32)
         self._dynamic: list[tuple[int, object, type]] = []
         for st in self.steps:
@@ -85,18 +86,27 @@ class Executor:
         return {"index": index, "label": label, "kernel": kernel, "pipeline": pipeline,
                 "params": step["params"], "bind": step["bind"], "dispatch": step["dispatch"]}
 
-    def _bind_group(self, st: dict):
+    def _bind_groups(self, st: dict) -> list:
+        """One bind group, or one per bank when the step binds a banked runtime buffer."""
         kernel = st["kernel"]
-        entries = []
-        if "p" in kernel.bindings:
-            entries.append({"binding": kernel.bindings["p"].index,
-                            "resource": {"buffer": self.params, "offset": st["index"] * self.align,
-                                         "size": _block_size(kernel)}})
-        for var, target in st["bind"].items():
-            buf = self.buffers[target]
-            entries.append({"binding": kernel.bindings[var].index,
-                            "resource": {"buffer": buf, "offset": 0, "size": buf.size}})
-        return self.device.create_bind_group(layout=st["pipeline"].get_bind_group_layout(0), entries=entries)
+        n_banks = max([len(self.buffers[t]) for t in st["bind"].values() if isinstance(self.buffers[t], list)],
+                      default=0)
+        groups = []
+        for bank in range(max(n_banks, 1)):
+            entries = []
+            if "p" in kernel.bindings:
+                entries.append({"binding": kernel.bindings["p"].index,
+                                "resource": {"buffer": self.params, "offset": st["index"] * self.align,
+                                             "size": _block_size(kernel)}})
+            for var, target in st["bind"].items():
+                buf = self.buffers[target]
+                buf = buf[bank] if isinstance(buf, list) else buf
+                entries.append({"binding": kernel.bindings[var].index,
+                                "resource": {"buffer": buf, "offset": 0, "size": buf.size}})
+            groups.append(self.device.create_bind_group(layout=st["pipeline"].get_bind_group_layout(0),
+                                                        entries=entries))
+        st["banked"] = n_banks > 0
+        return groups
 
     def write_params(self, env: dict[str, int]) -> None:
         if not self.steps:
@@ -113,8 +123,9 @@ class Executor:
         self.write_params(env)
         self.encode_range(encoder, env, 0, len(self.steps))
 
-    def encode_range(self, encoder, env: dict[str, int], start: int, stop: int) -> None:
-        """Records steps start .. stop; the caller wrote the params for env and submits before they change."""
+    def encode_range(self, encoder, env: dict[str, int], start: int, stop: int, banks=None) -> None:
+        """Records steps start .. stop; the caller wrote the params for env and submits before they change.
+        Banked steps are dispatched for each bank in `banks` (default: every bank)."""
         if start >= stop:
             return
         cpass = encoder.begin_compute_pass()
@@ -123,8 +134,9 @@ class Executor:
             if min(counts) <= 0:
                 continue
             cpass.set_pipeline(st["pipeline"])
-            cpass.set_bind_group(0, st["bind_group"])
-            cpass.dispatch_workgroups(*counts)
+            for bank in (range(len(st["bind_groups"])) if banks is None else banks) if st["banked"] else (0,):
+                cpass.set_bind_group(0, st["bind_groups"][bank])
+                cpass.dispatch_workgroups(*counts)
         cpass.end()
 
 

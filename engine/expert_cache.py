@@ -1,6 +1,9 @@
-"""GPU residency of routed experts: resident experts live in the slots of a slab buffer and a slot table
-[num_layers, E] maps (layer, expert) -> slot, which the grouped expert kernels read. A slot's layout
-equals the expert's shard, so loading an expert is one copy of its (memory-mapped) shard.
+"""GPU residency of routed experts: resident experts live in the slots of a slab and a slot table
+[num_layers, E, pieces] maps (layer, expert, piece) -> slot, which the grouped expert kernels read. A
+slot's layout equals one piece of the expert's shard (most experts are one piece; see
+converter/writer.expert_layout), so loading an expert is one copy per piece of its (memory-mapped) shard.
+The slab is as many buffers (banks) as the budget needs, each at most one storage binding; the expert
+kernels run once per bank that holds an expert the layer needs.
 
 With a budget that holds every expert, all are loaded once and routing stays on the GPU: a forward pass
 reads nothing back. With a smaller budget the engine reads back each MoE layer's chosen experts and
@@ -18,11 +21,13 @@ import numpy as np
 import wgpu
 
 from .device import Gpu
-from .package import Package
 from .errors import ExpertCacheError
+from .memory import Budget, gib
+from .package import Package
 
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
-NO_SLOT = 0xFFFFFFFF          # the kernels skip experts whose slot lies outside the bound slab
+BANK_INFO = wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST
+NO_SLOT = 0xFFFFFFFF          # the kernels skip experts whose slot lies outside the bound bank
 
 
 @dataclass
@@ -31,7 +36,7 @@ class LayerStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
-    bytes_uploaded: int = 0   # (misses + prefetched) x slot bytes
+    bytes_uploaded: int = 0   # (misses + prefetched) x expert bytes
     wait_s: float = 0.0       # time the forward pass waited for routing read-back and uploads
     prefetched: int = 0       # experts uploaded ahead of need
     predicted: int = 0        # experts the predictor named for this layer
@@ -65,37 +70,42 @@ def expert_segments(plan: dict) -> list[Segment]:
 
 
 class ExpertCache:
-    def __init__(self, gpu: Gpu, package: Package, budget_bytes: int | None = None, pinned=(),
-                 observe: bool = False):
-        """observe: read back routing even when every expert is resident, to record usage."""
+    def __init__(self, gpu: Gpu, package: Package, budget: Budget, pinned=(), observe: bool = False):
+        """budget: bytes for routed experts and how they were chosen (engine/memory.py). observe: read
+        back routing even when every expert is resident, to record usage."""
         moe = package.moe
         self.package, self.device = package, gpu.device
         self.layout = moe["expert_layout"]
         self.num_experts = moe["num_experts"]
         self.moe_layers = list(moe["moe_layers"])
         self.slot_bytes = self.layout["slot_bytes"]
+        self.pieces = self.layout.get("pieces", 1)
+        self.expert_bytes = self.slot_bytes * self.pieces
         total = len(self.moe_layers) * self.num_experts
-        fit = gpu.max_binding // self.slot_bytes
-        if budget_bytes is None:
-            n_slots = min(total, fit)
-        else:
-            if budget_bytes < self.slot_bytes:
-                raise ExpertCacheError(f"an expert cache of {budget_bytes / 2**20:.2f} MiB holds no expert; one "
-                                       f"expert needs {self.slot_bytes / 2**20:.2f} MiB")
-            n_slots = min(total, budget_bytes // self.slot_bytes, fit)
-        self.n_slots = max(1, n_slots)
-        self.paging = self.n_slots < total
+        if budget.bytes < self.expert_bytes:
+            raise ExpertCacheError(f"an expert cache of {budget.bytes / 2**20:.2f} MiB holds no expert; one "
+                                   f"expert needs {self.expert_bytes / 2**20:.2f} MiB")
+        self.slots_per_bank = max(1, min(gpu.max_binding, gpu.max_buffer) // self.slot_bytes)
+        self.banks: list = []            # slab buffers, bank b holding slots b * slots_per_bank ..
+        self.bank_info: list = []        # per bank a uniform vec4<u32>: first slot, slots in the bank
+        wanted = min(total, budget.bytes // self.expert_bytes) * self.pieces
+        capacity = self._allocate(wanted) // self.pieces
+        self.budget = budget
+        if self.n_slots < wanted:
+            self.budget = Budget(self.n_slots * self.slot_bytes, f"{budget.reason}; the adapter allocated only "
+                                                                 f"{gib(self.n_slots * self.slot_bytes)}")
+        self.capacity = capacity         # experts that fit at once
+        self.paging = capacity < total
         self.observe = observe
         self.pinned = {tuple(p) for p in pinned}
         bad = [p for p in self.pinned if p[0] not in self.moe_layers or not 0 <= p[1] < self.num_experts]
         if bad:
             raise ExpertCacheError(f"pinned experts {sorted(bad)} do not exist in this model")
-        if len(self.pinned) >= self.n_slots and self.paging:
-            raise ExpertCacheError(f"{len(self.pinned)} pinned experts leave no free slot in a cache of {self.n_slots}")
-        self.slab = self.device.create_buffer(size=self.n_slots * self.slot_bytes, usage=STORAGE, label="expert slab")
-        self.table = np.full(package.config["num_layers"] * self.num_experts, NO_SLOT, np.uint32)   # [layers, E]
+        if len(self.pinned) >= capacity and self.paging:
+            raise ExpertCacheError(f"{len(self.pinned)} pinned experts leave no free slot in a cache of {capacity}")
+        self.table = np.full(package.config["num_layers"] * self.num_experts * self.pieces, NO_SLOT, np.uint32)
         self.slot_table = self.device.create_buffer(size=self.table.nbytes, usage=STORAGE, label="expert slots")
-        self.resident: OrderedDict[tuple[int, int], int] = OrderedDict()   # LRU order, oldest first
+        self.resident: OrderedDict[tuple[int, int], list[int]] = OrderedDict()   # LRU order, oldest first
         self.free = list(range(self.n_slots - 1, -1, -1))
         self.stats = {l: LayerStats() for l in self.moe_layers}
         E = self.num_experts
@@ -106,21 +116,50 @@ class ExpertCache:
         startup = [(l, e) for l in self.moe_layers for e in range(self.num_experts)] if not self.paging \
             else sorted(self.pinned)
         for key in startup:
-            self._upload(key, self.free.pop())
+            self._upload(key, self._take_slots())
         self._write_table()
+        # banks each layer's resident experts occupy (while nothing is paged, they never change)
+        self.layer_banks = {l: self.banks_of(l, range(E)) for l in self.moe_layers}
+
+    def _allocate(self, n_slots: int) -> int:
+        """Creates banks for n_slots slots, stopping early if the adapter refuses one; returns the slots."""
+        self.n_slots = 0
+        while self.n_slots < n_slots:
+            n = min(self.slots_per_bank, n_slots - self.n_slots)
+            try:
+                bank = self.device.create_buffer(size=n * self.slot_bytes, usage=STORAGE,
+                                                 label=f"expert slab bank {len(self.banks)}")
+            except Exception as e:          # out of memory: page with what was allocated
+                if self.n_slots < self.pieces:
+                    raise ExpertCacheError(f"the adapter cannot allocate one expert ({gib(self.expert_bytes)}): "
+                                           f"{e}") from None
+                break
+            info = self.device.create_buffer(size=16, usage=BANK_INFO, label=f"expert bank {len(self.banks)} range")
+            self.device.queue.write_buffer(info, 0, np.array([self.n_slots, n, 0, 0], np.uint32))
+            self.banks.append(bank)
+            self.bank_info.append(info)
+            self.n_slots += n
+        return self.n_slots
 
     @property
     def buffers(self) -> dict:
-        return {"experts": self.slab, "expert_slots": self.slot_table}
+        return {"experts": self.banks, "expert_bank": self.bank_info, "expert_slots": self.slot_table}
 
-    @property
-    def variables(self) -> dict[str, int]:
-        """Plan variables of the grouped expert kernels: the slot range the bound slab buffer holds."""
-        return {"slot0": 0, "n_slots": self.n_slots}
+    def banks_of(self, layer: int, experts) -> list[int]:
+        """The banks holding the resident pieces of these experts of a layer."""
+        return sorted({s // self.slots_per_bank for e in experts for s in self.resident.get((layer, int(e)), ())})
 
     @property
     def reads_routing(self) -> bool:
         return self.paging or self.observe
+
+    def describe(self) -> str:
+        total = len(self.moe_layers) * self.num_experts
+        where = f"{len(self.banks)} bank{'s' if len(self.banks) > 1 else ''}"
+        if self.paging:
+            return (f"{self.capacity} of {total} experts resident at once ({gib(self.capacity * self.expert_bytes)} "
+                    f"in {where}), the rest paged; budget: {self.budget.reason}")
+        return f"all {total} experts resident ({gib(total * self.expert_bytes)} in {where}); budget: {self.budget.reason}"
 
     def record(self, layer: int, chosen: np.ndarray) -> None:
         """Routing of a forward pass: chosen [T, K] expert ids."""
@@ -151,19 +190,20 @@ class ExpertCache:
                     st.hits += 1
                     self.resident.move_to_end(key)
                 else:
-                    slot = self._take_slot()
-                    if slot is None:
+                    slots = self._take_slots()
+                    if slots is None:
                         break
                     st.misses += 1
-                    st.bytes_uploaded += self.slot_bytes
-                    self._upload(key, slot)
+                    st.bytes_uploaded += self.expert_bytes
+                    self._upload(key, slots)
                 batch.append(e)
                 self.in_use.add(key)
             pending = pending[len(batch):]
-            row = self.table[layer * self.num_experts:(layer + 1) * self.num_experts]
+            P = self.pieces
+            row = self.table[layer * self.num_experts * P:(layer + 1) * self.num_experts * P]
             row[:] = NO_SLOT
             for e in batch:
-                row[e] = self.resident[(layer, e)]
+                row[e * P:(e + 1) * P] = self.resident[(layer, e)]
             self._write_table(layer)
             st.wait_s += time.perf_counter() - t0
             yield batch
@@ -181,40 +221,47 @@ class ExpertCache:
             if key in self.resident:
                 self.resident.move_to_end(key)
                 continue
-            slot = self._take_slot()
-            if slot is None:
+            slots = self._take_slots()
+            if slots is None:
                 break
-            self._upload(key, slot)
+            self._upload(key, slots)
             st.prefetched += 1
-            st.bytes_uploaded += self.slot_bytes
+            st.bytes_uploaded += self.expert_bytes
         self.in_use = set()
         st.wait_s += time.perf_counter() - t0
 
-    def _take_slot(self) -> int | None:
-        if self.free:
-            return self.free.pop()
-        for key in self.resident:                       # least recently used first
-            if key not in self.in_use and key not in self.pinned:
-                slot = self.resident.pop(key)
-                self.table[key[0] * self.num_experts + key[1]] = NO_SLOT
-                self.stats[key[0]].evictions += 1
-                return slot
-        return None
+    def _take_slots(self) -> list[int] | None:
+        """Slots for one expert's pieces: free ones, else those of the least recently used experts not in
+        the running batch and not pinned; None if there are not enough."""
+        while len(self.free) < self.pieces:
+            victim = next((k for k in self.resident if k not in self.in_use and k not in self.pinned), None)
+            if victim is None:
+                return None
+            self.free.extend(self.resident.pop(victim))
+            start = (victim[0] * self.num_experts + victim[1]) * self.pieces
+            self.table[start:start + self.pieces] = NO_SLOT
+            self.stats[victim[0]].evictions += 1
+        return [self.free.pop() for _ in range(self.pieces)]
 
-    def _upload(self, key: tuple[int, int], slot: int) -> None:
-        self.device.queue.write_buffer(self.slab, slot * self.slot_bytes, self.package.expert_bytes(*key))
-        self.resident[key] = slot
-        self.table[key[0] * self.num_experts + key[1]] = slot
+    def _upload(self, key: tuple[int, int], slots: list[int]) -> None:
+        data = self.package.expert_bytes(*key)
+        for piece, slot in enumerate(slots):
+            bank, at = divmod(slot, self.slots_per_bank)
+            self.device.queue.write_buffer(self.banks[bank], at * self.slot_bytes,
+                                           data[piece * self.slot_bytes:(piece + 1) * self.slot_bytes])
+        self.resident[key] = slots
+        start = (key[0] * self.num_experts + key[1]) * self.pieces
+        self.table[start:start + self.pieces] = slots
 
     def _write_table(self, layer: int | None = None) -> None:
         if layer is None:
             self.device.queue.write_buffer(self.slot_table, 0, self.table)
         else:
-            start = layer * self.num_experts
-            self.device.queue.write_buffer(self.slot_table, start * 4, self.table[start:start + self.num_experts])
+            n = self.num_experts * self.pieces
+            self.device.queue.write_buffer(self.slot_table, layer * n * 4, self.table[layer * n:(layer + 1) * n])
 
     def report(self) -> dict:
-        """Statistics per layer and in total (hits + misses = lookups; bytes_uploaded = misses x slot size),
+        """Statistics per layer and in total (hits + misses = lookups; bytes_uploaded = misses x expert bytes),
         tokens routed to each expert per layer, and the in-memory shard cache (the browser's; natively the
         shards are memory-mapped, so it is None). The same shape as web/expert_cache.js's report()."""
         layers = {l: s.as_dict() for l, s in self.stats.items()}
@@ -222,6 +269,8 @@ class ExpertCache:
         for s in self.stats.values():
             for f in LayerStats.FIELDS:
                 setattr(total, f, getattr(total, f) + getattr(s, f))
-        return {"slots": self.n_slots, "slot_bytes": self.slot_bytes, "paging": self.paging,
+        return {"slots": self.n_slots, "slot_bytes": self.slot_bytes, "pieces": self.pieces,
+                "capacity": self.capacity, "banks": len(self.banks), "budget": self.budget.reason,
+                "paging": self.paging,
                 "resident": len(self.resident), "layers": layers, "total": total.as_dict(),
                 "usage": {l: u.tolist() for l, u in self.usage.items()}, "memory": None}

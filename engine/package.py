@@ -8,7 +8,7 @@ import mmap
 from pathlib import Path
 from .errors import PackageError
 
-FORMAT_VERSION = 2          # the one format this webmoe reads (converter/writer.py writes it)
+FORMAT_VERSION = 3          # the one format this webmoe reads (converter/writer.py writes it)
 _REQUIRED = {"format": str, "format_version": int, "family": str, "config": dict, "moe": dict,
              "tokenizer": dict, "plan": dict, "tensors": dict, "experts": dict, "shards": list}
 

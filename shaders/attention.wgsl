@@ -1,11 +1,15 @@
 // Causal grouped-query attention of T new queries over the KV cache, one workgroup per (head, query).
-//   q: [T, n_heads, D]   k_cache: [S_max, n_kv, D]   v_cache: [S_max, n_kv, Dv]   out: [T, n_heads, Dv]
+//   q: [T, n_heads, D]   k_cache: [S_max, k_stride]   v_cache: [S_max, v_stride]   out: [T, n_heads, Dv]
+// Position s's key for KV head kv is k_cache[s * k_stride + kv * D ..], its value v_cache[s * v_stride +
+// kv * Dv ..]: plain caches have strides n_kv * D and n_kv * Dv; MLA's latent cache binds one buffer of
+// [latent | rotary key] rows as both, the value being the latent (Dv < D).
 // Query t sits at absolute position pos0 + t and sees keys lo..pos0 + t, where lo = 0, or with a sliding
 // window the last `window` positions. Keys are visited in chunks of LANES with an online softmax, so no
 // score buffer is needed whatever the context length. Each lane owns up to DIMS_PER_LANE output dims
-// (D, Dv <= LANES * DIMS_PER_LANE).
+// (the plan sets it to ceil(max(D, Dv) / LANES)).
 // SINKS (GPT-OSS): a learned per-head logit joins the softmax's denominator and attends to nothing.
-struct Params { T: u32, pos0: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, window: u32, scale: f32 }
+struct Params { T: u32, pos0: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, k_stride: u32, v_stride: u32,
+                window: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k_cache: array<f32>;
@@ -44,7 +48,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let s = s0 + lid;
         var sc = -3.0e38;
         if (s <= pos) {
-            let kb = (s * p.n_kv + kv) * p.D;
+            let kb = s * p.k_stride + kv * p.D;
             sc = 0.0;
             for (var d = 0u; d < p.D; d++) { sc += q_s[d] * k_cache[kb + d]; }
         }
@@ -59,7 +63,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var j = 0u; j < n; j++) {
             let e = exp(score[j] - cmax);
             l += e;
-            let vb = ((s0 + j) * p.n_kv + kv) * p.Dv;
+            let vb = (s0 + j) * p.v_stride + kv * p.Dv;
             for (var c = 0u; c < DIMS_PER_LANE; c++) {
                 let d = lid + c * LANES;
                 if (d < p.Dv) { acc[c] += e * v_cache[vb + d]; }

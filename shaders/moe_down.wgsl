@@ -1,15 +1,17 @@
 // Expert FFN, second half: y[p, h] = act[p] . down[h] for each pair p routed to expert e.
 //   act: [pairs, I]   down: [H, I] inside the expert's slot   y: [pairs, H]
 // Dispatch: [ceil(H / ROWS), E, ceil(T / TILE)]. EXPERT_BIAS adds the f32 bias at word down_bias_off.
-struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, slot0: u32, n_slots: u32, slot_elems: u32,
-                down_off: u32, down_bias_off: u32 }
+// accumulate = 1 adds into y: the expert's later pieces (slices of its intermediate dimension).
+struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, pieces: u32, piece: u32, slot_elems: u32,
+                down_off: u32, down_bias_off: u32, accumulate: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> act: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;              // expert slab
-@group(0) @binding(3) var<storage, read> slots: array<u32>;          // [layers, E] -> slot
+@group(0) @binding(2) var<storage, read> w: array<u32>;              // one bank of the expert slab
+@group(0) @binding(3) var<storage, read> slots: array<u32>;          // [layers, E, pieces] -> slot
 @group(0) @binding(4) var<storage, read> expert_offsets: array<u32>; // [E + 1]
 @group(0) @binding(5) var<storage, read> pair_order: array<u32>;     // [pairs]
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;        // [pairs, H]
+@group(0) @binding(7) var<uniform> bank: vec4<u32>;                // first slot, slots in w
 //!include weights.wgsl
 //!include reduce.wgsl
 //!include moe_tile.wgsl
@@ -37,7 +39,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 //!if EXPERT_BIAS
             v += bias_at(base, p.down_bias_off + h);
 //!endif
-            y[tile_pair[lid] * p.H + h] = v;
+            let o = tile_pair[lid] * p.H + h;
+            if (p.accumulate != 0u) { v += y[o]; }
+            y[o] = v;
         }
         workgroupBarrier();
     }

@@ -1,18 +1,20 @@
 // Expert FFN, first half: act[p, i] = silu(x[t] . gate[i]) * (x[t] . up[i]) for each pair p = (t, j)
 // routed to expert e.    x: [T, H]   gate, up: [I, H] inside the expert's slot   act: [pairs, I]
+// I is this piece's share of the expert's intermediate dimension (all of it when pieces = 1).
 // Dispatch: [ceil(I / ROWS), E, ceil(T / TILE)].
 // EXPERT_BIAS adds f32 biases stored in the slot (word offsets gate_bias_off, up_bias_off).
 // CLAMPED_SWIGLU is GPT-OSS's activation: g = min(g, limit), u = clamp(u, -limit, limit),
 // act = (u + 1) * g * sigmoid(alpha * g).
-struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, slot0: u32, n_slots: u32, slot_elems: u32,
+struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, pieces: u32, piece: u32, slot_elems: u32,
                 gate_off: u32, up_off: u32, gate_bias_off: u32, up_bias_off: u32, alpha: f32, limit: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;              // expert slab
-@group(0) @binding(3) var<storage, read> slots: array<u32>;          // [layers, E] -> slot
+@group(0) @binding(2) var<storage, read> w: array<u32>;              // one bank of the expert slab
+@group(0) @binding(3) var<storage, read> slots: array<u32>;          // [layers, E, pieces] -> slot
 @group(0) @binding(4) var<storage, read> expert_offsets: array<u32>; // [E + 1]
 @group(0) @binding(5) var<storage, read> pair_order: array<u32>;     // [pairs]
 @group(0) @binding(6) var<storage, read_write> act: array<f32>;      // [pairs, I]
+@group(0) @binding(7) var<uniform> bank: vec4<u32>;                // first slot, slots in w
 //!include weights.wgsl
 //!include reduce.wgsl
 //!include moe_tile.wgsl

@@ -1,8 +1,9 @@
 // Shared prologue of the grouped expert kernels. The dispatch is [row blocks, E, token tiles]: workgroup
 // (_, e, tile) takes up to TILE of expert e's pairs (from moe_gather) and reads e's weights once for all
-// of them. The expert's weights sit in the slab buffer `w` at its slot (slot table `slots`), so any
-// subset of experts can be resident. Empty tiles, and experts whose slot is in another slab buffer,
-// return at once.
+// of them. Piece `piece` of the expert sits in a slot of the slab (slot table `slots` [layers, E, pieces]),
+// so any subset of experts can be resident. The slab spans several buffers (banks); `w` is the bank that
+// holds slots bank.x .. bank.x + bank.y. Empty tiles, and experts whose slot is in another bank, return at
+// once.
 //!const TILE
 var<workgroup> tile_n: u32;                   // pairs in this tile (0 = nothing to do)
 var<workgroup> tile_base: u32;                // element offset of the expert's slot in `w`
@@ -12,11 +13,11 @@ fn load_tile(lid: u32, e: u32, tile: u32) -> u32 {
     if (lid == 0u) {
         let begin = expert_offsets[e] + tile * TILE;
         let end = expert_offsets[e + 1u];
-        let slot = slots[p.layer * p.E + e];
+        let slot = slots[(p.layer * p.E + e) * p.pieces + p.piece];
         var n = 0u;
-        if (begin < end && slot >= p.slot0 && slot < p.slot0 + p.n_slots) { n = min(TILE, end - begin); }
+        if (begin < end && slot >= bank.x && slot < bank.x + bank.y) { n = min(TILE, end - begin); }
         tile_n = n;
-        tile_base = (slot - p.slot0) * p.slot_elems;
+        tile_base = (slot - bank.x) * p.slot_elems;
         for (var j = 0u; j < n; j++) { tile_pair[j] = pair_order[begin + j]; }
     }
     return workgroupUniformLoad(&tile_n);

@@ -4,8 +4,9 @@ geometry and dispatch, so the kernel tests exercise exactly what packages run.""
 from __future__ import annotations
 
 import numpy as np
+import wgpu
 
-from webmoe.converter.plan import Plan
+from webmoe.converter.plan import DEFAULT_MAX_BINDING, Plan
 from webmoe.engine.executor import STORAGE, Executor, Readback
 
 
@@ -21,24 +22,31 @@ def to_words(a: np.ndarray, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
 
 
-def run_plan(gpu, build, inputs: dict, outputs: dict, env=None, dtypes=None, geometry=None) -> dict[str, np.ndarray]:
+def run_plan(gpu, build, inputs: dict, outputs: dict, env=None, dtypes=None, geometry=None,
+             max_binding: int = DEFAULT_MAX_BINDING, split=("w",)) -> dict[str, np.ndarray]:
     """inputs: name -> array; outputs: name -> (initial array, dtype); dtypes: storage dtype of an input
     ("f32" default, "f16", "u32"). build(plan) calls Plan methods on those names (the runtime's
-    "experts" and "expert_slots" are ordinary inputs here). env: the plan variables (T, pos, ...).
+    "experts", "expert_bank" and "expert_slots" are ordinary inputs here). env: the plan variables (T,
+    pos, ...). max_binding: the inputs named in `split` (weights) larger than this are cut into row parts,
+    as a package's are.
     Runs the steps built, then the sampler if one was built; returns the outputs."""
     dtypes = dtypes or {}
     arrays = {**inputs, **{k: v[0] for k, v in outputs.items()}}
     kinds = {n: dtypes.get(n) or (outputs[n][1] if n in outputs else "f32") for n in arrays}
-    plan = Plan({n: (np.shape(a), kinds[n]) for n, a in arrays.items()}, geometry)
+    plan = Plan({n: (np.shape(a), kinds[n]) for n, a in arrays.items() if n in split}, geometry, max_binding)
+    plan.tensors.update({n: (np.shape(a), kinds[n]) for n, a in arrays.items() if n not in split})
     build(plan)
     steps = plan.steps + ([plan.sampler_step] if plan.sampler_step else [])
     device = gpu.device
     buffers = {}
+    pieces = {n: [(p["tensor"], np.asarray(arrays[n])[p["row0"]:p["row0"] + p["rows"]]) for p in parts]
+              for n, parts in plan.splits.items()}
     for name, arr in arrays.items():
-        words = to_words(arr, kinds[name])
-        buf = device.create_buffer(size=max(words.nbytes, 4), usage=STORAGE)
-        device.queue.write_buffer(buf, 0, words)
-        buffers[name] = buf
+        for part, data in pieces.get(name, [(name, arr)]):
+            words = to_words(data, kinds[name])
+            buf = device.create_buffer(size=max(words.nbytes, 16), usage=STORAGE | wgpu.BufferUsage.UNIFORM)
+            device.queue.write_buffer(buf, 0, words)
+            buffers[part] = buf
     ex = Executor(gpu, {"buffers": {}, "steps": steps}, buffers, {}, {})
     encoder = device.create_command_encoder()
     ex.encode(encoder, env or {})

@@ -14,13 +14,15 @@ from webmoe import Engine
 TOLERANCE = {"f32": 1e-3, "f16": 2e-2}     # max abs logit error / largest reference logit magnitude
 
 
-def build(model_cls, config, tmp: Path, dtype: str = "f32", seed: int = 0, source_dtype=torch.float32):
-    """-> (reference model in f32, webmoe engine on the converted package)."""
+def build(model_cls, config, tmp: Path, dtype: str = "f32", seed: int = 0, source_dtype=torch.float32,
+          max_binding: int | None = None, **engine_args):
+    """-> (reference model in f32, webmoe engine on the converted package). max_binding lowers the
+    binding limit for both the converter's cuts and the engine (tests of what real sizes need)."""
     ckpt = save_checkpoint(model_cls, config, tmp / "ckpt", seed, source_dtype)
-    convert(ckpt, tmp / f"pkg-{dtype}", dtype=dtype, progress=False)
+    convert(ckpt, tmp / f"pkg-{dtype}", dtype=dtype, progress=False, **({"max_binding": max_binding} if max_binding else {}))
     # the eager experts path is the plain per-expert loop: the clearest reference, and it takes odd sizes
     ref = model_cls.from_pretrained(ckpt, dtype=torch.float32, experts_implementation="eager").eval()
-    return ref, Engine.load(tmp / f"pkg-{dtype}")
+    return ref, Engine.load(tmp / f"pkg-{dtype}", max_binding=max_binding, **engine_args)
 
 
 def reference_logits(model, ids) -> np.ndarray:

@@ -64,7 +64,7 @@ def test_eviction_spares_the_running_batch_and_pinned_experts(packages):
     engine = Engine.load(packages["mixtral"], expert_cache_bytes=5 * slot, pinned_experts=pinned)
     cache = engine.experts
     evicted_while_in_use = []
-    take = cache._take_slot
+    take = cache._take_slots
 
     def watched():
         before = set(cache.resident)
@@ -72,7 +72,7 @@ def test_eviction_spares_the_running_batch_and_pinned_experts(packages):
         gone = before - set(cache.resident)
         evicted_while_in_use.extend(k for k in gone if k in cache.in_use or k in cache.pinned)
         return slot_
-    cache._take_slot = watched
+    cache._take_slots = watched
     list(engine.generate(np.random.default_rng(1).integers(3, 400, 30).tolist(), max_new_tokens=20, temperature=0))
     stats = engine.expert_stats()
     assert stats["total"]["evictions"] > 0
@@ -82,8 +82,21 @@ def test_eviction_spares_the_running_batch_and_pinned_experts(packages):
 
 def test_full_budget_decodes_without_uploads(packages):
     engine = Engine.load(packages["mixtral"])
+    assert "every expert" in engine.experts.budget.reason and "fits" in engine.experts.budget.reason
     list(engine.generate([5, 6, 7], max_new_tokens=8, temperature=0))
     assert engine.expert_stats()["total"]["lookups"] == 0     # routing never left the GPU
+
+
+def test_default_budget_follows_host_memory(monkeypatch):
+    """On a CPU adapter the default budget is the host's available memory less what the engine needs
+    besides the experts and a margin; a GPU adapter asks for every expert."""
+    from webmoe.engine import memory
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 20 << 30)
+    b = memory.default_budget(True, 8 << 30, 2 << 30)
+    assert b.bytes == 8 << 30 and "fits" in b.reason
+    b = memory.default_budget(True, 30 << 30, 2 << 30)          # 20 - 2 - 2.5 (margin: 1/8) = 15.5 GiB
+    assert b.bytes == (20 << 30) - (2 << 30) - (20 << 30) // 8 and "paged" in b.reason
+    assert memory.default_budget(False, 30 << 30, 2 << 30).bytes == 30 << 30
 
 
 def test_bad_budgets_are_clear_errors(packages):

@@ -18,13 +18,14 @@ def close(a, b, tol=1e-4):
     assert np.abs(a - b).max() <= tol * scale, f"max abs err {np.abs(a - b).max()} (scale {scale})"
 
 
-@pytest.mark.parametrize("wdtype", ["f32", "f16"])
-def test_embed(gpu, wdtype):
+@pytest.mark.parametrize("wdtype,max_binding", [("f32", 1 << 27), ("f16", 1 << 27),
+                                                ("f32", 1024), ("f16", 1024)])   # split into row parts
+def test_embed(gpu, wdtype, max_binding):
     V, H, T = 37, 71, 5
     w = rand(V, H)
     ids = np.array([3, 0, 36, 3, 17], np.uint32)
     out = run_plan(gpu, lambda p: p.embed("ids", "w", "y", H), {"ids": ids, "w": w}, {"y": (np.zeros((T, H)), "f32")},
-                   {"T": T}, dtypes={"ids": "u32", "w": wdtype})
+                   {"T": T}, dtypes={"ids": "u32", "w": wdtype}, max_binding=max_binding)
     ref = (w.astype(np.float16).astype(np.float32) if wdtype == "f16" else w)[ids]
     np.testing.assert_array_equal(out["y"], ref)
 
@@ -39,16 +40,17 @@ def test_layernorm(gpu):
     close(out["y"], ref)
 
 
-@pytest.mark.parametrize("in_place", [False, True])
-def test_rmsnorm(gpu, in_place):
+@pytest.mark.parametrize("in_place,extra", [(False, 0), (True, 0), (True, 11)])
+def test_rmsnorm(gpu, in_place, extra):
+    """extra: rows are H + extra values apart and only their first H are normalised (MLA's latent)."""
     rows, row0, H, eps = 7, 3, 93, 1e-5
-    x, wt = rand(row0 + rows + 2, H), rand(H)
+    x, wt = rand(row0 + rows + 2, H + extra), rand(H)
     ref = x.copy()
-    seg = x[row0:row0 + rows]
-    ref[row0:row0 + rows] = seg / np.sqrt((seg.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * wt
+    seg = x[row0:row0 + rows, :H]
+    ref[row0:row0 + rows, :H] = seg / np.sqrt((seg.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * wt
     if in_place:
-        out = run_plan(gpu, lambda p: p.rmsnorm(None, "weight", "y", rows, H, eps, row0=row0), {"weight": wt},
-                       {"y": (x, "f32")})
+        out = run_plan(gpu, lambda p: p.rmsnorm(None, "weight", "y", rows, H, eps, row0=row0, stride=H + extra),
+                       {"weight": wt}, {"y": (x, "f32")})
     else:
         out = run_plan(gpu, lambda p: p.rmsnorm("x", "weight", "y", rows, H, eps, row0=row0), {"weight": wt, "x": x},
                        {"y": (x.copy(), "f32")})
@@ -68,15 +70,18 @@ def test_silu_mul_and_gated_add(gpu):
     close(out["y"], y + x / (1 + np.exp(-logit)))
 
 
-@pytest.mark.parametrize("wdtype,T,K,N,bias,acc,geometry", [
-    ("f32", 1, 67, 45, False, False, None),   # decode
-    ("f32", 13, 130, 29, True, True, None),   # prefill with a partial token tile, bias, accumulate
-    ("f16", 9, 51, 33, False, False, None),   # odd K: f16 rows start mid-word
-    ("f16", 3, 200, 7, True, False, None),
+@pytest.mark.parametrize("wdtype,T,K,N,bias,acc,geometry,max_binding", [
+    ("f32", 1, 67, 45, False, False, None, 1 << 27),   # decode
+    ("f32", 13, 130, 29, True, True, None, 1 << 27),   # prefill with a partial token tile, bias, accumulate
+    ("f16", 9, 51, 33, False, False, None, 1 << 27),   # odd K: f16 rows start mid-word
+    ("f16", 3, 200, 7, True, False, None, 1 << 27),
     # another geometry changes kernel and dispatch together (one source): still exact
-    ("f16", 13, 130, 29, True, True, {"matmul": {"ROWS": 3, "TOKENS": 5, "LANES": 32}}),
+    ("f16", 13, 130, 29, True, True, {"matmul": {"ROWS": 3, "TOKENS": 5, "LANES": 32}}, 1 << 27),
+    # the weight split into row parts of at most 2 KiB (one step per part, each writing its columns)
+    ("f32", 13, 130, 29, True, True, None, 2048),
+    ("f16", 9, 51, 33, True, False, None, 1024),
 ])
-def test_matmul(gpu, wdtype, T, K, N, bias, acc, geometry):
+def test_matmul(gpu, wdtype, T, K, N, bias, acc, geometry, max_binding):
     x_row0, y_row0 = 2, 1
     x, w, b, y0 = rand(T + x_row0 + 1, K), rand(N, K), rand(N), rand(T + y_row0, N)
     inputs = {"x": x, "w": w}
@@ -84,11 +89,28 @@ def test_matmul(gpu, wdtype, T, K, N, bias, acc, geometry):
         inputs["bias"] = b
     out = run_plan(gpu, lambda p: p.matmul("x", "w", "y", K, N, x_row0=x_row0, y_row0=y_row0, accumulate=acc,
                                            bias="bias" if bias else None),
-                   inputs, {"y": (y0, "f32")}, {"T": T}, dtypes={"w": wdtype}, geometry=geometry)
+                   inputs, {"y": (y0, "f32")}, {"T": T}, dtypes={"w": wdtype}, geometry=geometry,
+                   max_binding=max_binding)
     wq = w.astype(np.float16).astype(np.float32) if wdtype == "f16" else w
     ref = y0.copy()
     r = x[x_row0:x_row0 + T].astype(np.float64) @ wq.T.astype(np.float64) + (b if bias else 0)
     ref[y_row0:y_row0 + T] = r + (y0[y_row0:y_row0 + T] if acc else 0)
+    close(out["y"], ref)
+
+
+def test_matmul_heads_and_strides(gpu):
+    """Per-head weights over column slices of wider rows, written into column slices of wider rows (MLA's
+    query absorption): y[t, y_col0 + h*y_hs + n] = x[t, x_col0 + h*x_hs + :K] @ w[h*N + n]."""
+    T, nh, K, N, x_hs, y_hs, x_col0, y_col0 = 5, 3, 9, 7, 11, 10, 2, 3
+    x_stride, y_stride = nh * x_hs + 4, nh * y_hs + 5
+    x, w, b, y0 = rand(T, x_stride), rand(nh * N, K), rand(nh * N), rand(T, y_stride)
+    out = run_plan(gpu, lambda p: p.matmul("x", "w", "y", K, N, bias="bias", x_stride=x_stride, x_col0=x_col0,
+                                           y_stride=y_stride, y_col0=y_col0, heads=nh, x_hstride=x_hs, y_hstride=y_hs),
+                   {"x": x, "w": w, "bias": b}, {"y": (y0, "f32")}, {"T": T})
+    ref = y0.copy()
+    for h in range(nh):
+        xs = x[:, x_col0 + h * x_hs:x_col0 + h * x_hs + K].astype(np.float64)
+        ref[:, y_col0 + h * y_hs:y_col0 + h * y_hs + N] = xs @ w[h * N:(h + 1) * N].T + b[h * N:(h + 1) * N]
     close(out["y"], ref)
 
 
@@ -222,15 +244,15 @@ def test_router_grouped_sigmoid_with_bias(gpu, n_group, topk_group, K):
     close(out["topk_w"], w, 1e-5)
 
 
-def test_mla_assemble_k(gpu):
-    T, pos0, nh, dn, dr, S = 4, 7, 3, 5, 6, 14
-    k_nope, k_rot, cache = rand(T, nh, dn), rand(T, dr), rand(S, nh, dn + dr)
-    out = run_plan(gpu, lambda p: p.mla_assemble_k("k_nope", "k_rot", "k_cache", nh, dn, dr),
-                   {"k_nope": k_nope, "k_rot": k_rot}, {"k_cache": (cache, "f32")}, {"T": T, "pos": pos0})
-    ref = cache.copy()
-    ref[pos0:pos0 + T, :, :dn] = k_nope
-    ref[pos0:pos0 + T, :, dn:] = k_rot[:, None, :]
-    np.testing.assert_array_equal(out["k_cache"], ref)
+def test_attention_over_a_latent_cache(gpu):
+    """MLA's absorbed form: one buffer of [latent | rotary key] rows is the keys of every head (MQA) and
+    its first r values are the values."""
+    T, pos0, nh, r, dr = 3, 66, 4, 70, 8        # D = 78, Dv = 70: two dims per lane
+    S, D = pos0 + T + 2, r + dr
+    q, kv = rand(T, nh, D), rand(S, D)
+    out = run_plan(gpu, lambda p: p.attention("q", "kv", "kv", "out", nh, 1, D, r, 0.1, k_stride=D, v_stride=D),
+                   {"q": q, "kv": kv}, {"out": (np.zeros((T, nh, r)), "f32")}, {"T": T, "pos": pos0})
+    close(out["out"], attention_ref(q, kv[:, None, :], kv[:, None, :r], pos0, 0, 0.1))
 
 
 def test_moe_gather(gpu):
@@ -251,27 +273,31 @@ def silu(v):
     return v / (1 + np.exp(-v))
 
 
-def build_slab(parts_per_expert, slot_of, layer, E, L, wdtype):
-    """Slab words as the writer lays out a slot: matrices in wdtype, 1-D parts (biases) as f32 words,
-    every part starting on a 256-byte boundary. Returns (slab words, element offsets, word offsets,
-    slot elements)."""
-    from webmoe.converter.writer import encode, expert_layout
-    layout = expert_layout({k: v.shape for k, v in parts_per_expert[0].items()}, wdtype)
-    slab = bytearray(L * E * layout["slot_bytes"])
+def build_slab(parts_per_expert, slot_of, layer, E, L, wdtype, max_binding=1 << 27):
+    """Slab words as the writer lays out an expert's pieces (writer.expert_pieces), piece p of expert e in
+    slot slot_of[(layer * E + e) * pieces + p]. Returns (slab words, layout)."""
+    from webmoe.converter.writer import encode, expert_layout, expert_pieces
+    layout = expert_layout({k: v.shape for k, v in parts_per_expert[0].items()}, wdtype, max_binding)
+    P = layout["pieces"]
+    slab = bytearray(L * E * P * layout["slot_bytes"])
     for e in range(E):
-        base = int(slot_of[layer * E + e]) * layout["slot_bytes"]
-        for role, arr in parts_per_expert[e].items():
-            data = encode(arr, layout[role]["dtype"])
-            slab[base + layout[role]["offset"]:base + layout[role]["offset"] + len(data)] = data
+        for piece, arrays in enumerate(expert_pieces(parts_per_expert[e], layout)):
+            base = int(slot_of[(layer * E + e) * P + piece]) * layout["slot_bytes"]
+            for role, arr in arrays.items():
+                data = encode(arr, layout[role]["dtype"])
+                slab[base + layout[role]["offset"]:base + layout[role]["offset"] + len(data)] = data
     return np.frombuffer(bytes(slab), np.uint32), layout
 
 
-@pytest.mark.parametrize("wdtype,gpt_oss,geometry", [
-    ("f32", False, None), ("f16", False, None), ("f32", True, None), ("f16", True, None),
+@pytest.mark.parametrize("wdtype,gpt_oss,geometry,max_binding", [
+    ("f32", False, None, 1 << 27), ("f16", False, None, 1 << 27), ("f32", True, None, 1 << 27),
+    ("f16", True, None, 1 << 27),
     # another geometry changes kernels and dispatches together (one source): still exact
-    ("f16", True, {"moe_gate_up": {"ROWS": 3, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 5, "TILE": 3}}),
+    ("f16", True, {"moe_gate_up": {"ROWS": 3, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 5, "TILE": 3}}, 1 << 27),
+    # experts cut into pieces along I (slots of at most 3 KiB): the pieces' outputs add up
+    ("f32", True, None, 3072), ("f16", False, None, 2048),
 ])
-def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry):
+def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_binding):
     """moe_gate_up + moe_down over a slab whose slots are shuffled, then scatter_add, vs a dense loop.
     gpt_oss: slot biases and the clamped SwiGLU."""
     T, K, E, H, I, layer, L = 19, 2, 5, 37, 23, 1, 2
@@ -281,21 +307,23 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry):
     q = (lambda a: a.astype(np.float16).astype(np.float32)) if wdtype == "f16" else (lambda a: a)
     ids = np.stack([rng.choice(E, K, replace=False) for _ in range(T)]).astype(np.uint32)
     topw = rng.random((T, K)).astype(np.float32)
-    slot_of = rng.permutation(L * E).astype(np.uint32)        # [L * E]
     parts = [{"gate": gate[e], "up": up[e], "down": down[e],
               **({"gate_bias": gb[e], "up_bias": ub[e], "down_bias": db[e]} if gpt_oss else {})} for e in range(E)]
-    slab, layout = build_slab(parts, slot_of, layer, E, L, wdtype)
+    from webmoe.converter.writer import expert_layout
+    P = expert_layout({k: v.shape for k, v in parts[0].items()}, wdtype, max_binding)["pieces"]
+    assert (P > 1) == (max_binding < 1 << 27)
+    slot_of = rng.permutation(L * E * P).astype(np.uint32)        # [L, E, P]
+    slab, layout = build_slab(parts, slot_of, layer, E, L, wdtype, max_binding)
     g = run_plan(gpu, lambda p: p.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K), {"topk_ids": ids},
                  {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")}, {"T": T},
                  dtypes={"topk_ids": "u32"})
     activation = {"kind": "clamped_swiglu", "alpha": alpha, "limit": limit} if gpt_oss else None
-    inputs = {"x": x, "experts": slab, "expert_slots": slot_of, "expert_offsets": g["expert_offsets"],
-              "pair_order": g["pair_order"]}
+    inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, L * E * P, 0, 0], np.uint32),
+              "expert_slots": slot_of, "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"]}
     out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", layer, E, K, H, I,
                                                 layout, wdtype, activation),
-                   inputs, {"act": (np.zeros((T * K, I)), "f32"), "y": (np.zeros((T * K, H)), "f32")},
-                   {"T": T, "slot0": 0, "n_slots": L * E}, dtypes={n: "u32" for n in inputs if n != "x"},
-                   geometry=geometry)
+                   inputs, {"act": (np.zeros((T * K, layout["piece_rows"])), "f32"), "y": (np.zeros((T * K, H)), "f32")},
+                   {"T": T}, dtypes={n: "u32" for n in inputs if n != "x"}, geometry=geometry)
     act, y = out["act"], out["y"]
     ref_act = np.zeros((T * K, I))
     ref_y = np.zeros((T * K, H))
@@ -310,7 +338,8 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry):
                 a = silu(gv) * uv
             ref_act[t * K + j] = a
             ref_y[t * K + j] = q(down[e]) @ a + (db[e] if gpt_oss else 0)
-    close(act, ref_act)
+    last = (P - 1) * layout["piece_rows"]      # act holds the last piece's share of the intermediate dims, [pairs, I - last]
+    close(act.reshape(-1)[:T * K * (I - last)].reshape(T * K, I - last), ref_act[:, last:])
     close(y, ref_y)
     resid = rand(T, H)
     out = run_plan(gpu, lambda p: p.scatter_add("expert_out", "topk_w", "y", K, H), {"expert_out": y, "topk_w": topw},
@@ -318,19 +347,20 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry):
     close(out["y"], resid + np.einsum("tk,tkh->th", topw, ref_y.reshape(T, K, H)))
 
 
-def test_experts_outside_the_bound_slab_are_skipped(gpu):
-    """With slot0/n_slots naming another slab buffer's range, no output is written for these experts."""
+def test_experts_outside_the_bound_bank_are_skipped(gpu):
+    """With the bound bank holding another slot range, no output is written for these experts."""
     T, K, E, H, I = 3, 1, 2, 8, 6
     ids = np.zeros((T, K), np.uint32)
     act0 = np.full((T * K, I), 7.0, np.float32)
     from webmoe.converter.writer import expert_layout
     layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, "f32")
     inputs = {"x": rand(T, H), "experts": rand(2 * layout["slot_elems"]), "expert_slots": np.array([0, 1], np.uint32),
+              "expert_bank": np.array([1, 1, 0, 0], np.uint32),
               "expert_offsets": np.array([0, T, T], np.uint32), "pair_order": np.arange(T, dtype=np.uint32)}
     out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", 0, E, K, H, I, layout,
                                                 "f32"),
-                   inputs, {"act": (act0, "f32"), "y": (np.zeros((T * K, H)), "f32")}, {"T": T, "slot0": 1, "n_slots": 1},
-                   dtypes={"expert_slots": "u32", "expert_offsets": "u32", "pair_order": "u32"})
+                   inputs, {"act": (act0, "f32"), "y": (np.zeros((T * K, H)), "f32")}, {"T": T},
+                   dtypes={"expert_slots": "u32", "expert_offsets": "u32", "pair_order": "u32", "expert_bank": "u32"})
     np.testing.assert_array_equal(out["act"], act0)
     np.testing.assert_array_equal(out["y"], 0)
 

@@ -1,4 +1,4 @@
-"""Package format versions: a manifest of the previous format (a real one: the demo package as format 1
+"""Package format versions: a manifest of the previous format (a real one: the demo package as format 2
 wrote it) is refused with a message that says to convert again, by the library and by the CLI."""
 import json
 import shutil
@@ -11,7 +11,7 @@ import pytest
 from webmoe.engine.package import FORMAT_VERSION, Package, PackageError
 
 ROOT = Path(__file__).resolve().parent.parent
-OLD = Path(__file__).parent / "data" / "format1-manifest.json"
+OLD = Path(__file__).parent / "data" / "format2-manifest.json"
 
 
 @pytest.fixture
@@ -24,12 +24,12 @@ def old_package(tmp_path):
 
 def test_previous_format_is_refused_clearly(old_package):
     assert json.loads(OLD.read_text())["format_version"] == FORMAT_VERSION - 1
-    with pytest.raises(PackageError, match=r"package format 1 is older than this webmoe reads \(2\); convert the "
+    with pytest.raises(PackageError, match=r"package format 2 is older than this webmoe reads \(3\); convert the "
                                            r"checkpoint again with `webmoe convert`"):
         Package(old_package)
     r = subprocess.run([sys.executable, "-m", "webmoe", "info", str(old_package)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.strip().splitlines() == ["webmoe: error: package format 1 is older than this webmoe reads (2); "
+    assert r.stderr.strip().splitlines() == ["webmoe: error: package format 2 is older than this webmoe reads (3); "
                                              "convert the checkpoint again with `webmoe convert`"]
 
 

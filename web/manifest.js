@@ -2,7 +2,7 @@
 // messages, so a package the native engine refuses is refused here too.
 import { PackageError } from "./errors.js";
 
-export const FORMAT_VERSION = 2;   // the one format this webmoe reads (converter/writer.py writes it)
+export const FORMAT_VERSION = 3;   // the one format this webmoe reads (converter/writer.py writes it)
 
 const REQUIRED = { format: "string", format_version: "int", family: "string", config: "dict", moe: "dict",
                    tokenizer: "dict", plan: "dict", tensors: "dict", experts: "dict", shards: "list" };

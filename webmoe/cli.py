@@ -25,8 +25,12 @@ def _mib(value: float | None) -> int | None:
 
 def _convert(args) -> int:
     from webmoe.converter.convert import convert
-    out = convert(args.src, args.out, dtype=args.dtype, force=args.force)
-    print(f"wrote {out}", file=sys.stderr)
+    stats: dict = {}
+    out = convert(args.src, args.out, dtype=args.dtype, force=args.force, max_binding=args.max_binding, stats=stats)
+    secs = max(stats["seconds"], 1e-9)
+    print(f"wrote {out}: read {stats['bytes_read'] / 1e9:.2f} GB, wrote {stats['bytes_written'] / 1e9:.2f} GB in "
+          f"{secs:.1f} s ({stats['bytes_read'] / 1e9 / secs:.2f} GB/s read, {stats['bytes_written'] / 1e9 / secs:.2f} GB/s "
+          "written)", file=sys.stderr)
     return 0
 
 
@@ -87,12 +91,30 @@ def _analyze(args) -> int:
     return 0
 
 
+def _default_budget(package) -> str:
+    """How the engine would choose its expert budget on this machine (engine/memory.py)."""
+    from webmoe.engine.device import pick_adapter
+    from webmoe.engine.errors import DeviceError
+    from webmoe.engine.memory import default_budget
+    from webmoe.engine.resources import plan_bytes
+    m = package.manifest
+    try:
+        cpu = pick_adapter().info.get("adapter_type") == "CPU"
+    except DeviceError as e:
+        return f"no WebGPU adapter here ({e})"
+    experts = len(m["moe"]["moe_layers"]) * m["moe"]["num_experts"] * m["moe"]["expert_layout"]["expert_bytes"]
+    dense = sum(t["size"] for t in m["tensors"].values())
+    S = min(4096, m["config"]["max_position_embeddings"])
+    return default_budget(cpu, experts, dense + plan_bytes(m["plan"], 64, S)["buffers"]).reason
+
+
 def _info(args) -> int:
     from webmoe.engine.package import Package
     from webmoe.tools.summary import summarize
     package = Package(args.package)
     for key, value in summarize(package).items():
         print(f"{key:<22}{value}")
+    print(f"{'expert budget':<22}{_default_budget(package)}")
     if args.plan:
         from webmoe.tools.plan_view import describe_plan
         print()
@@ -110,6 +132,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("out", help="package directory to write (written atomically)")
     c.add_argument("--dtype", choices=["f32", "f16"], default="f16", help="storage dtype of the weight matrices")
     c.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--max-binding", type=int, default=128 << 20, metavar="BYTES",
+                   help="cut tensors and experts so that no GPU binding exceeds BYTES (default 128 MiB, which "
+                        "every WebGPU adapter grants)")
     c.set_defaults(func=_convert)
 
     r = sub.add_parser("run", help="generate text from a prompt, streamed to stdout")

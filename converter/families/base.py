@@ -10,7 +10,7 @@ import numpy as np
 from ..checkpoint import Checkpoint
 from ..errors import ConversionError
 from ..plan import GEOMETRY, Plan
-from ..rope import rope_parameters, rope_tables
+from ..rope import max_context, rope_parameters, rope_tables
 
 
 @dataclass
@@ -122,7 +122,7 @@ class DecoderFamily:
             vocab_size=need(c, "vocab_size"), hidden_size=hidden, num_layers=need(c, "num_hidden_layers"),
             num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
             rms_norm_eps=float(c.get("rms_norm_eps") or 1e-6),
-            max_position_embeddings=int(c.get("max_position_embeddings") or 4096),
+            max_position_embeddings=max_context(c),
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)), rope_theta=float(rope["rope_theta"]),
             rope_type=rope["rope_type"], rope_dim=int(head_dim * partial),
             sliding_window=0 if c.get("use_sliding_window") is False else int(c.get("sliding_window") or 0),
@@ -225,6 +225,10 @@ class DecoderFamily:
         elif self.qk_norm == "full":
             out.update({self.q_norm.format(l=l): (qd,), self.k_norm.format(l=l): (kvd,)})
         return out
+
+    def transforms(self, name: str) -> bool:
+        """Whether transform_dense changes this tensor (the converter streams the others in row blocks)."""
+        return False
 
     def transform_dense(self, name: str, array: np.ndarray) -> dict[str, np.ndarray]:
         """The package tensors made from one checkpoint tensor (a family may split or reorder one)."""

@@ -2,11 +2,15 @@
 chosen with e_score_correction_bias inside the best topk_group of n_group groups, routed_scaling_factor,
 shared experts beside the routed ones, and the first first_k_dense_replace layers dense.
 
-MLA runs in its expanded form: queries come from a low-rank path (q_a_proj -> RMSNorm -> q_b_proj) or
-q_proj; keys and values from the compressed latent c = RMSNorm(kv_a_proj(x)[:kv_lora_rank]):
-k = [kv_b_proj_k(c) per head, rope(kv_a_proj(x)[kv_lora_rank:]) shared], v = kv_b_proj_v(c). The
-converter splits kv_a_proj_with_mqa and kv_b_proj into those parts so every step is a plain matmul.
-The KV cache holds expanded keys and values (caching the latent instead is a later optimisation)."""
+Multi-head latent attention caches the latent. Queries come from a low-rank path (q_a_proj -> RMSNorm ->
+q_b_proj) or q_proj; the checkpoint's keys and values are expanded from the compressed latent
+c = RMSNorm(kv_a_proj(x)[:kv_lora_rank]) as k = [W_uk[h] c per head, rope(kv_a_proj(x)[kv_lora_rank:])],
+v = W_uv[h] c. Since q.k = (W_uk[h]^T q_nope) . c + q_rot . k_rot, the up-projections are absorbed: the
+KV cache row of a position is [c | k_rot] (kv_lora_rank + qk_rope_head_dim values, shared by all heads),
+each query head becomes [W_uk[h]^T q_nope | q_rot], attention is multi-query over those rows with the
+latent as the value, and W_uv[h] is applied to each head's output afterwards. The converter splits
+kv_a_proj_with_mqa (latent | rotary rows), q_b_proj / q_proj (per-head nope | rope rows) and kv_b_proj
+(W_uk transposed per head, W_uv), so every step is a matmul."""
 from __future__ import annotations
 
 import math
@@ -70,17 +74,24 @@ class DeepseekV3(DecoderFamily):
                 out[a + "q_a_proj.bias"] = (self.q_lora,)
         return out
 
+    def transforms(self, name: str) -> bool:
+        return any(part in name for part in ("kv_a_proj_with_mqa", "kv_b_proj.weight", "q_b_proj.weight",
+                                                "q_proj.weight"))
+
     def transform_dense(self, name: str, array: np.ndarray) -> dict[str, np.ndarray]:
-        if "kv_a_proj_with_mqa" in name:        # [kv_lora + d_rot, ...] -> latent part, rotary key part
-            base = name.replace("kv_a_proj_with_mqa", "kv_a_proj")
-            kind = name.rsplit(".", 1)[1]
-            return {f"{base[:-len(kind) - 1]}.latent.{kind}": array[:self.kv_lora],
-                    f"{base[:-len(kind) - 1]}.rope.{kind}": array[self.kv_lora:]}
-        if name.endswith("kv_b_proj.weight"):     # [nh * (d_nope + d_v), r] -> k [nh * d_nope, r], v [nh * d_v, r]
-            per_head = array.reshape(self.dims.num_heads, self.d_nope + self.d_v, self.kv_lora)
-            base = name[:-len(".weight")]
-            return {base + ".k.weight": per_head[:, :self.d_nope].reshape(-1, self.kv_lora),
-                    base + ".v.weight": per_head[:, self.d_nope:].reshape(-1, self.kv_lora)}
+        nh, dn, dr, dv, r = self.dims.num_heads, self.d_nope, self.d_rot, self.d_v, self.kv_lora
+        if "kv_a_proj_with_mqa" in name:        # [r + d_rot, ...] -> latent part, rotary key part
+            base, kind = name.replace("kv_a_proj_with_mqa", "kv_a_proj").rsplit(".", 1)
+            return {f"{base}.latent.{kind}": array[:r], f"{base}.rope.{kind}": array[r:]}
+        base = name[:-len(".weight")]
+        if name.endswith("kv_b_proj.weight"):     # [nh * (d_nope + d_v), r] -> W_uk^T [nh * r, d_nope], W_uv [nh * d_v, r]
+            per_head = array.reshape(nh, dn + dv, r)
+            return {base + ".k_absorb.weight": per_head[:, :dn].transpose(0, 2, 1).reshape(nh * r, dn),
+                    base + ".v.weight": per_head[:, dn:].reshape(nh * dv, r)}
+        if name.endswith(("q_b_proj.weight", "q_proj.weight")):   # [nh * (d_nope + d_rot), K] -> nope, rope rows
+            per_head = array.reshape(nh, dn + dr, -1)
+            return {base + ".nope.weight": per_head[:, :dn].reshape(nh * dn, -1),
+                    base + ".rope.weight": per_head[:, dn:].reshape(nh * dr, -1)}
         return {name: array}
 
     def softmax_scale(self) -> float:
@@ -94,33 +105,40 @@ class DeepseekV3(DecoderFamily):
     def attention_block(self, plan: Plan, l: int) -> None:
         from ..rope import rope_tables
         d, a = self.dims, ATTN.format(l=l)
-        H, nh, dn, dr, dv, eps = d.hidden_size, d.num_heads, self.d_nope, self.d_rot, self.d_v, d.rms_norm_eps
+        H, nh, dn, dr, dv, r, eps = d.hidden_size, d.num_heads, self.d_nope, self.d_rot, self.d_v, self.kv_lora, d.rms_norm_eps
+        D = r + dr                                   # a latent cache row, and an absorbed query head
         bias = self.attention_bias_parts(self.config)
         b = {part: (a + f"{part}_proj.bias" if part in bias else None) for part in ("q_a", "o")}
-        q = plan.buffer("q", ["T", nh * (dn + dr)])
-        kc, vc = plan.buffer(f"k_cache.{l}", ["S", nh * (dn + dr)]), plan.buffer(f"v_cache.{l}", ["S", nh * dv])
-        latent, k_rot = plan.buffer("mla_latent", ["T", self.kv_lora]), plan.buffer("mla_k_rot", ["T", dr])
-        k_nope, attn = plan.buffer("mla_k_nope", ["T", nh * dn]), plan.buffer("attn", ["T", nh * dv])
+        kv_bias = "kv_a" in bias
+        q = plan.buffer("mla_q", ["T", nh * D])                  # [T, nh, W_uk^T q_nope | q_rot]
+        q_nope = plan.buffer("mla_q_nope", ["T", nh * dn])
+        kv = plan.buffer(f"kv_latent.{l}", ["S", D])             # [S, latent | rotated shared key]
+        out_latent = plan.buffer("mla_out_latent", ["T", nh * r])
+        attn = plan.buffer("attn", ["T", nh * dv])
         self.block_norm(plan, self.attn_norm.format(l=l), f"L{l}.attn_norm")
         if self.q_lora:
-            qa = plan.buffer("mla_q_latent", ["T", self.q_lora])
-            plan.matmul("xn", a + "q_a_proj.weight", qa, H, self.q_lora, bias=b["q_a"], label=f"L{l}.q_a_proj")
-            plan.rmsnorm(None, a + "q_a_layernorm.weight", qa, "T", self.q_lora, eps, label=f"L{l}.q_a_norm")
-            plan.matmul(qa, a + "q_b_proj.weight", q, self.q_lora, nh * (dn + dr), label=f"L{l}.q_b_proj")
+            src, Kq, proj = plan.buffer("mla_q_latent", ["T", self.q_lora]), self.q_lora, a + "q_b_proj"
+            plan.matmul("xn", a + "q_a_proj.weight", src, H, self.q_lora, bias=b["q_a"], label=f"L{l}.q_a_proj")
+            plan.rmsnorm(None, a + "q_a_layernorm.weight", src, "T", self.q_lora, eps, label=f"L{l}.q_a_norm")
         else:
-            plan.matmul("xn", a + "q_proj.weight", q, H, nh * (dn + dr), label=f"L{l}.q_proj")
-        kv_bias = "kv_a" in bias
-        plan.matmul("xn", a + "kv_a_proj.latent.weight", latent, H, self.kv_lora,
-                    bias=a + "kv_a_proj.latent.bias" if kv_bias else None, label=f"L{l}.kv_a_latent")
-        plan.rmsnorm(None, a + "kv_a_layernorm.weight", latent, "T", self.kv_lora, eps, label=f"L{l}.kv_a_norm")
-        plan.matmul("xn", a + "kv_a_proj.rope.weight", k_rot, H, dr,
-                    bias=a + "kv_a_proj.rope.bias" if kv_bias else None, label=f"L{l}.kv_a_rope")
+            src, Kq, proj = "xn", H, a + "q_proj"
+        plan.matmul(src, proj + ".nope.weight", q_nope, Kq, nh * dn, label=f"L{l}.q_nope")
+        plan.matmul(src, proj + ".rope.weight", q, Kq, dr, y_stride=nh * D, y_col0=r, heads=nh, y_hstride=D,
+                    label=f"L{l}.q_rope")
+        plan.matmul(q_nope, a + "kv_b_proj.k_absorb.weight", q, dn, r, x_stride=nh * dn, heads=nh, x_hstride=dn,
+                    y_stride=nh * D, y_hstride=D, label=f"L{l}.q_absorb")
+        plan.matmul("xn", a + "kv_a_proj.latent.weight", kv, H, r, y_row0="pos", y_stride=D,
+                    bias=a + "kv_a_proj.latent.bias" if kv_bias else None, label=f"L{l}.kv_latent")
+        plan.rmsnorm(None, a + "kv_a_layernorm.weight", kv, "T", r, eps, row0="pos", stride=D, label=f"L{l}.kv_norm")
+        plan.matmul("xn", a + "kv_a_proj.rope.weight", kv, H, dr, y_row0="pos", y_stride=D, y_col0=r,
+                    bias=a + "kv_a_proj.rope.bias" if kv_bias else None, label=f"L{l}.k_rope")
         factor = rope_tables(self.config, dr)[1]
         interleaved = bool(self.config.get("rope_interleave", True))
-        plan.rope(q, "rope.inv_freq", nh, dn + dr, dr, factor, interleaved=interleaved, rot_off=dn, label=f"L{l}.rope_q")
-        plan.rope(k_rot, "rope.inv_freq", 1, dr, dr, factor, interleaved=interleaved, label=f"L{l}.rope_k")
-        plan.matmul(latent, a + "kv_b_proj.k.weight", k_nope, self.kv_lora, nh * dn, label=f"L{l}.kv_b_k")
-        plan.mla_assemble_k(k_nope, k_rot, kc, nh, dn, dr, label=f"L{l}.assemble_k")
-        plan.matmul(latent, a + "kv_b_proj.v.weight", vc, self.kv_lora, nh * dv, y_row0="pos", label=f"L{l}.kv_b_v")
-        plan.attention(q, kc, vc, attn, nh, nh, dn + dr, dv, self.softmax_scale(), label=f"L{l}.attention")
+        plan.rope(q, "rope.inv_freq", nh, D, dr, factor, interleaved=interleaved, rot_off=r, label=f"L{l}.rope_q")
+        plan.rope(kv, "rope.inv_freq", 1, D, dr, factor, row0="pos", interleaved=interleaved, rot_off=r,
+                  label=f"L{l}.rope_k")
+        plan.attention(q, kv, kv, out_latent, nh, 1, D, r, self.softmax_scale(), k_stride=D, v_stride=D,
+                       label=f"L{l}.attention")
+        plan.matmul(out_latent, a + "kv_b_proj.v.weight", attn, r, dv, x_stride=nh * r, heads=nh, x_hstride=r,
+                    y_stride=nh * dv, y_hstride=dv, label=f"L{l}.v_up")
         plan.matmul(attn, a + "o_proj.weight", "h", nh * dv, H, accumulate=True, bias=b["o"], label=f"L{l}.o_proj")

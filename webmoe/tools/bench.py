@@ -33,7 +33,7 @@ def run_budget(path, budget: int | None, tokens: int, adapter: str | None, prefe
     predicted = after["predicted"] - before["predicted"]
     used = after["predicted_used"] - before["predicted_used"]
     needed = after["needed_after_prediction"] - before["needed_after_prediction"]
-    return {"slots": cache.n_slots, "experts": len(cache.moe_layers) * cache.num_experts,
+    return {"slots": cache.capacity, "experts": len(cache.moe_layers) * cache.num_experts,
             "budget_mib": cache.n_slots * cache.slot_bytes / 2**20, "prefill_s": prefill_s,
             "tokens_per_s": tokens / decode_s,
             "hit_rate": hits / lookups if lookups else 1.0,
@@ -49,7 +49,8 @@ def budgets(path, runs) -> tuple[int, int, list[tuple[str, int, bool]]]:
     """From the manifest alone: (experts in all, bytes per expert, [(label, budget bytes, prefetch)]) for
     runs of (fraction of all experts held on the GPU, prefetch); fraction 0 means one slot."""
     moe = Package(path).moe
-    total, slot = len(moe["moe_layers"]) * moe["num_experts"], moe["expert_layout"]["slot_bytes"]
+    layout = moe["expert_layout"]
+    total, slot = len(moe["moe_layers"]) * moe["num_experts"], layout["expert_bytes"]
     return total, slot, [(("min (1 slot)" if f == 0 else f"{f:.0%}") + (" +prefetch" if prefetch else ""),
                           max(1, int(round(total * f))) * slot, prefetch) for f, prefetch in runs]
 

@@ -10,7 +10,8 @@ def summarize(package: Package) -> dict[str, str]:
     m = package.manifest
     moe, cfg = m["moe"], m["config"]
     layout = moe["expert_layout"]
-    expert_params = sum(math.prod(part["shape"]) for part in layout.values() if isinstance(part, dict))
+    H, I = cfg["hidden_size"], moe["intermediate_size"]
+    expert_params = 3 * I * H + ((2 * I + H) if "gate_bias" in layout else 0)
     dense_params = sum(math.prod(t["shape"]) for n, t in m["tensors"].items() if not n.startswith("rope."))
     n_moe = len(moe["moe_layers"])
     total = dense_params + n_moe * moe["num_experts"] * expert_params
@@ -18,6 +19,7 @@ def summarize(package: Package) -> dict[str, str]:
     dense_bytes = sum(s["size"] for s in m["shards"] if s["kind"] == "dense")
     dense_layers = [l for l in range(cfg["num_layers"]) if l not in moe["moe_layers"]]
     shared = moe.get("shared_expert_intermediate_size") or 0
+    kv = sum(b.get("S", 0) for b in m["plan"]["resources"]["buffers"].values())
     return {
         "family": f"{m['family']} ({m.get('architecture')})",
         "layers": f"{cfg['num_layers']} ({n_moe} MoE; dense: {_layers(dense_layers)})",
@@ -32,10 +34,21 @@ def summarize(package: Package) -> dict[str, str]:
         "total parameters": _count(total),
         "active parameters": f"{_count(active)} per token (embeddings included)",
         "storage dtype": m["dtype"],
-        "bytes per expert": _bytes(layout["slot_bytes"]),
+        "bytes per expert": _bytes(layout["expert_bytes"]) + (
+            f" ({layout['pieces']} pieces of {layout['piece_rows']} intermediate rows)" if layout["pieces"] > 1 else ""),
         "dense bytes": _bytes(dense_bytes),
+        "bindings": _bindings(m["plan"]),
+        "KV cache": f"{_bytes(kv)} per token ({_bytes(kv * 4096)} for 4096 tokens)",
         "shards": f"{len(m['shards'])} ({sum(s['kind'] == 'expert' for s in m['shards'])} expert)",
     }
+
+
+def _bindings(plan: dict) -> str:
+    r = plan["resources"]
+    split = plan["splits"]
+    what = f"{len(split)} tensors split by rows" if split else "no tensor split"
+    return (f"every binding at most {_bytes(r['max_binding'])} ({what}; largest part {_bytes(r['largest_tensor']['bytes'])}, "
+            f"expert slot {_bytes(r['experts']['slot_bytes'])})")
 
 
 def _router(moe: dict) -> str:
