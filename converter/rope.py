@@ -66,6 +66,8 @@ def _longrope(dim: int, base: float, p: dict, c: dict) -> tuple[np.ndarray, floa
     original = _original_max(p, c)
     factor = p.get("factor") or (c.get("max_position_embeddings") or original) / original
     attention_factor = p.get("attention_factor")
+    if attention_factor is None:       # PhiMoE states its scale as short_mscale
+        attention_factor = p.get("short_mscale")
     if attention_factor is None:
         attention_factor = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
     short = np.asarray(p.get("short_factor") or [], dtype=np.float32)

@@ -11,10 +11,10 @@ def open_page(ctx, url: str):
     return page
 
 
-LOAD = """async ([manifest]) => {
+LOAD = """async ([manifest, options]) => {
   const webmoe = await import('/web/webmoe.js');
-  window.engine = await webmoe.load(manifest);
-  return {adapter: window.engine.adapter, family: window.engine.family};
+  window.engine = await webmoe.load(manifest, options || {});
+  return {adapter: window.engine.adapter, family: window.engine.family, description: window.engine.description};
 }"""
 LOGITS = "async ([ids]) => Array.from(await window.engine.logits(ids))"
 GREEDY = """async ([ids, n]) => {

@@ -74,8 +74,8 @@ def browser_logits(page, ids):
     return np.array(page.evaluate(LOGITS, [ids]), np.float32).reshape(len(ids), -1)
 
 
-def check_parity(page, pkg, prompt_len=21, n_greedy=16):
-    native = Engine.load(pkg)
+def check_parity(page, pkg, prompt_len=21, n_greedy=16, native=None):
+    native = native or Engine.load(pkg)
     vocab = native.vocab_size
     rng = np.random.default_rng(5)
     ids = rng.integers(3, min(vocab, 400), prompt_len).tolist()
@@ -118,6 +118,36 @@ def test_browser_matches_native(family_site, name):
         assert info["family"] == ("mixtral" if name in MIXTRAL_PACKAGES else name)
         assert "swiftshader" in info["adapter"].lower()
         check_parity(page, pkgs[name])
+    finally:
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def lowered_site(tmp_path_factory):
+    """Packages cut for 8 KiB bindings (tests/test_binding_limits.py), served to one Chromium."""
+    from test_binding_limits import LIMIT, ONE_PER_FAMILY
+    root = tmp_path_factory.mktemp("lowered")
+    pkgs = {}
+    for case in ("qwen3_moe", "deepseek_v3", "gpt_oss"):
+        model_cls, config = ONE_PER_FAMILY[case]
+        pkgs[case] = convert(save_checkpoint(model_cls, config, root / f"ckpt-{case}"), root / case, dtype="f32",
+                             progress=False, max_binding=LIMIT)
+    with serving(create_app(list(pkgs.values()))) as url, browser() as ctx:
+        yield url, ctx, pkgs, LIMIT
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe", "deepseek_v3", "gpt_oss"])
+def test_browser_at_a_lowered_binding_limit(lowered_site, name):
+    """Split embeddings, LM heads and dense matrices, experts in pieces (qwen3_moe) and a slab of many
+    banks in Chromium: the native engine's logits and tokens at the same limit."""
+    url, ctx, pkgs, limit = lowered_site
+    options = {"maxBinding": limit, "chunkTokens": 4, "maxSeqLen": 56}
+    native = Engine.load(pkgs[name], max_binding=limit, chunk_tokens=4, max_seq_len=56)
+    page = open_page(ctx, url + "/")
+    try:
+        info = page.evaluate(LOAD, [manifest_url(pkgs[name]), options])
+        assert f"in {len(native.experts.banks)} banks" in info["description"] and len(native.experts.banks) > 1
+        check_parity(page, pkgs[name], native=native)
     finally:
         page.close()
 

@@ -84,6 +84,11 @@ CASES = {
     "gpt_oss": gpt_oss(),
     "gpt_oss-top3-mqa-tight-clamp": gpt_oss(num_experts_per_tok=3, num_key_value_heads=1, swiglu_limit=0.5,
                                             layer_types=["full_attention", "sliding_attention", "sliding_attention"]),
+    # Phi-3.5-MoE's LongRoPE (short factors and short_mscale within the original context)
+    "phimoe-longrope": phimoe(max_position_embeddings=1024, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 256,
+        "short_factor": [1.0, 1.3, 1.9, 2.6, 4.0], "long_factor": [2.0, 3.0, 5.0, 8.0, 13.0],
+        "short_mscale": 1.19, "long_mscale": 1.31}),
     "phimoe-narrow-threshold": phimoe(router_jitter_noise=0.01, hidden_size=50, num_attention_heads=5,
                                       num_key_value_heads=1, intermediate_size=31),
 }

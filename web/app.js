@@ -58,6 +58,7 @@ async function loadModel() {
     notice("");
     $("progress").hidden = true;
     $("status").textContent = `${engine.family} on ${engine.adapter}`;
+    $("status").title = engine.description;     // KV cache size and how the expert budget was chosen
     $("prompt").disabled = $("send").disabled = false;
     $("prompt").focus();
   } catch (e) {

@@ -2,7 +2,9 @@
 // shader-f16 (SwiftShader, some phones) run every package; f16 weights are unpacked with unpack2x16float.
 import { DeviceError } from "./errors.js";
 
-export async function openDevice() {
+// maxBinding lowers the storage binding limit the runtime keeps to (tests exercise at small sizes what real
+// sizes need); the device itself is opened with the adapter's full limits.
+export async function openDevice({ maxBinding } = {}) {
   if (!globalThis.navigator?.gpu) {
     throw new DeviceError("WebGPU is not available in this browser. Use a recent Chrome, Edge or Safari, " +
                             "or enable WebGPU (chrome://flags/#enable-unsafe-webgpu).");
@@ -21,5 +23,7 @@ export async function openDevice() {
   });
   const info = adapter.info || {};
   const description = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(" / ") || "unknown adapter";
-  return { adapter, device, description, shaderF16: adapter.features.has("shader-f16") };
+  const limit = device.limits.maxStorageBufferBindingSize;
+  return { adapter, device, description, shaderF16: adapter.features.has("shader-f16"),
+           maxBinding: maxBinding ? Math.min(limit, maxBinding) : limit, maxBuffer: device.limits.maxBufferSize };
 }

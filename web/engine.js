@@ -6,7 +6,7 @@ import { Executor, STORAGE } from "./executor.js";
 import { GenerationConfig, Generator } from "./generation.js";
 import { ModelStore } from "./loader.js";
 import { predictorPlan } from "./prefetch.js";
-import { checkResources } from "./resources.js";
+import { checkResources, planBytes } from "./resources.js";
 import { ShaderLibrary } from "./shaders.js";
 import { TextTokenizer } from "./tokenizer.js";
 
@@ -27,15 +27,15 @@ export class Engine {
   // options: onProgress, maxSeqLen, chunkTokens, expertCacheBytes (GPU budget for routed experts),
   // memoryCacheBytes (in-memory LRU of expert shards when paging), pinnedExperts [[layer, expert]],
   // observeRouting (read back routing even when every expert is resident, for usage statistics),
-  // prefetch (when paging: load each next MoE layer's predicted experts ahead of need)
+  // prefetch (when paging: load each next MoE layer's predicted experts ahead of need), maxBinding (lowers
+  // the storage binding limit the engine keeps to; tests)
   static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
                                    memoryCacheBytes, pinnedExperts = [], observeRouting = false,
-                                   prefetch = false } = {}) {
+                                   prefetch = false, maxBinding } = {}) {
     const e = new Engine();
-    const gpu = await openDevice();
+    const gpu = await openDevice({ maxBinding });
     e.device = gpu.device;
     e.adapter = gpu.description;
-    const maxBinding = e.device.limits.maxStorageBufferBindingSize;
     const store = await ModelStore.open(manifestUrl, { onProgress, memoryBytes: memoryCacheBytes });
     e.store = store;
     const m = (e.manifest = store.manifest);
@@ -44,7 +44,8 @@ export class Engine {
     e.chunk = Math.max(1, Math.min(chunkTokens, e.maxSeqLen));
     e.tokenizer = await TextTokenizer.load(store.url, m);
     e.io = m.plan.io;             // the buffers of token ids, logits and the sampled token
-    checkResources(m.plan, maxBinding, e.chunk, e.maxSeqLen);
+    checkResources(m.plan, gpu.maxBinding, e.chunk, e.maxSeqLen);
+    e.memory = planBytes(m.plan, e.chunk, e.maxSeqLen);     // buffers, kv_cache, kv_per_token
 
     const upload = (bytes, label) => {
       const buf = e.device.createBuffer({ size: Math.max(4, Math.ceil(bytes.byteLength / 4) * 4), usage: STORAGE, label });
@@ -61,11 +62,11 @@ export class Engine {
       const data = await store.shard(shard);
       for (const [name, t] of list) tensors.set(name, upload(new Uint8Array(data, t.offset, t.size), name));
     }
-    e.experts = await ExpertCache.create(e.device, m, store, { budgetBytes: expertCacheBytes, pinned: pinnedExperts,
-                                                               observe: observeRouting });
+    e.experts = await ExpertCache.create(gpu, m, store, { budgetBytes: expertCacheBytes, pinned: pinnedExperts,
+                                                          observe: observeRouting });
     e.segments = expertSegments(m.plan);
     e.topK = m.moe.top_k;
-    const runtime = new Map([["experts", e.experts.slab], ["expert_slots", e.experts.slotTable]]);
+    const runtime = e.experts.buffers;
     const shaders = new ShaderLibrary(shaderBase || new URL("../shaders/", import.meta.url));
     e.executor = await Executor.create(e.device, m.plan, tensors, runtime, { T: e.chunk, S: e.maxSeqLen }, shaders);
     e.sampler = await Executor.create(e.device, { buffers: {}, steps: [m.plan.sampler] }, e.executor.buffers, new Map(),
@@ -100,36 +101,39 @@ export class Engine {
   async forward(ids, logitRow0, nLogits) {
     const ex = this.executor;
     this.device.queue.writeBuffer(ex.buffers.get(this.io.ids), 0, ids);
-    const env = { T: ids.length, pos: this.pos, logit_row0: logitRow0, n_logits: nLogits, ...this.experts.variables };
+    const env = { T: ids.length, pos: this.pos, logit_row0: logitRow0, n_logits: nLogits };
     ex.writeParams(env);
     if (this.predictor) this.predictor.writeParams(env);
     let encoder = this.device.createCommandEncoder();
     let done = 0;
-    if (this.experts.readsRouting) {
-      const size = ids.length * this.topK * 4;
-      for (const seg of this.segments) {
-        ex.encodeRange(encoder, env, done, seg.start);
-        encoder.copyBufferToBuffer(ex.buffers.get(seg.topkIds), 0, this.routeRb.buffer, 0, size);
-        const predict = this.predict.get(seg.layer);
-        if (predict) {          // the next MoE layer's router on this layer's router input
-          this.predictor.encodeRange(encoder, env, predict[0], predict[1]);
-          encoder.copyBufferToBuffer(this.predictor.buffers.get("pred_ids"), 0, this.routeRb.buffer, size, size);
-        }
-        this.device.queue.submit([encoder.finish()]);
-        const t0 = performance.now();
-        const routed = new Uint32Array(await this.routeRb.read(predict ? 2 * size : size));
-        this.experts.stats[seg.layer].wait_s += (performance.now() - t0) / 1000;
-        const chosen = routed.subarray(0, ids.length * this.topK);
-        this.experts.record(seg.layer, chosen);
-        for await (const _ of this.experts.batches(seg.layer, chosen)) {
-          encoder = this.device.createCommandEncoder();
-          ex.encodeRange(encoder, env, seg.start, seg.stop);
-          this.device.queue.submit([encoder.finish()]);
-        }
-        if (predict) await this.experts.prefetch(predict[2], routed.subarray(ids.length * this.topK));
-        encoder = this.device.createCommandEncoder();
-        done = seg.stop;
+    const cache = this.experts;
+    const size = ids.length * this.topK * 4;
+    for (const seg of this.segments) {
+      ex.encodeRange(encoder, env, done, seg.start);
+      done = seg.stop;
+      if (!cache.readsRouting) {              // every expert resident: no read-back
+        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.layerBanks.get(seg.layer));
+        continue;
       }
+      encoder.copyBufferToBuffer(ex.buffers.get(seg.topkIds), 0, this.routeRb.buffer, 0, size);
+      const predict = this.predict.get(seg.layer);
+      if (predict) {          // the next MoE layer's router on this layer's router input
+        this.predictor.encodeRange(encoder, env, predict[0], predict[1]);
+        encoder.copyBufferToBuffer(this.predictor.buffers.get("pred_ids"), 0, this.routeRb.buffer, size, size);
+      }
+      this.device.queue.submit([encoder.finish()]);
+      const t0 = performance.now();
+      const routed = new Uint32Array(await this.routeRb.read(predict ? 2 * size : size));
+      cache.stats[seg.layer].wait_s += (performance.now() - t0) / 1000;
+      const chosen = routed.subarray(0, ids.length * this.topK);
+      cache.record(seg.layer, chosen);
+      for await (const batch of cache.batches(seg.layer, chosen)) {
+        encoder = this.device.createCommandEncoder();
+        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.banksOf(seg.layer, batch));
+        this.device.queue.submit([encoder.finish()]);
+      }
+      if (predict) await cache.prefetch(predict[2], routed.subarray(ids.length * this.topK));
+      encoder = this.device.createCommandEncoder();
     }
     ex.encodeRange(encoder, env, done, ex.steps.length);
     this.pos += ids.length;
@@ -138,6 +142,12 @@ export class Engine {
 
   expertStats() {
     return this.experts.report();
+  }
+
+  // One line on what was loaded where (the twin of Engine.describe() natively).
+  describe() {
+    const m = this.memory;
+    return `${this.manifest.family} on ${this.adapter}; KV cache ${(m.kv_cache / 2 ** 20).toFixed(1)} MiB for ${this.maxSeqLen} tokens (${m.kv_per_token} bytes per token); ${this.experts.describe()}`;
   }
 
   reset() {

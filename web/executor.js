@@ -1,5 +1,7 @@
 // The plan interpreter, the browser twin of engine/executor.py: allocates the plan's buffers, compiles
-// each step's kernel once, and records the steps for given runtime variables (T, pos, ...).
+// each step's kernel once, and records the steps for given runtime variables (T, pos, ...). A runtime
+// buffer may be an array of banks (the expert slab and its bank ranges): a step that binds one gets a bind
+// group per bank and is dispatched once per bank asked for.
 import { PlanError } from "./errors.js";
 import { evaluate, isDynamic } from "./expr.js";
 
@@ -10,13 +12,9 @@ export class Executor {
     const ex = new Executor();
     ex.device = device;
     ex.buffers = new Map([...tensors, ...runtimeBuffers]);
-    const maxBinding = device.limits.maxStorageBufferBindingSize;
     for (const [name, spec] of Object.entries(plan.buffers)) {
       const count = spec.shape.reduce((a, d) => a * (typeof d === "string" ? dims[d] : d), 1);
       const size = Math.max(4 * count, 4);
-      if (size > maxBinding) {
-        throw new PlanError(`buffer ${name} needs ${size} bytes, above this adapter's storage binding limit of ${maxBinding}`);
-      }
       ex.buffers.set(name, device.createBuffer({ size, usage: STORAGE, label: name }));
     }
     ex.steps = await Promise.all(plan.steps.map((step, i) => ex.compile(i, step, shaders)));
@@ -35,7 +33,7 @@ export class Executor {
         if (isDynamic(value)) ex.dynamic.push([word, value, type]);
         else ex.views[type][word] = value;
       });
-      st.bindGroup = ex.bindGroup(st);
+      st.bindGroups = ex.bindGroups(st);
     }
     return ex;
   }
@@ -56,17 +54,26 @@ export class Executor {
     return { index, label, kernel, pipeline, params: step.params, bind: step.bind, dispatch: step.dispatch };
   }
 
-  bindGroup(st) {
-    const entries = [];
-    if (st.kernel.bindings.has("p")) {
-      entries.push({ binding: st.kernel.bindings.get("p").index,
-                     resource: { buffer: this.params, offset: st.index * this.stride, size: blockSize(st.kernel) } });
+  // One bind group, or one per bank when the step binds a banked runtime buffer.
+  bindGroups(st) {
+    const banks = Math.max(0, ...Object.values(st.bind).map((t) => this.buffers.get(t))
+      .filter(Array.isArray).map((b) => b.length));
+    st.banked = banks > 0;
+    const groups = [];
+    for (let bank = 0; bank < Math.max(banks, 1); bank++) {
+      const entries = [];
+      if (st.kernel.bindings.has("p")) {
+        entries.push({ binding: st.kernel.bindings.get("p").index,
+                       resource: { buffer: this.params, offset: st.index * this.stride, size: blockSize(st.kernel) } });
+      }
+      for (const [name, target] of Object.entries(st.bind)) {
+        let buffer = this.buffers.get(target);
+        if (Array.isArray(buffer)) buffer = buffer[bank];
+        entries.push({ binding: st.kernel.bindings.get(name).index, resource: { buffer, offset: 0, size: buffer.size } });
+      }
+      groups.push(this.device.createBindGroup({ layout: st.pipeline.getBindGroupLayout(0), entries }));
     }
-    for (const [name, target] of Object.entries(st.bind)) {
-      const buffer = this.buffers.get(target);
-      entries.push({ binding: st.kernel.bindings.get(name).index, resource: { buffer, offset: 0, size: buffer.size } });
-    }
-    return this.device.createBindGroup({ layout: st.pipeline.getBindGroupLayout(0), entries });
+    return groups;
   }
 
   writeParams(env) {
@@ -80,16 +87,19 @@ export class Executor {
     this.encodeRange(encoder, env, 0, this.steps.length);
   }
 
-  // Records steps start .. stop; the caller wrote the params for env.
-  encodeRange(encoder, env, start, stop) {
+  // Records steps start .. stop; the caller wrote the params for env. Banked steps are dispatched for each
+  // bank in `banks` (default: every bank).
+  encodeRange(encoder, env, start, stop, banks = null) {
     if (start >= stop) return;
     const pass = encoder.beginComputePass();
     for (const st of this.steps.slice(start, stop)) {
       const counts = st.dispatch.map((d) => evaluate(d, env));
       if (Math.min(...counts) <= 0) continue;
       pass.setPipeline(st.pipeline);
-      pass.setBindGroup(0, st.bindGroup);
-      pass.dispatchWorkgroups(...counts);
+      for (const bank of st.banked ? (banks ?? st.bindGroups.keys()) : [0]) {
+        pass.setBindGroup(0, st.bindGroups[bank]);
+        pass.dispatchWorkgroups(...counts);
+      }
     }
     pass.end();
   }

@@ -1,6 +1,7 @@
-// GPU residency of routed experts, the browser twin of engine/expert_cache.py: slots of one slab buffer,
-// a slot table [layers, E], LRU eviction that spares the running batch and pinned experts, batches when a
-// layer needs more experts than fit, statistics. Expert bytes come from the ModelStore (memory, OPFS, HTTP).
+// GPU residency of routed experts, the browser twin of engine/expert_cache.py: slots of a slab of several
+// buffers (banks, each at most one storage binding), a slot table [layers, E, pieces], LRU eviction that
+// spares the running batch and pinned experts, batches when a layer needs more experts than fit,
+// statistics. Expert bytes come from the ModelStore (memory, OPFS, HTTP).
 import { ExpertCacheError } from "./errors.js";
 import { STORAGE } from "./executor.js";
 
@@ -14,76 +15,140 @@ export function expertSegments(plan) {
 
 const FIELDS = ["lookups", "hits", "misses", "evictions", "bytes_uploaded", "wait_s", "prefetched", "predicted",
                 "predicted_used", "needed_after_prediction"];
+const gib = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
 
 export class ExpertCache {
-  static async create(device, manifest, store, { budgetBytes, pinned = [], observe = false } = {}) {
+  // gpu: openDevice()'s result. budgetBytes: the GPU budget for routed experts; by default every expert is
+  // asked for and the slab grows bank by bank until an allocation fails (WebGPU does not report memory).
+  static async create(gpu, manifest, store, { budgetBytes, pinned = [], observe = false } = {}) {
     const c = new ExpertCache();
     const moe = manifest.moe;
+    const device = gpu.device;
     c.device = device;
     c.store = store;
     c.manifest = manifest;
     c.E = moe.num_experts;
     c.layers = moe.moe_layers;
     c.slotBytes = moe.expert_layout.slot_bytes;
+    c.pieces = moe.expert_layout.pieces;
+    c.expertBytes = c.slotBytes * c.pieces;
     const total = c.layers.length * c.E;
-    const fit = Math.floor(device.limits.maxStorageBufferBindingSize / c.slotBytes);
-    if (budgetBytes != null && budgetBytes < c.slotBytes) {
-      throw new ExpertCacheError(`an expert cache of ${(budgetBytes / 2 ** 20).toFixed(2)} MiB holds no expert; one needs ${(c.slotBytes / 2 ** 20).toFixed(2)} MiB`);
+    c.budget = budgetBytes == null
+      ? { bytes: total * c.expertBytes, reason: `every expert (${gib(total * c.expertBytes)}) requested: WebGPU does not report GPU memory, so the slab grows bank by bank until an allocation fails` }
+      : { bytes: budgetBytes, reason: `${gib(budgetBytes)} asked for` };
+    if (c.budget.bytes < c.expertBytes) {
+      throw new ExpertCacheError(`an expert cache of ${(c.budget.bytes / 2 ** 20).toFixed(2)} MiB holds no expert; one expert needs ${(c.expertBytes / 2 ** 20).toFixed(2)} MiB`);
     }
-    c.nSlots = Math.max(1, Math.min(total, fit, budgetBytes == null ? total : Math.floor(budgetBytes / c.slotBytes)));
-    c.paging = c.nSlots < total;
+    c.slotsPerBank = Math.max(1, Math.floor(Math.min(gpu.maxBinding, gpu.maxBuffer) / c.slotBytes));
+    c.banks = [];
+    c.bankInfo = [];
+    const wanted = Math.min(total, Math.floor(c.budget.bytes / c.expertBytes)) * c.pieces;
+    c.capacity = Math.floor((await c.allocate(wanted)) / c.pieces);
+    if (c.nSlots < wanted) {
+      c.budget = { bytes: c.nSlots * c.slotBytes, reason: `${c.budget.reason}; the adapter allocated only ${gib(c.nSlots * c.slotBytes)}` };
+    }
+    c.paging = c.capacity < total;
     c.observe = observe;
     c.pinned = new Set(pinned.map(([l, e]) => `${l}_${e}`));
-    if (c.paging && c.pinned.size >= c.nSlots) {
-      throw new ExpertCacheError(`${c.pinned.size} pinned experts leave no free slot in a cache of ${c.nSlots}`);
+    if (c.paging && c.pinned.size >= c.capacity) {
+      throw new ExpertCacheError(`${c.pinned.size} pinned experts leave no free slot in a cache of ${c.capacity}`);
     }
-    c.slab = device.createBuffer({ size: c.nSlots * c.slotBytes, usage: STORAGE, label: "expert slab" });
-    c.table = new Uint32Array(manifest.config.num_layers * c.E).fill(NO_SLOT);
+    c.table = new Uint32Array(manifest.config.num_layers * c.E * c.pieces).fill(NO_SLOT);
     c.slotTable = device.createBuffer({ size: c.table.byteLength, usage: STORAGE, label: "expert slots" });
-    c.resident = new Map();      // "l_e" -> slot, in LRU order (oldest first)
+    c.resident = new Map();      // "l_e" -> [slot per piece], in LRU order (oldest first)
     c.free = Array.from({ length: c.nSlots }, (_, i) => c.nSlots - 1 - i);
     c.inUse = new Set();
     c.predictions = new Map();   // layer -> Set of experts prefetched for its next pass
     c.stats = Object.fromEntries(c.layers.map((l) => [l, Object.fromEntries(FIELDS.map((f) => [f, 0]))]));
     c.usage = Object.fromEntries(c.layers.map((l) => [l, new Array(c.E).fill(0)]));
     const startup = c.paging ? [...c.pinned] : c.layers.flatMap((l) => Array.from({ length: c.E }, (_, e) => `${l}_${e}`));
-    for (const key of startup) await c.upload(key, c.free.pop());
+    for (const key of startup) await c.upload(key, c.takeSlots());
     device.queue.writeBuffer(c.slotTable, 0, c.table);
+    // banks each layer's resident experts occupy (while nothing is paged, they never change)
+    c.layerBanks = new Map(c.layers.map((l) => [l, c.banksOf(l, Array.from({ length: c.E }, (_, e) => e))]));
     return c;
+  }
+
+  // Creates banks for nSlots slots, stopping early if the adapter refuses one; returns the slots.
+  async allocate(nSlots) {
+    this.nSlots = 0;
+    while (this.nSlots < nSlots) {
+      const n = Math.min(this.slotsPerBank, nSlots - this.nSlots);
+      this.device.pushErrorScope("out-of-memory");
+      const bank = this.device.createBuffer({ size: n * this.slotBytes, usage: STORAGE, label: `expert slab bank ${this.banks.length}` });
+      const error = await this.device.popErrorScope();
+      if (error) {
+        bank.destroy();
+        if (this.nSlots < this.pieces) throw new ExpertCacheError(`the adapter cannot allocate one expert (${gib(this.expertBytes)}): ${error.message}`);
+        break;
+      }
+      const info = this.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+                                               label: `expert bank ${this.banks.length} range` });
+      this.device.queue.writeBuffer(info, 0, new Uint32Array([this.nSlots, n, 0, 0]));
+      this.banks.push(bank);
+      this.bankInfo.push(info);
+      this.nSlots += n;
+    }
+    return this.nSlots;
+  }
+
+  get buffers() {
+    return new Map([["experts", this.banks], ["expert_bank", this.bankInfo], ["expert_slots", this.slotTable]]);
+  }
+
+  // The banks holding the resident pieces of these experts of a layer.
+  banksOf(layer, experts) {
+    const banks = new Set();
+    for (const e of experts) for (const s of this.resident.get(`${layer}_${e}`) || []) banks.add(Math.floor(s / this.slotsPerBank));
+    return [...banks].sort((a, b) => a - b);
   }
 
   get readsRouting() {
     return this.paging || this.observe;
   }
 
-  get variables() {
-    return { slot0: 0, n_slots: this.nSlots };
+  describe() {
+    const total = this.layers.length * this.E;
+    const where = `${this.banks.length} bank${this.banks.length > 1 ? "s" : ""}`;
+    if (this.paging) {
+      return `${this.capacity} of ${total} experts resident at once (${gib(this.capacity * this.expertBytes)} in ${where}), the rest paged; budget: ${this.budget.reason}`;
+    }
+    return `all ${total} experts resident (${gib(total * this.expertBytes)} in ${where}); budget: ${this.budget.reason}`;
   }
 
-  async upload(key, slot) {
+  async upload(key, slots) {
     const entry = this.manifest.experts[key];
     const bytes = await this.store.shard(entry.shard, { memo: this.paging });
-    this.device.queue.writeBuffer(this.slab, slot * this.slotBytes, bytes, 0, entry.size);
-    this.resident.set(key, slot);
+    slots.forEach((slot, piece) => {
+      const bank = Math.floor(slot / this.slotsPerBank);
+      this.device.queue.writeBuffer(this.banks[bank], (slot % this.slotsPerBank) * this.slotBytes, bytes,
+                                    piece * this.slotBytes, this.slotBytes);
+    });
+    this.resident.set(key, slots);
     const [l, e] = key.split("_").map(Number);
-    this.table[l * this.E + e] = slot;
+    this.table.set(slots, (l * this.E + e) * this.pieces);
   }
 
   record(layer, chosen) {
     for (const e of chosen) this.usage[layer][e]++;
   }
 
-  takeSlot() {
-    if (this.free.length) return this.free.pop();
-    for (const [key, slot] of this.resident) {          // Map iterates oldest first
-      if (this.inUse.has(key) || this.pinned.has(key)) continue;
-      this.resident.delete(key);
-      const [l, e] = key.split("_").map(Number);
-      this.table[l * this.E + e] = NO_SLOT;
+  // Slots for one expert's pieces: free ones, else those of the least recently used experts not in the
+  // running batch and not pinned; null if there are not enough.
+  takeSlots() {
+    while (this.free.length < this.pieces) {
+      let victim = null;
+      for (const key of this.resident.keys()) {          // Map iterates oldest first
+        if (!this.inUse.has(key) && !this.pinned.has(key)) { victim = key; break; }
+      }
+      if (victim == null) return null;
+      this.free.push(...this.resident.get(victim));
+      this.resident.delete(victim);
+      const [l, e] = victim.split("_").map(Number);
+      this.table.fill(NO_SLOT, (l * this.E + e) * this.pieces, (l * this.E + e + 1) * this.pieces);
       this.stats[l].evictions++;
-      return slot;
     }
-    return null;
+    return Array.from({ length: this.pieces }, () => this.free.pop());
   }
 
   // Yields batches of the layer's needed experts, each resident with the slot table naming only it.
@@ -112,20 +177,21 @@ export class ExpertCache {
           this.resident.delete(key);             // move to the most recently used end
           this.resident.set(key, slot);
         } else {
-          const slot = this.takeSlot();
-          if (slot == null) break;
+          const slots = this.takeSlots();
+          if (slots == null) break;
           st.misses++;
-          st.bytes_uploaded += this.slotBytes;
-          await this.upload(key, slot);
+          st.bytes_uploaded += this.expertBytes;
+          await this.upload(key, slots);
         }
         batch.push(e);
         this.inUse.add(key);
       }
       pending = pending.slice(batch.length);
-      const row = this.table.subarray(layer * this.E, (layer + 1) * this.E);
+      const P = this.pieces;
+      const row = this.table.subarray(layer * this.E * P, (layer + 1) * this.E * P);
       row.fill(NO_SLOT);
-      for (const e of batch) row[e] = this.resident.get(`${layer}_${e}`);
-      this.device.queue.writeBuffer(this.slotTable, layer * this.E * 4, row);
+      for (const e of batch) row.set(this.resident.get(`${layer}_${e}`), e * P);
+      this.device.queue.writeBuffer(this.slotTable, layer * this.E * P * 4, row);
       st.wait_s += (performance.now() - t0) / 1000;
       yield batch;
     }
@@ -147,11 +213,11 @@ export class ExpertCache {
         this.resident.set(key, slot);
         continue;
       }
-      const slot = this.takeSlot();
-      if (slot == null) break;
-      await this.upload(key, slot);
+      const slots = this.takeSlots();
+      if (slots == null) break;
+      await this.upload(key, slots);
       st.prefetched++;
-      st.bytes_uploaded += this.slotBytes;
+      st.bytes_uploaded += this.expertBytes;
     }
     this.inUse = new Set();
     st.wait_s += (performance.now() - t0) / 1000;
@@ -163,7 +229,8 @@ export class ExpertCache {
     const total = Object.fromEntries(FIELDS.map((f) => [f, 0]));
     for (const s of Object.values(this.stats)) for (const f of FIELDS) total[f] += s[f];
     const layers = Object.fromEntries(Object.entries(this.stats).map(([l, s]) => [l, statsDict(s)]));
-    return { slots: this.nSlots, slot_bytes: this.slotBytes, paging: this.paging, resident: this.resident.size,
+    return { slots: this.nSlots, slot_bytes: this.slotBytes, pieces: this.pieces, capacity: this.capacity,
+             banks: this.banks.length, budget: this.budget.reason, paging: this.paging, resident: this.resident.size,
              layers, total: statsDict(total), usage: this.usage, memory: this.store.memoryStats() };
   }
 }

@@ -7,17 +7,26 @@ export function bufferBytes(resource, dims) {
   return Object.entries(resource).reduce((a, [k, v]) => a + (k === "fixed" ? v : v * dims[k]), 0);
 }
 
-const mib = (n) => (n / 2 ** 20).toFixed(0);
+const mib = (n) => (n / 2 ** 20).toFixed(1);
+
+// Bytes the plan's buffers take for a chunk of T tokens and S positions: all of them, and the KV cache (the
+// buffers sized by position).
+export function planBytes(plan, T, S) {
+  const bufs = Object.values(plan.resources.buffers);
+  return { buffers: bufs.reduce((a, b) => a + bufferBytes(b, { T, S }), 0),
+           kv_cache: bufs.reduce((a, b) => a + (b.S || 0) * S, 0), kv_per_token: bufs.reduce((a, b) => a + (b.S || 0), 0) };
+}
 
 export function checkResources(plan, maxBinding, T, S) {
   const r = plan.resources;
   const big = r.largest_tensor;
+  const hint = `; the package was cut for ${r.max_binding / 2 ** 20} MiB bindings: convert it with --max-binding ${maxBinding}`;
   if (big.bytes > maxBinding) {
-    throw new PackageError(`tensor ${big.name} (${mib(big.bytes)} MiB) exceeds this adapter's storage binding limit of ${mib(maxBinding)} MiB`);
+    throw new PackageError(`tensor ${big.name} (${mib(big.bytes)} MiB) exceeds this adapter's storage binding limit of ${mib(maxBinding)} MiB${hint}`);
   }
   const slot = r.experts.slot_bytes;
   if (slot > maxBinding) {
-    throw new ExpertCacheError(`one expert (${mib(slot)} MiB) exceeds this adapter's storage binding limit of ${mib(maxBinding)} MiB`);
+    throw new ExpertCacheError(`one expert slot (${mib(slot)} MiB) exceeds this adapter's storage binding limit of ${mib(maxBinding)} MiB${hint}`);
   }
   for (const [name, res] of Object.entries(r.buffers)) {
     const size = bufferBytes(res, { T, S });

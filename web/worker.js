@@ -9,7 +9,8 @@ let abort = null;
 const ops = {
   async load({ id, manifestUrl, options }) {
     engine = await Engine.load(manifestUrl, { ...options, onProgress: (p) => postMessage({ id, progress: p }) });
-    return { adapter: engine.adapter, family: engine.manifest.family, config: engine.manifest.config,
+    return { adapter: engine.adapter, family: engine.manifest.family, description: engine.describe(),
+             config: engine.manifest.config,
              moe: { ...engine.manifest.moe, expert_layout: undefined } };
   },
   async tokenize({ prompt }) {

@@ -39,6 +39,8 @@ class GptOss(DecoderFamily):
         if types is None:              # transformers' default: sliding, full, sliding, ...
             sliding = l % 2 == 0
         else:
+            if not isinstance(types, list) or len(types) <= l:
+                raise ConversionError(f"config.json: layer_types must name all {self.dims.num_layers} layers")
             sliding = types[l] == "sliding_attention"
         return int(self.config.get("sliding_window") or 0) if sliding else 0
 
