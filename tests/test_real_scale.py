@@ -63,12 +63,14 @@ REAL = {
 CONFIGS = {"olmoe": tf.OlmoeConfig, "mixtral": tf.MixtralConfig, "qwen3_moe": tf.Qwen3MoeConfig,
            "qwen2_moe": tf.Qwen2MoeConfig, "phimoe": tf.PhimoeConfig, "deepseek_v3": tf.DeepseekV3Config,
            "gpt_oss": tf.GptOssConfig}
+# peak RSS from VmHWM: ru_maxrss would include the forking pytest process (it survives exec on Linux)
 CONVERT = """
-import json, resource, sys, time
+import json, sys
 from webmoe.converter.convert import convert
 stats = {}
 convert(sys.argv[1], sys.argv[2], dtype="f16", progress=False, stats=stats)
-stats["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+stats["peak_rss"] = int(hwm.split()[1]) * 1024
 print(json.dumps(stats))
 """
 
