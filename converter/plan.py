@@ -11,6 +11,8 @@ into the kernel by the preprocessor's //!const directive), what each of the kern
     logit_row0  first row of the final hidden state that gets logits
     n_logits    how many rows get logits (1 while generating, T for Engine.logits)
     temperature, top_p, u   the sampler's inputs
+    bank_experts  per bank of the expert slab: how many experts its window covers (the grouped expert
+                steps' workgroups along y; the bank's uniform says which)
 Buffer shapes may use "T" (the chunk size) and "S" (the runtime's maximum sequence length).
 
 Tensors larger than `max_binding` (the storage binding every WebGPU adapter grants: 128 MiB unless the
@@ -39,7 +41,7 @@ from .writer import encoded_size
 # provided by the runtime's expert cache: the slab (one of its banks per dispatch), the bank's slot range
 # (a uniform vec4<u32>: first slot, slot count) and the slot table [layers, E, pieces]
 RUNTIME_BUFFERS = ("experts", "expert_bank", "expert_slots")
-VARIABLES = ("T", "pos", "logit_row0", "n_logits", "temperature", "top_p", "u")
+VARIABLES = ("T", "pos", "logit_row0", "n_logits", "temperature", "top_p", "u", "bank_experts")
 DEFAULT_MAX_BINDING = 128 << 20     # WebGPU's default maxStorageBufferBindingSize: every adapter grants it
 
 GEOMETRY: dict[str, dict[str, int]] = {
@@ -324,11 +326,12 @@ class Plan:
                       {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
                        "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha,
                        "limit": limit},
-                      [-(-Ip // gu["ROWS"]), E, ceil_div("T", 1, gu["TILE"])], defines + act_defines, f"{tag}.gate_up")
+                      [-(-Ip // gu["ROWS"]), "bank_experts", ceil_div("T", 1, gu["TILE"])], defines + act_defines,
+                      f"{tag}.gate_up")
             self.step("moe_down", {"act": act, "y": out, **grouped},
                       {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"],
                        "accumulate": int(piece > 0)},
-                      [-(-H // dn["ROWS"]), E, ceil_div("T", 1, dn["TILE"])], defines, f"{tag}.down")
+                      [-(-H // dn["ROWS"]), "bank_experts", ceil_div("T", 1, dn["TILE"])], defines, f"{tag}.down")
         return first, len(self.steps)
 
     def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, label="") -> int:

@@ -120,7 +120,7 @@ class Engine:
             ex.encode_range(encoder, env, done, seg.start)
             done = seg.stop
             if not cache.reads_routing:           # every expert resident: no read-back
-                ex.encode_range(encoder, env, seg.start, seg.stop, cache.layer_banks[seg.layer])
+                ex.encode_range(encoder, env, seg.start, seg.stop, cache.layer_banks[seg.layer], cache.bank_env)
                 continue
             encoder.copy_buffer_to_buffer(ex.buffers[seg.topk_ids], 0, self._route_rb.buffer, 0, size)
             predict = self._predict.get(seg.layer)
@@ -135,7 +135,7 @@ class Engine:
             cache.record(seg.layer, chosen.reshape(len(ids), K))
             for batch in cache.batches(seg.layer, chosen):
                 encoder = device.create_command_encoder()
-                ex.encode_range(encoder, env, seg.start, seg.stop, cache.banks_of(seg.layer, batch))
+                ex.encode_range(encoder, env, seg.start, seg.stop, cache.banks_of(seg.layer, batch), cache.bank_env)
                 device.queue.submit([encoder.finish()])
             if predict:
                 cache.prefetch(predict[2], routed[len(ids) * K:])

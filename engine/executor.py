@@ -123,21 +123,29 @@ class Executor:
         self.write_params(env)
         self.encode_range(encoder, env, 0, len(self.steps))
 
-    def encode_range(self, encoder, env: dict[str, int], start: int, stop: int, banks=None) -> None:
+    def encode_range(self, encoder, env: dict[str, int], start: int, stop: int, banks=None,
+                     bank_env: list[dict] | None = None) -> None:
         """Records steps start .. stop; the caller wrote the params for env and submits before they change.
-        Banked steps are dispatched for each bank in `banks` (default: every bank)."""
+        Banked steps are dispatched for each bank in `banks` (default: every bank), their dispatch
+        evaluated with that bank's variables bank_env[bank] (such as bank_experts)."""
         if start >= stop:
             return
         cpass = encoder.begin_compute_pass()
         for st in self.steps[start:stop]:
-            counts = [evaluate(d, env) for d in st["dispatch"]]
-            if min(counts) <= 0:
+            if not st["banked"]:
+                self._dispatch(cpass, st, 0, env)
                 continue
-            cpass.set_pipeline(st["pipeline"])
-            for bank in (range(len(st["bind_groups"])) if banks is None else banks) if st["banked"] else (0,):
-                cpass.set_bind_group(0, st["bind_groups"][bank])
-                cpass.dispatch_workgroups(*counts)
+            for bank in range(len(st["bind_groups"])) if banks is None else banks:
+                self._dispatch(cpass, st, bank, {**env, **bank_env[bank]} if bank_env else env)
         cpass.end()
+
+    @staticmethod
+    def _dispatch(cpass, st: dict, bank: int, env: dict) -> None:
+        counts = [evaluate(d, env) for d in st["dispatch"]]
+        if min(counts) > 0:
+            cpass.set_pipeline(st["pipeline"])
+            cpass.set_bind_group(0, st["bind_groups"][bank])
+            cpass.dispatch_workgroups(*counts)
 
 
 

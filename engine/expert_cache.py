@@ -13,6 +13,7 @@ more experts than there are slots, the experts run in several batches; each pair
 in exactly one of them, so the numerics do not depend on the budget."""
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -86,10 +87,11 @@ class ExpertCache:
             raise ExpertCacheError(f"an expert cache of {budget.bytes / 2**20:.2f} MiB holds no expert; one "
                                    f"expert needs {self.expert_bytes / 2**20:.2f} MiB")
         self.slots_per_bank = max(1, min(gpu.max_binding, gpu.max_buffer) // self.slot_bytes)
-        self.banks: list = []            # slab buffers, bank b holding slots b * slots_per_bank ..
+        self.banks: list = []            # slab buffers, bank b holding slots bank_start[b] ..
+        self.bank_start: list[int] = []
         self.bank_info: list = []        # per bank a uniform vec4<u32>: first slot, slots in the bank
         wanted = min(total, budget.bytes // self.expert_bytes) * self.pieces
-        capacity = self._allocate(wanted) // self.pieces
+        capacity = self._allocate(wanted, per_layer=wanted == total * self.pieces) // self.pieces
         self.budget = budget
         if self.n_slots < wanted:
             self.budget = Budget(self.n_slots * self.slot_bytes, f"{budget.reason}; the adapter allocated only "
@@ -121,25 +123,46 @@ class ExpertCache:
         # banks each layer's resident experts occupy (while nothing is paged, they never change)
         self.layer_banks = {l: self.banks_of(l, range(E)) for l in self.moe_layers}
 
-    def _allocate(self, n_slots: int) -> int:
-        """Creates banks for n_slots slots, stopping early if the adapter refuses one; returns the slots."""
-        self.n_slots = 0
-        while self.n_slots < n_slots:
-            n = min(self.slots_per_bank, n_slots - self.n_slots)
+    def _allocate(self, n_slots: int, per_layer: bool) -> int:
+        """Creates banks for n_slots slots, stopping early if the adapter refuses one; returns the slots.
+        per_layer (every expert resident): each bank holds slots of one layer only, experts in order, so
+        its window of experts is narrow; otherwise every bank may hold any expert of any layer."""
+        E, P = self.num_experts, self.pieces
+        sizes = []                      # (slots, first expert, experts) per bank
+        if per_layer:
+            for _ in self.moe_layers:
+                for s0 in range(0, E * P, self.slots_per_bank):
+                    n = min(self.slots_per_bank, E * P - s0)
+                    sizes.append((n, s0 // P, (s0 + n - 1) // P - s0 // P + 1))
+        else:
+            sizes = [(min(self.slots_per_bank, n_slots - s0), 0, E) for s0 in range(0, n_slots, self.slots_per_bank)]
+        self.n_slots, self.bank_env = 0, []
+        for n, e0, n_e in sizes:
             try:
                 bank = self.device.create_buffer(size=n * self.slot_bytes, usage=STORAGE,
                                                  label=f"expert slab bank {len(self.banks)}")
             except Exception as e:          # out of memory: page with what was allocated
-                if self.n_slots < self.pieces:
+                if self.n_slots < P:
                     raise ExpertCacheError(f"the adapter cannot allocate one expert ({gib(self.expert_bytes)}): "
                                            f"{e}") from None
+                for b in range(len(self.banks)):        # paging: any bank may hold any expert
+                    self._set_window(b, self.bank_info[b], 0, E)
                 break
-            info = self.device.create_buffer(size=16, usage=BANK_INFO, label=f"expert bank {len(self.banks)} range")
-            self.device.queue.write_buffer(info, 0, np.array([self.n_slots, n, 0, 0], np.uint32))
             self.banks.append(bank)
-            self.bank_info.append(info)
+            self.bank_start.append(self.n_slots)
+            self.bank_info.append(self.device.create_buffer(size=16, usage=BANK_INFO,
+                                                            label=f"expert bank {len(self.banks) - 1} range"))
+            self.bank_env.append({})
+            self._set_window(len(self.banks) - 1, self.bank_info[-1], e0, n_e, slot0=self.n_slots, n=n)
             self.n_slots += n
         return self.n_slots
+
+    def _set_window(self, b: int, info, e0: int, n_e: int, slot0: int | None = None, n: int | None = None) -> None:
+        """Bank b's uniform: its first slot, slot count, first expert and number of experts it may hold."""
+        if slot0 is None:
+            slot0, n = self.bank_start[b], self.banks[b].size // self.slot_bytes
+        self.device.queue.write_buffer(info, 0, np.array([slot0, n, e0, n_e], np.uint32))
+        self.bank_env[b] = {"bank_experts": n_e}
 
     @property
     def buffers(self) -> dict:
@@ -147,7 +170,12 @@ class ExpertCache:
 
     def banks_of(self, layer: int, experts) -> list[int]:
         """The banks holding the resident pieces of these experts of a layer."""
-        return sorted({s // self.slots_per_bank for e in experts for s in self.resident.get((layer, int(e)), ())})
+        return sorted({self._bank_of(s)[0] for e in experts for s in self.resident.get((layer, int(e)), ())})
+
+    def _bank_of(self, slot: int) -> tuple[int, int]:
+        """-> (bank, slot index within it)."""
+        b = bisect.bisect_right(self.bank_start, slot) - 1
+        return b, slot - self.bank_start[b]
 
     @property
     def reads_routing(self) -> bool:
@@ -246,7 +274,7 @@ class ExpertCache:
     def _upload(self, key: tuple[int, int], slots: list[int]) -> None:
         data = self.package.expert_bytes(*key)
         for piece, slot in enumerate(slots):
-            bank, at = divmod(slot, self.slots_per_bank)
+            bank, at = self._bank_of(slot)
             self.device.queue.write_buffer(self.banks[bank], at * self.slot_bytes,
                                            data[piece * self.slot_bytes:(piece + 1) * self.slot_bytes])
         self.resident[key] = slots

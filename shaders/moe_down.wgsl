@@ -1,6 +1,6 @@
 // Expert FFN, second half: y[p, h] = act[p] . down[h] for each pair p routed to expert e.
 //   act: [pairs, I]   down: [H, I] inside the expert's slot   y: [pairs, H]
-// Dispatch: [ceil(H / ROWS), E, ceil(T / TILE)]. EXPERT_BIAS adds the f32 bias at word down_bias_off.
+// Dispatch: [ceil(H / ROWS), bank_experts, ceil(T / TILE)]. EXPERT_BIAS adds the f32 bias at word down_bias_off.
 // accumulate = 1 adds into y: the expert's later pieces (slices of its intermediate dimension).
 struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, pieces: u32, piece: u32, slot_elems: u32,
                 down_off: u32, down_bias_off: u32, accumulate: u32 }
@@ -11,7 +11,7 @@ struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, pieces: u32, piece: 
 @group(0) @binding(4) var<storage, read> expert_offsets: array<u32>; // [E + 1]
 @group(0) @binding(5) var<storage, read> pair_order: array<u32>;     // [pairs]
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;        // [pairs, H]
-@group(0) @binding(7) var<uniform> bank: vec4<u32>;                // first slot, slots in w
+@group(0) @binding(7) var<uniform> bank: vec4<u32>;                // first slot, slots, first expert, experts
 //!include weights.wgsl
 //!include reduce.wgsl
 //!include moe_tile.wgsl

@@ -1,7 +1,7 @@
 // Expert FFN, first half: act[p, i] = silu(x[t] . gate[i]) * (x[t] . up[i]) for each pair p = (t, j)
 // routed to expert e.    x: [T, H]   gate, up: [I, H] inside the expert's slot   act: [pairs, I]
 // I is this piece's share of the expert's intermediate dimension (all of it when pieces = 1).
-// Dispatch: [ceil(I / ROWS), E, ceil(T / TILE)].
+// Dispatch: [ceil(I / ROWS), bank_experts, ceil(T / TILE)].
 // EXPERT_BIAS adds f32 biases stored in the slot (word offsets gate_bias_off, up_bias_off).
 // CLAMPED_SWIGLU is GPT-OSS's activation: g = min(g, limit), u = clamp(u, -limit, limit),
 // act = (u + 1) * g * sigmoid(alpha * g).
@@ -14,7 +14,7 @@ struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, pieces: u32, piece: 
 @group(0) @binding(4) var<storage, read> expert_offsets: array<u32>; // [E + 1]
 @group(0) @binding(5) var<storage, read> pair_order: array<u32>;     // [pairs]
 @group(0) @binding(6) var<storage, read_write> act: array<f32>;      // [pairs, I]
-@group(0) @binding(7) var<uniform> bank: vec4<u32>;                // first slot, slots in w
+@group(0) @binding(7) var<uniform> bank: vec4<u32>;                // first slot, slots, first expert, experts
 //!include weights.wgsl
 //!include reduce.wgsl
 //!include moe_tile.wgsl

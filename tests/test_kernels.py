@@ -318,12 +318,12 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_bin
                  {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")}, {"T": T},
                  dtypes={"topk_ids": "u32"})
     activation = {"kind": "clamped_swiglu", "alpha": alpha, "limit": limit} if gpt_oss else None
-    inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, L * E * P, 0, 0], np.uint32),
+    inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, L * E * P, 0, E], np.uint32),
               "expert_slots": slot_of, "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"]}
     out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", layer, E, K, H, I,
                                                 layout, wdtype, activation),
                    inputs, {"act": (np.zeros((T * K, layout["piece_rows"])), "f32"), "y": (np.zeros((T * K, H)), "f32")},
-                   {"T": T}, dtypes={n: "u32" for n in inputs if n != "x"}, geometry=geometry)
+                   {"T": T, "bank_experts": E}, dtypes={n: "u32" for n in inputs if n != "x"}, geometry=geometry)
     act, y = out["act"], out["y"]
     ref_act = np.zeros((T * K, I))
     ref_y = np.zeros((T * K, H))
@@ -355,11 +355,11 @@ def test_experts_outside_the_bound_bank_are_skipped(gpu):
     from webmoe.converter.writer import expert_layout
     layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, "f32")
     inputs = {"x": rand(T, H), "experts": rand(2 * layout["slot_elems"]), "expert_slots": np.array([0, 1], np.uint32),
-              "expert_bank": np.array([1, 1, 0, 0], np.uint32),
+              "expert_bank": np.array([1, 1, 0, E], np.uint32),
               "expert_offsets": np.array([0, T, T], np.uint32), "pair_order": np.arange(T, dtype=np.uint32)}
     out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", 0, E, K, H, I, layout,
                                                 "f32"),
-                   inputs, {"act": (act0, "f32"), "y": (np.zeros((T * K, H)), "f32")}, {"T": T},
+                   inputs, {"act": (act0, "f32"), "y": (np.zeros((T * K, H)), "f32")}, {"T": T, "bank_experts": E},
                    dtypes={"expert_slots": "u32", "expert_offsets": "u32", "pair_order": "u32", "expert_bank": "u32"})
     np.testing.assert_array_equal(out["act"], act0)
     np.testing.assert_array_equal(out["y"], 0)
@@ -393,3 +393,30 @@ def test_sample_matches_inverse_cdf(gpu, temperature, top_p):
         out = run_plan(gpu, lambda p: p.sampler("logits", "token", V), {"logits": logits},
                        {"token": (np.zeros(1), "u32")}, {"temperature": temperature, "top_p": top_p, "u": u})
         assert out["token"][0] == sample_ref(logits[0], temperature, top_p, u), (u, out["token"][0])
+
+
+def test_a_bank_window_computes_only_its_experts(gpu):
+    """A bank whose window is experts 1..2 (of 4), dispatched over 2 experts along y: only their pairs are
+    written, as the dense loop gives them."""
+    T, K, E, H, I = 6, 2, 4, 8, 6
+    from webmoe.converter.writer import expert_layout
+    layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, "f32")
+    x, gate, up, down = rand(T, H), rand(E, I, H), rand(E, I, H), rand(E, H, I)
+    parts = [{"gate": gate[e], "up": up[e], "down": down[e]} for e in range(E)]
+    slot_of = np.arange(E, dtype=np.uint32)
+    slab, _ = build_slab(parts, slot_of, 0, E, 1, "f32")
+    ids = np.array([[e % E, (e + 1) % E] for e in range(T)], np.uint32)
+    g = run_plan(gpu, lambda p: p.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K), {"topk_ids": ids},
+                 {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")}, {"T": T},
+                 dtypes={"topk_ids": "u32"})
+    inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, E, 1, 2], np.uint32), "expert_slots": slot_of,
+              "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"]}
+    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", 0, E, K, H, I, layout,
+                                                "f32"),
+                   inputs, {"act": (np.zeros((T * K, I)), "f32"), "y": (np.zeros((T * K, H)), "f32")},
+                   {"T": T, "bank_experts": 2}, dtypes={n: "u32" for n in inputs if n != "x"})
+    for t in range(T):
+        for j in range(K):
+            e = ids[t, j]
+            want = down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])) if e in (1, 2) else np.zeros(H)
+            close(out["y"][t * K + j], want)

@@ -112,7 +112,7 @@ export class Engine {
       ex.encodeRange(encoder, env, done, seg.start);
       done = seg.stop;
       if (!cache.readsRouting) {              // every expert resident: no read-back
-        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.layerBanks.get(seg.layer));
+        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.layerBanks.get(seg.layer), cache.bankEnv);
         continue;
       }
       encoder.copyBufferToBuffer(ex.buffers.get(seg.topkIds), 0, this.routeRb.buffer, 0, size);
@@ -129,7 +129,7 @@ export class Engine {
       cache.record(seg.layer, chosen);
       for await (const batch of cache.batches(seg.layer, chosen)) {
         encoder = this.device.createCommandEncoder();
-        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.banksOf(seg.layer, batch));
+        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.banksOf(seg.layer, batch), cache.bankEnv);
         this.device.queue.submit([encoder.finish()]);
       }
       if (predict) await cache.prefetch(predict[2], routed.subarray(ids.length * this.topK));

@@ -88,21 +88,27 @@ export class Executor {
   }
 
   // Records steps start .. stop; the caller wrote the params for env. Banked steps are dispatched for each
-  // bank in `banks` (default: every bank).
-  encodeRange(encoder, env, start, stop, banks = null) {
+  // bank in `banks` (default: every bank), their dispatch evaluated with that bank's variables bankEnv[bank].
+  encodeRange(encoder, env, start, stop, banks = null, bankEnv = null) {
     if (start >= stop) return;
     const pass = encoder.beginComputePass();
     for (const st of this.steps.slice(start, stop)) {
-      const counts = st.dispatch.map((d) => evaluate(d, env));
-      if (Math.min(...counts) <= 0) continue;
-      pass.setPipeline(st.pipeline);
-      for (const bank of st.banked ? (banks ?? st.bindGroups.keys()) : [0]) {
-        pass.setBindGroup(0, st.bindGroups[bank]);
-        pass.dispatchWorkgroups(...counts);
+      if (!st.banked) {
+        dispatch(pass, st, 0, env);
+        continue;
       }
+      for (const bank of banks ?? st.bindGroups.keys()) dispatch(pass, st, bank, bankEnv ? { ...env, ...bankEnv[bank] } : env);
     }
     pass.end();
   }
+}
+
+function dispatch(pass, st, bank, env) {
+  const counts = st.dispatch.map((d) => evaluate(d, env));
+  if (Math.min(...counts) <= 0) return;
+  pass.setPipeline(st.pipeline);
+  pass.setBindGroup(0, st.bindGroups[bank]);
+  pass.dispatchWorkgroups(...counts);
 }
 
 function blockSize(kernel) {

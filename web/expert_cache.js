@@ -43,7 +43,7 @@ export class ExpertCache {
     c.banks = [];
     c.bankInfo = [];
     const wanted = Math.min(total, Math.floor(c.budget.bytes / c.expertBytes)) * c.pieces;
-    c.capacity = Math.floor((await c.allocate(wanted)) / c.pieces);
+    c.capacity = Math.floor((await c.allocate(wanted, wanted === total * c.pieces)) / c.pieces);
     if (c.nSlots < wanted) {
       c.budget = { bytes: c.nSlots * c.slotBytes, reason: `${c.budget.reason}; the adapter allocated only ${gib(c.nSlots * c.slotBytes)}` };
     }
@@ -69,27 +69,58 @@ export class ExpertCache {
     return c;
   }
 
-  // Creates banks for nSlots slots, stopping early if the adapter refuses one; returns the slots.
-  async allocate(nSlots) {
+  // Creates banks for nSlots slots, stopping early if the adapter refuses one; returns the slots. perLayer
+  // (every expert resident): each bank holds slots of one layer only, experts in order, so its window of
+  // experts is narrow; otherwise every bank may hold any expert of any layer.
+  async allocate(nSlots, perLayer) {
+    const E = this.E, P = this.pieces;
+    const sizes = [];               // [slots, first expert, experts] per bank
+    if (perLayer) {
+      for (const _ of this.layers) {
+        for (let s0 = 0; s0 < E * P; s0 += this.slotsPerBank) {
+          const n = Math.min(this.slotsPerBank, E * P - s0);
+          sizes.push([n, Math.floor(s0 / P), Math.floor((s0 + n - 1) / P) - Math.floor(s0 / P) + 1]);
+        }
+      }
+    } else {
+      for (let s0 = 0; s0 < nSlots; s0 += this.slotsPerBank) sizes.push([Math.min(this.slotsPerBank, nSlots - s0), 0, E]);
+    }
     this.nSlots = 0;
-    while (this.nSlots < nSlots) {
-      const n = Math.min(this.slotsPerBank, nSlots - this.nSlots);
+    this.bankStart = [];
+    this.bankEnv = [];
+    for (const [n, e0, nE] of sizes) {
       this.device.pushErrorScope("out-of-memory");
       const bank = this.device.createBuffer({ size: n * this.slotBytes, usage: STORAGE, label: `expert slab bank ${this.banks.length}` });
       const error = await this.device.popErrorScope();
       if (error) {
         bank.destroy();
-        if (this.nSlots < this.pieces) throw new ExpertCacheError(`the adapter cannot allocate one expert (${gib(this.expertBytes)}): ${error.message}`);
+        if (this.nSlots < P) throw new ExpertCacheError(`the adapter cannot allocate one expert (${gib(this.expertBytes)}): ${error.message}`);
+        this.bankInfo.forEach((info, b) => this.setWindow(b, 0, E));     // paging: any bank may hold any expert
         break;
       }
-      const info = this.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-                                               label: `expert bank ${this.banks.length} range` });
-      this.device.queue.writeBuffer(info, 0, new Uint32Array([this.nSlots, n, 0, 0]));
       this.banks.push(bank);
-      this.bankInfo.push(info);
+      this.bankStart.push(this.nSlots);
+      this.bankInfo.push(this.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+                                                    label: `expert bank ${this.banks.length - 1} range` }));
+      this.bankEnv.push({});
+      this.setWindow(this.banks.length - 1, e0, nE);
       this.nSlots += n;
     }
     return this.nSlots;
+  }
+
+  // Bank b's uniform: its first slot, slot count, first expert and number of experts it may hold.
+  setWindow(b, e0, nE) {
+    const n = this.banks[b].size / this.slotBytes;
+    this.device.queue.writeBuffer(this.bankInfo[b], 0, new Uint32Array([this.bankStart[b], n, e0, nE]));
+    this.bankEnv[b] = { bank_experts: nE };
+  }
+
+  // -> [bank, slot index within it]
+  bankOf(slot) {
+    let b = this.bankStart.length - 1;
+    while (this.bankStart[b] > slot) b--;
+    return [b, slot - this.bankStart[b]];
   }
 
   get buffers() {
@@ -99,7 +130,7 @@ export class ExpertCache {
   // The banks holding the resident pieces of these experts of a layer.
   banksOf(layer, experts) {
     const banks = new Set();
-    for (const e of experts) for (const s of this.resident.get(`${layer}_${e}`) || []) banks.add(Math.floor(s / this.slotsPerBank));
+    for (const e of experts) for (const s of this.resident.get(`${layer}_${e}`) || []) banks.add(this.bankOf(s)[0]);
     return [...banks].sort((a, b) => a - b);
   }
 
@@ -120,9 +151,8 @@ export class ExpertCache {
     const entry = this.manifest.experts[key];
     const bytes = await this.store.shard(entry.shard, { memo: this.paging });
     slots.forEach((slot, piece) => {
-      const bank = Math.floor(slot / this.slotsPerBank);
-      this.device.queue.writeBuffer(this.banks[bank], (slot % this.slotsPerBank) * this.slotBytes, bytes,
-                                    piece * this.slotBytes, this.slotBytes);
+      const [bank, at] = this.bankOf(slot);
+      this.device.queue.writeBuffer(this.banks[bank], at * this.slotBytes, bytes, piece * this.slotBytes, this.slotBytes);
     });
     this.resident.set(key, slots);
     const [l, e] = key.split("_").map(Number);
