@@ -89,7 +89,7 @@ class ExpertCache:
         self.slots_per_bank = max(1, min(gpu.max_binding, gpu.max_buffer) // self.slot_bytes)
         self.banks: list = []            # slab buffers, bank b holding slots bank_start[b] ..
         self.bank_start: list[int] = []
-        self.bank_info: list = []        # per bank a uniform vec4<u32>: first slot, slots in the bank
+        self.bank_info: list = []        # per bank a uniform vec4<u32>: first slot, slots, first expert, experts
         wanted = min(total, budget.bytes // self.expert_bytes) * self.pieces
         capacity = self._allocate(wanted, per_layer=wanted == total * self.pieces) // self.pieces
         self.budget = budget
