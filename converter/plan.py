@@ -39,7 +39,7 @@ import math
 from .writer import encoded_size
 
 # provided by the runtime's expert cache: the slab (one of its banks per dispatch), the bank's slot range
-# (a uniform vec4<u32>: first slot, slot count) and the slot table [layers, E, pieces]
+# (a uniform vec4<u32>: first slot, slot count, first expert, experts) and the slot table [layers, E, pieces]
 RUNTIME_BUFFERS = ("experts", "expert_bank", "expert_slots")
 VARIABLES = ("T", "pos", "logit_row0", "n_logits", "temperature", "top_p", "u", "bank_experts")
 DEFAULT_MAX_BINDING = 128 << 20     # WebGPU's default maxStorageBufferBindingSize: every adapter grants it
