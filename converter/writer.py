@@ -116,20 +116,12 @@ class _Shard:
         self.file = open(path, "wb")
 
     def write(self, data: bytes) -> int:
-        """Appends aligned data; returns its offset."""
-        gap = pad(self.size)
-        if gap:
-            self.file.write(b"\0" * gap)
-            self.sha.update(b"\0" * gap)
-            self.size += gap
-        off = self.size
-        self.file.write(data)
-        self.sha.update(data)
-        self.size += len(data)
-        return off
+        """Appends data at the next ALIGN boundary; returns its offset."""
+        self.fill_to(self.size + pad(self.size))
+        return self.append(data)
 
     def append(self, data: bytes) -> int:
-        """Appends data right after the previous write (the next block of one tensor)."""
+        """Appends data right after the previous write (the next block of one tensor); returns its offset."""
         off = self.size
         self.file.write(data)
         self.sha.update(data)
@@ -137,11 +129,9 @@ class _Shard:
         return off
 
     def fill_to(self, offset: int) -> None:
-        """Zeros up to byte `offset` (a piece smaller than its slot leaves gaps)."""
+        """Zeros up to byte `offset` (alignment, and the gaps a piece smaller than its slot leaves)."""
         if offset > self.size:
-            self.file.write(b"\0" * (offset - self.size))
-            self.sha.update(b"\0" * (offset - self.size))
-            self.size = offset
+            self.append(b"\0" * (offset - self.size))
 
     def close(self) -> dict:
         self.file.close()
@@ -164,15 +154,7 @@ class PackageWriter:
         self.bytes_written = 0
 
     def add_dense(self, name: str, array: np.ndarray, dtype: str) -> None:
-        data = encode(array, dtype)
-        if self._dense is not None and self._dense.size + pad(self._dense.size) + len(data) > DENSE_SHARD_BYTES:
-            self._close_dense()
-        if self._dense is None:
-            self._dense = _Shard(self.tmp / f"dense-{sum(s['kind'] == 'dense' for s in self.shards):05d}.bin")
-        off = self._dense.write(data)
-        self.tensors[name] = {"shard": self._dense.path.name, "offset": off, "size": len(data),
-                              "shape": list(array.shape), "dtype": dtype}
-        self.bytes_written += len(data)
+        self.add_dense_blocks(name, array.shape, dtype, [array])
 
     def add_dense_blocks(self, name: str, shape: tuple[int, ...], dtype: str, blocks) -> None:
         """A tensor written from consecutive row blocks (float32 arrays), never held whole."""
