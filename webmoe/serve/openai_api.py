@@ -33,6 +33,7 @@ class Models:
         if name not in self.engines:
             self.engines[name] = await asyncio.to_thread(Engine.load, self.dirs[name], self.adapter,
                                                          expert_cache_bytes=self.expert_cache_bytes)
+            print(f"webmoe: loaded {self.engines[name].describe()}", flush=True)   # the server's console
         return self.engines[name]
 
 
