@@ -52,7 +52,7 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     n_expert_params = sum(math.prod(s) for s in family.expert_shapes().values())
     total = sum(math.prod(s) for s in dense.values()) + len(moe.moe_layers) * moe.num_experts * n_expert_params
 
-    writer = PackageWriter(out, force)
+    writer = PackageWriter(out, force, source=src)
     try:
         with tqdm(total=total, unit="param", unit_scale=True, desc=f"convert {family.name}",
                   disable=(not progress) if progress is not None else None) as bar:

@@ -138,12 +138,53 @@ class _Shard:
         return {"file": self.path.name, "size": self.size, "sha256": self.sha.hexdigest()}
 
 
+def is_package(path: Path) -> bool:
+    """A directory holding an RDRR manifest.json: what --force may replace."""
+    try:
+        m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return path.is_dir() and not path.is_symlink() and isinstance(m, dict) and m.get("format") == "rdrr"
+
+
+def check_target(out: Path, force: bool, source: Path | None) -> None:
+    """OUT may be replaced only with --force, only if it is a webmoe package, and never if it is the
+    source checkpoint or holds it."""
+    out_r = out.resolve()
+    if source is not None:
+        src = Path(source).resolve()
+        if out_r == src or out_r in src.parents:
+            raise ConversionError(f"{out} is the checkpoint or holds it; write the package somewhere else")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise ConversionError(f"{out} already exists (use --force to replace it)")
+        if not is_package(out):
+            raise ConversionError(f"{out} exists and is not a webmoe package; --force replaces only a package "
+                                  "(remove it yourself if that is what you want)")
+
+
+def remove_abandoned(out: Path) -> None:
+    """Removes hidden partial packages beside OUT left by conversions that were killed (their process
+    is gone)."""
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
 class PackageWriter:
-    def __init__(self, out_dir: Path, force: bool = False):
+    def __init__(self, out_dir: Path, force: bool = False, source: Path | None = None):
+        """source: the checkpoint being converted, which OUT must not be or hold."""
         self.out = Path(out_dir)
-        if self.out.exists() and not force:
-            raise ConversionError(f"{self.out} already exists (use --force to replace it)")
+        check_target(self.out, force, source)
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(self.out)
         self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()

@@ -112,17 +112,41 @@ def test_convert_bad_checkpoint(good_ckpt, tmp_path, case):
     assert not out.parent.exists() or list(out.parent.iterdir()) == []   # no partial package beside it
 
 
-def test_convert_refuses_to_overwrite_and_force_replaces(good_ckpt, tmp_path):
+def test_convert_refuses_to_overwrite_and_force_replaces_only_a_package(good_ckpt, tmp_path):
     out = tmp_path / "pkg"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     r = cli("convert", good_ckpt, out, "--dtype", "f32")
     assert r.returncode == 1 and "already exists" in r.stderr
+    r = cli("convert", good_ckpt, out, "--dtype", "f32", "--force")       # not a package: kept
+    assert r.returncode == 1 and "not a webmoe package" in r.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    r = cli("convert", good_ckpt, out, "--dtype", "f32", "--force")
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert cli("convert", good_ckpt, out, "--dtype", "f32").returncode == 0
+    (out / "marker").write_text("old package")
+    r = cli("convert", good_ckpt, out, "--dtype", "f32", "--force")       # a package: replaced
     assert r.returncode == 0, r.stderr
-    assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
+    assert (out / "manifest.json").is_file() and not (out / "marker").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["pkg"]
+
+
+def test_force_never_deletes_the_source_or_a_folder_holding_it(good_ckpt, tmp_path):
+    models = tmp_path / "models"
+    ckpt = copy_ckpt(good_ckpt, models / "ckpt")
+    before = sorted(p.name for p in ckpt.iterdir())
+    for out in (ckpt, models):
+        r = cli("convert", ckpt, out, "--force")
+        assert r.returncode == 1 and "is the checkpoint or holds it" in r.stderr, r.stderr
+    assert sorted(p.name for p in ckpt.iterdir()) == before
+
+
+def test_partial_packages_of_killed_conversions_are_removed(good_ckpt, tmp_path):
+    dead = tmp_path / ".pkg.partial-999999999"          # no such process
+    dead.mkdir()
+    (dead / "dense-00000.bin").write_bytes(b"x" * 1000)
+    assert cli("convert", good_ckpt, tmp_path / "pkg", "--dtype", "f32").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
 
 
 def test_failed_convert_keeps_the_previous_package(good_ckpt, tmp_path, good_pkg):

@@ -131,7 +131,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="directory with config.json, *.safetensors and tokenizer.json")
     c.add_argument("out", help="package directory to write (written atomically)")
     c.add_argument("--dtype", choices=["f32", "f16"], default="f16", help="storage dtype of the weight matrices")
-    c.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--force", action="store_true",
+                   help="replace OUT if it is a webmoe package (never the checkpoint or a folder holding it)")
     c.add_argument("--max-binding", type=int, default=128 << 20, metavar="BYTES",
                    help="cut tensors and experts so that no GPU binding exceeds BYTES (default 128 MiB, which "
                         "every WebGPU adapter grants)")
