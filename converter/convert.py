@@ -13,7 +13,7 @@ from .checkpoint import Checkpoint
 from .errors import ConversionError
 from .families import family_for
 from .model_plan import build_plan, package_tensors
-from .plan import DEFAULT_MAX_BINDING
+from .plan import DEFAULT_MAX_BINDING, parts_of
 from .tokenizer_info import tokenizer_files, tokenizer_info
 from .writer import PackageWriter, expert_layout
 
@@ -59,11 +59,11 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
             for name, shape in dense.items():
                 if family.transforms(name):
                     for out_name, array in family.transform_dense(name, ckpt.read(name, shape)).items():
-                        for part in _parts(plan, out_name, array.shape):
+                        for part in parts_of(plan["splits"], out_name, array.shape):
                             writer.add_dense(part["tensor"], array[part["row0"]:part["row0"] + part["rows"]],
                                              tensors[out_name][1])
                 else:
-                    for part in _parts(plan, name, shape):
+                    for part in parts_of(plan["splits"], name, shape):
                         writer.add_dense_blocks(part["tensor"], (part["rows"], *shape[1:]), tensors[name][1],
                                                 _row_blocks(ckpt, name, shape, part["row0"], part["rows"]))
                 bar.update(math.prod(shape))
@@ -95,10 +95,6 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     except BaseException:
         writer.abort()
         raise
-
-
-def _parts(plan: dict, name: str, shape) -> list[dict]:
-    return plan["splits"].get(name) or [{"tensor": name, "row0": 0, "rows": shape[0] if shape else 0}]
 
 
 def _row_blocks(ckpt: Checkpoint, name: str, shape, row0: int, rows: int):

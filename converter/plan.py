@@ -79,6 +79,11 @@ def row_parts(name: str, shape: tuple[int, ...], dtype: str, max_binding: int) -
             for i, r0 in enumerate(range(0, shape[0], per_part))]
 
 
+def parts_of(splits: dict, name: str, shape) -> list[dict]:
+    """The row parts a tensor is read through: plan["splits"][name], or the whole tensor."""
+    return splits.get(name) or [{"tensor": name, "row0": 0, "rows": shape[0] if shape else 0}]
+
+
 class Plan:
     def __init__(self, tensors: dict[str, tuple[tuple[int, ...], str]], geometry: dict | None = None,
                  max_binding: int = DEFAULT_MAX_BINDING):
@@ -131,9 +136,7 @@ class Plan:
 
     def parts(self, tensor: str) -> list[dict]:
         """The row parts a step reads `tensor` through: [{tensor, row0, rows}] (one entry if not split)."""
-        if tensor in self.splits:
-            return self.splits[tensor]
-        return [{"tensor": tensor, "row0": 0, "rows": self.tensors[tensor][0][0]}]
+        return parts_of(self.splits, tensor, None if tensor in self.splits else self.tensors[tensor][0])
 
     def weight_defines(self, tensor: str) -> list[str]:
         return ["W_F16"] if self.tensors[self.parts(tensor)[0]["tensor"]][1] == "f16" else []

@@ -204,12 +204,10 @@ class PackageWriter:
             self._close_dense()
         if self._dense is None:
             self._dense = _Shard(self.tmp / f"dense-{sum(s['kind'] == 'dense' for s in self.shards):05d}.bin")
-        off = None
+        off = self._dense.write(b"")                 # aligned; the blocks follow one another
         for block in blocks:
-            data = encode(block, dtype)
-            at = self._dense.write(data) if off is None else self._dense.append(data)
-            off = at if off is None else off
-        if off is None or self._dense.size - off != size:
+            self._dense.append(encode(block, dtype))
+        if self._dense.size - off != size:
             raise ConversionError(f"tensor {name}: the blocks read do not make its shape {list(shape)}")
         self.tensors[name] = {"shard": self._dense.path.name, "offset": off, "size": size, "shape": list(shape),
                               "dtype": dtype}

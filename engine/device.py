@@ -44,8 +44,12 @@ class Gpu:
 
     @property
     def is_cpu(self) -> bool:
-        """A CPU adapter (lavapipe, SwiftShader): its buffers live in host memory."""
-        return self.adapter.info.get("adapter_type") == "CPU"
+        return is_cpu(self.adapter)
+
+
+def is_cpu(adapter) -> bool:
+    """A CPU adapter (lavapipe, SwiftShader): its buffers live in host memory."""
+    return adapter.info.get("adapter_type") == "CPU"
 
 
 def describe(adapter) -> str:

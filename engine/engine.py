@@ -9,7 +9,7 @@ from .device import Gpu, open_gpu
 from .executor import STORAGE, Executor, Readback
 from .expert_cache import ExpertCache, expert_segments
 from .generation import GenerationConfig, Generator, Token  # noqa: F401  (Token is part of this API)
-from .memory import Budget, default_budget, gib
+from .memory import Budget, gib, package_budget
 from .package import Package
 from .prefetch import predictor_plan
 from .resources import check_resources, plan_bytes
@@ -30,11 +30,8 @@ class Engine:
         self.io = plan["io"]                      # the buffers of token ids, logits and the sampled token
         check_resources(plan, gpu.max_binding, self.chunk, self.max_seq_len)
         self.memory = plan_bytes(plan, self.chunk, self.max_seq_len)   # buffers, kv_cache, kv_per_token
-        dense = sum(t["size"] for t in package.manifest["tensors"].values())
-        expert_total = len(package.moe["moe_layers"]) * package.moe["num_experts"] * \
-            package.moe["expert_layout"].get("expert_bytes", package.moe["expert_layout"]["slot_bytes"])
         if expert_cache_bytes is None:
-            budget = default_budget(gpu.is_cpu, expert_total, dense + self.memory["buffers"])
+            budget = package_budget(plan, gpu.is_cpu, self.chunk, self.max_seq_len)
         else:
             budget = Budget(expert_cache_bytes, f"{gib(expert_cache_bytes)} asked for")
         device = gpu.device

@@ -80,7 +80,7 @@ class ExpertCache:
         self.num_experts = moe["num_experts"]
         self.moe_layers = list(moe["moe_layers"])
         self.slot_bytes = self.layout["slot_bytes"]
-        self.pieces = self.layout.get("pieces", 1)
+        self.pieces = self.layout["pieces"]
         self.expert_bytes = self.slot_bytes * self.pieces
         total = len(self.moe_layers) * self.num_experts
         if budget.bytes < self.expert_bytes:
@@ -146,22 +146,21 @@ class ExpertCache:
                     raise ExpertCacheError(f"the adapter cannot allocate one expert ({gib(self.expert_bytes)}): "
                                            f"{e}") from None
                 for b in range(len(self.banks)):        # paging: any bank may hold any expert
-                    self._set_window(b, self.bank_info[b], 0, E)
+                    self._set_window(b, 0, E)
                 break
             self.banks.append(bank)
             self.bank_start.append(self.n_slots)
             self.bank_info.append(self.device.create_buffer(size=16, usage=BANK_INFO,
                                                             label=f"expert bank {len(self.banks) - 1} range"))
             self.bank_env.append({})
-            self._set_window(len(self.banks) - 1, self.bank_info[-1], e0, n_e, slot0=self.n_slots, n=n)
+            self._set_window(len(self.banks) - 1, e0, n_e)
             self.n_slots += n
         return self.n_slots
 
-    def _set_window(self, b: int, info, e0: int, n_e: int, slot0: int | None = None, n: int | None = None) -> None:
+    def _set_window(self, b: int, e0: int, n_e: int) -> None:
         """Bank b's uniform: its first slot, slot count, first expert and number of experts it may hold."""
-        if slot0 is None:
-            slot0, n = self.bank_start[b], self.banks[b].size // self.slot_bytes
-        self.device.queue.write_buffer(info, 0, np.array([slot0, n, e0, n_e], np.uint32))
+        n = self.banks[b].size // self.slot_bytes
+        self.device.queue.write_buffer(self.bank_info[b], 0, np.array([self.bank_start[b], n, e0, n_e], np.uint32))
         self.bank_env[b] = {"bank_experts": n_e}
 
     @property

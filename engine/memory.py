@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .resources import plan_bytes
+
 MARGIN_MIN = 1 << 30          # left free for the process, the page cache of the shards and other programs
 
 
@@ -35,6 +37,14 @@ def host_available_bytes() -> int | None:
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def package_budget(plan: dict, cpu_adapter: bool, T: int, S: int) -> Budget:
+    """The default budget for a package's plan run with chunks of T tokens and S positions: its
+    resources give the experts' bytes and what the engine needs besides them."""
+    r = plan["resources"]
+    experts = r["experts"]["count"] * r["experts"]["expert_bytes"]
+    return default_budget(cpu_adapter, experts, r["dense_bytes"] + plan_bytes(plan, T, S)["buffers"])
 
 
 def default_budget(cpu_adapter: bool, expert_total: int, reserved: int) -> Budget:

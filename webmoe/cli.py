@@ -93,19 +93,15 @@ def _analyze(args) -> int:
 
 def _default_budget(package) -> str:
     """How the engine would choose its expert budget on this machine (engine/memory.py)."""
-    from webmoe.engine.device import pick_adapter
+    from webmoe.engine.device import is_cpu, pick_adapter
     from webmoe.engine.errors import DeviceError
-    from webmoe.engine.memory import default_budget
-    from webmoe.engine.resources import plan_bytes
-    m = package.manifest
+    from webmoe.engine.memory import package_budget
     try:
-        cpu = pick_adapter().info.get("adapter_type") == "CPU"
+        cpu = is_cpu(pick_adapter())
     except DeviceError as e:
         return f"no WebGPU adapter here ({e})"
-    experts = len(m["moe"]["moe_layers"]) * m["moe"]["num_experts"] * m["moe"]["expert_layout"]["expert_bytes"]
-    dense = sum(t["size"] for t in m["tensors"].values())
-    S = min(4096, m["config"]["max_position_embeddings"])
-    return default_budget(cpu, experts, dense + plan_bytes(m["plan"], 64, S)["buffers"]).reason
+    S = min(4096, package.config["max_position_embeddings"])     # Engine.load's defaults
+    return package_budget(package.manifest["plan"], cpu, 64, S).reason
 
 
 def _info(args) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from webmoe.engine.package import Package
+from webmoe.engine.resources import plan_bytes
 
 
 def summarize(package: Package) -> dict[str, str]:
@@ -19,7 +20,7 @@ def summarize(package: Package) -> dict[str, str]:
     dense_bytes = sum(s["size"] for s in m["shards"] if s["kind"] == "dense")
     dense_layers = [l for l in range(cfg["num_layers"]) if l not in moe["moe_layers"]]
     shared = moe.get("shared_expert_intermediate_size") or 0
-    kv = sum(b.get("S", 0) for b in m["plan"]["resources"]["buffers"].values())
+    kv = plan_bytes(m["plan"], 0, 0)["kv_per_token"]
     return {
         "family": f"{m['family']} ({m.get('architecture')})",
         "layers": f"{cfg['num_layers']} ({n_moe} MoE; dense: {_layers(dense_layers)})",
