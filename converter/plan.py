@@ -4,7 +4,7 @@ model's structure, written into the package. The runtimes interpret it and disco
 A step names a kernel in shaders/, its preprocessor defines, its geometry constants (`consts`, injected
 into the kernel by the preprocessor's //!const directive), what each of the kernel's bindings is bound to
 (a plan buffer, a package tensor, or a runtime buffer such as the expert slab), the fields of its
-`Params` uniform and its workgroup counts. Sizes that depend on the call are plan expressions
+`Params` uniform and its workgroup counts (and `repeat`, when it is dispatched several times in a row). Sizes that depend on the call are plan expressions
 (engine/expr.py): an int, a variable, or [var, mul, div] = ceil(var * mul / div). Runtime variables:
     T           tokens in this forward call (<= the runtime's chunk size)
     pos         absolute position of the first of them
@@ -24,7 +24,7 @@ writer.expert_layout): the expert FFN is the sum of its pieces' FFNs.
 Besides `buffers` and `steps` the plan holds:
     moe_layers  per MoE layer: the router-logits and router steps, the buffer of the chosen expert ids,
                 the router's input, and the range of steps that read the expert slab
-    sampler     the step that picks the next token from the logits
+    sampler     the steps that pick the next token from the logits
     io          the buffers a runtime writes (token ids) and reads back (logits, sampled token)
     splits      tensor -> its row parts [{tensor, row0, rows}]
     resources   bytes of every buffer as a function of T and S, the largest tensor, the expert slots
@@ -57,10 +57,13 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "moe_gate_up": {"LANES": 64, "ROWS": 4, "TILE": 8},      # ROWS rows x TILE pairs of one expert
     "moe_down": {"LANES": 64, "ROWS": 4, "TILE": 8},
     "scatter_add": {"WG": 64},
-    "sample": {"WG": 256},
+    "sample_max": {"LANES": 256},
+    "sample_mass": {"LANES": 256},
+    "sample_chunks": {"CHUNKS": 256},      # sample_pick walks the same chunks
 }
+SAMPLE_BISECTION_STEPS = 30   # halvings of the nucleus threshold's interval: 2^-30 of the max token's q
 # values each lane hands to reduce.wgsl at once: a matmul's token tile, gate and up of an expert tile
-_RED_VALUES = {"rmsnorm": lambda g: 1, "matmul": lambda g: g["TOKENS"], "moe_gate_up": lambda g: 2 * g["TILE"],
+_RED_VALUES = {"rmsnorm": lambda g: 1, "sample_mass": lambda g: 1, "matmul": lambda g: g["TOKENS"], "moe_gate_up": lambda g: 2 * g["TILE"],
                "moe_down": lambda g: g["TILE"]}
 
 
@@ -101,7 +104,7 @@ class Plan:
         self.buffers: dict[str, dict] = {}
         self.steps: list[dict] = []
         self.moe_layers: list[dict] = []
-        self.sampler_step: dict | None = None
+        self.sampler_steps: list[dict] = []
         self.io = {"ids": None, "logits": None, "token": None}
 
     def buffer(self, name: str, shape: list, dtype: str = "f32") -> str:
@@ -113,20 +116,23 @@ class Plan:
         return name
 
     def consts(self, kernel: str, extra: dict | None = None) -> dict[str, int]:
-        g = {**self.geometry[kernel], **(extra or {})}
+        g = {**self.geometry.get(kernel, {}), **(extra or {})}
         if kernel in _RED_VALUES:
             g["RED_VALUES"] = _RED_VALUES[kernel](g)
         return g
 
     def _make_step(self, kernel: str, bind: dict, params: dict, dispatch: list, defines=(), label: str = "",
-                   consts: dict | None = None) -> dict:
+                   consts: dict | None = None, repeat: int = 1) -> dict:
         for target in bind.values():
             if target in self.splits:
                 raise ValueError(f"step {label or kernel} binds {target!r} whole; it is split into parts")
             if target not in self.buffers and target not in self.tensors and target not in RUNTIME_BUFFERS:
                 raise ValueError(f"step {label or kernel} binds unknown buffer {target!r}")
-        return {"kernel": kernel, "defines": sorted(defines), "consts": self.consts(kernel, consts), "bind": bind,
+        step = {"kernel": kernel, "defines": sorted(defines), "consts": self.consts(kernel, consts), "bind": bind,
                 "params": params, "dispatch": dispatch, "label": label}
+        if repeat != 1:
+            step["repeat"] = repeat       # dispatched that many times in a row
+        return step
 
     def step(self, kernel: str, bind: dict, params: dict, dispatch: list, defines=(), label: str = "",
              consts: dict | None = None) -> int:
@@ -161,10 +167,21 @@ class Plan:
                                 "experts": [start, stop]})
 
     def sampler(self, logits: str, token: str, V: int) -> None:
-        """The next token from row 0 of `logits` (see shaders/sample.wgsl): one workgroup."""
-        self.sampler_step = self._make_step("sample", {"logits": logits, "token": token},
-                                            {"V": V, "row": 0, "temperature": "temperature", "top_p": "top_p",
-                                             "u": "u"}, [1, 1, 1], [], "sample")
+        """The next token from row 0 of `logits`: argmax at temperature 0, else nucleus sampling, in passes
+        of one workgroup each (shaders/sample_state.wgsl)."""
+        state = self.buffer("sample_state", [8])
+        chunks = self.geometry["sample_chunks"]["CHUNKS"]
+        chunk_mass = self.buffer("sample_chunk_mass", [chunks])
+        params = {"V": V, "row": 0, "temperature": "temperature", "top_p": "top_p", "u": "u"}
+        self.sampler_steps = [
+            self._make_step("sample_max", {"logits": logits, "token": token, "state": state}, params, [1, 1, 1]),
+            self._make_step("sample_mass", {"logits": logits, "state": state}, params, [1, 1, 1], ["TOTAL"]),
+            self._make_step("sample_mass", {"logits": logits, "state": state}, params, [1, 1, 1],
+                            repeat=SAMPLE_BISECTION_STEPS),
+            self._make_step("sample_chunks", {"logits": logits, "state": state, "chunk_mass": chunk_mass}, params,
+                            [1, 1, 1]),
+            self._make_step("sample_pick", {"logits": logits, "state": state, "chunk_mass": chunk_mass,
+                                            "token": token}, params, [1, 1, 1], consts={"CHUNKS": chunks})]
         self.io["token"] = token
 
     def resources(self, expert_layout: dict | None, n_experts: int) -> dict:
@@ -184,10 +201,10 @@ class Plan:
                             "pieces": layout.get("pieces", 1), "expert_bytes": layout.get("expert_bytes", 0)}}
 
     def to_json(self, expert_layout: dict | None = None, n_experts: int = 0) -> dict:
-        if None in self.io.values() or self.sampler_step is None:
+        if None in self.io.values() or not self.sampler_steps:
             raise ValueError("a plan needs its inputs, outputs and sampler")
         return {"buffers": self.buffers, "steps": self.steps, "moe_layers": self.moe_layers,
-                "sampler": self.sampler_step, "io": self.io, "variables": list(VARIABLES), "splits": self.splits,
+                "sampler": self.sampler_steps, "io": self.io, "variables": list(VARIABLES), "splits": self.splits,
                 "resources": self.resources(expert_layout, n_experts)}
 
     # --- one method per kernel; each returns the index of its (first) step ------------------------

@@ -51,7 +51,7 @@ class Engine:
             moe = package.moe
             predictor, self._predict = predictor_plan(plan, moe["num_experts"], moe["top_k"])
             self.predictor = Executor(gpu, predictor, self.executor.buffers, {}, {"T": self.chunk, "S": self.max_seq_len})
-        self.sampler = Executor(gpu, {"buffers": {}, "steps": [plan["sampler"]]}, self.executor.buffers, {}, {})
+        self.sampler = Executor(gpu, {"buffers": {}, "steps": plan["sampler"]}, self.executor.buffers, {}, {})
         self._logits_rb = Readback(device, self.chunk * self.vocab_size * 4)
         self._token_rb = Readback(device, 4)
         self.pos = 0    # tokens held in the KV cache

@@ -84,7 +84,8 @@ class Executor:
                                                                                "entry_point": "main"},
                                                        label=label)
         return {"index": index, "label": label, "kernel": kernel, "pipeline": pipeline,
-                "params": step["params"], "bind": step["bind"], "dispatch": step["dispatch"]}
+                "params": step["params"], "bind": step["bind"], "dispatch": step["dispatch"],
+                "repeat": step.get("repeat", 1)}
 
     def _bind_groups(self, st: dict) -> list:
         """One bind group, or one per bank when the step binds a banked runtime buffer."""
@@ -145,7 +146,8 @@ class Executor:
         if min(counts) > 0:
             cpass.set_pipeline(st["pipeline"])
             cpass.set_bind_group(0, st["bind_groups"][bank])
-            cpass.dispatch_workgroups(*counts)
+            for _ in range(st["repeat"]):
+                cpass.dispatch_workgroups(*counts)
 
 
 

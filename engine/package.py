@@ -105,7 +105,7 @@ def validate(m) -> dict:
     return m
 
 
-_PLAN = {"buffers": dict, "steps": list, "moe_layers": list, "sampler": dict, "io": dict, "resources": dict}
+_PLAN = {"buffers": dict, "steps": list, "moe_layers": list, "sampler": list, "io": dict, "resources": dict}
 
 
 def _is_int(v) -> bool:
@@ -119,7 +119,7 @@ def validate_plan(plan: dict) -> None:
             raise PackageError(f"malformed plan: {key!r} missing or not a {kind.__name__}")
     steps, buffers = plan["steps"], plan["buffers"]
     if not all(isinstance(s, dict) and isinstance(s.get("kernel"), str) and isinstance(s.get("bind"), dict)
-               for s in steps + [plan["sampler"]]):
+               for s in steps + plan["sampler"]):
         raise PackageError("malformed plan: a step lacks its kernel or bindings")
     for role in ("ids", "logits", "token"):
         if plan["io"].get(role) not in buffers:

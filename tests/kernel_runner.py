@@ -29,14 +29,14 @@ def run_plan(gpu, build, inputs: dict, outputs: dict, env=None, dtypes=None, geo
     "experts", "expert_bank" and "expert_slots" are ordinary inputs here). env: the plan variables (T,
     pos, ...). max_binding: the inputs named in `split` (weights) larger than this are cut into row parts,
     as a package's are.
-    Runs the steps built, then the sampler if one was built; returns the outputs."""
+    Runs the steps built, then the sampler's if it was built; returns the outputs."""
     dtypes = dtypes or {}
     arrays = {**inputs, **{k: v[0] for k, v in outputs.items()}}
     kinds = {n: dtypes.get(n) or (outputs[n][1] if n in outputs else "f32") for n in arrays}
     plan = Plan({n: (np.shape(a), kinds[n]) for n, a in arrays.items() if n in split}, geometry, max_binding)
     plan.tensors.update({n: (np.shape(a), kinds[n]) for n, a in arrays.items() if n not in split})
     build(plan)
-    steps = plan.steps + ([plan.sampler_step] if plan.sampler_step else [])
+    steps = plan.steps + plan.sampler_steps
     device = gpu.device
     buffers = {}
     pieces = {n: [(p["tensor"], np.asarray(arrays[n])[p["row0"]:p["row0"] + p["rows"]]) for p in parts]
@@ -47,9 +47,11 @@ def run_plan(gpu, build, inputs: dict, outputs: dict, env=None, dtypes=None, geo
             buf = device.create_buffer(size=max(words.nbytes, 16), usage=STORAGE | wgpu.BufferUsage.UNIFORM)
             device.queue.write_buffer(buf, 0, words)
             buffers[part] = buf
-    ex = Executor(gpu, {"buffers": {}, "steps": steps}, buffers, {}, {})
+    scratch = {n: spec for n, spec in plan.buffers.items() if n not in buffers}   # plan buffers no test fills
+    env = env or {}
+    ex = Executor(gpu, {"buffers": scratch, "steps": steps}, buffers, {}, {"T": env.get("T", 1), "S": env.get("S", 1)})
     encoder = device.create_command_encoder()
-    ex.encode(encoder, env or {})
+    ex.encode(encoder, env)
     device.queue.submit([encoder.finish()])
     result = {}
     for name, (init, dt) in outputs.items():

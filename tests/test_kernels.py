@@ -385,9 +385,11 @@ def sample_ref(logits, temperature, top_p, u):
     return int(np.searchsorted(np.cumsum(kept), u * kept.sum(), side="right"))
 
 
-@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5)])
-def test_sample_matches_inverse_cdf(gpu, temperature, top_p):
-    V = 517
+@pytest.mark.parametrize("temperature,top_p,V", [(1.0, 1.0, 517), (0.7, 0.9, 517), (1.3, 0.5, 517),
+                                                 (0.9, 0.8, 100), (1.0, 0.95, 3001), (0.5, 1.0, 1)])
+def test_sample_matches_inverse_cdf(gpu, temperature, top_p, V):
+    """Nucleus sampling as numpy does it by sorting, for vocabularies smaller than the sampler's 256 chunks,
+    not a multiple of them, and of one token."""
     logits = rand(1, V) * 3
     for u in [0.01, 0.3, 0.77, 0.999]:
         out = run_plan(gpu, lambda p: p.sampler("logits", "token", V), {"logits": logits},

@@ -69,7 +69,7 @@ export class Engine {
     const runtime = e.experts.buffers;
     const shaders = new ShaderLibrary(shaderBase || new URL("../shaders/", import.meta.url));
     e.executor = await Executor.create(e.device, m.plan, tensors, runtime, { T: e.chunk, S: e.maxSeqLen }, shaders);
-    e.sampler = await Executor.create(e.device, { buffers: {}, steps: [m.plan.sampler] }, e.executor.buffers, new Map(),
+    e.sampler = await Executor.create(e.device, { buffers: {}, steps: m.plan.sampler }, e.executor.buffers, new Map(),
                                       {}, shaders);
     e.logitsRb = new Readback(e.device, e.chunk * e.vocab * 4);
     e.routeRb = new Readback(e.device, 2 * e.chunk * e.topK * 4);

@@ -51,7 +51,8 @@ export class Executor {
     const module = moduleFor(this.device, kernel);
     const pipeline = await this.device.createComputePipelineAsync({ layout: "auto", label,
                                                                     compute: { module, entryPoint: "main" } });
-    return { index, label, kernel, pipeline, params: step.params, bind: step.bind, dispatch: step.dispatch };
+    return { index, label, kernel, pipeline, params: step.params, bind: step.bind, dispatch: step.dispatch,
+    repeat: step.repeat ?? 1 };
   }
 
   // One bind group, or one per bank when the step binds a banked runtime buffer.
@@ -108,7 +109,7 @@ function dispatch(pass, st, bank, env) {
   if (Math.min(...counts) <= 0) return;
   pass.setPipeline(st.pipeline);
   pass.setBindGroup(0, st.bindGroups[bank]);
-  pass.dispatchWorkgroups(...counts);
+  for (let r = 0; r < st.repeat; r++) pass.dispatchWorkgroups(...counts);
 }
 
 function blockSize(kernel) {

@@ -6,7 +6,7 @@ export const FORMAT_VERSION = 3;   // the one format this webmoe reads (converte
 
 const REQUIRED = { format: "string", format_version: "int", family: "string", config: "dict", moe: "dict",
                    tokenizer: "dict", plan: "dict", tensors: "dict", experts: "dict", shards: "list" };
-const PLAN = { buffers: "dict", steps: "list", moe_layers: "list", sampler: "dict", io: "dict", resources: "dict" };
+const PLAN = { buffers: "dict", steps: "list", moe_layers: "list", sampler: "list", io: "dict", resources: "dict" };
 const PY_NAME = { string: "str", int: "int", dict: "dict", list: "list" };
 
 const isInt = (v) => Number.isInteger(v);
@@ -57,7 +57,7 @@ export function validatePlan(plan) {
     if (!KIND[kind](plan[key])) throw new PackageError(`malformed plan: '${key}' missing or not a ${PY_NAME[kind]}`);
   }
   const { steps, buffers } = plan;
-  if (![...steps, plan.sampler].every((s) => isDict(s) && typeof s.kernel === "string" && isDict(s.bind))) {
+  if (![...steps, ...plan.sampler].every((s) => isDict(s) && typeof s.kernel === "string" && isDict(s.bind))) {
     throw new PackageError("malformed plan: a step lacks its kernel or bindings");
   }
   for (const role of ["ids", "logits", "token"]) {

@@ -32,6 +32,8 @@ def _step_line(i, step: dict, plan: dict, tensors: dict) -> list[str]:
         (writes if kernel.bindings[var].space.endswith("read_write") else reads).append(text)
     defines = f"[{','.join(step['defines'])}]" if step.get("defines") else ""
     dispatch = " x ".join(_expr(d) for d in step["dispatch"])
+    if step.get("repeat", 1) != 1:
+        dispatch += f", {step['repeat']} times"
     return [f"{i:>4}  {step.get('label') or step['kernel']:<24} {step['kernel']}{defines}  grid {dispatch}",
             f"{'':>30}reads  {'  '.join(reads)}",
             f"{'':>30}writes {'  '.join(writes)}"]
@@ -52,7 +54,8 @@ def describe_plan(manifest: dict) -> list[str]:
                          f"expert slab, re-run per batch when experts are paged")
         lines += _step_line(i, step, plan, tensors)
     lines.append("      -- then the sampler, on the logits row of the last token:")
-    lines += _step_line(len(plan["steps"]), plan["sampler"], plan, tensors)
+    for j, step in enumerate(plan["sampler"]):
+        lines += _step_line(len(plan["steps"]) + j, step, plan, tensors)
     res = plan["resources"]
     big = res["largest_tensor"]
     lines.append(f"resources: dense weights {res['dense_bytes'] / 2**20:.1f} MiB (largest tensor {big['name']}, "
