@@ -11,20 +11,23 @@ from pathlib import Path
 
 import numpy as np
 
+from webmoe.engine.manifest import FORMAT_VERSION, seal_manifest
+
 from .errors import ConversionError
 
 ALIGN = 256                      # byte alignment of every tensor in a shard (GPU copy offsets)
 DENSE_SHARD_BYTES = 64 << 20     # dense shards are cut at about this size
-FORMAT_VERSION = 3              # 3: tensors split by rows, experts in pieces, banked slab, latent MLA cache
-                                # (2: the plan states structure; 1: the first format)
 
 
-def encode(a: np.ndarray, dtype: str) -> bytes:
-    """Little-endian bytes as the kernels read them (f16 padded to whole 32-bit words)."""
+def encode(a: np.ndarray, dtype: str, name: str = "a weight") -> bytes:
+    """Little-endian bytes as the kernels read them (f16 padded to whole 32-bit words). NaN and infinite
+    weights are refused: a package never runs with them."""
+    if not np.isfinite(a).all():
+        raise ConversionError(f"{name} holds NaN or infinite values; the checkpoint is corrupt")
     if dtype == "f16":
         h = np.ascontiguousarray(a, dtype="<f2")
-        if not np.isfinite(h).all() and np.isfinite(a).all():
-            raise ConversionError("a weight overflows float16; convert with --dtype f32")
+        if not np.isfinite(h).all():
+            raise ConversionError(f"{name} overflows float16; convert with --dtype f32")
         raw = h.tobytes()
     elif dtype == "f32":
         raw = np.ascontiguousarray(a, dtype="<f4").tobytes()
@@ -206,7 +209,7 @@ class PackageWriter:
             self._dense = _Shard(self.tmp / f"dense-{sum(s['kind'] == 'dense' for s in self.shards):05d}.bin")
         off = self._dense.write(b"")                 # aligned; the blocks follow one another
         for block in blocks:
-            self._dense.append(encode(block, dtype))
+            self._dense.append(encode(block, dtype, f"tensor {name}"))
         if self._dense.size - off != size:
             raise ConversionError(f"tensor {name}: the blocks read do not make its shape {list(shape)}")
         self.tensors[name] = {"shard": self._dense.path.name, "offset": off, "size": size, "shape": list(shape),
@@ -220,7 +223,7 @@ class PackageWriter:
             start = p * layout["slot_bytes"]
             for role, part in piece.items():
                 shard.fill_to(start + layout[role]["offset"])
-                shard.write(encode(part, layout[role]["dtype"]))
+                shard.write(encode(part, layout[role]["dtype"], f"expert {key} {role}"))
             shard.fill_to(start + layout["slot_bytes"])
         self.shards.append({**shard.close(), "kind": "expert", "expert": key})
         self.experts[key] = {"shard": shard.path.name, "size": layout["expert_bytes"]}
@@ -231,15 +234,19 @@ class PackageWriter:
         self._dense = None
 
     def copy_file(self, src: Path, name: str) -> None:
+        """A tokenizer file, listed among the shards (kind "tokenizer") so that its sha256 covers it too."""
         shutil.copyfile(src, self.tmp / name)
+        data = (self.tmp / name).read_bytes()
+        self.shards.append({"file": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                            "kind": "tokenizer"})
 
     def finish(self, manifest: dict) -> Path:
         if self._dense is not None:
             self._close_dense()
         manifest = {**manifest, "format": "rdrr", "format_version": FORMAT_VERSION, "tensors": self.tensors,
                     "experts": self.experts, "shards": self.shards}
-        with open(self.tmp / "manifest.json", "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
+        with open(self.tmp / "manifest.json", "wb") as f:
+            f.write(seal_manifest(manifest))
             f.flush()
             os.fsync(f.fileno())
         old = None

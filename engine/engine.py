@@ -59,15 +59,16 @@ class Engine:
     @classmethod
     def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
              expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-             prefetch: bool = False, max_binding: int | None = None) -> "Engine":
+             prefetch: bool = False, max_binding: int | None = None, digest: str | None = None) -> "Engine":
         """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
         else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
         `expert_cache_bytes` is the GPU budget for routed experts (default: what the adapter and the
         machine can hold, see engine/memory.py); `pinned_experts` lists (layer, expert) pairs never
         evicted; `observe_routing` records which experts every token chooses (engine.experts.usage,
         .coactivation); `prefetch` (when paging) loads each next MoE layer's predicted experts ahead of
-        need; `max_binding` lowers the storage binding limit the engine keeps to (tests)."""
-        package = Package(path)
+        need; `max_binding` lowers the storage binding limit the engine keeps to (tests); `digest` pins the
+        sha256 the package's manifest must have (`webmoe info` prints it), which covers every byte."""
+        package = Package(path, digest)
         gpu = open_gpu(adapter, max_binding)
         return cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing,
                    prefetch)

@@ -1,40 +1,68 @@
-"""Opens an RDRR package directory: validates the manifest and serves tensor and expert bytes from
-memory-mapped shards, each checked against its sha256 the first time it is read."""
+"""Opens an RDRR package directory: reads its manifest strictly (engine/manifest.py: version, its own
+sha256, schema, cross-references) and serves tensor and expert bytes from the shards, checked against
+their sha256 every time they are read from disk. Only regular files are opened, and no read is larger
+than the manifest says the file is."""
 from __future__ import annotations
 
 import hashlib
-import json
-import mmap
+import os
+import stat
 from pathlib import Path
-from .errors import PackageError
 
-FORMAT_VERSION = 3          # the one format this webmoe reads (converter/writer.py writes it)
-_REQUIRED = {"format": str, "format_version": int, "family": str, "config": dict, "moe": dict,
-             "tokenizer": dict, "plan": dict, "tensors": dict, "experts": dict, "shards": list}
+from .errors import PackageError
+from .manifest import FORMAT_VERSION, MAX_MANIFEST_BYTES, read_manifest
+
+__all__ = ["Package", "PackageError", "FORMAT_VERSION", "read_regular_file"]
+
+
+def read_regular_file(path: Path, size: int, what: str) -> bytes:
+    """The `size` bytes of a regular file that must have exactly that size (never a FIFO or device)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise PackageError(f"{what} cannot be opened: {e.strerror}") from None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PackageError(f"{what} is not a regular file")
+        if st.st_size != size:
+            raise PackageError(f"{what} has {st.st_size} bytes, the manifest says {size}: the package is "
+                               "truncated or corrupt")
+        data = bytearray(size)
+        view, got = memoryview(data), 0
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                raise PackageError(f"{what} changed while it was read")
+            got += n
+    return bytes(data)
 
 
 class Package:
-    def __init__(self, path):
+    def __init__(self, path, digest: str | None = None):
+        """`digest`: the sha256 the package's manifest must have (what `webmoe info` prints), to pin a version."""
         self.dir = Path(path)
         mpath = self.dir / "manifest.json" if self.dir.is_dir() else self.dir
         if mpath.name == "manifest.json" and mpath.parent != self.dir:
             self.dir = mpath.parent
-        if not mpath.is_file():
-            raise PackageError(f"no RDRR package at {path} (manifest.json not found)")
         try:
-            m = json.loads(mpath.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise PackageError(f"malformed manifest.json: {e}") from None
-        self.manifest = validate(m)
-        self.shards = {s["file"]: s for s in m["shards"]}
-        for s in m["shards"]:
+            size = mpath.stat().st_size
+        except OSError:
+            raise PackageError(f"no RDRR package at {path} (manifest.json not found)") from None
+        if size > MAX_MANIFEST_BYTES:
+            raise PackageError(f"manifest.json is {size} bytes, more than the {MAX_MANIFEST_BYTES} accepted")
+        raw = read_regular_file(mpath, size, "manifest.json")
+        self.manifest = read_manifest(raw, digest)
+        self.digest = self.manifest["manifest_sha256"]
+        self.shards = {s["file"]: s for s in self.manifest["shards"]}
+        for s in self.manifest["shards"]:
             p = self.dir / s["file"]
             if not p.is_file():
                 raise PackageError(f"shard {s['file']} is missing from {self.dir}")
             if p.stat().st_size != s["size"]:
                 raise PackageError(f"shard {s['file']} has {p.stat().st_size} bytes, the manifest says "
                                    f"{s['size']}: the package is truncated or corrupt")
-        self._maps: dict[str, mmap.mmap] = {}
+        self._last: tuple[str, bytes] | None = None      # the shard read last, verified
 
     @property
     def config(self) -> dict:
@@ -45,13 +73,15 @@ class Package:
         return self.manifest["moe"]
 
     def shard(self, name: str) -> memoryview:
-        if name not in self._maps:
-            with open(self.dir / name, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.shards[name]["size"] else b""
-            if hashlib.sha256(mm).hexdigest() != self.shards[name]["sha256"]:
+        """The shard's bytes, read from disk and checked against its sha256 on every read; the shard read
+        last is kept (verified) for the tensors that follow it in the same dense shard."""
+        if self._last is None or self._last[0] != name:
+            entry = self.shards[name]
+            data = read_regular_file(self.dir / name, entry["size"], f"shard {name}")
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise PackageError(f"shard {name} is corrupt (sha256 mismatch); convert or download it again")
-            self._maps[name] = mm
-        return memoryview(self._maps[name])
+            self._last = (name, data)
+        return memoryview(self._last[1])
 
     def tensor_bytes(self, name: str) -> memoryview:
         t = self.manifest["tensors"][name]
@@ -64,72 +94,4 @@ class Package:
         return self.shard(e["shard"])[:e["size"]]
 
     def close(self) -> None:
-        for mm in self._maps.values():
-            if isinstance(mm, mmap.mmap):
-                mm.close()
-        self._maps.clear()
-
-
-def validate(m) -> dict:
-    if not isinstance(m, dict):
-        raise PackageError("malformed manifest.json: expected a JSON object")
-    for key, kind in _REQUIRED.items():
-        if not isinstance(m.get(key), kind):
-            raise PackageError(f"malformed manifest.json: {key!r} missing or not a {kind.__name__}")
-    if m["format"] != "rdrr":
-        raise PackageError(f"manifest.json is not an RDRR package (format {m['format']!r})")
-    if m["format_version"] > FORMAT_VERSION:
-        raise PackageError(f"package format {m['format_version']} is newer than this webmoe "
-                           f"(reads {FORMAT_VERSION}); upgrade webmoe")
-    if m["format_version"] < FORMAT_VERSION:
-        raise PackageError(f"package format {m['format_version']} is older than this webmoe reads "
-                           f"({FORMAT_VERSION}); convert the checkpoint again with `webmoe convert`")
-    files = {}
-    for s in m["shards"]:
-        if not (isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("size"), int)
-                and isinstance(s.get("sha256"), str)):
-            raise PackageError(f"malformed shard entry {s!r}")
-        if "/" in s["file"] or "\\" in s["file"] or s["file"].startswith("."):
-            raise PackageError(f"shard name {s['file']!r} is not a plain file name")
-        files[s["file"]] = s["size"]
-    for name, t in m["tensors"].items():
-        if not (isinstance(t, dict) and t.get("shard") in files and isinstance(t.get("offset"), int)
-                and isinstance(t.get("size"), int) and t.get("dtype") in ("f32", "f16")
-                and 0 <= t["offset"] and t["offset"] + t["size"] <= files[t["shard"]]):
-            raise PackageError(f"malformed tensor entry {name!r}")
-    for key, e in m["experts"].items():
-        if not (isinstance(e, dict) and e.get("shard") in files and isinstance(e.get("size"), int)
-                and e["size"] <= files[e["shard"]]):
-            raise PackageError(f"malformed expert entry {key!r}")
-    validate_plan(m["plan"])
-    return m
-
-
-_PLAN = {"buffers": dict, "steps": list, "moe_layers": list, "sampler": list, "io": dict, "resources": dict}
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def validate_plan(plan: dict) -> None:
-    """The plan's structure records point at real steps and buffers (web/manifest.js checks the same)."""
-    for key, kind in _PLAN.items():
-        if not isinstance(plan.get(key), kind):
-            raise PackageError(f"malformed plan: {key!r} missing or not a {kind.__name__}")
-    steps, buffers = plan["steps"], plan["buffers"]
-    if not all(isinstance(s, dict) and isinstance(s.get("kernel"), str) and isinstance(s.get("bind"), dict)
-               for s in steps + plan["sampler"]):
-        raise PackageError("malformed plan: a step lacks its kernel or bindings")
-    for role in ("ids", "logits", "token"):
-        if plan["io"].get(role) not in buffers:
-            raise PackageError(f"malformed plan: io.{role} names no plan buffer")
-    n = len(steps)
-    for rec in plan["moe_layers"]:
-        ok = (isinstance(rec, dict) and all(_is_int(rec.get(k)) for k in ("layer", "router_logits_step", "router_step"))
-              and isinstance(rec.get("experts"), list) and len(rec["experts"]) == 2 and all(map(_is_int, rec["experts"]))
-              and rec.get("topk_ids") in buffers and rec.get("router_input") in buffers)
-        if not ok or not (0 <= rec["router_logits_step"] < rec["router_step"] < rec["experts"][0] < rec["experts"][1] <= n):
-            raise PackageError(f"malformed plan: bad MoE layer record {rec!r}")
-        if any("experts" not in steps[i]["bind"].values() for i in range(*rec["experts"])):
-            raise PackageError(f"malformed plan: MoE layer {rec['layer']}'s expert steps do not read the slab")
+        self._last = None

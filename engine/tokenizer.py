@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
 from .package import Package
-from .errors import PromptError
+from .errors import PackageError, PromptError
 
 
 def _raise(message):
@@ -22,7 +22,9 @@ class TextTokenizer:
     def __init__(self, package: Package):
         info = package.manifest["tokenizer"]
         try:
-            self.tok = Tokenizer.from_file(str(package.dir / info.get("file", "tokenizer.json")))
+            self.tok = Tokenizer.from_str(bytes(package.shard(info["file"])).decode("utf-8"))
+        except PackageError:
+            raise
         except Exception as e:
             raise PromptError(f"cannot read the package's tokenizer: {e}") from None
         self.chat_template = info.get("chat_template")

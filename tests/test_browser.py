@@ -329,7 +329,7 @@ def test_sampled_tokens_and_statistics_match_native():
     settings = dict(max_new_tokens=24, temperature=0.8, top_p=0.9, seed=1234)
     prompt = "JULIET. O Romeo, Romeo!"
     expected = [t.id for t in native.generate(prompt, **settings)]
-    old = (Path(__file__).parent / "data" / "format2-manifest.json").read_text()
+    old = (Path(__file__).parent / "data" / "format3-manifest.json").read_text()
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.evaluate("""async ([manifest]) => {
@@ -353,7 +353,7 @@ def test_sampled_tokens_and_statistics_match_native():
           const webmoe = await import('/web/webmoe.js');
           try { await webmoe.load('/old/manifest.json'); return null; } catch (e) { return [e.name, e.message]; }
         }""")
-    from webmoe.engine.package import PackageError, validate
+    from webmoe.engine.manifest import PackageError, read_manifest
     with pytest.raises(PackageError) as native_err:
-        validate(json.loads(old))
+        read_manifest(old.encode())
     assert err == ["PackageError", str(native_err.value)]

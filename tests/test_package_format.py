@@ -1,4 +1,4 @@
-"""Package format versions: a manifest of the previous format (a real one: the demo package as format 2
+"""Package format versions: a manifest of the previous format (a real one: the demo package as format 3
 wrote it) is refused with a message that says to convert again, by the library and by the CLI."""
 import json
 import shutil
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from webmoe.engine.manifest import seal_manifest
 from webmoe.engine.package import FORMAT_VERSION, Package, PackageError
 
 ROOT = Path(__file__).resolve().parent.parent
-OLD = Path(__file__).parent / "data" / "format2-manifest.json"
+OLD = Path(__file__).parent / "data" / "format3-manifest.json"
 
 
 @pytest.fixture
@@ -24,12 +25,12 @@ def old_package(tmp_path):
 
 def test_previous_format_is_refused_clearly(old_package):
     assert json.loads(OLD.read_text())["format_version"] == FORMAT_VERSION - 1
-    with pytest.raises(PackageError, match=r"package format 2 is older than this webmoe reads \(3\); convert the "
+    with pytest.raises(PackageError, match=r"package format 3 is older than this webmoe reads \(4\); convert the "
                                            r"checkpoint again with `webmoe convert`"):
         Package(old_package)
     r = subprocess.run([sys.executable, "-m", "webmoe", "info", str(old_package)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.strip().splitlines() == ["webmoe: error: package format 2 is older than this webmoe reads (3); "
+    assert r.stderr.strip().splitlines() == ["webmoe: error: package format 3 is older than this webmoe reads (4); "
                                              "convert the checkpoint again with `webmoe convert`"]
 
 
@@ -48,6 +49,6 @@ def test_plan_records_are_checked(tmp_path):
     shutil.copytree(ROOT / "demo" / "shakespeare-moe", pkg)
     m = json.loads((pkg / "manifest.json").read_text())
     m["plan"]["moe_layers"][1]["experts"] = [0, 2]          # steps that do not read the expert slab
-    (pkg / "manifest.json").write_text(json.dumps(m))
+    (pkg / "manifest.json").write_bytes(seal_manifest(m))  # as a faulty converter would write it
     with pytest.raises(PackageError, match="malformed plan"):
         Package(pkg)

@@ -28,15 +28,15 @@ export class Engine {
   // memoryCacheBytes (in-memory LRU of expert shards when paging), pinnedExperts [[layer, expert]],
   // observeRouting (read back routing even when every expert is resident, for usage statistics),
   // prefetch (when paging: load each next MoE layer's predicted experts ahead of need), maxBinding (lowers
-  // the storage binding limit the engine keeps to; tests)
+  // the storage binding limit the engine keeps to; tests), digest (the manifest's sha256 to pin)
   static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
                                    memoryCacheBytes, pinnedExperts = [], observeRouting = false,
-                                   prefetch = false, maxBinding } = {}) {
+                                   prefetch = false, maxBinding, digest } = {}) {
     const e = new Engine();
     const gpu = await openDevice({ maxBinding });
     e.device = gpu.device;
     e.adapter = gpu.description;
-    const store = await ModelStore.open(manifestUrl, { onProgress, memoryBytes: memoryCacheBytes });
+    const store = await ModelStore.open(manifestUrl, { onProgress, memoryBytes: memoryCacheBytes, digest });
     e.store = store;
     const m = (e.manifest = store.manifest);
     e.vocab = m.config.vocab_size;

@@ -4,7 +4,7 @@
 // only when every shard has been verified.
 
 import { PackageError, QuotaError } from "./errors.js";
-import { validateManifest } from "./manifest.js";
+import { readManifest } from "./manifest.js";
 
 export { QuotaError };
 const ROOT = "webmoe";
@@ -62,7 +62,8 @@ export async function deleteCached(id) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export class ModelStore {
-  // options: onProgress({loaded, total, shards: {file: state}}), concurrency, retries
+  // options: onProgress({loaded, total, shards: {file: state}}), concurrency, retries, digest (the manifest's
+  // sha256 to pin, as `webmoe info` prints it)
   static async open(manifestUrl, options = {}) {
     const s = new ModelStore();
     s.url = new URL(manifestUrl, self.location.href).href;
@@ -75,13 +76,8 @@ export class ModelStore {
     s.retries = options.retries ?? 4;
     const r = await fetch(s.url, { cache: "no-cache" });
     if (!r.ok) throw new PackageError(`manifest ${s.url}: HTTP ${r.status}`);
-    let manifest;
-    try {
-      manifest = await r.json();
-    } catch (e) {
-      throw new PackageError(`malformed manifest.json: ${e.message}`);
-    }
-    s.manifest = validateManifest(manifest);       // before anything is stored or downloaded
+    // before anything is stored or downloaded
+    s.manifest = await readManifest(new Uint8Array(await r.arrayBuffer()), options.digest);
     s.id = await modelId(s.url);
     s.dir = await (await rootDir()).getDirectoryHandle(s.id, { create: true });
     const old = (await readJson(s.dir, "state.json")) || {};

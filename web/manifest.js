@@ -1,8 +1,62 @@
-// Validates manifest.json as engine/package.py does (validate, validate_plan): the same checks, the same
-// messages, so a package the native engine refuses is refused here too.
+// Reads manifest.json as engine/manifest.py does: the version, the manifest's own sha256 (which covers every
+// byte of the package through the shards' sha256), then the structure. The native engine checks the
+// structure against schemas/manifest.schema.json; here the same rules are checked by hand (a sealed
+// manifest that passes its digest was written by the converter).
 import { PackageError } from "./errors.js";
 
-export const FORMAT_VERSION = 3;   // the one format this webmoe reads (converter/writer.py writes it)
+export const FORMAT_VERSION = 4;   // the one format this webmoe reads (converter/writer.py writes it)
+const ZERO = "0".repeat(64);
+const SEAL = /"manifest_sha256": "([0-9a-f]{64})"/g;
+
+async function sha256Hex(data) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// [the sha256 the bytes state, the sha256 they have] of a sealed manifest (engine/manifest.py).
+export async function manifestDigest(text) {
+  const stated = [...text.matchAll(SEAL)].map((m) => m[1]);
+  if (stated.length !== 1) {
+    throw new PackageError("manifest.json does not state its sha256 once (manifest_sha256); it was not written " +
+                           "by `webmoe convert`, or was changed: convert the checkpoint again");
+  }
+  const body = text.replace(SEAL, `"manifest_sha256": "${ZERO}"`);
+  return [stated[0], await sha256Hex(new TextEncoder().encode(body))];
+}
+
+// The validated manifest of `raw` (the bytes of manifest.json); `digest` pins the sha256 it must have.
+export async function readManifest(raw, digest = null) {
+  let text, m;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(raw);
+    m = JSON.parse(text);
+  } catch (e) {
+    throw new PackageError(`manifest.json is not valid JSON: ${e.message}`);
+  }
+  if (!isDict(m)) throw new PackageError("malformed manifest.json: expected a JSON object");
+  checkVersion(m);
+  const [stated, actual] = await manifestDigest(text);
+  if (stated !== actual) {
+    throw new PackageError(`manifest.json was changed after conversion: its bytes have sha256 ${actual}, it states ` +
+                           `${stated}; convert or download the package again`);
+  }
+  if (digest && digest.toLowerCase() !== actual) {
+    throw new PackageError(`the package's manifest has sha256 ${actual}, not the ${digest} asked for`);
+  }
+  return validateManifest(m);
+}
+
+export function checkVersion(m) {
+  if (m.format !== "rdrr") throw new PackageError(`manifest.json is not an RDRR package (format '${String(m.format).slice(0, 64)}')`);
+  if (!isInt(m.format_version)) throw new PackageError("malformed manifest.json: format_version is not an integer");
+  if (m.format_version > FORMAT_VERSION) {
+    throw new PackageError(`package format ${m.format_version} is newer than this webmoe (reads ${FORMAT_VERSION}); upgrade webmoe`);
+  }
+  if (m.format_version < FORMAT_VERSION) {
+    throw new PackageError(`package format ${m.format_version} is older than this webmoe reads (${FORMAT_VERSION}); ` +
+                           "convert the checkpoint again with `webmoe convert`");
+  }
+}
 
 const REQUIRED = { format: "string", format_version: "int", family: "string", config: "dict", moe: "dict",
                    tokenizer: "dict", plan: "dict", tensors: "dict", experts: "dict", shards: "list" };
@@ -17,14 +71,6 @@ export function validateManifest(m) {
   if (!isDict(m)) throw new PackageError("malformed manifest.json: expected a JSON object");
   for (const [key, kind] of Object.entries(REQUIRED)) {
     if (!KIND[kind](m[key])) throw new PackageError(`malformed manifest.json: '${key}' missing or not a ${PY_NAME[kind]}`);
-  }
-  if (m.format !== "rdrr") throw new PackageError(`manifest.json is not an RDRR package (format '${m.format}')`);
-  if (m.format_version > FORMAT_VERSION) {
-    throw new PackageError(`package format ${m.format_version} is newer than this webmoe (reads ${FORMAT_VERSION}); upgrade webmoe`);
-  }
-  if (m.format_version < FORMAT_VERSION) {
-    throw new PackageError(`package format ${m.format_version} is older than this webmoe reads (${FORMAT_VERSION}); ` +
-                           "convert the checkpoint again with `webmoe convert`");
   }
   const files = new Map();
   for (const s of m.shards) {

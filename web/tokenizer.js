@@ -3,20 +3,26 @@
 import { Tokenizer } from "../vendor/tokenizers.mjs";
 import { Template } from "../vendor/jinja.js";
 import { PromptError } from "./errors.js";
+import { sha256Hex } from "./loader.js";
 
 export class TextTokenizer {
   static async load(manifestUrl, manifest) {
     const t = new TextTokenizer();
     const info = manifest.tokenizer;
+    // tokenizer files are shards: checked against their sha256 like every byte of the package
+    const shards = new Map(manifest.shards.map((s) => [s.file, s]));
     const get = async (name, required) => {
-      const r = await fetch(new URL(name, manifestUrl));
-      if (!r.ok) {
-        if (required) throw new Error(`tokenizer file ${name}: HTTP ${r.status}`);
+      const entry = shards.get(name);
+      const r = entry ? await fetch(new URL(name, manifestUrl)) : null;
+      if (!r?.ok) {
+        if (required) throw new Error(`tokenizer file ${name}: ${r ? `HTTP ${r.status}` : "not in the manifest"}`);
         return {};
       }
-      return r.json();
+      const bytes = new Uint8Array(await r.arrayBuffer());
+      if ((await sha256Hex(bytes)) !== entry.sha256) throw new Error(`tokenizer file ${name} is corrupt (sha256 mismatch)`);
+      return JSON.parse(new TextDecoder().decode(bytes));
     };
-    const [json, config] = await Promise.all([get(info.file || "tokenizer.json", true), get("tokenizer_config.json", false)]);
+    const [json, config] = await Promise.all([get(info.file, true), get("tokenizer_config.json", false)]);
     t.tok = new Tokenizer(json, config);
     t.specialTokens = info.special_tokens || {};
     t.eos = new Set(info.eos_token_ids || []);

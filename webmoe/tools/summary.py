@@ -41,6 +41,7 @@ def summarize(package: Package) -> dict[str, str]:
         "bindings": _bindings(m["plan"]),
         "KV cache": f"{_bytes(kv)} per token ({_bytes(kv * 4096)} for 4096 tokens)",
         "shards": f"{len(m['shards'])} ({sum(s['kind'] == 'expert' for s in m['shards'])} expert)",
+        "manifest sha256": f"{m['manifest_sha256']} (pin it: Engine.load(path, digest=...))",
     }
 
 

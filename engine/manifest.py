@@ -1,0 +1,119 @@
+"""manifest.json: sealed by the converter with its own sha256, read back strictly (twin: web/manifest.js).
+
+The manifest states `manifest_sha256`: the sha256 of its own bytes with that value written as 64 zeros.
+Every other byte of a package is covered by a shard's sha256, which the manifest states, so checking the
+manifest's digest at load detects a change to any byte of the package. The check is byte-exact: a
+manifest re-serialised by another tool (other spacing, key order) must be converted again.
+
+Reading: the version first (so an old package gets its own message), then the digest, then the schema
+(schemas/manifest.schema.json, with the jsonschema library), then what a schema cannot say: the
+cross-references between shards, tensors, experts and the plan."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from .errors import PackageError
+from .strict_json import check_schema, parse_json
+
+FORMAT_VERSION = 4          # the one format this webmoe writes and reads
+# 4: the manifest states its own sha256, tokenizer files are shards, the sampler is a list of steps;
+# 3: tensors split by rows, experts in pieces, banked slab, latent MLA cache; 2: the plan states structure
+MAX_MANIFEST_BYTES = 256 << 20
+_ZERO = "0" * 64
+_SEAL = re.compile(rb'"manifest_sha256": "([0-9a-f]{64})"')
+
+
+def seal_manifest(manifest: dict) -> bytes:
+    """The manifest's bytes, stating their own sha256."""
+    body = json.dumps({**manifest, "manifest_sha256": _ZERO}, indent=1, allow_nan=False).encode("utf-8")
+    if len(_SEAL.findall(body)) != 1:
+        raise ValueError("a manifest may name manifest_sha256 only once")
+    digest = hashlib.sha256(body).hexdigest()
+    return _SEAL.sub(f'"manifest_sha256": "{digest}"'.encode(), body)
+
+
+def manifest_digest(raw: bytes) -> tuple[str, str]:
+    """(the sha256 the bytes state, the sha256 they have) of a sealed manifest."""
+    stated = _SEAL.findall(raw)
+    if len(stated) != 1:
+        raise PackageError("manifest.json does not state its sha256 once (manifest_sha256); it was not written "
+                           "by `webmoe convert`, or was changed: convert the checkpoint again")
+    body = _SEAL.sub(f'"manifest_sha256": "{_ZERO}"'.encode(), raw)
+    return stated[0].decode(), hashlib.sha256(body).hexdigest()
+
+
+def read_manifest(raw: bytes, digest: str | None = None) -> dict:
+    """The validated manifest of `raw` (the bytes of manifest.json); `digest` pins the sha256 it must have."""
+    m = parse_json(raw, "manifest.json", PackageError, MAX_MANIFEST_BYTES)
+    if not isinstance(m, dict):
+        raise PackageError("malformed manifest.json: expected a JSON object")
+    check_version(m)
+    stated, actual = manifest_digest(raw)
+    if stated != actual:
+        raise PackageError(f"manifest.json was changed after conversion: its bytes have sha256 {actual}, it states "
+                           f"{stated}; convert or download the package again")
+    if digest is not None and digest.lower() != actual:
+        raise PackageError(f"the package's manifest has sha256 {actual}, not the {digest} asked for")
+    return validate_manifest(m)
+
+
+def check_version(m: dict) -> None:
+    if m.get("format") != "rdrr":
+        raise PackageError(f"manifest.json is not an RDRR package (format {str(m.get('format'))[:64]!r})")
+    version = m.get("format_version")
+    if not (isinstance(version, int) and not isinstance(version, bool)):
+        raise PackageError("malformed manifest.json: format_version is not an integer")
+    if version > FORMAT_VERSION:
+        raise PackageError(f"package format {version} is newer than this webmoe (reads {FORMAT_VERSION}); "
+                           "upgrade webmoe")
+    if version < FORMAT_VERSION:
+        raise PackageError(f"package format {version} is older than this webmoe reads ({FORMAT_VERSION}); "
+                           "convert the checkpoint again with `webmoe convert`")
+
+
+def validate_manifest(m: dict) -> dict:
+    """The schema, then the cross-references between shards, tensors, experts and the plan."""
+    check_schema(m, "manifest", "manifest.json", PackageError)
+    files = {}
+    for s in m["shards"]:
+        if s["file"] in files:
+            raise PackageError(f"malformed manifest.json: shard {s['file']} is listed twice")
+        files[s["file"]] = s
+    for name, t in m["tensors"].items():
+        shard = files.get(t["shard"])
+        if shard is None or shard["kind"] != "dense" or t["offset"] + t["size"] > shard["size"]:
+            raise PackageError(f"malformed manifest.json: tensor {name!r} lies outside the dense shards")
+    tok = files.get(m["tokenizer"]["file"])
+    if tok is None or tok["kind"] != "tokenizer":
+        raise PackageError("malformed manifest.json: the tokenizer file is not among the shards")
+    moe = m["moe"]
+    if any(layer >= m["config"]["num_layers"] for layer in moe["moe_layers"]):
+        raise PackageError("malformed manifest.json: an MoE layer beyond num_layers")
+    expected = {f"{layer}_{e}" for layer in moe["moe_layers"] for e in range(moe["num_experts"])}
+    if set(m["experts"]) != expected:
+        raise PackageError(f"malformed manifest.json: the experts listed are not those of layers {moe['moe_layers']} "
+                           f"x {moe['num_experts']} experts")
+    for key, e in m["experts"].items():
+        shard = files.get(e["shard"])
+        if shard is None or shard.get("expert") != key or e["size"] != moe["expert_layout"]["expert_bytes"] \
+                or e["size"] > shard["size"]:
+            raise PackageError(f"malformed manifest.json: expert {key} does not point at its own shard")
+    validate_plan(m["plan"])
+    return m
+
+
+def validate_plan(plan: dict) -> None:
+    """The plan's structure records point at real steps and buffers."""
+    steps, buffers = plan["steps"], plan["buffers"]
+    for role in ("ids", "logits", "token"):
+        if plan["io"][role] not in buffers:
+            raise PackageError(f"malformed plan: io.{role} names no plan buffer")
+    n = len(steps)
+    for rec in plan["moe_layers"]:
+        ok = rec["topk_ids"] in buffers and rec["router_input"] in buffers
+        if not ok or not (rec["router_logits_step"] < rec["router_step"] < rec["experts"][0] < rec["experts"][1] <= n):
+            raise PackageError(f"malformed plan: bad MoE layer record {rec!r}")
+        if any("experts" not in steps[i]["bind"].values() for i in range(*rec["experts"])):
+            raise PackageError(f"malformed plan: MoE layer {rec['layer']}'s expert steps do not read the slab")
