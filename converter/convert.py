@@ -34,6 +34,7 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     ckpt = Checkpoint(src)
     family = family_for(ckpt.config)
     d, moe = family.dims, family.moe
+    ckpt.check_layer_count(d.num_layers)
     dense = family.dense_tensors(ckpt)
     for name, shape in dense.items():           # headers only: fail before writing anything
         if tuple(ckpt.shape(name)) != tuple(shape):

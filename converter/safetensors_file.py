@@ -3,18 +3,23 @@
 The `safetensors` package's numpy API cannot return bfloat16 (numpy has no such dtype) and its torch API
 would make torch a converter dependency, so the converter reads the (simple, documented) format itself:
 an 8-byte little-endian header length, a JSON header of {name: {dtype, shape, data_offsets}}, then the
-data. Every entry is checked against the file size before any tensor is read, so a truncated or corrupt
-file is a clear error. Tensors, row ranges and expert slices are read with plain positioned reads (no
+data. The header is held to the reference library's rules before any tensor is read: known dtypes,
+integer shapes and offsets, byte ranges that match the shapes and tile the data exactly (no overlap, no
+gap, nothing after the last tensor), so a truncated or corrupt file is a clear error. Only regular files
+are opened (a FIFO would block). Tensors, row ranges and expert slices are read with plain positioned reads (no
 memory map), so reading a multi-GiB checkpoint holds only what was asked for in memory.
 """
 from __future__ import annotations
 
-import json
 import math
+import os
+import stat
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from webmoe.engine.strict_json import parse_json
 
 from .errors import ConversionError
 
@@ -24,43 +29,80 @@ DTYPES = {
     "F64": (np.float64, 8), "I64": (np.int64, 8), "I32": (np.int32, 4), "I16": (np.int16, 2),
     "I8": (np.int8, 1), "U8": (np.uint8, 1), "BOOL": (np.bool_, 1),
 }
+FLOATS = ("F32", "F16", "BF16", "F64")          # weights must be one of these; integers are raw data (MXFP4)
 _MAX_HEADER = 100 * 1024 * 1024
+
+
+def _is_uint(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def open_regular(path: Path, what: str):
+    """A binary file object of a regular file, opened without blocking (never a FIFO or a device)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ConversionError(f"{what}: cannot open ({e.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConversionError(f"{what}: not a regular file")
+    return os.fdopen(fd, "rb", buffering=0)
 
 
 class SafetensorsFile:
     def __init__(self, path: Path):
         self.path = path
-        try:
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                head = f.read(8)
-                if len(head) < 8:
-                    raise ConversionError(f"{path.name}: truncated safetensors file (no header)")
-                (n,) = struct.unpack("<Q", head)
-                if n > min(_MAX_HEADER, size - 8):
-                    raise ConversionError(f"{path.name}: corrupt safetensors header (length {n})")
-                header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConversionError(f"{path.name}: corrupt safetensors header ({e})") from None
+        with open_regular(path, path.name) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise ConversionError(f"{path.name}: truncated safetensors file (no header)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(_MAX_HEADER, size - 8):
+                raise ConversionError(f"{path.name}: corrupt safetensors header (length {n})")
+            raw = f.read(n)
+        header = parse_json(raw, f"{path.name}: the safetensors header", ConversionError, _MAX_HEADER)
         if not isinstance(header, dict):
             raise ConversionError(f"{path.name}: corrupt safetensors header (not a JSON object)")
-        header.pop("__metadata__", None)
+        meta = header.pop("__metadata__", None)
+        if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+            raise ConversionError(f"{path.name}: corrupt safetensors header (__metadata__ is not text to text)")
         self.data_start = 8 + n
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, e in header.items():
-            try:
-                dtype, shape, (begin, end) = e["dtype"], tuple(int(d) for d in e["shape"]), e["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise ConversionError(f"{path.name}: corrupt header entry for {name}") from None
-            if dtype not in DTYPES:
-                raise ConversionError(f"{path.name}: tensor {name} has unsupported dtype {dtype}")
-            if end - begin != math.prod(shape) * DTYPES[dtype][1] or begin < 0:
-                raise ConversionError(f"{path.name}: tensor {name}: byte range does not match its shape")
-            if self.data_start + end > size:
-                raise ConversionError(f"{path.name}: truncated file: tensor {name} ends at byte "
-                                      f"{self.data_start + end}, file has {size}")
-            self.entries[name] = (dtype, shape, begin, end)
+            self.entries[name] = self._entry(name, e)
+        self._check_tiling(size - self.data_start)
         self.bytes_read = 0
+
+    def _entry(self, name: str, e) -> tuple[str, tuple[int, ...], int, int]:
+        where = f"{self.path.name}: tensor {name[:200]}"
+        if not (isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"}):
+            raise ConversionError(f"{where}: corrupt header entry (needs exactly dtype, shape, data_offsets)")
+        dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise ConversionError(f"{where} has unsupported dtype {str(dtype)[:20]}")
+        if not (isinstance(shape, list) and len(shape) <= 8 and all(map(_is_uint, shape))):
+            raise ConversionError(f"{where}: the shape is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_uint, offsets))):
+            raise ConversionError(f"{where}: data_offsets are not two non-negative integers")
+        begin, end = offsets
+        if end < begin or end - begin != math.prod(shape) * DTYPES[dtype][1]:
+            raise ConversionError(f"{where}: byte range does not match its shape")
+        return dtype, tuple(shape), begin, end
+
+    def _check_tiling(self, data_size: int) -> None:
+        """The byte ranges cover the data exactly once, in some order, as the reference library requires."""
+        at = 0
+        for name, (_, _, begin, end) in sorted(self.entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+            if begin != at:
+                what = "overlaps the previous tensor" if begin < at else f"leaves a gap of {begin - at} bytes"
+                raise ConversionError(f"{self.path.name}: tensor {name[:200]} {what}")
+            at = end
+        if at > data_size:
+            raise ConversionError(f"{self.path.name}: truncated file: the tensors end at byte {self.data_start + at}, "
+                                  f"the file has {self.data_start + data_size}")
+        if at < data_size:
+            raise ConversionError(f"{self.path.name}: {data_size - at} bytes after the last tensor")
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.entries[name][1]
@@ -81,7 +123,7 @@ class SafetensorsFile:
             shape = shape[1:] if index is not None else (r1 - r0, *shape[1:])
         out = np.empty(end - begin, np.uint8)
         view, got = memoryview(out), 0
-        with open(self.path, "rb", buffering=0) as f:
+        with open_regular(self.path, self.path.name) as f:
             f.seek(self.data_start + begin)
             while got < len(out):                 # one read returns at most about 2 GiB
                 n = f.readinto(view[got:])
@@ -93,7 +135,10 @@ class SafetensorsFile:
         return out.view(np_dtype).reshape(shape)
 
     def read(self, name: str, index: int | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
-        """The tensor (or its slice [index], or rows [r0, r1)) as float32."""
+        """The tensor (or its slice [index], or rows [r0, r1)) as float32; weights must be stored as floats."""
+        if self.entries[name][0] not in FLOATS:
+            raise ConversionError(f"{self.path.name}: tensor {name} is stored as {self.entries[name][0]}; "
+                                  "weights must be floating point")
         raw = self.read_raw(name, index, rows)
         if self.entries[name][0] == "BF16":
             return (raw.astype(np.uint32) << 16).view(np.float32)

@@ -4,7 +4,7 @@
 // kept mass is at least top_p of the total (no sort). Nothing to do at temperature 0, nor for the
 // bisection when top_p >= 1. One workgroup, one reduction.
 // Lavapipe (Mesa 22.3.6) leaks host memory on every dispatch of some kernels that loop over exp before a
-// barrier, depending on the shape of the code (docs/notes.md): about 5 KiB per dispatch of this kernel
+// barrier, depending on the shape of the code (docs/upstream.md): about 5 KiB per dispatch of this kernel
 // when the loop's bound was `n` itself, or its guard a bool, or it followed an early return. This shape
 // leaks nothing; tests/test_memory.py watches it.
 //!include sample_state.wgsl

@@ -51,8 +51,17 @@ def rewrite_safetensors(path, drop=None, reshape=None):
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])
-    if drop:
+    if drop:                              # the tensor's bytes go too: the others are laid end to end again
         header.pop(drop)
+        meta, body, at = header.pop("__metadata__", None), [], 0
+        for e in sorted(header.values(), key=lambda e: e["data_offsets"][0]):
+            b, end = e["data_offsets"]
+            body.append(data[8 + n + b:8 + n + end])
+            e["data_offsets"] = [at, at + end - b]
+            at += end - b
+        if meta is not None:
+            header["__metadata__"] = meta
+        data = data[:8 + n] + b"".join(body)
     if reshape:
         name, shape = reshape
         header[name]["shape"] = shape
@@ -80,13 +89,13 @@ def break_bad_tokenizer(c): (c / "tokenizer.json").write_text("[1, 2")
 
 CASES = {
     "missing config": (break_missing_config, "missing config.json"),
-    "malformed config": (break_malformed_config, "malformed config.json"),
+    "malformed config": (break_malformed_config, "config.json is not valid JSON"),
     "config lacks a field": (break_config_field, "lacks 'hidden_size'"),
     "unknown architecture": (break_architecture, "unsupported architecture 'mamba9'; supported: deepseek_v3, "
                              "gpt_oss, kimi_k2, mixtral, olmoe, phimoe, qwen2_moe, qwen3_moe"),
     "no model_type": (break_no_model_type, "no model_type; supported: deepseek_v3, gpt_oss"),
     "truncated safetensors": (break_truncated, "truncated file"),
-    "corrupt safetensors header": (break_header, "corrupt safetensors header"),
+    "corrupt safetensors header": (break_header, "the safetensors header is not valid JSON"),
     "missing tensor": (break_missing_tensor, "missing tensor model.layers.1.self_attn.o_proj.weight"),
     "missing expert tensor": (break_missing_expert, "missing tensor model.layers.0.block_sparse_moe.experts.3.w2"),
     "config/tensor shape mismatch": (break_shape, "expected [41, 48]"),

@@ -13,7 +13,7 @@ MIME = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript
         ".json": "application/json", ".wgsl": "text/plain", ".bin": "application/octet-stream",
         ".png": "image/png", ".svg": "image/svg+xml", ".md": "text/markdown", ".txt": "text/plain",
         ".jinja": "text/plain"}
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})$")   # longer numbers: not a range we serve, ignored
 CHUNK = 1 << 20
 
 

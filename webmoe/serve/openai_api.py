@@ -14,6 +14,7 @@ from aiohttp import web
 
 from webmoe.engine.engine import Engine
 from webmoe.engine.errors import USER_ERRORS
+from webmoe.engine.strict_json import check_schema, parse_json
 
 
 class ApiError(web.HTTPBadRequest):
@@ -37,23 +38,32 @@ class Models:
         return self.engines[name]
 
 
-def _request(body) -> dict:
-    if not isinstance(body, dict):
-        raise ApiError("the request body must be a JSON object")
-    msgs = body.get("messages")
-    if not (isinstance(msgs, list) and msgs and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs)):
-        raise ApiError("'messages' must be a non-empty list of {role, content} objects with string content")
-    args = {"max_new_tokens": body.get("max_tokens", body.get("max_completion_tokens", 256)),
+MAX_REQUEST_BYTES = 16 << 20
+
+
+def _check_text(value, where: str) -> None:
+    """Strings must be encodable text: JSON escapes can carry lone surrogates, which no tokenizer reads."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(f"{where} is not valid Unicode text (it holds a lone surrogate)") from None
+
+
+def parse_request(raw: bytes) -> dict:
+    """The generation arguments of a chat completion request body, checked against
+    schemas/chat_request.schema.json; any bad or unsupported field is an ApiError (400) that names it."""
+    body = parse_json(raw, "the request body", ApiError, MAX_REQUEST_BYTES)
+    check_schema(body, "chat_request", "request", ApiError)
+    for i, m in enumerate(body["messages"]):
+        _check_text(m["content"], f"messages/{i}/content")
+    stop = body.get("stop")
+    for s in [stop] if isinstance(stop, str) else stop or []:
+        _check_text(s, "stop")
+    return {"model": body.get("model"), "stream": body.get("stream", False),
+            "messages": [{"role": m["role"], "content": m["content"]} for m in body["messages"]],
+            "max_new_tokens": body.get("max_tokens", body.get("max_completion_tokens", 256)),
             "temperature": body.get("temperature", 1.0), "top_p": body.get("top_p", 1.0),
-            "seed": body.get("seed"), "stop": body.get("stop")}
-    for key in ("max_new_tokens", "seed"):
-        if args[key] is not None and (not isinstance(args[key], int) or isinstance(args[key], bool)):
-            raise ApiError(f"'{key}' must be an integer")
-    for key in ("temperature", "top_p"):
-        if not isinstance(args[key], (int, float)) or isinstance(args[key], bool):
-            raise ApiError(f"'{key}' must be a number")
-    return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs], **args}
+            "seed": body.get("seed"), "stop": stop}
 
 
 def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None = None,
@@ -65,12 +75,11 @@ def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None 
             {"id": name, "object": "model", "created": 0, "owned_by": "webmoe"} for name in dirs]})
 
     async def chat(request):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError("the request body is not valid JSON") from None
-        args = _request(body)
-        name = body.get("model") or next(iter(dirs), None)
+        if (request.content_length or 0) > MAX_REQUEST_BYTES:
+            raise ApiError(f"the request body is larger than {MAX_REQUEST_BYTES} bytes", 413)
+        args = parse_request(await request.read())
+        stream = args.pop("stream")
+        name = args.pop("model") or next(iter(dirs), None)
         if name not in dirs:
             raise ApiError(f"unknown model {name!r}; served: {', '.join(dirs)}", 404)
         async with models.locks[name]:
@@ -80,7 +89,7 @@ def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None 
             except USER_ERRORS as e:
                 raise ApiError(str(e)) from None
             meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name}
-            if body.get("stream"):
+            if stream:
                 return await _stream(request, gen, meta)
             tokens = await asyncio.to_thread(lambda: [t.text for t in gen])
             return web.json_response({
