@@ -357,3 +357,33 @@ def test_sampled_tokens_and_statistics_match_native():
     with pytest.raises(PackageError) as native_err:
         read_manifest(old.encode())
     assert err == ["PackageError", str(native_err.value)]
+
+
+def test_browser_checks_the_manifest_digest_and_schema():
+    """The page refuses a manifest with one changed byte (its own sha256) with the native message, and a
+    sealed but malformed one (a boolean as a size) by schemas/manifest.schema.json; the right one loads
+    only under its pinned digest."""
+    from webmoe.engine.manifest import PackageError, read_manifest, seal_manifest
+    raw = (DEMO / "manifest.json").read_bytes()
+    changed = raw.replace(b'"hidden_size": 192', b'"hidden_size": 193')
+    m = json.loads(raw)
+    m["tensors"]["model.norm.weight"]["size"] = True
+    sealed_bad = seal_manifest(m)
+    digest = m["manifest_sha256"]
+    with serving(create_app([DEMO])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.route("**/changed/manifest.json", lambda route: route.fulfill(body=changed, content_type="application/json"))
+        page.route("**/sealed/manifest.json", lambda route: route.fulfill(body=sealed_bad, content_type="application/json"))
+        errors = page.evaluate("""async ([good, digest]) => {
+          const webmoe = await import('/web/webmoe.js');
+          const out = [];
+          for (const [u, d] of [['/changed/manifest.json', null], ['/sealed/manifest.json', null], [good, '0'.repeat(64)]]) {
+            try { await webmoe.load(u, {digest: d}); out.push(null); } catch (e) { out.push([e.name, e.message]); }
+          }
+          return out;
+        }""", [manifest_url(DEMO), digest])
+    with pytest.raises(PackageError) as native:
+        read_manifest(changed)
+    assert errors[0] == ["PackageError", str(native.value)]
+    assert errors[1][0] == "PackageError" and errors[1][1].startswith("malformed manifest.json at tensors/model.norm.weight/size")
+    assert errors[2] == ["PackageError", f"the package's manifest has sha256 {digest}, not the {'0' * 64} asked for"]

@@ -45,8 +45,9 @@ def test_wheel_holds_the_web_app_and_kernels(installed):
     web_dir, shader_dir = Path(site[0]), Path(site[1])
     assert ROOT not in web_dir.parents                      # the installed copy, not the checkout
     for f in ("index.html", "app.js", "engine.js", "generation.js", "errors.js", "vendor/tokenizers.mjs",
-              "vendor/jinja.js"):
+              "vendor/jinja.js", "vendor/json-schema/index.js", "vendor/json-schema/validate.js"):
         assert (web_dir / f).is_file(), f
+    assert (shader_dir.parent / "schemas" / "manifest.schema.json").is_file()
     assert not (web_dir / "node_modules").exists()
     assert (shader_dir / "matmul.wgsl").is_file()
     r = run(bin_dir, cwd, "--version")

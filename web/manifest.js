@@ -1,7 +1,7 @@
 // Reads manifest.json as engine/manifest.py does: the version, the manifest's own sha256 (which covers every
-// byte of the package through the shards' sha256), then the structure. The native engine checks the
-// structure against schemas/manifest.schema.json; here the same rules are checked by hand (a sealed
-// manifest that passes its digest was written by the converter).
+// byte of the package through the shards' sha256), then the structure: schemas/manifest.schema.json (with
+// @cfworker/json-schema, as the native engine does with jsonschema), then the cross-references.
+import { Validator } from "../vendor/json-schema/index.js";
 import { PackageError } from "./errors.js";
 
 export const FORMAT_VERSION = 4;   // the one format this webmoe reads (converter/writer.py writes it)
@@ -43,7 +43,25 @@ export async function readManifest(raw, digest = null) {
   if (digest && digest.toLowerCase() !== actual) {
     throw new PackageError(`the package's manifest has sha256 ${actual}, not the ${digest} asked for`);
   }
+  await checkSchema(m, "manifest", "manifest.json");
   return validateManifest(m);
+}
+
+const validators = new Map();
+
+// Throws a PackageError naming where `value` first breaks schemas/NAME.schema.json.
+export async function checkSchema(value, name, what) {
+  if (!validators.has(name)) {
+    const r = await fetch(new URL(`../schemas/${name}.schema.json`, import.meta.url));
+    if (!r.ok) throw new PackageError(`schema ${name}: HTTP ${r.status}`);
+    validators.set(name, new Validator(await r.json(), "2020-12", true));
+  }
+  const result = validators.get(name).validate(value);
+  if (!result.valid) {
+    const e = result.errors[result.errors.length - 1];
+    const where = e.instanceLocation.replace(/^#\/?/, "") || "the top level";
+    throw new PackageError(`malformed ${what} at ${where}: ${e.error.slice(0, 300)}`);
+  }
 }
 
 export function checkVersion(m) {

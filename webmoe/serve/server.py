@@ -4,7 +4,9 @@
     /web/FILE                the browser runtime (ES modules)
     /shaders/NAME.wgsl       the kernels, the same files the native engine reads
     /vendor/tokenizers.mjs   @huggingface/tokenizers and @huggingface/jinja: vendored into a built wheel
-    /vendor/jinja.js         (webmoe/web/vendor/), else from web/node_modules in a source checkout
+    /vendor/jinja.js         (webmoe/web/vendor/), else from web/node_modules in a source checkout;
+    /vendor/json-schema/FILE @cfworker/json-schema's ES modules, likewise
+    /schemas/NAME.schema.json  the JSON Schemas both runtimes check input against
     /models                  JSON list of the served packages
     /models/NAME/FILE        package files: only those the manifest names, with Range and sha256 ETags
     /v1/models, /v1/chat/completions   OpenAI-compatible API on the native engine (openai_api.py)
@@ -17,6 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 from webmoe.engine.package import Package
+from webmoe.schemas import SCHEMA_DIR
 from webmoe.shaders import SHADER_DIR
 from webmoe.web import WEB_DIR
 
@@ -25,7 +28,8 @@ from .openai_api import add_routes as add_api_routes
 
 PACKAGES = web.AppKey("packages", dict)
 VENDOR = {"tokenizers.mjs": "@huggingface/tokenizers/dist/tokenizers.mjs",    # as build_hooks.py copies them
-          "jinja.js": "@huggingface/jinja/dist/index.js"}
+          "jinja.js": "@huggingface/jinja/dist/index.js",
+          "json-schema/": "@cfworker/json-schema/dist/esm/"}                # a folder of modules
 
 
 class ServedPackage:
@@ -75,13 +79,20 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
 
     async def vendor(request):
         name = request.match_info["name"]
-        if name not in VENDOR:
+        folder = name.split("/")[0] + "/" if "/" in name else None
+        if name not in VENDOR and folder not in VENDOR:
             raise web.HTTPNotFound()
-        path = vendored / name
-        if not path.is_file():
-            path = confined(modules, VENDOR[name])
+        path = confined(vendored, name)
+        if path is None or not path.is_file():
+            path = confined(modules, VENDOR[name] if name in VENDOR else VENDOR[folder] + name[len(folder):])
         if path is None or not path.is_file():
             raise web.HTTPNotFound(text="npm dependencies missing: run ./setup.sh (npm ci in web/)")
+        return static_file(path)
+
+    async def schema(request):
+        path = confined(SCHEMA_DIR, request.match_info["name"])
+        if path is None or not path.name.endswith(".schema.json") or not path.is_file():
+            raise web.HTTPNotFound()
         return static_file(path)
 
     async def models(request):
@@ -102,7 +113,8 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
     app.router.add_get("/", index)
     app.router.add_get("/web/{path:.+}", web_file)
     app.router.add_get("/shaders/{name}", shader)
-    app.router.add_get("/vendor/{name}", vendor)
+    app.router.add_get("/vendor/{name:[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?}", vendor)
+    app.router.add_get("/schemas/{name}", schema)
     app.router.add_get("/models", models)
     app.router.add_get("/models/{model}/{file}", model_file)
     if api:
