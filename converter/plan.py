@@ -4,8 +4,9 @@ model's structure, written into the package. The runtimes interpret it and disco
 A step names a kernel in shaders/, its preprocessor defines, its geometry constants (`consts`, injected
 into the kernel by the preprocessor's //!const directive), what each of the kernel's bindings is bound to
 (a plan buffer, a package tensor, or a runtime buffer such as the expert slab), the fields of its
-`Params` uniform and its workgroup counts (and `repeat`, when it is dispatched several times in a row). Sizes that depend on the call are plan expressions
-(engine/expr.py): an int, a variable, or [var, mul, div] = ceil(var * mul / div). Runtime variables:
+`Params` uniform and its workgroup counts (and `repeat`, when it is dispatched several times in a row).
+Sizes that depend on the call are plan expressions (engine/expr.py): an int, a variable, or
+[var, mul, div] = ceil(var * mul / div). Runtime variables:
     T           tokens in this forward call (<= the runtime's chunk size)
     pos         absolute position of the first of them
     logit_row0  first row of the final hidden state that gets logits
@@ -63,8 +64,8 @@ GEOMETRY: dict[str, dict[str, int]] = {
 }
 SAMPLE_BISECTION_STEPS = 30   # halvings of the nucleus threshold's interval: 2^-30 of the max token's q
 # values each lane hands to reduce.wgsl at once: a matmul's token tile, gate and up of an expert tile
-_RED_VALUES = {"rmsnorm": lambda g: 1, "sample_mass": lambda g: 1, "matmul": lambda g: g["TOKENS"], "moe_gate_up": lambda g: 2 * g["TILE"],
-               "moe_down": lambda g: g["TILE"]}
+_RED_VALUES = {"rmsnorm": lambda g: 1, "sample_mass": lambda g: 1, "matmul": lambda g: g["TOKENS"],
+               "moe_gate_up": lambda g: 2 * g["TILE"], "moe_down": lambda g: g["TILE"]}
 
 
 def ceil_div(var, mul: int, div: int):
