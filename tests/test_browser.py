@@ -370,14 +370,19 @@ def test_browser_checks_the_manifest_digest_and_schema():
     m["tensors"]["model.norm.weight"]["size"] = True
     sealed_bad = seal_manifest(m)
     digest = m["manifest_sha256"]
+    m = json.loads(raw)
+    m["experts"]["0_1"]["shard"] = m["experts"]["0_0"]["shard"]       # schema-valid, a wrong cross-reference
+    crossed = seal_manifest(m)
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.route("**/changed/manifest.json", lambda route: route.fulfill(body=changed, content_type="application/json"))
         page.route("**/sealed/manifest.json", lambda route: route.fulfill(body=sealed_bad, content_type="application/json"))
+        page.route("**/crossed/manifest.json", lambda route: route.fulfill(body=crossed, content_type="application/json"))
         errors = page.evaluate("""async ([good, digest]) => {
           const webmoe = await import('/web/webmoe.js');
           const out = [];
-          for (const [u, d] of [['/changed/manifest.json', null], ['/sealed/manifest.json', null], [good, '0'.repeat(64)]]) {
+          for (const [u, d] of [['/changed/manifest.json', null], ['/sealed/manifest.json', null], [good, '0'.repeat(64)],
+                                ['/crossed/manifest.json', null]]) {
             try { await webmoe.load(u, {digest: d}); out.push(null); } catch (e) { out.push([e.name, e.message]); }
           }
           return out;
@@ -387,3 +392,6 @@ def test_browser_checks_the_manifest_digest_and_schema():
     assert errors[0] == ["PackageError", str(native.value)]
     assert errors[1][0] == "PackageError" and errors[1][1].startswith("malformed manifest.json at tensors/model.norm.weight/size")
     assert errors[2] == ["PackageError", f"the package's manifest has sha256 {digest}, not the {'0' * 64} asked for"]
+    with pytest.raises(PackageError) as native:
+        read_manifest(crossed)
+    assert errors[3] == ["PackageError", str(native.value)]

@@ -76,39 +76,41 @@ export function checkVersion(m) {
   }
 }
 
-const REQUIRED = { format: "string", format_version: "int", family: "string", config: "dict", moe: "dict",
-                   tokenizer: "dict", plan: "dict", tensors: "dict", experts: "dict", shards: "list" };
-const PLAN = { buffers: "dict", steps: "list", moe_layers: "list", sampler: "list", io: "dict", resources: "dict" };
-const PY_NAME = { string: "str", int: "int", dict: "dict", list: "list" };
-
 const isInt = (v) => Number.isInteger(v);
 const isDict = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
-const KIND = { string: (v) => typeof v === "string", int: isInt, dict: isDict, list: Array.isArray };
 
+// The cross-references between shards, tensors, experts and the plan (after the schema), as
+// engine/manifest.py checks them, with the same messages.
 export function validateManifest(m) {
-  if (!isDict(m)) throw new PackageError("malformed manifest.json: expected a JSON object");
-  for (const [key, kind] of Object.entries(REQUIRED)) {
-    if (!KIND[kind](m[key])) throw new PackageError(`malformed manifest.json: '${key}' missing or not a ${PY_NAME[kind]}`);
-  }
   const files = new Map();
   for (const s of m.shards) {
-    if (!(isDict(s) && typeof s.file === "string" && isInt(s.size) && typeof s.sha256 === "string")) {
-      throw new PackageError(`malformed shard entry ${JSON.stringify(s)}`);
-    }
-    if (s.file.includes("/") || s.file.includes("\\") || s.file.startsWith(".")) {
-      throw new PackageError(`shard name '${s.file}' is not a plain file name`);
-    }
-    files.set(s.file, s.size);
+    if (files.has(s.file)) throw new PackageError(`malformed manifest.json: shard ${s.file} is listed twice`);
+    files.set(s.file, s);
   }
   for (const [name, t] of Object.entries(m.tensors)) {
-    if (!(isDict(t) && files.has(t.shard) && isInt(t.offset) && isInt(t.size) && ["f32", "f16"].includes(t.dtype)
-          && t.offset >= 0 && t.offset + t.size <= files.get(t.shard))) {
-      throw new PackageError(`malformed tensor entry '${name}'`);
+    const shard = files.get(t.shard);
+    if (!shard || shard.kind !== "dense" || t.offset + t.size > shard.size) {
+      throw new PackageError(`malformed manifest.json: tensor '${name}' lies outside the dense shards`);
     }
   }
+  const tok = files.get(m.tokenizer.file);
+  if (!tok || tok.kind !== "tokenizer") {
+    throw new PackageError("malformed manifest.json: the tokenizer file is not among the shards");
+  }
+  const moe = m.moe;
+  if (moe.moe_layers.some((layer) => layer >= m.config.num_layers)) {
+    throw new PackageError("malformed manifest.json: an MoE layer beyond num_layers");
+  }
+  const expected = new Set(moe.moe_layers.flatMap((layer) => Array.from({ length: moe.num_experts }, (_, e) => `${layer}_${e}`)));
+  const keys = Object.keys(m.experts);
+  if (keys.length !== expected.size || !keys.every((k) => expected.has(k))) {
+    throw new PackageError(`malformed manifest.json: the experts listed are not those of layers [${moe.moe_layers.join(", ")}] ` +
+                           `x ${moe.num_experts} experts`);
+  }
   for (const [key, e] of Object.entries(m.experts)) {
-    if (!(isDict(e) && files.has(e.shard) && isInt(e.size) && e.size <= files.get(e.shard))) {
-      throw new PackageError(`malformed expert entry '${key}'`);
+    const shard = files.get(e.shard);
+    if (!shard || shard.expert !== key || e.size !== moe.expert_layout.expert_bytes || e.size > shard.size) {
+      throw new PackageError(`malformed manifest.json: expert ${key} does not point at its own shard`);
     }
   }
   validatePlan(m.plan);
@@ -117,21 +119,13 @@ export function validateManifest(m) {
 
 // The plan's structure records point at real steps and buffers.
 export function validatePlan(plan) {
-  for (const [key, kind] of Object.entries(PLAN)) {
-    if (!KIND[kind](plan[key])) throw new PackageError(`malformed plan: '${key}' missing or not a ${PY_NAME[kind]}`);
-  }
   const { steps, buffers } = plan;
-  if (![...steps, ...plan.sampler].every((s) => isDict(s) && typeof s.kernel === "string" && isDict(s.bind))) {
-    throw new PackageError("malformed plan: a step lacks its kernel or bindings");
-  }
   for (const role of ["ids", "logits", "token"]) {
     if (!(plan.io[role] in buffers)) throw new PackageError(`malformed plan: io.${role} names no plan buffer`);
   }
   for (const rec of plan.moe_layers) {
-    const ok = isDict(rec) && ["layer", "router_logits_step", "router_step"].every((k) => isInt(rec[k]))
-      && Array.isArray(rec.experts) && rec.experts.length === 2 && rec.experts.every(isInt)
-      && rec.topk_ids in buffers && rec.router_input in buffers;
-    if (!ok || !(rec.router_logits_step >= 0 && rec.router_logits_step < rec.router_step && rec.router_step < rec.experts[0]
+    const ok = rec.topk_ids in buffers && rec.router_input in buffers;
+    if (!ok || !(rec.router_logits_step < rec.router_step && rec.router_step < rec.experts[0]
                  && rec.experts[0] < rec.experts[1] && rec.experts[1] <= steps.length)) {
       throw new PackageError(`malformed plan: bad MoE layer record ${JSON.stringify(rec)}`);
     }
