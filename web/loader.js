@@ -39,7 +39,11 @@ async function writeJson(dir, name, value) {
 
 async function dirBytes(dir) {
   let n = 0;
-  for await (const [, h] of dir.entries()) if (h.kind === "file") n += (await h.getFile()).size;
+  for await (const [, h] of dir.entries()) {
+    if (h.kind !== "file") continue;
+    // another tab (or the browser's swap files of a writable) may remove a file while we count
+    n += await h.getFile().then((f) => f.size, (err) => { if (err?.name === "NotFoundError") return 0; throw err; });
+  }
   return n;
 }
 
@@ -130,11 +134,21 @@ export class ModelStore {
       if (err?.name === "QuotaExceededError") throw quotaError(need, 0);   // the estimate was optimistic
       throw err;
     }
+    // On the first failure the other downloads finish the shard they hold and take no more; the load
+    // rejects only when none of them still writes to OPFS.
     const queue = [...missing];
+    let failed = null;
     const worker = async () => {
-      while (queue.length) await this.download(queue.shift());
+      while (queue.length && !failed) {
+        try {
+          await this.download(queue.shift());
+        } catch (err) {
+          failed ||= err;
+        }
+      }
     };
     await Promise.all(Array.from({ length: Math.min(this.concurrency, queue.length) }, worker));
+    if (failed) throw failed;
     await this.markComplete();
   }
 
