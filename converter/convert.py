@@ -15,20 +15,23 @@ from .families import family_for
 from .model_plan import build_plan, package_tensors
 from .plan import DEFAULT_MAX_BINDING, parts_of
 from .tokenizer_info import tokenizer_files, tokenizer_info
+from .weight_dtypes import weight_dtypes
 from .writer import PackageWriter, expert_layout
 
-DTYPES = ("f32", "f16")
 BLOCK_BYTES = 16 << 20           # dense tensors are read and written in row blocks of about this many f32 bytes
 
 
 def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progress: bool | None = None,
-            max_binding: int = DEFAULT_MAX_BINDING, stats: dict | None = None) -> Path:
-    """Writes the package; returns its path. max_binding: no tensor part or expert slot of the package
-    exceeds it (WebGPU's default storage binding size unless a test lowers it). stats, if given, receives
+            max_binding: int = DEFAULT_MAX_BINDING, stats: dict | None = None,
+            part_dtypes: dict[str, str | None] | None = None) -> Path:
+    """Writes the package; returns its path. dtype: a preset of weight_dtypes.PRESETS; part_dtypes:
+    {part: format} for the parts that differ from it (experts, ffn, attention, embed, head). Experts a
+    checkpoint stores in a format the kernels read (GPT-OSS's MXFP4) stay in it unless part_dtypes
+    names the experts' format. max_binding: no tensor part or expert slot of the package exceeds it
+    (WebGPU's default storage binding size unless a test lowers it). stats, if given, receives
     bytes_read, bytes_written and seconds."""
     t_start = time.perf_counter()
-    if dtype not in DTYPES:
-        raise ConversionError(f"--dtype must be one of {', '.join(DTYPES)}")
+    dtypes = weight_dtypes(dtype, part_dtypes)
     if max_binding < 1024:
         raise ConversionError(f"--max-binding must be at least 1024 bytes, got {max_binding}")
     ckpt = Checkpoint(src)
@@ -43,10 +46,13 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     for l in moe.moe_layers:
         family.check_experts(ckpt, l)
     tok_info = tokenizer_info(ckpt, d.vocab_size)
-    layout = expert_layout(family.expert_shapes(), dtype, max_binding)
-    tensors = package_tensors(family, ckpt, dtype)      # name -> (shape, storage dtype): what is written
+    native = family.native_expert_format(ckpt)
+    if native and not (part_dtypes or {}).get("experts"):
+        dtypes["experts"] = native
+    layout = expert_layout(family.expert_shapes(), dtypes["experts"], max_binding)
+    tensors = package_tensors(family, ckpt, dtypes)      # name -> (shape, storage format): what is written
     try:
-        plan = build_plan(family, ckpt, tensors, dtype, max_binding=max_binding)
+        plan = build_plan(family, ckpt, tensors, dtypes["experts"], max_binding=max_binding)
     except ValueError as e:                     # a dimension the kernels do not support
         raise ConversionError(str(e)) from None
 
@@ -81,6 +87,7 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
             "family": family.name,
             "architecture": (ckpt.config.get("architectures") or [None])[0],
             "dtype": dtype,
+            "dtypes": dtypes,
             "config": family.describe()["dims"],
             "moe": moe_info,
             "hf_config": ckpt.config,
@@ -99,14 +106,12 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
 
 
 def _row_blocks(ckpt: Checkpoint, name: str, shape, row0: int, rows: int):
-    """Rows row0 .. row0 + rows of a tensor as float32 blocks of about BLOCK_BYTES (an even number of
-    values per block, so f16 blocks join without padding)."""
+    """Rows row0 .. row0 + rows of a tensor as float32 blocks of about BLOCK_BYTES (the writer joins
+    them into whole blocks of the storage format)."""
     if len(shape) < 2:
         yield ckpt.read(name, shape)
         return
     width = math.prod(shape[1:])
     step = max(1, BLOCK_BYTES // (4 * width))
-    if step % 2 and width % 2 and step < rows:
-        step += 1
     for r in range(row0, row0 + rows, step):
         yield ckpt.read_rows(name, r, min(r + step, row0 + rows))

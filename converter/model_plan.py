@@ -8,21 +8,24 @@ from .checkpoint import Checkpoint
 from .families import family_for
 from .families.base import DecoderFamily
 from .plan import DEFAULT_MAX_BINDING, Plan
+from .weight_dtypes import weight_dtypes
 from .writer import expert_layout
 
 
 def storage_dtype(shape: tuple[int, ...], keep_f32: bool, dtype: str) -> str:
-    """Matrices are stored in the requested dtype; norms, biases, routers and gates stay f32 (routing
-    decisions are sensitive, and those tensors are small)."""
+    """Matrices are stored in their part's format; norms, biases, routers and gates stay f32."""
     return dtype if len(shape) == 2 and not keep_f32 else "f32"
 
 
-def package_tensors(family: DecoderFamily, ckpt: Checkpoint | None, dtype: str) -> dict[str, tuple[tuple, str]]:
-    """Every dense tensor the plan reads: name -> (shape, storage dtype), before the plan splits the
-    ones larger than a binding into row parts (plan["splits"])."""
+def package_tensors(family: DecoderFamily, ckpt: Checkpoint | None,
+                    dtypes: dict[str, str]) -> dict[str, tuple[tuple, str]]:
+    """Every dense tensor the plan reads: name -> (shape, storage format), before the plan splits the
+    ones larger than a binding into row parts (plan["splits"]). dtypes: {part: format} (weight_dtypes)."""
     keep_f32 = family.f32_tensors(ckpt)
+    parts = family.weight_parts(ckpt)
     out = {}
     for name, shape in family.dense_tensors(ckpt).items():
+        dtype = dtypes[parts.get(name, "ffn")]
         if not family.transforms(name):
             out[name] = (tuple(shape), storage_dtype(shape, name in keep_f32, dtype))
             continue
@@ -35,16 +38,18 @@ def package_tensors(family: DecoderFamily, ckpt: Checkpoint | None, dtype: str) 
     return out
 
 
-def build_plan(family: DecoderFamily, ckpt: Checkpoint | None, tensors: dict[str, tuple[tuple, str]], dtype: str,
-               geometry: dict | None = None, max_binding: int = DEFAULT_MAX_BINDING) -> dict:
+def build_plan(family: DecoderFamily, ckpt: Checkpoint | None, tensors: dict[str, tuple[tuple, str]],
+               expert_dtype: str, geometry: dict | None = None, max_binding: int = DEFAULT_MAX_BINDING) -> dict:
     """The plan's JSON (see plan.py) over the tensors `package_tensors` gives; ckpt=None names tensors
     by their first alias. No tensor part or expert slot it binds exceeds max_binding bytes."""
-    layout = expert_layout(family.expert_shapes(), dtype, max_binding)
+    layout = expert_layout(family.expert_shapes(), expert_dtype, max_binding)
     plan = Plan(tensors, geometry, max_binding)
-    family.build_plan(plan, ckpt, layout, dtype)
+    family.build_plan(plan, ckpt, layout, expert_dtype)
     return plan.to_json(layout, len(family.moe.moe_layers) * family.moe.num_experts)
 
 
 def plan_from_config(config: dict, dtype: str = "f16", max_binding: int = DEFAULT_MAX_BINDING) -> dict:
+    """dtype: a preset of weight_dtypes.PRESETS."""
     family = family_for(config)
-    return build_plan(family, None, package_tensors(family, None, dtype), dtype, max_binding=max_binding)
+    dtypes = weight_dtypes(dtype)
+    return build_plan(family, None, package_tensors(family, None, dtypes), dtypes["experts"], max_binding=max_binding)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 
-from .writer import encoded_size
+from .quant import encoded_size, fmt
 
 # provided by the runtime's expert cache: the slab (one of its banks per dispatch), the bank's slot range
 # (a uniform vec4<u32>: first slot, slot count, first expert, experts) and the slot table [layers, E, pieces]
@@ -72,11 +72,16 @@ def ceil_div(var, mul: int, div: int):
     return [var, mul, div]
 
 
+MAX_ELEMENTS = 2**32 - 1       # kernels index a binding's elements with u32
+
+
 def row_parts(name: str, shape: tuple[int, ...], dtype: str, max_binding: int) -> list[dict]:
-    """A matrix [rows, cols] cut by rows into parts of at most max_binding bytes (one part if it fits)."""
-    if encoded_size(shape, dtype) <= max_binding or len(shape) != 2:
+    """A matrix [rows, cols] cut by rows into parts of at most max_binding bytes and MAX_ELEMENTS elements
+    (one part if it fits). Each part is encoded on its own, its blocks starting at its first element."""
+    if len(shape) != 2 or (encoded_size(shape, dtype) <= max_binding and math.prod(shape) <= MAX_ELEMENTS):
         return [{"tensor": name, "row0": 0, "rows": shape[0]}]
-    per_part = max_binding // encoded_size((1, shape[1]), dtype)
+    f = fmt(dtype)
+    per_part = min(max_binding // (4 * f.words) * f.block, MAX_ELEMENTS) // shape[1]
     if per_part < 1:
         raise ValueError(f"tensor {name}: one row of {shape[1]} values exceeds a {max_binding}-byte binding")
     return [{"tensor": f"{name}.part{i}", "row0": r0, "rows": min(per_part, shape[0] - r0)}
@@ -91,7 +96,7 @@ def parts_of(splits: dict, name: str, shape) -> list[dict]:
 class Plan:
     def __init__(self, tensors: dict[str, tuple[tuple[int, ...], str]], geometry: dict | None = None,
                  max_binding: int = DEFAULT_MAX_BINDING):
-        """tensors: tensor name -> (shape, "f32" | "f16"), before splitting. geometry: per-kernel
+        """tensors: tensor name -> (shape, format of converter/quant.py), before splitting. geometry: per-kernel
         overrides of GEOMETRY (tests use it to show that kernels and dispatches follow one source).
         max_binding: the largest tensor part or expert slot the plan lets a step bind."""
         self.max_binding = max_binding
@@ -146,7 +151,9 @@ class Plan:
         return parts_of(self.splits, tensor, None if tensor in self.splits else self.tensors[tensor][0])
 
     def weight_defines(self, tensor: str) -> list[str]:
-        return ["W_F16"] if self.tensors[self.parts(tensor)[0]["tensor"]][1] == "f16" else []
+        """The define that selects the tensor's format in shaders/weights.wgsl (none for f32)."""
+        define = fmt(self.tensors[self.parts(tensor)[0]["tensor"]][1]).define
+        return [define] if define else []
 
     # --- structure records ------------------------------------------------------------------------
 
@@ -327,7 +334,7 @@ class Plan:
         pieces adding into out. activation {"kind": "clamped_swiglu", "alpha", "limit"} selects GPT-OSS's
         activation. Returns the range of its steps."""
         pieces, rows = layout["pieces"], layout["piece_rows"]
-        defines = ["W_F16"] if expert_dtype == "f16" else []
+        defines = [fmt(expert_dtype).define] if expert_dtype != "f32" else []
         if "gate_bias" in layout:
             defines.append("EXPERT_BIAS")
         word = {r: layout[r]["word_offset"] if r in layout else 0 for r in ("gate_bias", "up_bias", "down_bias")}

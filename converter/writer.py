@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -14,32 +13,11 @@ import numpy as np
 from webmoe.engine.manifest import FORMAT_VERSION, seal_manifest
 
 from .errors import ConversionError
+from .quant import encode, encoded_size, fmt
 
 ALIGN = 256                      # byte alignment of every tensor in a shard (GPU copy offsets)
+PIECE_QUANTUM = {"mxfp4": 32}    # an expert's pieces cut down's columns on whole MXFP4 blocks (32 values)
 DENSE_SHARD_BYTES = 64 << 20     # dense shards are cut at about this size
-
-
-def encode(a: np.ndarray, dtype: str, name: str = "a weight") -> bytes:
-    """Little-endian bytes as the kernels read them (f16 padded to whole 32-bit words). NaN and infinite
-    weights are refused: a package never runs with them."""
-    if not np.isfinite(a).all():
-        raise ConversionError(f"{name} holds NaN or infinite values; the checkpoint is corrupt")
-    if dtype == "f16":
-        h = np.ascontiguousarray(a, dtype="<f2")
-        if not np.isfinite(h).all():
-            raise ConversionError(f"{name} overflows float16; convert with --dtype f32")
-        raw = h.tobytes()
-    elif dtype == "f32":
-        raw = np.ascontiguousarray(a, dtype="<f4").tobytes()
-    else:
-        raise ValueError(dtype)
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def encoded_size(shape, dtype: str) -> int:
-    """len(encode(a, dtype)) for an array of this shape, without making one."""
-    n = math.prod(shape)
-    return -(-n // 2) * 4 if dtype == "f16" else 4 * n
 
 
 def pad(n: int) -> int:
@@ -47,16 +25,21 @@ def pad(n: int) -> int:
 
 
 def _slot_layout(shapes: dict[str, tuple[int, ...]], dtype: str) -> dict:
-    elem = 2 if dtype == "f16" else 4
+    """Every part starts on a block boundary of the format, so that its element offset is a whole number
+    of blocks (shaders/weights.wgsl decodes by element index): on an ALIGN boundary for f32 and f16,
+    whose blocks are one word, and on a block for the block formats (68 or 148 bytes)."""
+    f = fmt(dtype)
+    block_bytes = 4 * f.words
+    align = ALIGN if f.words == 1 else block_bytes
     layout, off = {}, 0
     for role, shape in shapes.items():
         part_dtype = dtype if len(shape) == 2 else "f32"
         size = encoded_size(shape, part_dtype)
         layout[role] = {"offset": off, "size": size, "shape": list(shape), "dtype": part_dtype,
-                        "elem_offset": off // elem, "word_offset": off // 4}
-        off += size + pad(size)
+                        "elem_offset": off // block_bytes * f.block, "word_offset": off // 4}
+        off += -(-size // align) * align
     layout["slot_bytes"] = off
-    layout["slot_elems"] = off // elem
+    layout["slot_elems"] = off // block_bytes * f.block
     layout["dtype"] = dtype
     return layout
 
@@ -76,20 +59,23 @@ def piece_shapes(shapes: dict[str, tuple[int, ...]], rows: int) -> dict[str, tup
 
 
 def expert_layout(shapes: dict[str, tuple[int, ...]], dtype: str, max_binding: int = 128 << 20) -> dict:
-    """Byte layout of one expert's slot: each part aligned to ALIGN. Matrices (2-D) are stored in `dtype`
-    and addressed by element offset; 1-D parts (biases) stay f32 and are addressed by 32-bit word offset.
+    """Byte layout of one expert's slot: each part on a block boundary (_slot_layout). Matrices (2-D) are
+    stored in `dtype` and addressed by element offset; 1-D parts (biases) stay f32 and are addressed by
+    32-bit word offset.
     An expert whose slot would exceed max_binding is cut into `pieces` along its intermediate dimension
     (`piece_rows` rows each, the last maybe fewer), each piece a slot of this layout; its shard holds the
     pieces one after another."""
     I = shapes["gate"][0]
+    quantum = PIECE_QUANTUM.get(dtype, 1)
     rows = I
     while True:
         layout = _slot_layout(piece_shapes(shapes, rows), dtype)
-        if layout["slot_bytes"] <= max_binding:
+        if layout["slot_bytes"] <= max_binding and layout["slot_elems"] < 2**32:    # kernels index it with u32
             break
-        if rows == 1:
-            raise ConversionError(f"one row of an expert exceeds a {max_binding}-byte binding")
-        rows = -(-I // (-(-I // rows) + 1))          # the next larger number of pieces
+        if rows <= quantum:
+            raise ConversionError(f"{quantum} row(s) of an expert exceed a {max_binding}-byte binding")
+        smaller = -(-I // (-(-I // rows) + 1))       # the next larger number of pieces ...
+        rows = max(quantum, min(smaller // quantum * quantum, rows - quantum))   # ... on whole quanta
     layout["pieces"] = -(-I // rows)
     layout["piece_rows"] = rows
     layout["expert_bytes"] = layout["pieces"] * layout["slot_bytes"]
@@ -111,6 +97,21 @@ def expert_pieces(parts: dict[str, np.ndarray], layout: dict) -> list[dict[str, 
                 piece[role] = a[r0:r1]
         out.append(piece)
     return out
+
+
+def whole_blocks(arrays, block: int):
+    """Flat float32 chunks of the arrays' elements in order, each a whole number of the format's blocks
+    but the last, so that encoding them one by one writes the bytes of the whole."""
+    carry = np.zeros(0, np.float32)
+    for a in arrays:
+        flat = np.concatenate([carry, np.asarray(a, np.float32).reshape(-1)]) if carry.size else \
+            np.asarray(a, np.float32).reshape(-1)
+        cut = flat.size // block * block
+        if cut:
+            yield flat[:cut]
+        carry = flat[cut:]
+    if carry.size:
+        yield carry
 
 
 class _Shard:
@@ -208,8 +209,8 @@ class PackageWriter:
         if self._dense is None:
             self._dense = _Shard(self.tmp / f"dense-{sum(s['kind'] == 'dense' for s in self.shards):05d}.bin")
         off = self._dense.write(b"")                 # aligned; the blocks follow one another
-        for block in blocks:
-            self._dense.append(encode(block, dtype, f"tensor {name}"))
+        for chunk in whole_blocks(blocks, fmt(dtype).block):
+            self._dense.append(encode(chunk, dtype, f"tensor {name}"))
         if self._dense.size - off != size:
             raise ConversionError(f"tensor {name}: the blocks read do not make its shape {list(shape)}")
         self.tensors[name] = {"shard": self._dense.path.name, "offset": off, "size": size, "shape": list(shape),
@@ -223,7 +224,7 @@ class PackageWriter:
             start = p * layout["slot_bytes"]
             for role, part in piece.items():
                 shard.fill_to(start + layout[role]["offset"])
-                shard.write(encode(part, layout[role]["dtype"], f"expert {key} {role}"))
+                shard.append(encode(part, layout[role]["dtype"], f"expert {key} {role}"))   # at its layout offset
             shard.fill_to(start + layout["slot_bytes"])
         self.shards.append({**shard.close(), "kind": "expert", "expert": key})
         self.experts[key] = {"shard": shard.path.name, "size": layout["expert_bytes"]}

@@ -28,6 +28,7 @@ from .package import Package
 
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
 BANK_INFO = wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST
+MAX_ELEMENTS = 2**32 - 1     # of one bank, as the kernels index it
 NO_SLOT = 0xFFFFFFFF          # the kernels skip experts whose slot lies outside the bound bank
 
 
@@ -86,7 +87,10 @@ class ExpertCache:
         if budget.bytes < self.expert_bytes:
             raise ExpertCacheError(f"an expert cache of {budget.bytes / 2**20:.2f} MiB holds no expert; one "
                                    f"expert needs {self.expert_bytes / 2**20:.2f} MiB")
-        self.slots_per_bank = max(1, min(gpu.max_binding, gpu.max_buffer) // self.slot_bytes)
+        # a bank is one binding; the kernels address its elements with u32 (4-bit formats hold more
+        # elements than bytes)
+        self.slots_per_bank = max(1, min(min(gpu.max_binding, gpu.max_buffer) // self.slot_bytes,
+                                         MAX_ELEMENTS // self.layout["slot_elems"]))
         self.banks: list = []            # slab buffers, bank b holding slots bank_start[b] ..
         self.bank_start: list[int] = []
         self.bank_info: list = []        # per bank a uniform vec4<u32>: first slot, slots, first expert, experts

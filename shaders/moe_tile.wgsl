@@ -27,12 +27,8 @@ fn load_tile(lid: u32, j: u32, tile: u32) -> u32 {
     return workgroupUniformLoad(&tile_n);
 }
 
-// An f32 value stored in the expert's slot, `word` 32-bit words from its start (biases stay f32 even in
-// f16 packages). `base` is the slot's element offset, so f16 slabs convert it to words.
+// An f32 value stored in the expert's slot, `word` 32-bit words from its start (biases stay f32 whatever
+// the weights' format). `base` is the slot's element offset, a whole number of weight blocks.
 fn bias_at(base: u32, word: u32) -> f32 {
-//!if W_F16
-    return bitcast<f32>(w[base / 2u + word]);
-//!else
-    return bitcast<f32>(w[base + word]);
-//!endif
+    return bitcast<f32>(w[w_word(base) + word]);
 }

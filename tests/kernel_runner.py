@@ -6,26 +6,32 @@ from __future__ import annotations
 import numpy as np
 import wgpu
 
-from webmoe.converter.plan import DEFAULT_MAX_BINDING, Plan
+from webmoe.converter.plan import DEFAULT_MAX_BINDING, Plan, row_parts
+from webmoe.converter.quant import decode, encode
 from webmoe.engine.executor import STORAGE, Executor, Readback
 
 
 def to_words(a: np.ndarray, dtype: str) -> np.ndarray:
-    """numpy array -> the 32-bit words the kernels read (f16 packed two per word, padded)."""
-    if dtype == "f16":
-        h = np.ascontiguousarray(a, dtype=np.float16).reshape(-1)
-        if h.size % 2:
-            h = np.concatenate([h, np.zeros(1, np.float16)])
-        return h.view(np.uint32)
+    """numpy array -> the 32-bit words the kernels read: u32, or a weight format of converter/quant.py."""
     if dtype == "u32":
         return np.ascontiguousarray(a, dtype=np.uint32).reshape(-1)
-    return np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+    return np.frombuffer(encode(a, dtype), np.uint32)
+
+
+def as_stored(w: np.ndarray, dtype: str, max_binding: int = DEFAULT_MAX_BINDING) -> np.ndarray:
+    """The values the kernels read for weight w stored in dtype (numpy's decoding of the encoded bytes),
+    cut into row parts as run_plan cuts it: each part is encoded on its own."""
+    if w.ndim != 2:
+        return decode(encode(w, dtype), dtype, w.size).reshape(w.shape)
+    parts = [w[p["row0"]:p["row0"] + p["rows"]] for p in row_parts("w", w.shape, dtype, max_binding)]
+    return np.concatenate([decode(encode(p, dtype), dtype, p.size).reshape(p.shape) for p in parts])
 
 
 def run_plan(gpu, build, inputs: dict, outputs: dict, env=None, dtypes=None, geometry=None,
              max_binding: int = DEFAULT_MAX_BINDING, split=("w",)) -> dict[str, np.ndarray]:
     """inputs: name -> array; outputs: name -> (initial array, dtype); dtypes: storage dtype of an input
-    ("f32" default, "f16", "u32"). build(plan) calls Plan methods on those names (the runtime's
+    ("f32" default, "u32", or a weight format: f16, q8, q4, mxfp4). build(plan) calls Plan methods on
+    those names (the runtime's
     "experts", "expert_bank" and "expert_slots" are ordinary inputs here). env: the plan variables (T,
     pos, ...). max_binding: the inputs named in `split` (weights) larger than this are cut into row parts,
     as a package's are.

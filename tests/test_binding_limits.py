@@ -45,3 +45,31 @@ def test_pieces_and_paging_at_a_lowered_limit(tmp_path):
     assert paged.experts.paging and paged.experts.capacity == 3
     np.testing.assert_allclose(paged.logits(list(range(3, 40))), full, rtol=0, atol=1e-5 * float(np.abs(full).max()))
     assert_logits_close(full, reference_logits(ref, list(range(3, 40))), "f32")
+
+
+@pytest.mark.parametrize("preset,parts", [("q4", {"embed": "q4", "head": "q4"}), ("q8", {"experts": "mxfp4"})])
+def test_block_formats_cut_and_paged_at_a_lowered_limit(tmp_path, preset, parts):
+    """Block formats through every cut: row parts each encoded on their own, experts in pieces (MXFP4's
+    on whole 32-value blocks), a slab of many banks, and paging through 3 slots giving the resident
+    logits exactly; the logits stay near the f32 package's."""
+    from webmoe import Engine
+    from webmoe.converter.convert import convert
+    from webmoe.tiny_models import save_checkpoint
+    from test_families import qwen3
+    model_cls, config = qwen3(mlp_only_layers=[1], moe_intermediate_size=96)   # 3 MXFP4 pieces of 32 rows
+    limit = 4 << 10          # 4-bit experts are small: a lower limit still cuts them
+    ckpt = save_checkpoint(model_cls, config, tmp_path / "ckpt")
+    opts = dict(max_binding=limit, chunk_tokens=2, max_seq_len=24)
+    pkg = convert(ckpt, tmp_path / preset, dtype=preset, part_dtypes=parts, progress=False, max_binding=limit)
+    engine = Engine.load(pkg, **opts)
+    m = engine.package.manifest
+    assert all(t["size"] <= limit for t in m["tensors"].values()) and any(".part" in n for n in m["tensors"])
+    assert engine.experts.pieces > 1 and len(engine.experts.banks) > 1
+    ids = list(range(3, 23))
+    full = engine.logits(ids)
+    paged = Engine.load(pkg, expert_cache_bytes=3 * engine.experts.expert_bytes, **opts)
+    assert paged.experts.paging
+    np.testing.assert_allclose(paged.logits(ids), full, rtol=0, atol=1e-5 * float(np.abs(full).max()))
+    f32_pkg = convert(ckpt, tmp_path / "f32", dtype="f32", progress=False, max_binding=limit)
+    f32 = Engine.load(f32_pkg, **opts).logits(ids)
+    assert np.median(np.abs(full - f32).max(-1)) <= 0.25 * float(np.abs(f32).max())

@@ -90,7 +90,11 @@ def check_parity(page, pkg, prompt_len=21, n_greedy=16, native=None):
         assert last[n[i]] - last[b[i]] <= TOLERANCE["f32"] * np.abs(last).max(), (i, b, n)
 
 
-MIXTRAL_PACKAGES = ("gqa-top2-f32", "odd-sizes-top3-f16")
+MIXTRAL_PACKAGES = ("gqa-top2-f32", "odd-sizes-top3-f16", "odd-sizes-top3-q8", "odd-sizes-top3-q4")
+# every block format in Chromium, whose SwiftShader has no shader-f16: name -> (preset, other parts' formats)
+QUANTISED_PACKAGES = {"odd-sizes-top3-q8": ("q8", {}),
+                      "odd-sizes-top3-q4": ("q4", {"embed": "q4", "head": "q4"}),
+                      "gpt_oss-mxfp4": ("q8", {"experts": "mxfp4", "attention": "mxfp4", "embed": "q4"})}
 
 
 @pytest.fixture(scope="module")
@@ -103,19 +107,25 @@ def family_site(tmp_path_factory, packages):
         model_cls, config = FAMILY_CASES[case]
         pkgs[case] = convert(save_checkpoint(model_cls, config, root / f"ckpt-{case}"), root / case, dtype="f32",
                              progress=False)
+    for name, (preset, parts) in QUANTISED_PACKAGES.items():
+        model_cls, config = FAMILY_CASES["gpt_oss"] if name.startswith("gpt_oss") else \
+            (MixtralForCausalLM, CONFIGS["odd-sizes-top3"])
+        pkgs[name] = convert(save_checkpoint(model_cls, config, root / f"ckpt-{name}"), root / name, dtype=preset,
+                             part_dtypes=parts, progress=False)
     with serving(create_app(list(pkgs.values()))) as url, browser() as ctx:
         yield url, ctx, pkgs
 
 
 @pytest.mark.parametrize("name", [*MIXTRAL_PACKAGES, "qwen3_moe", "qwen2_moe", "olmoe", "phimoe",
-                                  "deepseek_v3", "gpt_oss"])
+                                  "deepseek_v3", "gpt_oss", "gpt_oss-mxfp4"])
 def test_browser_matches_native(family_site, name):
-    """The same plan and kernels in Chromium (SwiftShader) give the native engine's logits and tokens."""
+    """The same plan and kernels in Chromium (SwiftShader) give the native engine's logits and tokens, for
+    every weight format (the native kernels are checked against numpy's decoding in test_kernels.py)."""
     url, ctx, pkgs = family_site
     page = open_page(ctx, url + "/")
     try:
         info = page.evaluate(LOAD, [manifest_url(pkgs[name])])
-        assert info["family"] == ("mixtral" if name in MIXTRAL_PACKAGES else name)
+        assert info["family"] == ("mixtral" if name in MIXTRAL_PACKAGES else name.split("-")[0])
         assert "swiftshader" in info["adapter"].lower()
         check_parity(page, pkgs[name])
     finally:
@@ -329,7 +339,7 @@ def test_sampled_tokens_and_statistics_match_native():
     settings = dict(max_new_tokens=24, temperature=0.8, top_p=0.9, seed=1234)
     prompt = "JULIET. O Romeo, Romeo!"
     expected = [t.id for t in native.generate(prompt, **settings)]
-    old = (Path(__file__).parent / "data" / "format3-manifest.json").read_text()
+    old = (Path(__file__).parent / "data" / "format4-manifest.json").read_text()
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.evaluate("""async ([manifest]) => {

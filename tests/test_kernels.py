@@ -4,7 +4,7 @@ holds."""
 import numpy as np
 import pytest
 
-from kernel_runner import run_plan
+from kernel_runner import as_stored, run_plan
 
 rng = np.random.default_rng(0)
 
@@ -18,16 +18,19 @@ def close(a, b, tol=1e-4):
     assert np.abs(a - b).max() <= tol * scale, f"max abs err {np.abs(a - b).max()} (scale {scale})"
 
 
-@pytest.mark.parametrize("wdtype,max_binding", [("f32", 1 << 27), ("f16", 1 << 27),
-                                                ("f32", 1024), ("f16", 1024)])   # split into row parts
+QUANTISED = ("q8", "q4", "mxfp4")
+
+
+@pytest.mark.parametrize("wdtype,max_binding", [("f32", 1 << 27), ("f16", 1 << 27), ("f32", 1024), ("f16", 1024),
+                                                *((q, b) for q in QUANTISED for b in (1 << 27, 1024))])
 def test_embed(gpu, wdtype, max_binding):
+    """Rows of any format; 1024 cuts the table into row parts, each encoded on its own."""
     V, H, T = 37, 71, 5
     w = rand(V, H)
     ids = np.array([3, 0, 36, 3, 17], np.uint32)
     out = run_plan(gpu, lambda p: p.embed("ids", "w", "y", H), {"ids": ids, "w": w}, {"y": (np.zeros((T, H)), "f32")},
                    {"T": T}, dtypes={"ids": "u32", "w": wdtype}, max_binding=max_binding)
-    ref = (w.astype(np.float16).astype(np.float32) if wdtype == "f16" else w)[ids]
-    np.testing.assert_array_equal(out["y"], ref)
+    np.testing.assert_array_equal(out["y"], as_stored(w, wdtype, max_binding)[ids])
 
 
 def test_layernorm(gpu):
@@ -80,6 +83,13 @@ def test_silu_mul_and_gated_add(gpu):
     # the weight split into row parts of at most 2 KiB (one step per part, each writing its columns)
     ("f32", 13, 130, 29, True, True, None, 2048),
     ("f16", 9, 51, 33, True, False, None, 1024),
+    # block formats: one block, blocks running across row ends (K not a multiple of the block), many
+    # blocks, a partial last block, and row parts each encoded on their own
+    *((q, 1, 67, 45, False, False, None, 1 << 27) for q in QUANTISED),
+    *((q, 13, 130, 29, True, True, None, 1 << 27) for q in QUANTISED),
+    *((q, 3, 512, 40, False, False, None, 1 << 27) for q in QUANTISED),
+    *((q, 5, 256, 7, True, False, {"matmul": {"ROWS": 3, "TOKENS": 5, "LANES": 32}}, 1 << 27) for q in QUANTISED),
+    *((q, 9, 51, 33, True, False, None, 1024) for q in QUANTISED),
 ])
 def test_matmul(gpu, wdtype, T, K, N, bias, acc, geometry, max_binding):
     x_row0, y_row0 = 2, 1
@@ -91,7 +101,7 @@ def test_matmul(gpu, wdtype, T, K, N, bias, acc, geometry, max_binding):
                                            bias="bias" if bias else None),
                    inputs, {"y": (y0, "f32")}, {"T": T}, dtypes={"w": wdtype}, geometry=geometry,
                    max_binding=max_binding)
-    wq = w.astype(np.float16).astype(np.float32) if wdtype == "f16" else w
+    wq = as_stored(w, wdtype, max_binding)
     ref = y0.copy()
     r = x[x_row0:x_row0 + T].astype(np.float64) @ wq.T.astype(np.float64) + (b if bias else 0)
     ref[y_row0:y_row0 + T] = r + (y0[y_row0:y_row0 + T] if acc else 0)
@@ -289,6 +299,15 @@ def build_slab(parts_per_expert, slot_of, layer, E, L, wdtype, max_binding=1 << 
     return np.frombuffer(bytes(slab), np.uint32), layout
 
 
+def stored_expert(parts: dict, layout: dict) -> dict:
+    """An expert's weights as the kernels read them: each piece's parts encoded on their own, decoded by
+    numpy, and put back together (gate and up by rows, down by columns)."""
+    from webmoe.converter.writer import expert_pieces
+    pieces = [{r: as_stored(a, layout[r]["dtype"]) for r, a in piece.items()} for piece in expert_pieces(parts, layout)]
+    return {r: pieces[0][r] if r == "down_bias" else np.concatenate([p[r] for p in pieces], axis=int(r == "down"))
+            for r in parts}
+
+
 @pytest.mark.parametrize("wdtype,gpt_oss,geometry,max_binding", [
     ("f32", False, None, 1 << 27), ("f16", False, None, 1 << 27), ("f32", True, None, 1 << 27),
     ("f16", True, None, 1 << 27),
@@ -296,15 +315,18 @@ def build_slab(parts_per_expert, slot_of, layer, E, L, wdtype, max_binding=1 << 
     ("f16", True, {"moe_gate_up": {"ROWS": 3, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 5, "TILE": 3}}, 1 << 27),
     # experts cut into pieces along I (slots of at most 3 KiB): the pieces' outputs add up
     ("f32", True, None, 3072), ("f16", False, None, 2048),
+    # block formats: parts starting on block boundaries inside the slot, f32 biases between them, pieces
+    ("q8", False, None, 1 << 27), ("q8", True, None, 1 << 27), ("q4", False, None, 1 << 27),
+    ("q4", True, None, 1 << 27), ("mxfp4", True, None, 1 << 27), ("mxfp4", False, None, 1 << 27),
+    ("q8", True, None, 3072), ("q4", False, None, 1400), ("mxfp4", True, None, 3500),
 ])
 def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_binding):
     """moe_gate_up + moe_down over a slab whose slots are shuffled, then scatter_add, vs a dense loop.
     gpt_oss: slot biases and the clamped SwiGLU."""
-    T, K, E, H, I, layer, L = 19, 2, 5, 37, 23, 1, 2
+    T, K, E, H, I, layer, L = 19, 2, 5, 37, (70 if wdtype == "mxfp4" else 23), 1, 2
     x, gate, up, down = rand(T, H), rand(E, I, H), rand(E, I, H), rand(E, H, I)
     gb, ub, db = rand(E, I), rand(E, I), rand(E, H)
     alpha, limit = 1.702, 2.5
-    q = (lambda a: a.astype(np.float16).astype(np.float32)) if wdtype == "f16" else (lambda a: a)
     ids = np.stack([rng.choice(E, K, replace=False) for _ in range(T)]).astype(np.uint32)
     topw = rng.random((T, K)).astype(np.float32)
     parts = [{"gate": gate[e], "up": up[e], "down": down[e],
@@ -314,6 +336,7 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_bin
     assert (P > 1) == (max_binding < 1 << 27)
     slot_of = rng.permutation(L * E * P).astype(np.uint32)        # [L, E, P]
     slab, layout = build_slab(parts, slot_of, layer, E, L, wdtype, max_binding)
+    stored = [stored_expert(p, layout) for p in parts]
     g = run_plan(gpu, lambda p: p.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K), {"topk_ids": ids},
                  {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")}, {"T": T},
                  dtypes={"topk_ids": "u32"})
@@ -330,14 +353,14 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_bin
     for t in range(T):
         for j in range(K):
             e = ids[t, j]
-            gv, uv = q(gate[e]) @ x[t], q(up[e]) @ x[t]
+            gv, uv = stored[e]["gate"] @ x[t], stored[e]["up"] @ x[t]
             if gpt_oss:
                 gv, uv = np.minimum(gv + gb[e], limit), np.clip(uv + ub[e], -limit, limit)
                 a = (uv + 1) * gv / (1 + np.exp(-alpha * gv))
             else:
                 a = silu(gv) * uv
             ref_act[t * K + j] = a
-            ref_y[t * K + j] = q(down[e]) @ a + (db[e] if gpt_oss else 0)
+            ref_y[t * K + j] = stored[e]["down"] @ a + (db[e] if gpt_oss else 0)
     last = (P - 1) * layout["piece_rows"]      # act holds the last piece's share of the intermediate dims, [pairs, I - last]
     close(act.reshape(-1)[:T * K * (I - last)].reshape(T * K, I - last), ref_act[:, last:])
     close(y, ref_y)

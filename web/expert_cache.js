@@ -6,6 +6,7 @@ import { ExpertCacheError } from "./errors.js";
 import { STORAGE } from "./executor.js";
 
 export const NO_SLOT = 0xffffffff;
+const MAX_ELEMENTS = 2 ** 32 - 1;     // of one bank, as the kernels index it
 
 // One MoE layer as the plan records it: the steps that read the expert slab (start .. stop) and the plan
 // buffer holding that layer's chosen expert ids.
@@ -39,7 +40,10 @@ export class ExpertCache {
     if (c.budget.bytes < c.expertBytes) {
       throw new ExpertCacheError(`an expert cache of ${(c.budget.bytes / 2 ** 20).toFixed(2)} MiB holds no expert; one expert needs ${(c.expertBytes / 2 ** 20).toFixed(2)} MiB`);
     }
-    c.slotsPerBank = Math.max(1, Math.floor(Math.min(gpu.maxBinding, gpu.maxBuffer) / c.slotBytes));
+    // a bank is one binding; the kernels address its elements with u32 (4-bit formats hold more
+    // elements than bytes)
+    c.slotsPerBank = Math.max(1, Math.min(Math.floor(Math.min(gpu.maxBinding, gpu.maxBuffer) / c.slotBytes),
+                                          Math.floor(MAX_ELEMENTS / moe.expert_layout.slot_elems)));
     c.banks = [];
     c.bankInfo = [];
     const wanted = Math.min(total, Math.floor(c.budget.bytes / c.expertBytes)) * c.pieces;

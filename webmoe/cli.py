@@ -7,10 +7,16 @@ import os
 import sys
 
 import webmoe
+from webmoe.converter.quant import FORMATS
+from webmoe.converter.weight_dtypes import PRESETS
 
 
 class MissingExtra(RuntimeError):
     pass
+
+
+class UsageError(RuntimeError):
+    """A command's input that is not usable (a missing file, a text too short): one line, no traceback."""
 
 
 def _require(module: str, extra: str, what: str) -> None:
@@ -25,8 +31,11 @@ def _mib(value: float | None) -> int | None:
 
 def _convert(args) -> int:
     from webmoe.converter.convert import convert
+    from webmoe.converter.weight_dtypes import PARTS
     stats: dict = {}
-    out = convert(args.src, args.out, dtype=args.dtype, force=args.force, max_binding=args.max_binding, stats=stats)
+    parts = {part: getattr(args, f"{part}_dtype") for part in PARTS}
+    out = convert(args.src, args.out, dtype=args.dtype, force=args.force, max_binding=args.max_binding, stats=stats,
+                  part_dtypes=parts)
     secs = max(stats["seconds"], 1e-9)
     print(f"wrote {out}: read {stats['bytes_read'] / 1e9:.2f} GB, wrote {stats['bytes_written'] / 1e9:.2f} GB in "
           f"{secs:.1f} s ({stats['bytes_read'] / 1e9 / secs:.2f} GB/s read, {stats['bytes_written'] / 1e9 / secs:.2f} GB/s "
@@ -67,11 +76,33 @@ def _bench(args) -> int:
     else:
         rows = bench(args.package, tokens=args.tokens, adapter=args.adapter)
     where = "Chromium, " + rows[0]["adapter"] if args.browser else rows[0]["adapter"]
-    print(f"{args.package} on {where}: {args.tokens} greedy decode tokens after a 32-token prompt")
+    from webmoe.engine.package import Package
+    formats = Package(args.package).manifest["dtypes"]
+    print(f"{args.package} (experts {formats['experts']}, attention {formats['attention']}) on {where}: "
+          f"{args.tokens} greedy decode tokens after a 32-token prompt")
     print(table(rows))
     if args.png:
         save_png(rows, args.png, f"{args.package} on {where}")
         print(f"wrote {args.png}")
+    return 0
+
+
+def _perplexity(args) -> int:
+    from pathlib import Path
+    from webmoe import Engine
+    from webmoe.tools.perplexity import perplexity
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--text {args.text}: {e}") from None
+    for pkg in args.package:
+        try:
+            r = perplexity(Engine.load(pkg, adapter=args.adapter), text, window=args.window,
+                           max_tokens=args.max_tokens)
+        except ValueError as e:
+            raise UsageError(f"--text {args.text}: {e}") from None
+        print(f"{pkg}: perplexity {r['perplexity']:.4f} over {r['tokens']} tokens ({r['windows']} windows of "
+              f"{args.window})")
     return 0
 
 
@@ -126,7 +157,13 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="Hugging Face checkpoint directory -> RDRR package")
     c.add_argument("src", help="directory with config.json, *.safetensors and tokenizer.json")
     c.add_argument("out", help="package directory to write (written atomically)")
-    c.add_argument("--dtype", choices=["f32", "f16"], default="f16", help="storage dtype of the weight matrices")
+    c.add_argument("--dtype", choices=list(PRESETS), default="f16",
+                   help="weight format preset: f32, f16, q8 (8-bit blocks), q4 (4-bit experts and feed-forward "
+                        "layers, 8-bit attention, embedding and head); norms, biases and routers stay f32")
+    for part, what in (("experts", "routed experts (default for MXFP4 checkpoints: kept in mxfp4)"),
+                       ("ffn", "dense feed-forward layers and shared experts"), ("attention", "attention projections"),
+                       ("embed", "the token embedding (and the LM head when tied)"), ("head", "an untied LM head")):
+        c.add_argument(f"--{part}-dtype", choices=list(FORMATS), default=None, help=f"format of {what}")
     c.add_argument("--force", action="store_true",
                    help="replace OUT if it is a webmoe package (never the checkpoint or a folder holding it)")
     c.add_argument("--max-binding", type=int, default=128 << 20, metavar="BYTES",
@@ -166,6 +203,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--browser", action="store_true", help="measure in headless Chromium (WebGPU) instead")
     b.set_defaults(func=_bench)
 
+    q = sub.add_parser("perplexity", help="perplexity of packages on a text (how weight formats compare)")
+    q.add_argument("package", nargs="+")
+    q.add_argument("--text", required=True, help="a UTF-8 text file the model was not trained on")
+    q.add_argument("--window", type=int, default=256, help="tokens per forward pass (each from an empty cache)")
+    q.add_argument("--max-tokens", type=int, default=None)
+    q.add_argument("--adapter", default=None)
+    q.set_defaults(func=_perplexity)
+
     a = sub.add_parser("analyze", help="per-layer expert usage and co-activation over prompts: JSON + heatmap")
     a.add_argument("package")
     a.add_argument("--prompt", action="append", help="a prompt (repeatable)")
@@ -188,7 +233,7 @@ def main(argv=None) -> int:
     from webmoe.engine.errors import USER_ERRORS
     try:
         return args.func(args)
-    except (ConversionError, MissingExtra, *USER_ERRORS) as e:
+    except (ConversionError, MissingExtra, UsageError, *USER_ERRORS) as e:
         print(f"webmoe: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

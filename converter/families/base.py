@@ -265,6 +265,19 @@ class DecoderFamily:
             out |= {self.shared_gate.format(l=l) for l in self.moe.moe_layers}
         return out
 
+    def weight_parts(self, ckpt: Checkpoint | None) -> dict[str, str]:
+        """Checkpoint tensor -> its part in weight_dtypes.PARTS (a tensor not named here is "ffn")."""
+        out = {self.embed: "embed"}
+        if not self.dims.tie_word_embeddings:
+            out[self.lm_head] = "head"
+        for l in range(self.dims.num_layers):
+            out.update(dict.fromkeys(self.attention_tensors(l), "attention"))
+        return out
+
+    def native_expert_format(self, ckpt: Checkpoint) -> str | None:
+        """A format the checkpoint's experts are already stored in and the package keeps (GPT-OSS: mxfp4)."""
+        return None
+
     def generated_tensors(self) -> dict[str, np.ndarray]:
         """Tensors the converter computes rather than copies (RoPE frequencies)."""
         return {"rope.inv_freq": rope_tables(self.config, self.dims.rope_dim)[0]}

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import ConversionError
-from ..mxfp4 import dequantize
+from ..mxfp4 import MxBlocks
 from .base import DecoderFamily, MoE
 
 
@@ -61,6 +61,9 @@ class GptOss(DecoderFamily):
     def _mxfp4(self, ckpt: Checkpoint, l: int) -> bool:
         return ckpt.has(self.experts.format(l=l) + "gate_up_proj_blocks")
 
+    def native_expert_format(self, ckpt: Checkpoint) -> str | None:
+        return "mxfp4" if all(self._mxfp4(ckpt, l) for l in self.moe.moe_layers) else None
+
     def expected(self, ckpt: Checkpoint, l: int) -> dict[str, tuple[int, ...]]:
         E, I, H = self.moe.num_experts, self.moe.intermediate_size, self.dims.hidden_size
         p = self.experts.format(l=l)
@@ -82,11 +85,12 @@ class GptOss(DecoderFamily):
     def expert_weights(self, ckpt: Checkpoint, l: int, e: int) -> dict[str, np.ndarray]:
         p = self.experts.format(l=l)
         if self._mxfp4(ckpt, l):
-            gate_up = dequantize(ckpt.read_raw(p + "gate_up_proj_blocks", e), ckpt.read_raw(p + "gate_up_proj_scales", e))
-            down = dequantize(ckpt.read_raw(p + "down_proj_blocks", e), ckpt.read_raw(p + "down_proj_scales", e))
+            # kept as blocks: an mxfp4 package copies them, any other format decodes them (quant.encode)
+            gate_up = MxBlocks(ckpt.read_raw(p + "gate_up_proj_blocks", e), ckpt.read_raw(p + "gate_up_proj_scales", e))
+            down = MxBlocks(ckpt.read_raw(p + "down_proj_blocks", e), ckpt.read_raw(p + "down_proj_scales", e))
         else:                                              # input-major: transpose to [out, in]
             gate_up = ckpt.read(p + "gate_up_proj", index=e).T
             down = ckpt.read(p + "down_proj", index=e).T
         bias = ckpt.read(p + "gate_up_proj_bias", index=e)
-        return {"gate": gate_up[0::2], "up": gate_up[1::2], "down": down,
+        return {"gate": gate_up[0::2], "up": gate_up[1::2], "down": down,      # rows of gate and up alternate
                 "gate_bias": bias[0::2], "up_bias": bias[1::2], "down_bias": ckpt.read(p + "down_proj_bias", index=e)}

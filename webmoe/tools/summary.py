@@ -7,17 +7,26 @@ from webmoe.engine.package import Package
 from webmoe.engine.resources import plan_bytes
 
 
+def parameter_counts(m: dict) -> dict[str, int]:
+    """Weights of a manifest's model: per routed expert, dense (embeddings included), in all, per token."""
+    moe, cfg = m["moe"], m["config"]
+    H, I = cfg["hidden_size"], moe["intermediate_size"]
+    expert = 3 * I * H + ((2 * I + H) if "gate_bias" in moe["expert_layout"] else 0)
+    dense = sum(math.prod(t["shape"]) for n, t in m["tensors"].items() if not n.startswith("rope."))
+    n_moe = len(moe["moe_layers"])
+    return {"expert": expert, "dense": dense, "total": dense + n_moe * moe["num_experts"] * expert,
+            "active": dense + n_moe * moe["top_k"] * expert}
+
+
 def summarize(package: Package) -> dict[str, str]:
     m = package.manifest
     moe, cfg = m["moe"], m["config"]
     layout = moe["expert_layout"]
-    H, I = cfg["hidden_size"], moe["intermediate_size"]
-    expert_params = 3 * I * H + ((2 * I + H) if "gate_bias" in layout else 0)
-    dense_params = sum(math.prod(t["shape"]) for n, t in m["tensors"].items() if not n.startswith("rope."))
+    counts = parameter_counts(m)
+    expert_params, dense_params, total, active = counts["expert"], counts["dense"], counts["total"], counts["active"]
     n_moe = len(moe["moe_layers"])
-    total = dense_params + n_moe * moe["num_experts"] * expert_params
-    active = dense_params + n_moe * moe["top_k"] * expert_params
     dense_bytes = sum(s["size"] for s in m["shards"] if s["kind"] == "dense")
+    package_bytes = dense_bytes + sum(s["size"] for s in m["shards"] if s["kind"] == "expert")
     dense_layers = [l for l in range(cfg["num_layers"]) if l not in moe["moe_layers"]]
     shared = moe.get("shared_expert_intermediate_size") or 0
     kv = plan_bytes(m["plan"], 0, 0)["kv_per_token"]
@@ -34,15 +43,23 @@ def summarize(package: Package) -> dict[str, str]:
                           if shared else "none",
         "total parameters": _count(total),
         "active parameters": f"{_count(active)} per token (embeddings included)",
-        "storage dtype": m["dtype"],
-        "bytes per expert": _bytes(layout["expert_bytes"]) + (
-            f" ({layout['pieces']} pieces of {layout['piece_rows']} intermediate rows)" if layout["pieces"] > 1 else ""),
-        "dense bytes": _bytes(dense_bytes),
+        "weight formats": f"--dtype {m['dtype']}: " + ", ".join(f"{part} {fmt}" for part, fmt in m["dtypes"].items()),
+        "bytes per expert": _bytes(layout["expert_bytes"])
+                            + f" ({_bits(layout['expert_bytes'], expert_params)} per weight"
+                            + (f"; {layout['pieces']} pieces of {layout['piece_rows']} intermediate rows)"
+                               if layout["pieces"] > 1 else ")"),
+        "dense bytes": f"{_bytes(dense_bytes)} ({_bits(dense_bytes, dense_params)} per weight)",
+        "package bytes": f"{_bytes(package_bytes)} ({_bits(package_bytes, total)} per weight)",
         "bindings": _bindings(m["plan"]),
         "KV cache": f"{_bytes(kv)} per token ({_bytes(kv * 4096)} for 4096 tokens)",
         "shards": f"{len(m['shards'])} ({sum(s['kind'] == 'expert' for s in m['shards'])} expert)",
         "manifest sha256": f"{m['manifest_sha256']} (pin it: Engine.load(path, digest=...))",
     }
+
+
+def _bits(nbytes: int, params: int) -> str:
+    """Bits per weight, padding and the f32 norms, biases and routers included."""
+    return f"{8 * nbytes / max(params, 1):.2f} bits"
 
 
 def _bindings(plan: dict) -> str:
