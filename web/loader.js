@@ -143,7 +143,8 @@ export class ModelStore {
         try {
           await this.download(queue.shift());
         } catch (err) {
-          failed ||= err;
+          // any write to OPFS may be the one that meets the quota: the same message wherever it happens
+          failed ||= err?.name === "QuotaExceededError" ? quotaError(need, 0) : err;
         }
       }
     };
@@ -162,12 +163,13 @@ export class ModelStore {
     const url = new URL(e.file, this.url).href;
     let lastError;
     for (let attempt = 0; attempt <= this.retries; attempt++) {
-      const part = await this.dir.getFileHandle(`${e.file}.part`, { create: true });
-      let have = (await part.getFile()).size;
-      if (have > e.size) have = 0;
-      const before = have;
       let writable = null;
       try {
+        // creating the file can already exceed the quota (another download holds the space)
+        const part = await this.dir.getFileHandle(`${e.file}.part`, { create: true });
+        let have = (await part.getFile()).size;
+        if (have > e.size) have = 0;
+        const before = have;
         if (have < e.size) {
           this.status[e.file] = attempt ? "retrying" : "downloading";
           const resp = await fetch(url, { cache: "no-store", headers: have ? { Range: `bytes=${have}-`, "If-Range": `"${e.sha256}"` } : {} });
