@@ -50,13 +50,13 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "rmsnorm": {"LANES": 64},
     "silu_mul": {"WG": 256},
     "gated_add": {"WG": 64},
-    "matmul": {"LANES": 64, "ROWS": 4, "TOKENS": 8},          # ROWS outputs x TOKENS tokens per workgroup
+    "matmul": {"LANES": 64, "ROWS": 8, "TOKENS": 8},          # ROWS outputs x TOKENS tokens per workgroup
     "rope": {"WG": 32},
     "attention": {"LANES": 64},              # each lane owns ceil(max(D, Dv) / LANES) dims (DIMS_PER_LANE)
     "router": {"WG": 64, "MAX_K": 32},
     "moe_gather": {"WG": 256, "MAX_E": 1024},
-    "moe_gate_up": {"LANES": 64, "ROWS": 4, "TILE": 8},      # ROWS rows x TILE pairs of one expert
-    "moe_down": {"LANES": 64, "ROWS": 4, "TILE": 8},
+    "moe_gate_up": {"LANES": 64, "ROWS": 8, "TILE": 8},      # ROWS rows x TILE pairs of one expert
+    "moe_down": {"LANES": 64, "ROWS": 8, "TILE": 8},
     "scatter_add": {"WG": 64},
     "sample_max": {"LANES": 256},
     "sample_mass": {"LANES": 256},
@@ -66,6 +66,12 @@ SAMPLE_BISECTION_STEPS = 30   # halvings of the nucleus threshold's interval: 2^
 # values each lane hands to reduce.wgsl at once: a matmul's token tile, gate and up of an expert tile
 _RED_VALUES = {"rmsnorm": lambda g: 1, "sample_mass": lambda g: 1, "matmul": lambda g: g["TOKENS"],
                "moe_gate_up": lambda g: 2 * g["TILE"], "moe_down": lambda g: g["TILE"]}
+
+
+def vec8(K: int, *x_offsets: int) -> bool:
+    """Whether a matrix kernel may read its rows eight weights at a time (w8) and x as vec4: rows of K
+    weights start on 8-element boundaries and x's strides and offsets are multiples of 4 values."""
+    return K % 8 == 0 and all(o % 4 == 0 for o in x_offsets)
 
 
 def ceil_div(var, mul: int, div: int):
@@ -107,6 +113,11 @@ class Plan:
             for part in self.splits.get(n, [{"tensor": n, "rows": shape[0] if shape else 0}]):
                 self.tensors[part["tensor"]] = ((part["rows"], *shape[1:]) if n in self.splits else shape, dt)
         self.geometry = {k: {**v, **(geometry or {}).get(k, {})} for k, v in GEOMETRY.items()}
+        for kernel in ("matmul", "moe_gate_up", "moe_down"):      # row groups of LANES / ROWS lanes
+            g = self.geometry[kernel]
+            row_lanes = g["LANES"] // g["ROWS"]
+            if g["LANES"] % g["ROWS"] or row_lanes & (row_lanes - 1):
+                raise ValueError(f"{kernel}: LANES {g['LANES']} / ROWS {g['ROWS']} must be a power of two")
         self.buffers: dict[str, dict] = {}
         self.steps: list[dict] = []
         self.moe_layers: list[dict] = []
@@ -264,6 +275,8 @@ class Plan:
         if heads > 1 and len(parts) > 1:
             raise ValueError(f"{label}: a head-batched matmul over a split weight is not supported")
         defines = self.weight_defines(w) + (["BIAS"] if bias is not None else [])
+        if vec8(K, x_stride or K, x_col0, x_hstride):
+            defines.append("VEC8")
         first = len(self.steps)
         for part in parts:
             n = N if len(parts) == 1 else part["rows"]
@@ -293,6 +306,7 @@ class Plan:
         """Cache rows are k_stride (default n_kv * D) and v_stride (default n_kv * Dv) values apart, so
         keys and values may share one buffer (MLA's latent cache)."""
         lanes = self.geometry["attention"]["LANES"]
+        vec4_keys = D % 4 == 0 and (k_stride or n_kv * D) % 4 == 0     # keys read as vec4
         bind = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out}
         if sinks is not None:
             bind["sinks"] = sinks
@@ -300,7 +314,7 @@ class Plan:
                          {"T": "T", "pos0": "pos", "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
                           "k_stride": k_stride or n_kv * D, "v_stride": v_stride or n_kv * Dv, "window": window,
                           "scale": scale},
-                         [n_heads, "T", 1], ["SINKS"] if sinks else [], label,
+                         [n_heads, "T", 1], (["SINKS"] if sinks else []) + (["VEC4"] if vec4_keys else []), label,
                          consts={"DIMS_PER_LANE": -(-max(D, Dv) // lanes)})
 
     def router(self, logits: str, topk_ids: str, topk_w: str, E: int, K: int, scoring: str,
@@ -320,14 +334,17 @@ class Plan:
                           "topk_group": topk_group},
                          [ceil_div("T", 1, self.geometry["router"]["WG"]), 1, 1], ["CHOICE_BIAS"] if bias else [], label)
 
-    def moe_gather(self, topk_ids: str, offsets: str, order: str, E: int, K: int, label="") -> int:
+    def moe_gather(self, topk_ids: str, offsets: str, order: str, active: str, E: int, K: int, label="") -> int:
+        """Sorts the (token, k) pairs by expert (offsets [E + 1], order [T * K]) and lists the experts that
+        have pairs (active [2E + 1]), which the expert kernels' dispatch is sized by."""
         if E > self.geometry["moe_gather"]["MAX_E"]:
             raise ValueError(f"{E} experts: moe_gather sorts at most {self.geometry['moe_gather']['MAX_E']}")
-        return self.step("moe_gather", {"topk_ids": topk_ids, "expert_offsets": offsets, "pair_order": order},
+        return self.step("moe_gather", {"topk_ids": topk_ids, "expert_offsets": offsets, "pair_order": order,
+                                        "active_experts": active},
                          {"pairs": ceil_div("T", K, 1), "E": E}, [1, 1, 1], [], label)
 
-    def moe_experts(self, x: str, act: str, out: str, offsets: str, order: str, layer: int, E: int, K: int,
-                    H: int, I: int, layout: dict, expert_dtype: str, activation: dict | None = None,
+    def moe_experts(self, x: str, act: str, out: str, offsets: str, order: str, active: str, layer: int, E: int,
+                    K: int, H: int, I: int, layout: dict, expert_dtype: str, activation: dict | None = None,
                     label="") -> tuple[int, int]:
         """Grouped expert FFN over the slab: act = silu(x W_gate) * (x W_up), out = act W_down, with the
         slot's biases when the layout has them; per piece of the experts (layout["pieces"]), the later
@@ -342,7 +359,8 @@ class Plan:
         if activation and activation["kind"] == "clamped_swiglu":
             act_defines, alpha, limit = ["CLAMPED_SWIGLU"], activation["alpha"], activation["limit"]
         grouped = {"w": "experts", "bank": "expert_bank", "slots": "expert_slots", "expert_offsets": offsets,
-                   "pair_order": order}
+                   "pair_order": order, "active_experts": active}
+        experts_y = {"min": ["bank_experts", ceil_div("T", K, 1)]}    # no more experts than pairs
         gu, dn = self.geometry["moe_gate_up"], self.geometry["moe_down"]
         first = len(self.steps)
         for piece in range(pieces):
@@ -350,16 +368,17 @@ class Plan:
             common = {"layer": layer, "E": E, "K": K, "H": H, "I": Ip, "pieces": pieces, "piece": piece,
                       "slot_elems": layout["slot_elems"]}
             tag = f"{label}.piece{piece}" if pieces > 1 else label
+            gu_defines = defines + act_defines + (["VEC8"] if vec8(H) else [])
             self.step("moe_gate_up", {"x": x, "act": act, **grouped},
                       {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
                        "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha,
                        "limit": limit},
-                      [-(-Ip // gu["ROWS"]), "bank_experts", ceil_div("T", 1, gu["TILE"])], defines + act_defines,
-                      f"{tag}.gate_up")
-            self.step("moe_down", {"act": act, "y": out, **grouped},
+                      [-(-Ip // gu["ROWS"]), experts_y, ceil_div("T", 1, gu["TILE"])], gu_defines, f"{tag}.gate_up")
+            self.step("moe_down", {"x": act, "y": out, **grouped},
                       {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"],
                        "accumulate": int(piece > 0)},
-                      [-(-H // dn["ROWS"]), "bank_experts", ceil_div("T", 1, dn["TILE"])], defines, f"{tag}.down")
+                      [-(-H // dn["ROWS"]), experts_y, ceil_div("T", 1, dn["TILE"])],
+                      defines + (["VEC8"] if vec8(Ip) else []), f"{tag}.down")
         return first, len(self.steps)
 
     def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, label="") -> int:

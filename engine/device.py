@@ -32,6 +32,7 @@ class Gpu:
     limits: dict
     modules: dict = field(default_factory=dict)   # compiled shader modules, by (kernel, defines)
     binding_cap: int | None = None                # a lower storage binding limit the runtime keeps to (tests)
+    subgroup_size: int = 0                        # lanes of the device's subgroups (0: none usable)
 
     @property
     def max_binding(self) -> int:
@@ -86,5 +87,36 @@ def open_gpu(choice: str | None = None, max_binding: int | None = None) -> Gpu:
         "max-storage-buffers-per-shader-stage": min(al["max-storage-buffers-per-shader-stage"], 10),
         "max-compute-workgroup-storage-size": min(al["max-compute-workgroup-storage-size"], 16384),
     }
-    device = adapter.request_device_sync(required_limits=wanted, label="webmoe")
-    return Gpu(adapter, device, describe(adapter), dict(device.limits), binding_cap=max_binding)
+    features = [f for f in ("subgroup", "timestamp-query") if f in adapter.features]
+    device = adapter.request_device_sync(required_limits=wanted, required_features=features, label="webmoe")
+    gpu = Gpu(adapter, device, describe(adapter), dict(device.limits), binding_cap=max_binding)
+    if "subgroup" in features and os.environ.get("WEBMOE_SUBGROUPS", "1") != "0":
+        gpu.subgroup_size = probe_subgroup_size(device)
+    return gpu
+
+
+_PROBE = """
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) size: u32) {
+    if (lid == 0u) { out[0] = size; }
+}
+"""
+
+
+def probe_subgroup_size(device) -> int:
+    """The subgroup size a compute pipeline gets, read back from a one-lane probe: adapters report only
+    a range (lavapipe runs 8 lanes per subgroup with AVX2, SwiftShader 4, NVIDIA 32)."""
+    out = device.create_buffer(size=16, usage=wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC)
+    pipeline = device.create_compute_pipeline(layout="auto", compute={
+        "module": device.create_shader_module(code=_PROBE), "entry_point": "main"})
+    group = device.create_bind_group(layout=pipeline.get_bind_group_layout(0),
+                                     entries=[{"binding": 0, "resource": {"buffer": out}}])
+    encoder = device.create_command_encoder()
+    cpass = encoder.begin_compute_pass()
+    cpass.set_pipeline(pipeline)
+    cpass.set_bind_group(0, group)
+    cpass.dispatch_workgroups(1)
+    cpass.end()
+    device.queue.submit([encoder.finish()])
+    return int.from_bytes(device.queue.read_buffer(out)[:4], "little")

@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from .device import Gpu, open_gpu
-from .executor import STORAGE, Executor, Readback
+from .executor import STORAGE, Executor, Readback, padded
 from .expert_cache import ExpertCache, expert_segments
 from .generation import GenerationConfig, Generator, Token  # noqa: F401  (Token is part of this API)
 from .memory import Budget, gib, package_budget
@@ -37,7 +37,7 @@ class Engine:
         device = gpu.device
         self.weights = {}
         for name, t in package.manifest["tensors"].items():
-            buf = device.create_buffer(size=max(t["size"], 4), usage=STORAGE, label=name)
+            buf = device.create_buffer(size=padded(t["size"]), usage=STORAGE, label=name)
             device.queue.write_buffer(buf, 0, package.tensor_bytes(name))
             self.weights[name] = buf
         self.experts = ExpertCache(gpu, package, budget, pinned_experts, observe_routing)
@@ -55,6 +55,7 @@ class Engine:
         self._logits_rb = Readback(device, self.chunk * self.vocab_size * 4)
         self._token_rb = Readback(device, 4)
         self.pos = 0    # tokens held in the KV cache
+        self.profiler = None   # an engine/profiler.py Profiler times every dispatch (webmoe speed --profile)
 
     @classmethod
     def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
@@ -115,15 +116,16 @@ class Engine:
         K = self.package.moe["top_k"]
         size = len(ids) * K * 4
         for seg in self.segments:
-            ex.encode_range(encoder, env, done, seg.start)
+            ex.encode_range(encoder, env, done, seg.start, profiler=self.profiler)
             done = seg.stop
             if not cache.reads_routing:           # every expert resident: no read-back
-                ex.encode_range(encoder, env, seg.start, seg.stop, cache.layer_banks[seg.layer], cache.bank_env)
+                ex.encode_range(encoder, env, seg.start, seg.stop, cache.layer_banks[seg.layer], cache.bank_env,
+                                profiler=self.profiler)
                 continue
             encoder.copy_buffer_to_buffer(ex.buffers[seg.topk_ids], 0, self._route_rb.buffer, 0, size)
             predict = self._predict.get(seg.layer)
             if predict:                     # the next MoE layer's router on this layer's router input
-                self.predictor.encode_range(encoder, env, predict[0], predict[1])
+                self.predictor.encode_range(encoder, env, predict[0], predict[1], profiler=self.profiler)
                 encoder.copy_buffer_to_buffer(self.predictor.buffers["pred_ids"], 0, self._route_rb.buffer, size, size)
             device.queue.submit([encoder.finish()])
             t0 = time.perf_counter()
@@ -133,12 +135,13 @@ class Engine:
             cache.record(seg.layer, chosen.reshape(len(ids), K))
             for batch in cache.batches(seg.layer, chosen):
                 encoder = device.create_command_encoder()
-                ex.encode_range(encoder, env, seg.start, seg.stop, cache.banks_of(seg.layer, batch), cache.bank_env)
+                ex.encode_range(encoder, env, seg.start, seg.stop, cache.banks_of(seg.layer, batch), cache.bank_env,
+                                profiler=self.profiler)
                 device.queue.submit([encoder.finish()])
             if predict:
                 cache.prefetch(predict[2], routed[len(ids) * K:])
             encoder = device.create_command_encoder()
-        ex.encode_range(encoder, env, done, len(ex.steps))
+        ex.encode_range(encoder, env, done, len(ex.steps), profiler=self.profiler)
         self.pos += len(ids)
         return encoder
 
@@ -182,7 +185,7 @@ class Engine:
             encoder = self._forward(chunk, len(chunk) - 1, 1 if last else 0)
             if not last:
                 device.queue.submit([encoder.finish()])
-        self.sampler.encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u})
+        self.sampler.encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u}, profiler=self.profiler)
         encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["token"]], 0, self._token_rb.buffer, 0, 4)
         device.queue.submit([encoder.finish()])
         return int(np.frombuffer(self._token_rb.read(4), np.uint32)[0])

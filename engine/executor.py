@@ -45,7 +45,7 @@ class Executor:
         for name, spec in plan["buffers"].items():
             shape = [dims[d] if isinstance(d, str) else d for d in spec["shape"]]
             size = max(4 * math.prod(shape), 4)
-            self.buffers[name] = self.device.create_buffer(size=(size + 3) // 4 * 4, usage=STORAGE, label=name)
+            self.buffers[name] = self.device.create_buffer(size=padded(size), usage=STORAGE, label=name)
         self.steps = [self._compile(i, s) for i, s in enumerate(plan["steps"])]
         # each step's Params block sits at its own aligned offset of one uniform buffer
         align = gpu.limits.get("min-uniform-buffer-offset-alignment", 256)
@@ -69,7 +69,8 @@ class Executor:
 
     def _compile(self, index: int, step: dict) -> dict:
         label = step.get("label") or step["kernel"]
-        kernel = load_kernel(step["kernel"], step.get("defines", ()), step.get("consts"))
+        consts = step.get("consts") or {}
+        kernel = load_kernel(step["kernel"], [*step.get("defines", ()), *runtime_defines(self.gpu, consts)], consts)
         missing = [f for f, _ in kernel.params if f not in step["params"]]
         unbound = [b for b in kernel.bindings if b != "p" and b not in step["bind"]]
         unknown = [b for b, t in step["bind"].items() if b not in kernel.bindings or t not in self.buffers]
@@ -119,36 +120,50 @@ class Executor:
             self.device.queue.write_buffer(self.params, 0, words)
             self._last_params = words
 
-    def encode(self, encoder, env: dict[str, int]) -> None:
+    def encode(self, encoder, env: dict[str, int], profiler=None) -> None:
         """Records every step into one compute pass (WebGPU orders the dispatches' memory accesses)."""
         self.write_params(env)
-        self.encode_range(encoder, env, 0, len(self.steps))
+        self.encode_range(encoder, env, 0, len(self.steps), profiler=profiler)
 
     def encode_range(self, encoder, env: dict[str, int], start: int, stop: int, banks=None,
-                     bank_env: list[dict] | None = None) -> None:
+                     bank_env: list[dict] | None = None, profiler=None) -> None:
         """Records steps start .. stop; the caller wrote the params for env and submits before they change.
         Banked steps are dispatched for each bank in `banks` (default: every bank), their dispatch
-        evaluated with that bank's variables bank_env[bank] (such as bank_experts)."""
+        evaluated with that bank's variables bank_env[bank] (such as bank_experts). With a profiler
+        (engine/profiler.py) every dispatch gets a timed pass of its own."""
         if start >= stop:
             return
-        cpass = encoder.begin_compute_pass()
+        cpass = None if profiler else encoder.begin_compute_pass()
         for st in self.steps[start:stop]:
-            if not st["banked"]:
-                self._dispatch(cpass, st, 0, env)
-                continue
-            for bank in range(len(st["bind_groups"])) if banks is None else banks:
-                self._dispatch(cpass, st, bank, {**env, **bank_env[bank]} if bank_env else env)
-        cpass.end()
+            for bank in ([0] if not st["banked"] else range(len(st["bind_groups"])) if banks is None else banks):
+                bank_vars = bank_env[bank] if st["banked"] and bank_env else {}
+                counts = [evaluate(d, {**env, **bank_vars}) for d in st["dispatch"]]
+                if min(counts) <= 0:
+                    continue
+                p = profiler.begin(encoder, st["label"]) if profiler else cpass
+                p.set_pipeline(st["pipeline"])
+                p.set_bind_group(0, st["bind_groups"][bank])
+                for _ in range(st["repeat"]):
+                    p.dispatch_workgroups(*counts)
+                if profiler:
+                    p.end()
+        if cpass:
+            cpass.end()
 
-    @staticmethod
-    def _dispatch(cpass, st: dict, bank: int, env: dict) -> None:
-        counts = [evaluate(d, env) for d in st["dispatch"]]
-        if min(counts) > 0:
-            cpass.set_pipeline(st["pipeline"])
-            cpass.set_bind_group(0, st["bind_groups"][bank])
-            for _ in range(st["repeat"]):
-                cpass.dispatch_workgroups(*counts)
 
+
+def padded(size: int) -> int:
+    """Buffer bytes for `size`: whole 16-byte words, since kernels read activations and weights as vec4."""
+    return max(16, -(-size // 16) * 16)
+
+
+def runtime_defines(gpu: Gpu, consts: dict) -> list[str]:
+    """Defines the runtime adds to a plan step's, from what the adapter offers. They choose how a kernel
+    runs, never what it computes: SUBGROUPS when the row groups of a matrix kernel (LANES / ROWS lanes,
+    shaders/row_sum.wgsl) fit in one subgroup."""
+    if "ROWS" in consts and "LANES" in consts and 0 < consts["LANES"] // consts["ROWS"] <= gpu.subgroup_size:
+        return ["SUBGROUPS"]
+    return []
 
 
 def _block_size(kernel) -> int:

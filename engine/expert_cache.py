@@ -22,6 +22,7 @@ import numpy as np
 import wgpu
 
 from .device import Gpu
+from .executor import padded
 from .errors import ExpertCacheError
 from .memory import Budget, gib
 from .package import Package
@@ -143,7 +144,7 @@ class ExpertCache:
         self.n_slots, self.bank_env = 0, []
         for n, e0, n_e in sizes:
             try:
-                bank = self.device.create_buffer(size=n * self.slot_bytes, usage=STORAGE,
+                bank = self.device.create_buffer(size=padded(n * self.slot_bytes), usage=STORAGE,
                                                  label=f"expert slab bank {len(self.banks)}")
             except Exception as e:          # out of memory: page with what was allocated
                 if self.n_slots < P:

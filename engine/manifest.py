@@ -17,7 +17,7 @@ import re
 from .errors import PackageError
 from .strict_json import check_schema, parse_json
 
-FORMAT_VERSION = 5          # the one format this webmoe writes and reads
+FORMAT_VERSION = 6          # the one format this webmoe writes and reads
 # 4: the manifest states its own sha256, tokenizer files are shards, the sampler is a list of steps;
 # 3: tensors split by rows, experts in pieces, banked slab, latent MLA cache; 2: the plan states structure
 MAX_MANIFEST_BYTES = 256 << 20

@@ -7,12 +7,13 @@
 // window the last `window` positions. Keys are visited in chunks of LANES with an online softmax, so no
 // score buffer is needed whatever the context length. Each lane owns up to DIMS_PER_LANE output dims
 // (the plan sets it to ceil(max(D, Dv) / LANES)).
+// VEC4 (the plan sets it when D, k_stride are multiples of 4) reads keys as vec4.
 // SINKS (GPT-OSS): a learned per-head logit joins the softmax's denominator and attends to nothing.
 struct Params { T: u32, pos0: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, k_stride: u32, v_stride: u32,
                 window: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 //!if SINKS
@@ -45,23 +46,34 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 //!endif
     var acc = array<f32, DIMS_PER_LANE>();
     for (var s0 = lo; s0 <= pos; s0 += LANES) {
+        // lane lid scores key s0 + lid; the chunk's max rescales what came before; each lane takes the
+        // exponential of its own score once, and every lane then adds the chunk's values for its dims
         let s = s0 + lid;
         var sc = -3.0e38;
         if (s <= pos) {
             let kb = s * p.k_stride + kv * p.D;
             sc = 0.0;
-            for (var d = 0u; d < p.D; d++) { sc += q_s[d] * k_cache[kb + d]; }
+//!if VEC4
+            for (var d = 0u; d < p.D; d += 4u) {
+                sc += dot(vec4(q_s[d], q_s[d + 1u], q_s[d + 2u], q_s[d + 3u]), k_cache[(kb + d) >> 2u]);
+            }
+//!else
+            for (var d = 0u; d < p.D; d++) { sc += q_s[d] * k_cache[(kb + d) >> 2u][(kb + d) & 3u]; }
+//!endif
         }
         score[lid] = sc;
         workgroupBarrier();
         let n = min(LANES, pos + 1u - s0);
         var cmax = m;
         for (var j = 0u; j < n; j++) { cmax = max(cmax, score[j]); }
+        workgroupBarrier();
+        score[lid] = exp(sc - cmax);            // 0 for lanes past pos
+        workgroupBarrier();
         let rescale = exp(m - cmax);
         l *= rescale;
         for (var c = 0u; c < DIMS_PER_LANE; c++) { acc[c] *= rescale; }
         for (var j = 0u; j < n; j++) {
-            let e = exp(score[j] - cmax);
+            let e = score[j];
             l += e;
             let vb = (s0 + j) * p.v_stride + kv * p.Dv;
             for (var c = 0u; c < DIMS_PER_LANE; c++) {

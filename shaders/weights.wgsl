@@ -1,14 +1,34 @@
-// Weight decoding, included by every kernel that reads a weight buffer `w: array<u32>`.
-// A weight format is a sequence of blocks of W_BLOCK elements in W_BLOCK_WORDS words (converter/quant.py
-// writes them and states each layout); `w_at(i)` decodes element i (an element index, not a word index)
-// in registers. Arithmetic is always f32, so adapters without shader-f16 run every format.
+// Weight decoding, included by every kernel that reads a weight buffer `w: array<vec4<u32>>`.
+// A weight format is a sequence of blocks of W_BLOCK elements in W_BLOCK_WORDS 32-bit words
+// (converter/quant.py writes them and states each layout). Two ways to read, both decoding in registers:
+//   w_at(i)  element i (an element index, not a word index), for any i;
+//   w8(i)    elements i .. i + 7 for i a multiple of 8 (never across a block: every W_BLOCK is a multiple
+//            of 8), from one 16-byte load (f16) or the one or two words that hold them (block formats):
+//            what the matrix kernels' inner loops use, every decoded value of a loaded word used.
+// Arithmetic is always f32, so adapters without shader-f16 run every format.
 // The plan selects the format with one define: none (f32), W_F16, W_Q8, W_Q4 or W_MXFP4.
+
+struct Vec8 { lo: vec4<f32>, hi: vec4<f32> }     // eight consecutive values
+
+// 32-bit word j of the buffer
+fn w_u32(j: u32) -> u32 {
+    return w[j >> 2u][j & 3u];
+}
+
+// The 8 nibbles of a word, low first, as two vec4 of 0 .. 15.
+fn nibbles(v: u32) -> array<vec4<u32>, 2> {
+    return array((vec4(v) >> vec4(0u, 4u, 8u, 12u)) & vec4(15u), (vec4(v) >> vec4(16u, 20u, 24u, 28u)) & vec4(15u));
+}
 //!if W_F16
 const W_BLOCK: u32 = 2u;
 const W_BLOCK_WORDS: u32 = 1u;
 fn w_at(i: u32) -> f32 {
-    let pair = unpack2x16float(w[i >> 1u]);
+    let pair = unpack2x16float(w_u32(i >> 1u));
     return select(pair.x, pair.y, (i & 1u) == 1u);
+}
+fn w8(i: u32) -> Vec8 {
+    let q = w[i >> 3u];
+    return Vec8(vec4(unpack2x16float(q.x), unpack2x16float(q.y)), vec4(unpack2x16float(q.z), unpack2x16float(q.w)));
 }
 //!else
 //!if W_Q8
@@ -18,9 +38,21 @@ const W_BLOCK_WORDS: u32 = 17u;
 fn w_at(i: u32) -> f32 {
     let base = (i / 64u) * 17u;
     let r = i % 64u;
-    let q = extractBits(bitcast<i32>(w[base + (r >> 2u)]), 8u * (r & 3u), 8u);    // sign-extended
-    let d = unpack2x16float(w[base + 16u]);
+    let q = extractBits(bitcast<i32>(w_u32(base + (r >> 2u))), 8u * (r & 3u), 8u);    // sign-extended
+    let d = unpack2x16float(w_u32(base + 16u));
     return f32(q) * select(d.x, d.y, r >= 32u);
+}
+// the 4 signed bytes of a word, low first
+fn i8x4(v: u32) -> vec4<f32> {
+    return vec4<f32>((vec4(bitcast<i32>(v)) << vec4(24u, 16u, 8u, 0u)) >> vec4(24u));
+}
+fn w8(i: u32) -> Vec8 {
+    let base = (i / 64u) * 17u;
+    let r = i % 64u;
+    let j = base + (r >> 2u);
+    let d = unpack2x16float(w_u32(base + 16u));
+    let s = select(d.x, d.y, r >= 32u);
+    return Vec8(i8x4(w_u32(j)) * s, i8x4(w_u32(j + 1u)) * s);
 }
 //!else
 //!if W_Q4
@@ -28,37 +60,64 @@ fn w_at(i: u32) -> f32 {
 // 34-35, f16 d and dmin in word 36: value = d * scale[s] * q - dmin * min[s]
 const W_BLOCK: u32 = 256u;
 const W_BLOCK_WORDS: u32 = 37u;
+// d * scale and dmin * min of sub-block s of the block at word base
+fn q4_scale_min(base: u32, s: u32) -> vec2<f32> {
+    let sc = extractBits(w_u32(base + 32u + (s >> 2u)), 8u * (s & 3u), 8u);
+    let mn = extractBits(w_u32(base + 34u + (s >> 2u)), 8u * (s & 3u), 8u);
+    let d = unpack2x16float(w_u32(base + 36u));
+    return vec2(d.x * f32(sc), d.y * f32(mn));
+}
 fn w_at(i: u32) -> f32 {
     let base = (i / 256u) * 37u;
     let r = i % 256u;
-    let s = r >> 5u;
-    let q = extractBits(w[base + (r >> 3u)], 4u * (r & 7u), 4u);
-    let sc = extractBits(w[base + 32u + (s >> 2u)], 8u * (s & 3u), 8u);
-    let mn = extractBits(w[base + 34u + (s >> 2u)], 8u * (s & 3u), 8u);
-    let d = unpack2x16float(w[base + 36u]);
-    return d.x * f32(sc) * f32(q) - d.y * f32(mn);
+    let q = extractBits(w_u32(base + (r >> 3u)), 4u * (r & 7u), 4u);
+    let sm = q4_scale_min(base, r >> 5u);
+    return sm.x * f32(q) - sm.y;
+}
+fn w8(i: u32) -> Vec8 {
+    let base = (i / 256u) * 37u;
+    let r = i % 256u;
+    let q = nibbles(w_u32(base + (r >> 3u)));
+    let sm = q4_scale_min(base, r >> 5u);
+    return Vec8(sm.x * vec4<f32>(q[0]) - sm.y, sm.x * vec4<f32>(q[1]) - sm.y);
 }
 //!else
 //!if W_MXFP4
 // 4 OCP MXFP4 blocks: 128 e2m1 codes in words 0-15 (low nibble first), the blocks' E8M0 exponents in word 16
 const W_BLOCK: u32 = 128u;
 const W_BLOCK_WORDS: u32 = 17u;
+// e2m1 codes (sign, 2 exponent bits, 1 mantissa bit; exponent 0 is subnormal: 0 or 0.5) times 2^(e - 127)
+fn e2m1(code: vec4<u32>, e: u32) -> vec4<f32> {
+    let ex = (code >> vec4(1u)) & vec4(3u);
+    let mant = vec4<f32>(code & vec4(1u));
+    let normal = (1.0 + 0.5 * mant) * vec4<f32>(vec4(1u) << ex) * 0.5;
+    let mag = select(0.5 * mant, normal, ex != vec4(0u));
+    return ldexp(select(mag, -mag, (code & vec4(8u)) != vec4(0u)), vec4(i32(e) - 127));
+}
+fn mx_exponent(base: u32, r: u32) -> u32 {
+    return extractBits(w_u32(base + 16u), 8u * (r >> 5u), 8u);
+}
 fn w_at(i: u32) -> f32 {
     let base = (i / 128u) * 17u;
     let r = i % 128u;
-    let code = extractBits(w[base + (r >> 3u)], 4u * (r & 7u), 4u);
-    let e = extractBits(w[base + 16u], 8u * (r >> 5u), 8u);
-    // e2m1: sign, 2 exponent bits, 1 mantissa bit; exponent 0 is subnormal (0 or 0.5)
-    let ex = (code >> 1u) & 3u;
-    let mant = f32(code & 1u);
-    let mag = select(0.5 * mant, (1.0 + 0.5 * mant) * f32(1u << ex) * 0.5, ex != 0u);
-    return ldexp(select(mag, -mag, (code & 8u) != 0u), i32(e) - 127);
+    let code = extractBits(w_u32(base + (r >> 3u)), 4u * (r & 7u), 4u);
+    return e2m1(vec4(code), mx_exponent(base, r)).x;
+}
+fn w8(i: u32) -> Vec8 {
+    let base = (i / 128u) * 17u;
+    let r = i % 128u;
+    let q = nibbles(w_u32(base + (r >> 3u)));
+    let e = mx_exponent(base, r);
+    return Vec8(e2m1(q[0], e), e2m1(q[1], e));
 }
 //!else
 const W_BLOCK: u32 = 1u;
 const W_BLOCK_WORDS: u32 = 1u;
 fn w_at(i: u32) -> f32 {
-    return bitcast<f32>(w[i]);
+    return bitcast<f32>(w_u32(i));
+}
+fn w8(i: u32) -> Vec8 {
+    return Vec8(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u]));
 }
 //!endif
 //!endif

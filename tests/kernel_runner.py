@@ -8,7 +8,7 @@ import wgpu
 
 from webmoe.converter.plan import DEFAULT_MAX_BINDING, Plan, row_parts
 from webmoe.converter.quant import decode, encode
-from webmoe.engine.executor import STORAGE, Executor, Readback
+from webmoe.engine.executor import STORAGE, Executor, Readback, padded
 
 
 def to_words(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -50,7 +50,7 @@ def run_plan(gpu, build, inputs: dict, outputs: dict, env=None, dtypes=None, geo
     for name, arr in arrays.items():
         for part, data in pieces.get(name, [(name, arr)]):
             words = to_words(data, kinds[name])
-            buf = device.create_buffer(size=max(words.nbytes, 16), usage=STORAGE | wgpu.BufferUsage.UNIFORM)
+            buf = device.create_buffer(size=padded(words.nbytes), usage=STORAGE | wgpu.BufferUsage.UNIFORM)
             device.queue.write_buffer(buf, 0, words)
             buffers[part] = buf
     scratch = {n: spec for n, spec in plan.buffers.items() if n not in buffers}   # plan buffers no test fills

@@ -78,8 +78,13 @@ def test_silu_mul_and_gated_add(gpu):
     ("f32", 13, 130, 29, True, True, None, 1 << 27),   # prefill with a partial token tile, bias, accumulate
     ("f16", 9, 51, 33, False, False, None, 1 << 27),   # odd K: f16 rows start mid-word
     ("f16", 3, 200, 7, True, False, None, 1 << 27),
-    # another geometry changes kernel and dispatch together (one source): still exact
-    ("f16", 13, 130, 29, True, True, {"matmul": {"ROWS": 3, "TOKENS": 5, "LANES": 32}}, 1 << 27),
+    # K a multiple of 8: eight weights at a time (VEC8)
+    ("f32", 1, 64, 45, False, False, None, 1 << 27), ("f16", 11, 96, 19, True, True, None, 1 << 27),
+    # another geometry changes kernel and dispatch together (one source): still exact; 16 lanes per row
+    # reduce through workgroup memory (lavapipe's subgroups hold 8), 2 lanes per row by subgroup shuffles
+    ("f16", 13, 130, 29, True, True, {"matmul": {"ROWS": 2, "TOKENS": 5, "LANES": 32}}, 1 << 27),
+    ("f16", 13, 136, 29, True, True, {"matmul": {"ROWS": 2, "TOKENS": 5, "LANES": 32}}, 1 << 27),
+    ("f32", 13, 136, 29, True, True, {"matmul": {"ROWS": 32, "TOKENS": 3, "LANES": 64}}, 1 << 27),
     # the weight split into row parts of at most 2 KiB (one step per part, each writing its columns)
     ("f32", 13, 130, 29, True, True, None, 2048),
     ("f16", 9, 51, 33, True, False, None, 1024),
@@ -88,7 +93,7 @@ def test_silu_mul_and_gated_add(gpu):
     *((q, 1, 67, 45, False, False, None, 1 << 27) for q in QUANTISED),
     *((q, 13, 130, 29, True, True, None, 1 << 27) for q in QUANTISED),
     *((q, 3, 512, 40, False, False, None, 1 << 27) for q in QUANTISED),
-    *((q, 5, 256, 7, True, False, {"matmul": {"ROWS": 3, "TOKENS": 5, "LANES": 32}}, 1 << 27) for q in QUANTISED),
+    *((q, 5, 256, 7, True, False, {"matmul": {"ROWS": 2, "TOKENS": 5, "LANES": 32}}, 1 << 27) for q in QUANTISED),
     *((q, 9, 51, 33, True, False, None, 1024) for q in QUANTISED),
 ])
 def test_matmul(gpu, wdtype, T, K, N, bias, acc, geometry, max_binding):
@@ -265,18 +270,30 @@ def test_attention_over_a_latent_cache(gpu):
     close(out["out"], attention_ref(q, kv[:, None, :], kv[:, None, :r], pos0, 0, 0.1))
 
 
-def test_moe_gather(gpu):
-    T, K, E = 23, 3, 10
-    ids = np.stack([rng.choice(E, K, replace=False) for _ in range(T)]).astype(np.uint32)
-    out = run_plan(gpu, lambda p: p.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K), {"topk_ids": ids},
-                   {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")}, {"T": T},
-                   dtypes={"topk_ids": "u32"})
+def gather(gpu, ids: np.ndarray, E: int) -> dict:
+    """moe_gather of topk_ids [T, K] over E experts: expert_offsets, pair_order, active_experts."""
+    T, K = ids.shape
+    return run_plan(gpu, lambda p: p.moe_gather("topk_ids", "expert_offsets", "pair_order", "active_experts", E, K),
+                    {"topk_ids": ids}, {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32"),
+                                        "active_experts": (np.zeros(2 * E + 1), "u32")}, {"T": T},
+                    dtypes={"topk_ids": "u32"})
+
+
+@pytest.mark.parametrize("T,K,E,used", [(23, 3, 10, 10), (5, 2, 12, 4), (1, 2, 9, 9)])
+def test_moe_gather(gpu, T, K, E, used):
+    """Pairs sorted by expert, and the list of experts with pairs (some experts get none)."""
+    pool = rng.choice(E, used, replace=False)
+    ids = np.stack([rng.choice(pool, K, replace=False) for _ in range(T)]).astype(np.uint32)
+    out = gather(gpu, ids, E)
     counts = np.bincount(ids.reshape(-1), minlength=E)
     np.testing.assert_array_equal(out["expert_offsets"], np.concatenate([[0], np.cumsum(counts)]))
     flat = ids.reshape(-1)
     for e in range(E):
         group = out["pair_order"][out["expert_offsets"][e]:out["expert_offsets"][e + 1]]
         assert sorted(group) == list(np.nonzero(flat == e)[0])
+    active = np.nonzero(counts)[0]
+    np.testing.assert_array_equal(out["active_experts"][:E + 1], np.concatenate([[0], np.cumsum(counts > 0)]))
+    np.testing.assert_array_equal(out["active_experts"][E + 1:E + 1 + len(active)], active)
 
 
 def silu(v):
@@ -308,22 +325,30 @@ def stored_expert(parts: dict, layout: dict) -> dict:
             for r in parts}
 
 
-@pytest.mark.parametrize("wdtype,gpt_oss,geometry,max_binding", [
-    ("f32", False, None, 1 << 27), ("f16", False, None, 1 << 27), ("f32", True, None, 1 << 27),
-    ("f16", True, None, 1 << 27),
-    # another geometry changes kernels and dispatches together (one source): still exact
-    ("f16", True, {"moe_gate_up": {"ROWS": 3, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 5, "TILE": 3}}, 1 << 27),
+@pytest.mark.parametrize("wdtype,gpt_oss,geometry,max_binding,sizes", [
+    ("f32", False, None, 1 << 27, None), ("f16", False, None, 1 << 27, None), ("f32", True, None, 1 << 27, None),
+    ("f16", True, None, 1 << 27, None),
+    # another geometry changes kernels and dispatches together (one source): still exact (16 lanes per row
+    # reduce through workgroup memory, 4 by subgroup shuffles where the adapter has them)
+    ("f16", True, {"moe_gate_up": {"ROWS": 2, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 16, "TILE": 3}}, 1 << 27,
+     None),
     # experts cut into pieces along I (slots of at most 3 KiB): the pieces' outputs add up
-    ("f32", True, None, 3072), ("f16", False, None, 2048),
+    ("f32", True, None, 3072, None), ("f16", False, None, 2048, None),
     # block formats: parts starting on block boundaries inside the slot, f32 biases between them, pieces
-    ("q8", False, None, 1 << 27), ("q8", True, None, 1 << 27), ("q4", False, None, 1 << 27),
-    ("q4", True, None, 1 << 27), ("mxfp4", True, None, 1 << 27), ("mxfp4", False, None, 1 << 27),
-    ("q8", True, None, 3072), ("q4", False, None, 1400), ("mxfp4", True, None, 3500),
+    ("q8", False, None, 1 << 27, None), ("q8", True, None, 1 << 27, None), ("q4", False, None, 1 << 27, None),
+    ("q4", True, None, 1 << 27, None), ("mxfp4", True, None, 1 << 27, None), ("mxfp4", False, None, 1 << 27, None),
+    ("q8", True, None, 3072, None), ("q4", False, None, 1400, None), ("mxfp4", True, None, 3500, None),
+    # H and I multiples of 8: eight weights at a time (VEC8) in both kernels, for every format and in pieces
+    *((q, True, None, 1 << 27, (64, 96)) for q in ("f32", "f16", *QUANTISED)),
+    ("f16", False, {"moe_gate_up": {"ROWS": 2, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 16, "TILE": 3}}, 1 << 27,
+     (64, 96)),
+    ("q8", False, None, 8192, (64, 96)),
 ])
-def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_binding):
+def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_binding, sizes):
     """moe_gate_up + moe_down over a slab whose slots are shuffled, then scatter_add, vs a dense loop.
     gpt_oss: slot biases and the clamped SwiGLU."""
-    T, K, E, H, I, layer, L = 19, 2, 5, 37, (70 if wdtype == "mxfp4" else 23), 1, 2
+    T, K, E, layer, L = 19, 2, 5, 1, 2
+    H, I = sizes or (37, 70 if wdtype == "mxfp4" else 23)
     x, gate, up, down = rand(T, H), rand(E, I, H), rand(E, I, H), rand(E, H, I)
     gb, ub, db = rand(E, I), rand(E, I), rand(E, H)
     alpha, limit = 1.702, 2.5
@@ -337,14 +362,13 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_bin
     slot_of = rng.permutation(L * E * P).astype(np.uint32)        # [L, E, P]
     slab, layout = build_slab(parts, slot_of, layer, E, L, wdtype, max_binding)
     stored = [stored_expert(p, layout) for p in parts]
-    g = run_plan(gpu, lambda p: p.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K), {"topk_ids": ids},
-                 {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")}, {"T": T},
-                 dtypes={"topk_ids": "u32"})
+    g = gather(gpu, ids, E)
     activation = {"kind": "clamped_swiglu", "alpha": alpha, "limit": limit} if gpt_oss else None
     inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, L * E * P, 0, E], np.uint32),
-              "expert_slots": slot_of, "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"]}
-    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", layer, E, K, H, I,
-                                                layout, wdtype, activation),
+              "expert_slots": slot_of, "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"],
+              "active_experts": g["active_experts"]}
+    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", "active_experts", layer,
+                                                E, K, H, I, layout, wdtype, activation),
                    inputs, {"act": (np.zeros((T * K, layout["piece_rows"])), "f32"), "y": (np.zeros((T * K, H)), "f32")},
                    {"T": T, "bank_experts": E}, dtypes={n: "u32" for n in inputs if n != "x"}, geometry=geometry)
     act, y = out["act"], out["y"]
@@ -379,11 +403,12 @@ def test_experts_outside_the_bound_bank_are_skipped(gpu):
     layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, "f32")
     inputs = {"x": rand(T, H), "experts": rand(2 * layout["slot_elems"]), "expert_slots": np.array([0, 1], np.uint32),
               "expert_bank": np.array([1, 1, 0, E], np.uint32),
-              "expert_offsets": np.array([0, T, T], np.uint32), "pair_order": np.arange(T, dtype=np.uint32)}
-    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", 0, E, K, H, I, layout,
-                                                "f32"),
+              "expert_offsets": np.array([0, T, T], np.uint32), "pair_order": np.arange(T, dtype=np.uint32),
+              "active_experts": np.array([0, 1, 1, 0, 0], np.uint32)}         # expert 0 alone has pairs
+    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", "active_experts", 0, E,
+                                                K, H, I, layout, "f32"),
                    inputs, {"act": (act0, "f32"), "y": (np.zeros((T * K, H)), "f32")}, {"T": T, "bank_experts": E},
-                   dtypes={"expert_slots": "u32", "expert_offsets": "u32", "pair_order": "u32", "expert_bank": "u32"})
+                   dtypes={n: "u32" for n in inputs if n not in ("x", "experts")})
     np.testing.assert_array_equal(out["act"], act0)
     np.testing.assert_array_equal(out["y"], 0)
 
@@ -431,13 +456,12 @@ def test_a_bank_window_computes_only_its_experts(gpu):
     slot_of = np.arange(E, dtype=np.uint32)
     slab, _ = build_slab(parts, slot_of, 0, E, 1, "f32")
     ids = np.array([[e % E, (e + 1) % E] for e in range(T)], np.uint32)
-    g = run_plan(gpu, lambda p: p.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K), {"topk_ids": ids},
-                 {"expert_offsets": (np.zeros(E + 1), "u32"), "pair_order": (np.zeros(T * K), "u32")}, {"T": T},
-                 dtypes={"topk_ids": "u32"})
+    g = gather(gpu, ids, E)
     inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, E, 1, 2], np.uint32), "expert_slots": slot_of,
-              "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"]}
-    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", 0, E, K, H, I, layout,
-                                                "f32"),
+              "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"],
+              "active_experts": g["active_experts"]}
+    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", "active_experts", 0, E,
+                                                K, H, I, layout, "f32"),
                    inputs, {"act": (np.zeros((T * K, I)), "f32"), "y": (np.zeros((T * K, H)), "f32")},
                    {"T": T, "bank_experts": 2}, dtypes={n: "u32" for n in inputs if n != "x"})
     for t in range(T):
@@ -445,3 +469,32 @@ def test_a_bank_window_computes_only_its_experts(gpu):
             e = ids[t, j]
             want = down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])) if e in (1, 2) else np.zeros(H)
             close(out["y"][t * K + j], want)
+
+
+@pytest.mark.parametrize("window,ids", [((0, 7), [3, 6]), ((2, 5), [1, 5]), ((2, 5), [0, 1])])
+def test_decode_dispatch_covers_the_routed_experts(gpu, window, ids):
+    """One token routed to two of seven experts: the expert kernels are dispatched over min(window, pairs)
+    workgroups along y, which moe_gather's active list maps to the routed experts inside the bank's window
+    (none when both lie outside it)."""
+    T, K, E, H, I = 1, 2, 7, 16, 8
+    from webmoe.converter.writer import expert_layout
+    layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, "f16")
+    x, gate, up, down = rand(T, H), rand(E, I, H), rand(E, I, H), rand(E, H, I)
+    parts = [{"gate": gate[e], "up": up[e], "down": down[e]} for e in range(E)]
+    slot_of = np.arange(E, dtype=np.uint32)
+    slab, _ = build_slab(parts, slot_of, 0, E, 1, "f16")
+    stored = [stored_expert(p, layout) for p in parts]
+    topk = np.array([ids], np.uint32)
+    g = gather(gpu, topk, E)
+    inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, E, *window], np.uint32), "expert_slots": slot_of,
+              "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"],
+              "active_experts": g["active_experts"]}
+    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", "active_experts", 0, E,
+                                                K, H, I, layout, "f16"),
+                   inputs, {"act": (np.zeros((T * K, I)), "f32"), "y": (np.zeros((T * K, H)), "f32")},
+                   {"T": T, "bank_experts": window[1]}, dtypes={n: "u32" for n in inputs if n != "x"})
+    for j, e in enumerate(ids):
+        inside = window[0] <= e < window[0] + window[1]
+        s = stored[e]
+        want = s["down"] @ (silu(s["gate"] @ x[0]) * (s["up"] @ x[0])) if inside else np.zeros(H)
+        close(out["y"][j], want)

@@ -12,8 +12,10 @@ export async function openDevice({ maxBinding } = {}) {
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new DeviceError("WebGPU is present but no GPU adapter is available.");
   const L = adapter.limits;
+  const requiredFeatures = ["subgroups", "timestamp-query"].filter((f) => adapter.features.has(f));
   const device = await adapter.requestDevice({
     label: "webmoe",
+    requiredFeatures,
     requiredLimits: {
       maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
       maxBufferSize: L.maxBufferSize,
@@ -24,6 +26,40 @@ export async function openDevice({ maxBinding } = {}) {
   const info = adapter.info || {};
   const description = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(" / ") || "unknown adapter";
   const limit = device.limits.maxStorageBufferBindingSize;
-  return { adapter, device, description, shaderF16: adapter.features.has("shader-f16"),
+  const subgroupSize = device.features.has("subgroups") ? await probeSubgroupSize(device) : 0;
+  return { adapter, device, description, shaderF16: adapter.features.has("shader-f16"), subgroupSize,
            maxBinding: maxBinding ? Math.min(limit, maxBinding) : limit, maxBuffer: device.limits.maxBufferSize };
+}
+
+const PROBE = `enable subgroups;
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) size: u32) {
+    if (lid == 0u) { out[0] = size; }
+}
+`;
+
+// The subgroup size a compute pipeline gets, read back from a one-lane probe: adapters report only a range
+// (SwiftShader runs 4 lanes per subgroup, lavapipe 8 with AVX2, NVIDIA 32).
+async function probeSubgroupSize(device) {
+  const out = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });
+  const read = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const pipeline = await device.createComputePipelineAsync({
+    layout: "auto", compute: { module: device.createShaderModule({ code: PROBE }), entryPoint: "main" } });
+  const group = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0),
+                                         entries: [{ binding: 0, resource: { buffer: out } }] });
+  const encoder = device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, group);
+  pass.dispatchWorkgroups(1);
+  pass.end();
+  encoder.copyBufferToBuffer(out, 0, read, 0, 16);
+  device.queue.submit([encoder.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const size = new Uint32Array(read.getMappedRange())[0];
+  read.unmap();
+  out.destroy();
+  read.destroy();
+  return size;
 }

@@ -2,7 +2,7 @@
 import { openDevice } from "./device.js";
 import { PromptError } from "./errors.js";
 import { ExpertCache, expertSegments } from "./expert_cache.js";
-import { Executor, STORAGE } from "./executor.js";
+import { Executor, STORAGE, padded } from "./executor.js";
 import { GenerationConfig, Generator } from "./generation.js";
 import { ModelStore } from "./loader.js";
 import { predictorPlan } from "./prefetch.js";
@@ -48,7 +48,7 @@ export class Engine {
     e.memory = planBytes(m.plan, e.chunk, e.maxSeqLen);     // buffers, kv_cache, kv_per_token
 
     const upload = (bytes, label) => {
-      const buf = e.device.createBuffer({ size: Math.max(4, Math.ceil(bytes.byteLength / 4) * 4), usage: STORAGE, label });
+      const buf = e.device.createBuffer({ size: padded(bytes.byteLength), usage: STORAGE, label });
       e.device.queue.writeBuffer(buf, 0, bytes);
       return buf;
     };
@@ -68,8 +68,8 @@ export class Engine {
     e.topK = m.moe.top_k;
     const runtime = e.experts.buffers;
     const shaders = new ShaderLibrary(shaderBase || new URL("../shaders/", import.meta.url));
-    e.executor = await Executor.create(e.device, m.plan, tensors, runtime, { T: e.chunk, S: e.maxSeqLen }, shaders);
-    e.sampler = await Executor.create(e.device, { buffers: {}, steps: m.plan.sampler }, e.executor.buffers, new Map(),
+    e.executor = await Executor.create(gpu, m.plan, tensors, runtime, { T: e.chunk, S: e.maxSeqLen }, shaders);
+    e.sampler = await Executor.create(gpu, { buffers: {}, steps: m.plan.sampler }, e.executor.buffers, new Map(),
                                       {}, shaders);
     e.logitsRb = new Readback(e.device, e.chunk * e.vocab * 4);
     e.routeRb = new Readback(e.device, 2 * e.chunk * e.topK * 4);
@@ -77,7 +77,7 @@ export class Engine {
     if (prefetch && e.experts.paging && e.segments.length > 1) {
       const p = predictorPlan(m.plan, m.moe.num_experts, e.topK);
       e.predict = p.ranges;
-      e.predictor = await Executor.create(e.device, p.plan, e.executor.buffers, new Map(),
+      e.predictor = await Executor.create(gpu, p.plan, e.executor.buffers, new Map(),
                                           { T: e.chunk, S: e.maxSeqLen }, shaders);
     }
     e.tokenRb = new Readback(e.device, 4);

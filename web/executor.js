@@ -7,15 +7,33 @@ import { evaluate, isDynamic } from "./expr.js";
 
 export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 
+// Buffer bytes for `size`: whole 16-byte words, since kernels read activations and weights as vec4.
+export function padded(size) {
+  return Math.max(16, Math.ceil(size / 16) * 16);
+}
+
+// Defines the runtime adds to a plan step's, from what the adapter offers. They choose how a kernel runs,
+// never what it computes: SUBGROUPS when the row groups of a matrix kernel (LANES / ROWS lanes,
+// shaders/row_sum.wgsl) fit in one subgroup.
+export function runtimeDefines(gpu, consts) {
+  if ("ROWS" in consts && "LANES" in consts) {
+    const rowLanes = Math.floor(consts.LANES / consts.ROWS);
+    if (rowLanes > 0 && rowLanes <= gpu.subgroupSize) return ["SUBGROUPS"];
+  }
+  return [];
+}
+
 export class Executor {
-  static async create(device, plan, tensors, runtimeBuffers, dims, shaders) {
+  // gpu: openDevice()'s result
+  static async create(gpu, plan, tensors, runtimeBuffers, dims, shaders) {
     const ex = new Executor();
-    ex.device = device;
+    ex.gpu = gpu;
+    ex.device = gpu.device;
+    const device = ex.device;
     ex.buffers = new Map([...tensors, ...runtimeBuffers]);
     for (const [name, spec] of Object.entries(plan.buffers)) {
       const count = spec.shape.reduce((a, d) => a * (typeof d === "string" ? dims[d] : d), 1);
-      const size = Math.max(4 * count, 4);
-      ex.buffers.set(name, device.createBuffer({ size, usage: STORAGE, label: name }));
+      ex.buffers.set(name, device.createBuffer({ size: padded(4 * count), usage: STORAGE, label: name }));
     }
     ex.steps = await Promise.all(plan.steps.map((step, i) => ex.compile(i, step, shaders)));
     const align = device.limits.minUniformBufferOffsetAlignment;
@@ -40,7 +58,8 @@ export class Executor {
 
   async compile(index, step, shaders) {
     const label = step.label || step.kernel;
-    const kernel = await shaders.kernel(step.kernel, step.defines || [], step.consts || {});
+    const consts = step.consts || {};
+    const kernel = await shaders.kernel(step.kernel, [...(step.defines || []), ...runtimeDefines(this.gpu, consts)], consts);
     const missing = kernel.params.filter(([f]) => !(f in step.params)).map(([f]) => f);
     const unbound = [...kernel.bindings.keys()].filter((b) => b !== "p" && !(b in step.bind));
     const unknown = Object.entries(step.bind).filter(([b, t]) => !kernel.bindings.has(b) || !this.buffers.has(t))

@@ -3,7 +3,7 @@
 // spares the running batch and pinned experts, batches when a layer needs more experts than fit,
 // statistics. Expert bytes come from the ModelStore (memory, OPFS, HTTP).
 import { ExpertCacheError } from "./errors.js";
-import { STORAGE } from "./executor.js";
+import { STORAGE, padded } from "./executor.js";
 
 export const NO_SLOT = 0xffffffff;
 const MAX_ELEMENTS = 2 ** 32 - 1;     // of one bank, as the kernels index it
@@ -94,7 +94,7 @@ export class ExpertCache {
     this.bankEnv = [];
     for (const [n, e0, nE] of sizes) {
       this.device.pushErrorScope("out-of-memory");
-      const bank = this.device.createBuffer({ size: n * this.slotBytes, usage: STORAGE, label: `expert slab bank ${this.banks.length}` });
+      const bank = this.device.createBuffer({ size: padded(n * this.slotBytes), usage: STORAGE, label: `expert slab bank ${this.banks.length}` });
       const error = await this.device.popErrorScope();
       if (error) {
         bank.destroy();

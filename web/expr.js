@@ -1,4 +1,5 @@
-// Plan expressions, as in engine/expr.py: a number, a variable name, or [name, mul, div] = ceil(v * mul / div).
+// Plan expressions, as in engine/expr.py: a number, a variable name, [name, mul, div] = ceil(v * mul / div),
+// or {min: [a, b]}, the smaller of two expressions.
 export function evaluate(expr, env) {
   if (typeof expr === "number") return expr;
   if (typeof expr === "string") {
@@ -9,9 +10,12 @@ export function evaluate(expr, env) {
     const [name, mul, div] = expr;
     return Math.ceil((evaluate(name, env) * mul) / div);
   }
+  if (expr && typeof expr === "object" && Array.isArray(expr.min) && expr.min.length === 2 && Object.keys(expr).length === 1) {
+    return Math.min(evaluate(expr.min[0], env), evaluate(expr.min[1], env));
+  }
   throw new Error(`bad plan expression ${JSON.stringify(expr)}`);
 }
 
 export function isDynamic(expr) {
-  return typeof expr === "string" || Array.isArray(expr);
+  return typeof expr === "string" || Array.isArray(expr) || (expr !== null && typeof expr === "object");
 }

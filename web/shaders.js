@@ -77,7 +77,10 @@ export class ShaderLibrary {
     if (!this.kernels.has(key)) {
       this.kernels.set(key, (async () => {
         if (!/^[a-z0-9_]+$/.test(name)) throw new ShaderError(`unknown kernel ${name}`);
-        const source = await this.preprocess(name, new Set(defines), consts);
+        // WGSL asks for `enable subgroups;` before subgroup built-ins; the native engine's WGSL front end
+        // (naga in wgpu-py 0.32) refuses the directive, so the sources leave it out and the browser adds it.
+        const directive = [...defines].includes("SUBGROUPS") ? "enable subgroups;\n" : "";
+        const source = directive + (await this.preprocess(name, new Set(defines), consts));
         const bindings = new Map();
         for (const m of source.matchAll(BINDING)) bindings.set(m[3], { index: Number(m[1]), space: m[2] });
         const struct = source.match(PARAMS);

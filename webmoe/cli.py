@@ -1,4 +1,4 @@
-"""The `webmoe` command: convert, run, info, serve, bench, analyze."""
+"""The `webmoe` command: convert, run, info, serve, bench, speed, perplexity, analyze."""
 from __future__ import annotations
 
 import argparse
@@ -84,6 +84,18 @@ def _bench(args) -> int:
     if args.png:
         save_png(rows, args.png, f"{args.package} on {where}")
         print(f"wrote {args.png}")
+    return 0
+
+
+def _speed(args) -> int:
+    import json
+    from webmoe.tools.speed import measure, table
+    r = measure(args.package, prompt=args.prompt, tokens=args.tokens, repeats=args.repeats, adapter=args.adapter,
+                profile=args.profile)
+    print(table(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
     return 0
 
 
@@ -202,6 +214,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--adapter", default=None)
     b.add_argument("--browser", action="store_true", help="measure in headless Chromium (WebGPU) instead")
     b.set_defaults(func=_bench)
+
+    v = sub.add_parser("speed", help="prefill and decode tokens/s, bytes read per token and the share of the "
+                                     "adapter's measured bandwidth; --profile: GPU time per kernel")
+    v.add_argument("package")
+    v.add_argument("--prompt", type=int, default=128, help="prefill tokens")
+    v.add_argument("--tokens", type=int, default=32, help="decoded tokens per repetition")
+    v.add_argument("--repeats", type=int, default=3)
+    v.add_argument("--profile", action="store_true", help="also time every dispatch with timestamp queries")
+    v.add_argument("--json", default=None, help="also write the figures to this file")
+    v.add_argument("--adapter", default=None)
+    v.set_defaults(func=_speed)
 
     q = sub.add_parser("perplexity", help="perplexity of packages on a text (how weight formats compare)")
     q.add_argument("package", nargs="+")

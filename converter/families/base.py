@@ -374,6 +374,7 @@ class DecoderFamily:
         plan.buffer("topk_w", ["T", K])
         plan.buffer("expert_offsets", [E + 1], "u32")
         plan.buffer("pair_order", ["T", K], "u32")
+        plan.buffer("active_experts", [2 * E + 1], "u32")
         plan.buffer("act", ["T", K, I])
         plan.buffer("expert_out", ["T", K, H])
         self.block_norm(plan, self.ffn_norm.format(l=l), f"L{l}.ffn_norm")
@@ -382,9 +383,9 @@ class DecoderFamily:
         router_step = plan.router("router_logits", "topk_ids", "topk_w", E, K, m.scoring, m.norm_topk_prob,
                                   m.routed_scaling_factor, m.jitter_eps, self.router_choice_bias(l), m.n_group,
                                   m.topk_group, label=f"L{l}.router")
-        plan.moe_gather("topk_ids", "expert_offsets", "pair_order", E, K, label=f"L{l}.moe_gather")
-        experts = plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", l, E, K, H, I, layout,
-                                   expert_dtype, self.expert_activation(), label=f"L{l}.experts")
+        plan.moe_gather("topk_ids", "expert_offsets", "pair_order", "active_experts", E, K, label=f"L{l}.moe_gather")
+        experts = plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", "active_experts", l, E, K,
+                                   H, I, layout, expert_dtype, self.expert_activation(), label=f"L{l}.experts")
         plan.moe_layer(l, "xn", logits_step, router_step, experts)
         if m.shared_expert_intermediate_size:
             if m.shared_expert_gate:     # h += sigmoid(xn . w_gate) * shared(xn)

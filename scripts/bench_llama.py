@@ -1,0 +1,190 @@
+"""webmoe against llama.cpp's Vulkan backend on the same adapter and the same model, in one table.
+
+    .venv/bin/python scripts/bench_llama.py [--formats f16,q8,q4] [--rounds 2] [--peers /tmp/webmoe-peers]
+
+1. Builds llama.cpp's `llama-bench` and `llama-quantize` with the Vulkan backend from the llama.cpp source
+   that PyPI's llama-cpp-python sdist vendors (once per machine, about 10 minutes on 2 cores; needs
+   Debian's cmake g++ libvulkan-dev glslc glslang-tools spirv-headers).
+2. Writes a Mixtral-architecture checkpoint with random weights (speed does not need training): hidden
+   1024, 8 layers, 16 heads / 4 KV heads, 8 experts top-2, expert intermediate 256 (72 M parameters),
+   f16 safetensors, and a 512-piece SentencePiece tokenizer both converters read (needs the `bench` extra).
+3. Converts it for both engines: llama.cpp's convert_hf_to_gguf.py (f16, q8_0; Q4_K_M by llama-quantize)
+   and `webmoe convert` (f16, q8, q4).
+4. Measures each format `--rounds` times, alternating the engines: llama-bench -p 128 -n 32 -ngl 99 (every
+   layer and expert on the adapter) and `webmoe speed` with the same prompt and decode lengths (every
+   expert resident), then prints prefill and decode tokens/s of both and webmoe's ratio.
+
+On a machine without a GPU both run on Mesa lavapipe; WEBMOE_ADAPTER / GGML_VK_VISIBLE_DEVICES pick
+another adapter. Run it on an otherwise idle machine: both engines use every core.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LLAMA_CPP_PYTHON = "0.3.36"
+PROMPT, DECODE = 128, 32
+GGUF_TYPE = {"f16": "f16", "q8": "q8_0", "q4": "Q4_K_M"}    # webmoe format -> the closest llama.cpp type
+BUILD_TOOLS = {"cmake": "cmake", "c++": "g++", "glslc": "glslc", "glslangValidator": "glslang-tools"}
+
+
+def run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    print("+", " ".join(map(str, cmd)), file=sys.stderr)
+    return subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def build_llama(peers: Path) -> Path:
+    """llama.cpp's source tree under peers/llama with build/bin/llama-bench and llama-quantize."""
+    src = peers / "llama"
+    if all((src / "build" / "bin" / b).exists() for b in ("llama-bench", "llama-quantize")):
+        return src
+    missing = [pkg for tool, pkg in BUILD_TOOLS.items() if not shutil.which(tool)]
+    if missing or not Path("/usr/include/vulkan/vulkan.hpp").exists():
+        sys.exit(f"building llama.cpp needs: apt-get install {' '.join(missing + ['libvulkan-dev', 'spirv-headers'])}")
+    if not (src / "build" / "CMakeCache.txt").exists():
+        peers.mkdir(parents=True, exist_ok=True)
+        sdist = peers / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
+        if not sdist.exists():
+            run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", peers,
+                 f"llama-cpp-python=={LLAMA_CPP_PYTHON}"])
+        shutil.rmtree(src, ignore_errors=True)
+        prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+        with tarfile.open(sdist) as tar:
+            members = []
+            for m in tar.getmembers():
+                if m.name.startswith(prefix) and len(m.name) > len(prefix):
+                    m.name = m.name[len(prefix):]
+                    members.append(m)
+            tar.extractall(src, members=members, filter="data")
+        allow_old_vulkan_headers(src / "ggml" / "src" / "ggml-vulkan" / "ggml-vulkan.cpp")
+        run(["cmake", "-S", src, "-B", src / "build", "-DGGML_VULKAN=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+             "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+             "-DLLAMA_BUILD_SERVER=OFF"], stdout=subprocess.DEVNULL)
+    run(["cmake", "--build", src / "build", "--target", "llama-bench", "llama-quantize", f"-j{os.cpu_count()}"],
+        stdout=subprocess.DEVNULL)
+    return src
+
+
+def allow_old_vulkan_headers(path: Path) -> None:
+    """Debian bookworm's Vulkan headers (1.3.239) predate VK_EXT_layer_settings, which llama.cpp passes to
+    its instance only to turn on a validation layer's best-practice checks: without the extension in the
+    headers, the instance is created without those settings."""
+    if "VK_EXT_layer_settings" in Path("/usr/include/vulkan/vulkan_core.h").read_text():
+        return
+    s = path.read_text()
+    block = re.search(r"\n(    VkBool32 enable_best_practice.*?\n    vk::InstanceCreateInfo instance_create_info\("
+                      r"([^;]*?), &layer_setting_info\);\n)", s, re.S)
+    if block is None or "#ifdef VK_EXT_layer_settings" in s[:block.start()][-200:]:
+        return
+    plain = f"    vk::InstanceCreateInfo instance_create_info({block[2]});\n"
+    path.write_text(s[:block.start(1)] + "#ifdef VK_EXT_layer_settings\n" + block[1] + "#else\n" + plain +
+                    "#endif\n" + s[block.end(1):])
+
+
+def write_checkpoint(out: Path) -> Path:
+    """The Mixtral-shaped bench checkpoint (random weights, fixed seed) with a SentencePiece tokenizer."""
+    if (out / "model.safetensors").exists():
+        return out
+    import sentencepiece as spm
+    import torch
+    import transformers as T
+    out.mkdir(parents=True, exist_ok=True)
+    config = T.MixtralConfig(vocab_size=512, hidden_size=1024, intermediate_size=256, num_hidden_layers=8,
+                             num_attention_heads=16, num_key_value_heads=4, num_local_experts=8,
+                             num_experts_per_tok=2, max_position_embeddings=4096, tie_word_embeddings=False,
+                             bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    T.MixtralForCausalLM(config).to(torch.float16).save_pretrained(out)
+    # the tokenizer learns from the project's own prose: any English text will do for speed
+    corpus = out / "corpus.txt"
+    corpus.write_text("\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "tokenizer"), vocab_size=512,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, bos_id=1, eos_id=2,
+                                   unk_id=0, pad_id=-1, minloglevel=2)
+    corpus.unlink()
+    (out / "tokenizer.vocab").unlink()
+    T.LlamaTokenizerFast.from_pretrained(out).save_pretrained(out)     # tokenizer.json for webmoe
+    return out
+
+
+def gguf(llama: Path, ckpt: Path, fmt: str, work: Path) -> Path:
+    """The checkpoint as llama.cpp reads it, in the type closest to webmoe's format `fmt`."""
+    target = work / f"bench-{GGUF_TYPE[fmt]}.gguf"
+    if not target.exists():
+        if fmt == "q4":      # llama.cpp's converter writes no k-quants: llama-quantize makes them from f16
+            run([llama / "build" / "bin" / "llama-quantize", gguf(llama, ckpt, "f16", work), target, GGUF_TYPE[fmt]],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            run([sys.executable, llama / "convert_hf_to_gguf.py", ckpt, "--outfile", target, "--outtype",
+                 GGUF_TYPE[fmt]], env={**os.environ, "PYTHONPATH": str(llama / "gguf-py")},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return target
+
+
+def llama_bench(llama: Path, model: Path) -> dict:
+    env = {**os.environ, "GGML_VK_VISIBLE_DEVICES": os.environ.get("GGML_VK_VISIBLE_DEVICES", "0")}
+    r = run([llama / "build" / "bin" / "llama-bench", "-m", model, "-p", PROMPT, "-n", DECODE, "-r", 1, "-ngl", 99,
+             "-t", os.cpu_count(), "-o", "json"], env=env, capture_output=True, text=True)
+    rows = json.loads(r.stdout)
+    pick = {("prefill" if row["n_prompt"] else "decode"): row["avg_ts"] for row in rows}
+    device = re.search(r"ggml_vulkan: 0 = ([^|(\n]+)", r.stderr)
+    return {**pick, "device": device[1].strip() if device else "?", "build": rows[0].get("build_commit", "?")}
+
+
+def webmoe_speed(pkg: Path) -> dict:
+    r = run([sys.executable, "-m", "webmoe", "speed", pkg, "--prompt", PROMPT, "--tokens", DECODE, "--repeats", 1,
+             "--json", pkg / "speed.json"], capture_output=True, text=True)
+    s = json.loads((pkg / "speed.json").read_text())
+    return {"prefill": s["prefill"]["median"], "decode": s["decode"]["median"], "device": s["adapter"],
+            "share": s["bandwidth_share"], "bandwidth": s["bandwidth"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", default="f16,q8,q4")
+    ap.add_argument("--rounds", type=int, default=2, help="measurements of each engine, alternating")
+    ap.add_argument("--peers", type=Path, default=Path(os.environ.get("PEERS", "/tmp/webmoe-peers")))
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-llama")
+    args = ap.parse_args()
+    formats = args.formats.split(",")
+    llama = build_llama(args.peers)
+    ckpt = write_checkpoint(args.work / "checkpoint")
+    rows = []
+    for fmt in formats:
+        model = gguf(llama, ckpt, fmt, args.work)
+        pkg = args.work / f"webmoe-{fmt}"
+        if not (pkg / "manifest.json").exists():
+            run([sys.executable, "-m", "webmoe", "convert", ckpt, pkg, "--dtype", fmt, "--force"],
+                stdout=subprocess.DEVNULL)
+        for i in range(args.rounds):
+            peer, ours = llama_bench(llama, model), webmoe_speed(pkg)
+            rows.append({"format": fmt, "round": i + 1, "llama": peer, "webmoe": ours})
+            print(f"{fmt} round {i + 1}: llama.cpp pp{PROMPT} {peer['prefill']:.2f} tg{DECODE} {peer['decode']:.2f}; "
+                  f"webmoe {ours['prefill']:.2f} / {ours['decode']:.2f}", file=sys.stderr)
+    first = rows[0]
+    print(f"Mixtral-shaped bench model (72 M parameters, 8 experts top-2, every expert resident); prompt {PROMPT}, "
+          f"decode {DECODE}; llama.cpp {first['llama']['build']} (llama-cpp-python {LLAMA_CPP_PYTHON} sdist) on "
+          f"{first['llama']['device']}; webmoe on {first['webmoe']['device']}; {platform.machine()}, "
+          f"{os.cpu_count()} cores")
+    print("| format (llama.cpp type) | round | llama.cpp prefill | webmoe prefill | ratio | llama.cpp decode | "
+          "webmoe decode | ratio | webmoe share of bandwidth |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        p, o = r["llama"], r["webmoe"]
+        print(f"| {r['format']} ({GGUF_TYPE[r['format']]}) | {r['round']} | {p['prefill']:.2f} | {o['prefill']:.2f} | "
+              f"{o['prefill'] / p['prefill']:.1f}x | {p['decode']:.2f} | {o['decode']:.2f} | "
+              f"{o['decode'] / p['decode']:.1f}x | {o['share']:.0%} of {o['bandwidth'] / 1e9:.1f} GB/s |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

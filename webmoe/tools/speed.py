@@ -1,0 +1,176 @@
+"""`webmoe speed`: prefill and decode speed of a package with every expert resident, with the figures that
+say how far they are from the adapter's limit, all measured in one run:
+
+- prefill and decode tokens/s over several repetitions (median and spread);
+- the bytes a decoded token reads (weights of every dense step, top-k experts per MoE layer, the KV cache
+  at the mean position), from the plan and the manifest;
+- the adapter's streaming read bandwidth, measured with shaders/stream.wgsl (the faster of its two access
+  patterns), and the share of it that decode reaches (bytes per token x tokens/s / bandwidth);
+- with profile=True, GPU time per kernel from timestamp queries (a separate, slower run).
+"""
+from __future__ import annotations
+
+import re
+import statistics
+import time
+
+import numpy as np
+import wgpu
+
+from webmoe.engine.engine import Engine
+from webmoe.engine.executor import STORAGE, Readback
+from webmoe.engine.profiler import Profiler
+from webmoe.engine.shaders import load_kernel
+
+STREAM_WG = 64
+
+
+def stream_bandwidth(gpu, mib: int = 256, repeats: int = 5) -> dict[str, float]:
+    """Bytes per second the adapter reads from a buffer of `mib` MiB (capped by its binding limit), best
+    of `repeats` timed passes, in each access pattern of shaders/stream.wgsl: {"interleaved", "runs"}."""
+    device = gpu.device
+    size = min(mib << 20, gpu.max_binding) // 16 * 16
+    n = size // 16
+    src = device.create_buffer(size=size, usage=STORAGE)
+    lanes = STREAM_WG * (16 if gpu.is_cpu else 1024)
+    dst = device.create_buffer(size=4 * lanes, usage=STORAGE)
+    params = device.create_buffer(size=16, usage=wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST)
+    device.queue.write_buffer(params, 0, np.array([n, lanes, 0, 0], np.uint32))
+    rb = Readback(device, 4)
+    out = {}
+    for pattern in ("interleaved", "runs"):
+        kernel = load_kernel("stream", ["INTERLEAVED"] if pattern == "interleaved" else [], {"WG": STREAM_WG})
+        pipeline = device.create_compute_pipeline(layout="auto", compute={
+            "module": device.create_shader_module(code=kernel.source), "entry_point": "main"})
+        group = device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=[
+            {"binding": 0, "resource": {"buffer": params}}, {"binding": 1, "resource": {"buffer": src}},
+            {"binding": 2, "resource": {"buffer": dst}}])
+        best = 0.0
+        for i in range(repeats + 1):                 # the first pass warms up
+            encoder = device.create_command_encoder()
+            cpass = encoder.begin_compute_pass()
+            cpass.set_pipeline(pipeline)
+            cpass.set_bind_group(0, group)
+            cpass.dispatch_workgroups(lanes // STREAM_WG)
+            cpass.end()
+            encoder.copy_buffer_to_buffer(dst, 0, rb.buffer, 0, 4)
+            t0 = time.perf_counter()
+            device.queue.submit([encoder.finish()])
+            rb.read(4)
+            if i:
+                best = max(best, size / (time.perf_counter() - t0))
+        out[pattern] = best
+    return out
+
+
+def decode_bytes(engine: Engine, pos: int) -> dict[str, int]:
+    """Bytes one decoded token reads at position `pos`: every package tensor a plan step binds (once; an
+    embedding step reads one row), top_k experts of each MoE layer, and pos rows of every KV cache."""
+    manifest = engine.package.manifest
+    tensors = manifest["tensors"]
+    dense, row = set(), 0
+    for step in manifest["plan"]["steps"]:
+        for target in step["bind"].values():
+            if target in tensors:
+                if step["kernel"] == "embed":
+                    t = tensors[target]
+                    row = max(row, t["size"] // max(t["shape"][0], 1))
+                else:
+                    dense.add(target)
+    moe = manifest["moe"]
+    experts = len(moe["moe_layers"]) * moe["top_k"] * moe["expert_layout"]["expert_bytes"]
+    out = {"dense": sum(tensors[t]["size"] for t in dense) + row, "experts": experts,
+           "kv_cache": engine.memory["kv_per_token"] * pos}
+    out["total"] = sum(out.values())
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def measure(path, prompt: int = 128, tokens: int = 32, repeats: int = 3, adapter: str | None = None,
+            profile: bool = False, seed: int = 0) -> dict:
+    engine = Engine.load(path, adapter=adapter, max_seq_len=prompt + tokens + 1)
+    ids = np.random.default_rng(seed).integers(0, engine.vocab_size, prompt).tolist()
+    prefill, decode = [], []
+    engine.step(ids[:8])                              # compiles and warms every pipeline
+    for _ in range(repeats):
+        engine.reset()
+        t0 = time.perf_counter()
+        token = engine.step(ids)
+        prefill.append(prompt / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            token = engine.step([token])
+        decode.append(tokens / (time.perf_counter() - t0))
+    patterns = stream_bandwidth(engine.gpu)
+    bandwidth = max(patterns.values())
+    read = decode_bytes(engine, prompt + tokens // 2)
+    result = {"package": str(path), "adapter": engine.adapter, "prompt": prompt, "tokens": tokens,
+              "experts_resident": not engine.experts.paging, "prefill": _spread(prefill), "decode": _spread(decode),
+              "bytes_per_token": read, "bandwidth": bandwidth, "bandwidth_patterns": patterns,
+              "bandwidth_share": read["total"] * statistics.median(decode) / bandwidth,
+              "subgroups": engine.gpu.subgroup_size, "formats": engine.package.manifest["dtypes"]}
+    if profile:
+        result["profile"] = profile_run(engine, ids, tokens)
+    return result
+
+
+def profile_run(engine: Engine, ids: list[int], tokens: int) -> dict[str, list[dict]]:
+    """GPU time per step role (a step's label without its layer, e.g. q_proj, experts.gate_up) for the
+    prefill of ids and for each decoded token: [{role, kernel, calls, ms, share}] per phase."""
+    plan = engine.package.manifest["plan"]
+    kernels = {s.get("label") or s["kernel"]: s["kernel"] for s in plan["steps"] + plan["sampler"]}
+    out = {}
+    engine.profiler = Profiler(engine.gpu.device)
+    try:
+        engine.reset()
+        token = engine.step(ids)
+        engine.profiler.collect()
+        out["prefill"] = _by_role(engine.profiler.seconds, kernels, 1)
+        engine.profiler.seconds = {}
+        for _ in range(tokens):
+            token = engine.step([token])
+            engine.profiler.collect()
+        out["decode"] = _by_role(engine.profiler.seconds, kernels, tokens)
+    finally:
+        engine.profiler = None
+    return out
+
+
+def _by_role(seconds: dict[str, list[float]], kernels: dict[str, str], per: int) -> list[dict]:
+    roles: dict[str, dict] = {}
+    for label, times in seconds.items():
+        role = re.sub(r"^L\d+\.", "", label)
+        r = roles.setdefault(role, {"role": role, "kernel": kernels.get(label, "?"), "calls": 0, "s": 0.0})
+        r["calls"] += len(times)
+        r["s"] += sum(times)
+    total = sum(r["s"] for r in roles.values()) or 1.0
+    rows = sorted(roles.values(), key=lambda r: -r["s"])
+    return [{"role": r["role"], "kernel": r["kernel"], "calls": r["calls"] / per, "ms": 1e3 * r["s"] / per,
+             "share": r["s"] / total} for r in rows]
+
+
+def table(r: dict) -> str:
+    p, d, b = r["prefill"], r["decode"], r["bytes_per_token"]
+    lines = [
+        f"{r['package']} on {r['adapter']} (experts {r['formats']['experts']}, attention "
+        f"{r['formats']['attention']}; subgroups: {r['subgroups'] or 'none'}; every expert resident: "
+        f"{'yes' if r['experts_resident'] else 'no'})",
+        f"prefill {r['prompt']} tokens: {p['median']:.2f} tokens/s (min {p['min']:.2f}, max {p['max']:.2f}, "
+        f"{len(p['runs'])} runs)",
+        f"decode {r['tokens']} tokens:  {d['median']:.2f} tokens/s (min {d['min']:.2f}, max {d['max']:.2f})",
+        f"bytes read per decoded token: {b['total'] / 2**20:.2f} MiB (dense weights {b['dense'] / 2**20:.2f}, "
+        f"experts {b['experts'] / 2**20:.2f}, KV cache {b['kv_cache'] / 2**20:.2f})",
+        f"adapter streaming bandwidth: {r['bandwidth'] / 1e9:.2f} GB/s (interleaved lanes "
+        f"{r['bandwidth_patterns']['interleaved'] / 1e9:.2f}, contiguous runs {r['bandwidth_patterns']['runs'] / 1e9:.2f}); "
+        f"decode reaches {r['bandwidth_share']:.0%} of it (bound: {r['bandwidth'] / b['total']:.1f} tokens/s)",
+    ]
+    for phase, rows in (r.get("profile") or {}).items():
+        lines.append(f"\nGPU time per {'token' if phase == 'decode' else 'prompt'} ({phase}, timestamp queries):")
+        lines.append(f"{'step':28s} {'kernel':14s} {'calls':>6s} {'ms':>9s} {'share':>6s}")
+        for row in rows:
+            lines.append(f"{row['role']:28s} {row['kernel']:14s} {row['calls']:6.0f} {row['ms']:9.3f} "
+                         f"{row['share']:6.1%}")
+    return "\n".join(lines)
