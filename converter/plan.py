@@ -50,13 +50,18 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "rmsnorm": {"LANES": 64},
     "silu_mul": {"WG": 256},
     "gated_add": {"WG": 64},
-    "matmul": {"LANES": 64, "ROWS": 8, "TOKENS": 8},          # ROWS outputs x TOKENS tokens per workgroup
+    # matrix kernels: ROWS output rows of up to TOKENS tokens (TILE pairs) per workgroup, LANES / ROWS lanes
+    # per row (shaders/row_group.wgsl). One lane per row measured fastest on the CPU adapters we can
+    # measure (lavapipe: 1.45x decode, 1.35x prefill against 8 lanes per row on the bench model of
+    # docs/benchmarks.md); GPUs, untested here, coalesce better with 8 lanes per row.
+    "matmul": {"LANES": 64, "ROWS": 64, "TOKENS": 8},
     "rope": {"WG": 32},
-    "attention": {"LANES": 64},              # each lane owns ceil(max(D, Dv) / LANES) dims (DIMS_PER_LANE)
+    "attention": {"LANES": 16},              # each lane owns ceil(max(D, Dv) / LANES) dims (DIMS_PER_LANE);
+                                             # 16 lanes: 2.6x faster decode attention than 64 on lavapipe
     "router": {"WG": 64, "MAX_K": 32},
     "moe_gather": {"WG": 256, "MAX_E": 1024},
-    "moe_gate_up": {"LANES": 64, "ROWS": 8, "TILE": 8},      # ROWS rows x TILE pairs of one expert
-    "moe_down": {"LANES": 64, "ROWS": 8, "TILE": 8},
+    "moe_gate_up": {"LANES": 64, "ROWS": 64, "TILE": 8},     # ROWS rows x TILE pairs of one expert
+    "moe_down": {"LANES": 64, "ROWS": 64, "TILE": 8},
     "scatter_add": {"WG": 64},
     "sample_max": {"LANES": 256},
     "sample_mass": {"LANES": 256},

@@ -5,8 +5,8 @@
 // weight writes its columns of y; MLA writes into its latent cache rows). Dispatch z = heads: head h reads
 // x h * x_hstride further, weights W[h * N ..], bias[b_off + h * N ..], and writes y h * y_hstride further.
 // A workgroup computes ROWS output features for a tile of up to TOKENS tokens, each feature by a row group
-// of lanes (row_group.wgsl) that stride over K eight weights at a time (VEC8), token after token: the
-// tile's later tokens find the row's weights in cache.
+// of lanes (row_group.wgsl) that stride over K eight weights at a time (VEC8), for four tokens of the tile
+// at once (one token when decoding).
 // accumulate = 1 adds into y (the residual stream), so no separate add kernel is needed.
 struct Params { T: u32, K: u32, N: u32, x_row0: u32, x_stride: u32, x_col0: u32, x_hstride: u32, y_row0: u32,
                 y_stride: u32, y_col0: u32, y_hstride: u32, b_off: u32, accumulate: u32 }
@@ -35,7 +35,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var acc = array<f32, RED_VALUES>();   // [token]; explicit: naga zeroes uninitialised locals only once
     if (n < p.N) {
         let wrow = (head * p.N + n) * p.K;
-        for (var j = 0u; j < nt; j++) { acc[j] = row_dot(wrow, x0 + j * p.x_stride, p.K, lane); }
+        if (nt == 1u) {
+            acc[0] = row_dot(wrow, x0, p.K, lane);
+        } else {
+            for (var j = 0u; j < nt; j += 4u) {      // four tokens per pass over the row
+                let t = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(nt - 1u));
+                let d = row_dot4(wrow, vec4(x0) + t * p.x_stride, p.K, lane);
+                for (var c = 0u; c < 4u; c++) {
+                    if (j + c < nt) { acc[j + c] = d[c]; }
+                }
+            }
+        }
     }
     row_sums(lid, &acc, nt);
     if (lane == 0u && n < p.N) {

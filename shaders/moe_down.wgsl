@@ -30,7 +30,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var acc = array<f32, RED_VALUES>();   // [pair of the tile]; explicit: naga zeroes once
     if (h < p.H) {
         let down_row = base + p.down_off + h * p.I;
-        for (var j = 0u; j < n; j++) { acc[j] = row_dot(down_row, tile_pair[j] * p.I, p.I, lane); }
+        if (n == 1u) { acc[0] = row_dot(down_row, tile_pair[0] * p.I, p.I, lane); }
+        for (var j = 0u; j < n && n > 1u; j += 4u) {          // four pairs per pass over the row
+            let q = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
+            let d = row_dot4(down_row, vec4(tile_pair[q.x], tile_pair[q.y], tile_pair[q.z], tile_pair[q.w]) * p.I,
+                             p.I, lane);
+            for (var c = 0u; c < 4u; c++) {
+                if (j + c < n) { acc[j + c] = d[c]; }
+            }
+        }
     }
     row_sums(lid, &acc, n);
     if (lane == 0u && h < p.H) {

@@ -2,7 +2,7 @@
 // routed to expert e.    x: [T, H]   gate, up: [I, H] inside the expert's slot   act: [pairs, I]
 // I is this piece's share of the expert's intermediate dimension (all of it when pieces = 1).
 // Dispatch: [ceil(I / ROWS), min(bank_experts, T * K), ceil(T / TILE)]. Each of the ROWS rows is computed by a row
-// group of lanes (row_group.wgsl; VEC8: H a multiple of 8), pair after pair.
+// group of lanes (row_group.wgsl; VEC8: H a multiple of 8), four pairs at a time.
 // EXPERT_BIAS adds f32 biases stored in the slot (word offsets gate_bias_off, up_bias_off).
 // CLAMPED_SWIGLU is GPT-OSS's activation: g = min(g, limit), u = clamp(u, -limit, limit),
 // act = (u + 1) * g * sigmoid(alpha * g).
@@ -34,10 +34,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (i < p.I) {
         let gate_row = base + p.gate_off + i * p.H;
         let up_row = base + p.up_off + i * p.H;
-        for (var j = 0u; j < n; j++) {
-            let x0 = (tile_pair[j] / p.K) * p.H;
-            acc[j] = row_dot(gate_row, x0, p.H, lane);
-            acc[n + j] = row_dot(up_row, x0, p.H, lane);
+        if (n == 1u) {
+            let x0 = (tile_pair[0] / p.K) * p.H;
+            acc[0] = row_dot(gate_row, x0, p.H, lane);
+            acc[1] = row_dot(up_row, x0, p.H, lane);
+        }
+        for (var j = 0u; j < n && n > 1u; j += 4u) {          // four pairs per pass over the rows
+            let q = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
+            let x0 = vec4(tile_pair[q.x], tile_pair[q.y], tile_pair[q.z], tile_pair[q.w]) / p.K * p.H;
+            let g = row_dot4(gate_row, x0, p.H, lane);
+            let u = row_dot4(up_row, x0, p.H, lane);
+            for (var c = 0u; c < 4u; c++) {
+                if (j + c < n) {
+                    acc[j + c] = g[c];
+                    acc[n + j + c] = u[c];
+                }
+            }
         }
     }
     row_sums(lid, &acc, 2u * n);

@@ -4,6 +4,7 @@
 //                                including kernel's `w` and `x`): with VEC8 eight weights at a time (w8, x
 //                                read as vec4: the plan sets VEC8 when rows start on multiples of 8
 //                                elements and x offsets on multiples of 4), else one at a time
+//   row_dot4(wrow, x0, K, lane)  the same for four x rows at once (x0: vec4 of offsets)
 //   row_sums(lid, &acc, n)      adds acc[0 .. n] over lid's group; the sums are valid in the group's first
 //                                lane. With SUBGROUPS (the runtime defines it when the adapter's subgroups
 //                                hold at least ROW_LANES lanes) by subgroup shuffles, else through
@@ -25,6 +26,35 @@ fn row_dot(wrow: u32, x0: u32, K: u32, lane: u32) -> f32 {
     for (var k = lane; k < K; k += ROW_LANES) {
         let xi = x0 + k;
         a += w_at(wrow + k) * x[xi >> 2u][xi & 3u];
+    }
+    return a;
+//!endif
+}
+
+// Four dot products of one weight row with the x rows starting at x0.x .. x0.w (prefill tiles): each
+// weight decoded once for all four. A caller with fewer rows repeats one and ignores its sums.
+fn row_dot4(wrow: u32, x0: vec4<u32>, K: u32, lane: u32) -> vec4<f32> {
+//!if VEC8
+    var a0 = vec4<f32>();
+    var a1 = vec4<f32>();
+    var a2 = vec4<f32>();
+    var a3 = vec4<f32>();
+    for (var k = 8u * lane; k < K; k += 8u * ROW_LANES) {
+        let wv = w8(wrow + k);
+        let i = (x0 + vec4(k)) >> vec4(2u);
+        a0 += wv.lo * x[i.x] + wv.hi * x[i.x + 1u];
+        a1 += wv.lo * x[i.y] + wv.hi * x[i.y + 1u];
+        a2 += wv.lo * x[i.z] + wv.hi * x[i.z + 1u];
+        a3 += wv.lo * x[i.w] + wv.hi * x[i.w + 1u];
+    }
+    let one = vec4(1.0);
+    return vec4(dot(a0, one), dot(a1, one), dot(a2, one), dot(a3, one));
+//!else
+    var a = vec4<f32>();
+    for (var k = lane; k < K; k += ROW_LANES) {
+        let i = x0 + vec4(k);
+        a += w_at(wrow + k) * vec4(x[i.x >> 2u][i.x & 3u], x[i.y >> 2u][i.y & 3u], x[i.z >> 2u][i.z & 3u],
+                                   x[i.w >> 2u][i.w & 3u]);
     }
     return a;
 //!endif
