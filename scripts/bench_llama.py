@@ -136,7 +136,7 @@ def llama_bench(llama: Path, model: Path) -> dict:
              "-t", os.cpu_count(), "-o", "json"], env=env, capture_output=True, text=True)
     rows = json.loads(r.stdout)
     pick = {("prefill" if row["n_prompt"] else "decode"): row["avg_ts"] for row in rows}
-    device = re.search(r"ggml_vulkan: 0 = ([^|(\n]+)", r.stderr)
+    device = re.search(r"ggml_vulkan: 0 = (.+?) \|", r.stderr)
     return {**pick, "device": device[1].strip() if device else "?", "build": rows[0].get("build_commit", "?")}
 
 
@@ -172,7 +172,7 @@ def main() -> int:
                   f"webmoe {ours['prefill']:.2f} / {ours['decode']:.2f}", file=sys.stderr)
     first = rows[0]
     print(f"Mixtral-shaped bench model (72 M parameters, 8 experts top-2, every expert resident); prompt {PROMPT}, "
-          f"decode {DECODE}; llama.cpp {first['llama']['build']} (llama-cpp-python {LLAMA_CPP_PYTHON} sdist) on "
+          f"decode {DECODE}; llama.cpp (build {first['llama']['build']}, from the llama-cpp-python {LLAMA_CPP_PYTHON} sdist) on "
           f"{first['llama']['device']}; webmoe on {first['webmoe']['device']}; {platform.machine()}, "
           f"{os.cpu_count()} cores")
     print("| format (llama.cpp type) | round | llama.cpp prefill | webmoe prefill | ratio | llama.cpp decode | "
