@@ -445,30 +445,41 @@ def test_sample_matches_inverse_cdf(gpu, temperature, top_p, V):
         assert out["token"][0] == sample_ref(logits[0], temperature, top_p, u), (u, out["token"][0])
 
 
-def test_a_bank_window_computes_only_its_experts(gpu):
-    """A bank whose window is experts 1..2 (of 4), dispatched over 2 experts along y: only their pairs are
-    written, as the dense loop gives them."""
-    T, K, E, H, I = 6, 2, 4, 8, 6
+def run_window(gpu, ids: np.ndarray, E: int, H: int, I: int, wdtype: str, window: tuple[int, int]):
+    """Random experts in slots 0..E-1, pairs routed by ids [T, K], the expert kernels run over one bank
+    whose window is experts window[0] .. window[0] + window[1]: (y [T*K, H], the stored experts, x)."""
+    T, K = ids.shape
     from webmoe.converter.writer import expert_layout
-    layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, "f32")
+    layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, wdtype)
     x, gate, up, down = rand(T, H), rand(E, I, H), rand(E, I, H), rand(E, H, I)
     parts = [{"gate": gate[e], "up": up[e], "down": down[e]} for e in range(E)]
     slot_of = np.arange(E, dtype=np.uint32)
-    slab, _ = build_slab(parts, slot_of, 0, E, 1, "f32")
-    ids = np.array([[e % E, (e + 1) % E] for e in range(T)], np.uint32)
+    slab, _ = build_slab(parts, slot_of, 0, E, 1, wdtype)
     g = gather(gpu, ids, E)
-    inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, E, 1, 2], np.uint32), "expert_slots": slot_of,
+    inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, E, *window], np.uint32), "expert_slots": slot_of,
               "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"],
               "active_experts": g["active_experts"]}
     out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", "active_experts", 0, E,
-                                                K, H, I, layout, "f32"),
+                                                K, H, I, layout, wdtype),
                    inputs, {"act": (np.zeros((T * K, I)), "f32"), "y": (np.zeros((T * K, H)), "f32")},
-                   {"T": T, "bank_experts": 2}, dtypes={n: "u32" for n in inputs if n != "x"})
+                   {"T": T, "bank_experts": window[1]}, dtypes={n: "u32" for n in inputs if n != "x"})
+    return out["y"], [stored_expert(p, layout) for p in parts], x
+
+
+def expert_ffn(s: dict, x: np.ndarray) -> np.ndarray:
+    return s["down"] @ (silu(s["gate"] @ x) * (s["up"] @ x))
+
+
+def test_a_bank_window_computes_only_its_experts(gpu):
+    """A bank whose window is experts 1..2 (of 4), dispatched over 2 experts along y: only their pairs are
+    written, as the dense loop gives them."""
+    T, K, E = 6, 2, 4
+    ids = np.array([[e % E, (e + 1) % E] for e in range(T)], np.uint32)
+    y, stored, x = run_window(gpu, ids, E, 8, 6, "f32", (1, 2))
     for t in range(T):
         for j in range(K):
             e = ids[t, j]
-            want = down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])) if e in (1, 2) else np.zeros(H)
-            close(out["y"][t * K + j], want)
+            close(y[t * K + j], expert_ffn(stored[e], x[t]) if e in (1, 2) else np.zeros(8))
 
 
 @pytest.mark.parametrize("window,ids", [((0, 7), [3, 6]), ((2, 5), [1, 5]), ((2, 5), [0, 1])])
@@ -476,25 +487,7 @@ def test_decode_dispatch_covers_the_routed_experts(gpu, window, ids):
     """One token routed to two of seven experts: the expert kernels are dispatched over min(window, pairs)
     workgroups along y, which moe_gather's active list maps to the routed experts inside the bank's window
     (none when both lie outside it)."""
-    T, K, E, H, I = 1, 2, 7, 16, 8
-    from webmoe.converter.writer import expert_layout
-    layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, "f16")
-    x, gate, up, down = rand(T, H), rand(E, I, H), rand(E, I, H), rand(E, H, I)
-    parts = [{"gate": gate[e], "up": up[e], "down": down[e]} for e in range(E)]
-    slot_of = np.arange(E, dtype=np.uint32)
-    slab, _ = build_slab(parts, slot_of, 0, E, 1, "f16")
-    stored = [stored_expert(p, layout) for p in parts]
-    topk = np.array([ids], np.uint32)
-    g = gather(gpu, topk, E)
-    inputs = {"x": x, "experts": slab, "expert_bank": np.array([0, E, *window], np.uint32), "expert_slots": slot_of,
-              "expert_offsets": g["expert_offsets"], "pair_order": g["pair_order"],
-              "active_experts": g["active_experts"]}
-    out = run_plan(gpu, lambda p: p.moe_experts("x", "act", "y", "expert_offsets", "pair_order", "active_experts", 0, E,
-                                                K, H, I, layout, "f16"),
-                   inputs, {"act": (np.zeros((T * K, I)), "f32"), "y": (np.zeros((T * K, H)), "f32")},
-                   {"T": T, "bank_experts": window[1]}, dtypes={n: "u32" for n in inputs if n != "x"})
+    y, stored, x = run_window(gpu, np.array([ids], np.uint32), 7, 16, 8, "f16", window)
     for j, e in enumerate(ids):
         inside = window[0] <= e < window[0] + window[1]
-        s = stored[e]
-        want = s["down"] @ (silu(s["gate"] @ x[0]) * (s["up"] @ x[0])) if inside else np.zeros(H)
-        close(out["y"][j], want)
+        close(y[j], expert_ffn(stored[e], x[0]) if inside else np.zeros(16))
