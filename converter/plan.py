@@ -73,10 +73,11 @@ _RED_VALUES = {"rmsnorm": lambda g: 1, "sample_mass": lambda g: 1, "matmul": lam
                "moe_gate_up": lambda g: 2 * g["TILE"], "moe_down": lambda g: g["TILE"]}
 
 
-def vec8(K: int, *x_offsets: int) -> bool:
-    """Whether a matrix kernel may read its rows eight weights at a time (w8) and x as vec4: rows of K
-    weights start on 8-element boundaries and x's strides and offsets are multiples of 4 values."""
-    return K % 8 == 0 and all(o % 4 == 0 for o in x_offsets)
+def aligned(K: int, dtype: str, *x_offsets: int) -> bool:
+    """Whether a matrix kernel may read its rows W_STEP weights at a time (weights.wgsl's w_step) and x as
+    vec4 (W_ALIGNED): rows of K weights start on multiples of the format's step and x's strides and
+    offsets are multiples of 4 values. Real models always are; odd test sizes take the scalar path."""
+    return K % fmt(dtype).step == 0 and all(o % 4 == 0 for o in x_offsets)
 
 
 def ceil_div(var, mul: int, div: int):
@@ -166,9 +167,13 @@ class Plan:
         """The row parts a step reads `tensor` through: [{tensor, row0, rows}] (one entry if not split)."""
         return parts_of(self.splits, tensor, None if tensor in self.splits else self.tensors[tensor][0])
 
+    def weight_dtype(self, tensor: str) -> str:
+        """The storage format of a (possibly split) tensor."""
+        return self.tensors[self.parts(tensor)[0]["tensor"]][1]
+
     def weight_defines(self, tensor: str) -> list[str]:
         """The define that selects the tensor's format in shaders/weights.wgsl (none for f32)."""
-        define = fmt(self.tensors[self.parts(tensor)[0]["tensor"]][1]).define
+        define = fmt(self.weight_dtype(tensor)).define
         return [define] if define else []
 
     # --- structure records ------------------------------------------------------------------------
@@ -280,8 +285,8 @@ class Plan:
         if heads > 1 and len(parts) > 1:
             raise ValueError(f"{label}: a head-batched matmul over a split weight is not supported")
         defines = self.weight_defines(w) + (["BIAS"] if bias is not None else [])
-        if vec8(K, x_stride or K, x_col0, x_hstride):
-            defines.append("VEC8")
+        if aligned(K, self.weight_dtype(w), x_stride or K, x_col0, x_hstride):
+            defines.append("W_ALIGNED")
         first = len(self.steps)
         for part in parts:
             n = N if len(parts) == 1 else part["rows"]
@@ -373,7 +378,7 @@ class Plan:
             common = {"layer": layer, "E": E, "K": K, "H": H, "I": Ip, "pieces": pieces, "piece": piece,
                       "slot_elems": layout["slot_elems"]}
             tag = f"{label}.piece{piece}" if pieces > 1 else label
-            gu_defines = defines + act_defines + (["VEC8"] if vec8(H) else [])
+            gu_defines = defines + act_defines + (["W_ALIGNED"] if aligned(H, expert_dtype) else [])
             self.step("moe_gate_up", {"x": x, "act": act, **grouped},
                       {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
                        "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha,
@@ -383,7 +388,7 @@ class Plan:
                       {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"],
                        "accumulate": int(piece > 0)},
                       [-(-H // dn["ROWS"]), experts_y, ceil_div("T", 1, dn["TILE"])],
-                      defines + (["VEC8"] if vec8(Ip) else []), f"{tag}.down")
+                      defines + (["W_ALIGNED"] if aligned(Ip, expert_dtype) else []), f"{tag}.down")
         return first, len(self.steps)
 
     def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, label="") -> int:

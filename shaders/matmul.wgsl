@@ -5,8 +5,8 @@
 // weight writes its columns of y; MLA writes into its latent cache rows). Dispatch z = heads: head h reads
 // x h * x_hstride further, weights W[h * N ..], bias[b_off + h * N ..], and writes y h * y_hstride further.
 // A workgroup computes ROWS output features for a tile of up to TOKENS tokens, each feature by a row group
-// of lanes (row_group.wgsl) that stride over K eight weights at a time (VEC8), for four tokens of the tile
-// at once (one token when decoding).
+// of lanes (row_group.wgsl) that stride over K eight or 32 weights at a time (W_ALIGNED), for four tokens
+// of the tile at once (one token when decoding).
 // accumulate = 1 adds into y (the residual stream), so no separate add kernel is needed.
 struct Params { T: u32, K: u32, N: u32, x_row0: u32, x_stride: u32, x_col0: u32, x_hstride: u32, y_row0: u32,
                 y_stride: u32, y_col0: u32, y_hstride: u32, b_off: u32, accumulate: u32 }

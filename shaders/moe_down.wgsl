@@ -1,7 +1,7 @@
 // Expert FFN, second half: y[p, h] = act[p] . down[h] for each pair p routed to expert e.
 //   x = act: [pairs, I]   down: [H, I] inside the expert's slot   y: [pairs, H]
 // Dispatch: [ceil(H / ROWS), min(bank_experts, T * K), ceil(T / TILE)]. Rows by row groups of lanes as in moe_gate_up
-// (VEC8: I a multiple of 8). EXPERT_BIAS adds the f32 bias at word down_bias_off.
+// (W_ALIGNED: I a multiple of W_STEP). EXPERT_BIAS adds the f32 bias at word down_bias_off.
 // accumulate = 1 adds into y: the expert's later pieces (slices of its intermediate dimension).
 struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, pieces: u32, piece: u32, slot_elems: u32,
                 down_off: u32, down_bias_off: u32, accumulate: u32 }

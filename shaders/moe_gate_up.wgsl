@@ -2,7 +2,7 @@
 // routed to expert e.    x: [T, H]   gate, up: [I, H] inside the expert's slot   act: [pairs, I]
 // I is this piece's share of the expert's intermediate dimension (all of it when pieces = 1).
 // Dispatch: [ceil(I / ROWS), min(bank_experts, T * K), ceil(T / TILE)]. Each of the ROWS rows is computed by a row
-// group of lanes (row_group.wgsl; VEC8: H a multiple of 8), four pairs at a time.
+// group of lanes (row_group.wgsl; W_ALIGNED: H a multiple of W_STEP), four pairs at a time.
 // EXPERT_BIAS adds f32 biases stored in the slot (word offsets gate_bias_off, up_bias_off).
 // CLAMPED_SWIGLU is GPT-OSS's activation: g = min(g, limit), u = clamp(u, -limit, limit),
 // act = (u + 1) * g * sigmoid(alpha * g).

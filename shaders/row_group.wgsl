@@ -1,9 +1,9 @@
 // Row groups of the matrix kernels: a workgroup of LANES lanes computes ROWS output rows, each by a group
 // of ROW_LANES = LANES / ROWS consecutive lanes that split the row's dot product between them.
 //   row_dot(wrow, x0, K, lane)   lane's share of sum_k W[wrow + k] * x[x0 + k], k < K (elements of the
-//                                including kernel's `w` and `x`): with VEC8 eight weights at a time (w8, x
-//                                read as vec4: the plan sets VEC8 when rows start on multiples of 8
-//                                elements and x offsets on multiples of 4), else one at a time
+//                                including kernel's `w` and `x`): with W_ALIGNED W_STEP weights at a time
+//                                (w_step, x read as vec4: the plan sets W_ALIGNED when rows start on
+//                                multiples of W_STEP and x offsets on multiples of 4), else one at a time
 //   row_dot4(wrow, x0, K, lane)  the same for four x rows at once (x0: vec4 of offsets)
 //   row_sums(lid, &acc, n)      adds acc[0 .. n] over lid's group; the sums are valid in the group's first
 //                                lane. With SUBGROUPS (the runtime defines it when the adapter's subgroups
@@ -13,12 +13,14 @@
 const ROW_LANES: u32 = LANES / ROWS;
 
 fn row_dot(wrow: u32, x0: u32, K: u32, lane: u32) -> f32 {
-//!if VEC8
+//!if W_ALIGNED
     var a = vec4<f32>();
-    for (var k = 8u * lane; k < K; k += 8u * ROW_LANES) {
-        let wv = w8(wrow + k);
-        let xi = (x0 + k) >> 2u;
-        a += wv.lo * x[xi] + wv.hi * x[xi + 1u];
+    for (var k = W_STEP * lane; k < K; k += W_STEP * ROW_LANES) {
+        let ws = w_step(wrow + k);
+        for (var c = 0u; c < W_STEP / 8u; c++) {
+            let xi = (x0 + k + 8u * c) >> 2u;
+            a += ws[c].lo * x[xi] + ws[c].hi * x[xi + 1u];
+        }
     }
     return a.x + a.y + a.z + a.w;
 //!else
@@ -34,18 +36,21 @@ fn row_dot(wrow: u32, x0: u32, K: u32, lane: u32) -> f32 {
 // Four dot products of one weight row with the x rows starting at x0.x .. x0.w (prefill tiles): each
 // weight decoded once for all four. A caller with fewer rows repeats one and ignores its sums.
 fn row_dot4(wrow: u32, x0: vec4<u32>, K: u32, lane: u32) -> vec4<f32> {
-//!if VEC8
+//!if W_ALIGNED
     var a0 = vec4<f32>();
     var a1 = vec4<f32>();
     var a2 = vec4<f32>();
     var a3 = vec4<f32>();
-    for (var k = 8u * lane; k < K; k += 8u * ROW_LANES) {
-        let wv = w8(wrow + k);
-        let i = (x0 + vec4(k)) >> vec4(2u);
-        a0 += wv.lo * x[i.x] + wv.hi * x[i.x + 1u];
-        a1 += wv.lo * x[i.y] + wv.hi * x[i.y + 1u];
-        a2 += wv.lo * x[i.z] + wv.hi * x[i.z + 1u];
-        a3 += wv.lo * x[i.w] + wv.hi * x[i.w + 1u];
+    for (var k = W_STEP * lane; k < K; k += W_STEP * ROW_LANES) {
+        let ws = w_step(wrow + k);
+        for (var c = 0u; c < W_STEP / 8u; c++) {
+            let wv = ws[c];
+            let i = (x0 + vec4(k + 8u * c)) >> vec4(2u);
+            a0 += wv.lo * x[i.x] + wv.hi * x[i.x + 1u];
+            a1 += wv.lo * x[i.y] + wv.hi * x[i.y + 1u];
+            a2 += wv.lo * x[i.z] + wv.hi * x[i.z + 1u];
+            a3 += wv.lo * x[i.w] + wv.hi * x[i.w + 1u];
+        }
     }
     let one = vec4(1.0);
     return vec4(dot(a0, one), dot(a1, one), dot(a2, one), dot(a3, one));
