@@ -37,23 +37,17 @@ fn row_dot(wrow: u32, x0: u32, K: u32, lane: u32) -> f32 {
 // weight decoded once for all four. A caller with fewer rows repeats one and ignores its sums.
 fn row_dot4(wrow: u32, x0: vec4<u32>, K: u32, lane: u32) -> vec4<f32> {
 //!if W_ALIGNED
-    var a0 = vec4<f32>();
-    var a1 = vec4<f32>();
-    var a2 = vec4<f32>();
-    var a3 = vec4<f32>();
+    var a = vec4<f32>();                     // one sum per x row
     for (var k = W_STEP * lane; k < K; k += W_STEP * ROW_LANES) {
         let ws = w_step(wrow + k);
         for (var c = 0u; c < W_STEP / 8u; c++) {
             let wv = ws[c];
             let i = (x0 + vec4(k + 8u * c)) >> vec4(2u);
-            a0 += wv.lo * x[i.x] + wv.hi * x[i.x + 1u];
-            a1 += wv.lo * x[i.y] + wv.hi * x[i.y + 1u];
-            a2 += wv.lo * x[i.z] + wv.hi * x[i.z + 1u];
-            a3 += wv.lo * x[i.w] + wv.hi * x[i.w + 1u];
+            a += vec4(dot(wv.lo, x[i.x]) + dot(wv.hi, x[i.x + 1u]), dot(wv.lo, x[i.y]) + dot(wv.hi, x[i.y + 1u]),
+                      dot(wv.lo, x[i.z]) + dot(wv.hi, x[i.z + 1u]), dot(wv.lo, x[i.w]) + dot(wv.hi, x[i.w + 1u]));
         }
     }
-    let one = vec4(1.0);
-    return vec4(dot(a0, one), dot(a1, one), dot(a2, one), dot(a3, one));
+    return a;
 //!else
     var a = vec4<f32>();
     for (var k = lane; k < K; k += ROW_LANES) {
