@@ -151,7 +151,6 @@ class Executor:
             cpass.end()
 
 
-
 def padded(size: int) -> int:
     """Buffer bytes for `size`: whole 16-byte words, since kernels read activations and weights as vec4."""
     return max(16, -(-size // 16) * 16)
@@ -160,7 +159,7 @@ def padded(size: int) -> int:
 def runtime_defines(gpu: Gpu, consts: dict) -> list[str]:
     """Defines the runtime adds to a plan step's, from what the adapter offers. They choose how a kernel
     runs, never what it computes: SUBGROUPS when the row groups of a matrix kernel (LANES / ROWS lanes,
-    shaders/row_sum.wgsl) fit in one subgroup."""
+    shaders/row_group.wgsl) fit in one subgroup."""
     if "ROWS" in consts and "LANES" in consts and 0 < consts["LANES"] // consts["ROWS"] <= gpu.subgroup_size:
         return ["SUBGROUPS"]
     return []

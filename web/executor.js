@@ -14,7 +14,7 @@ export function padded(size) {
 
 // Defines the runtime adds to a plan step's, from what the adapter offers. They choose how a kernel runs,
 // never what it computes: SUBGROUPS when the row groups of a matrix kernel (LANES / ROWS lanes,
-// shaders/row_sum.wgsl) fit in one subgroup.
+// shaders/row_group.wgsl) fit in one subgroup.
 export function runtimeDefines(gpu, consts) {
   if ("ROWS" in consts && "LANES" in consts) {
     const rowLanes = Math.floor(consts.LANES / consts.ROWS);
