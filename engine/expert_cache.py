@@ -164,7 +164,7 @@ class ExpertCache:
 
     def _set_window(self, b: int, e0: int, n_e: int) -> None:
         """Bank b's uniform: its first slot, slot count, first expert and number of experts it may hold."""
-        n = self.banks[b].size // self.slot_bytes
+        n = self.banks[b].size // self.slot_bytes     # a bank is padded to 16 bytes
         self.device.queue.write_buffer(self.bank_info[b], 0, np.array([self.bank_start[b], n, e0, n_e], np.uint32))
         self.bank_env[b] = {"bank_experts": n_e}
 

@@ -115,7 +115,7 @@ export class ExpertCache {
 
   // Bank b's uniform: its first slot, slot count, first expert and number of experts it may hold.
   setWindow(b, e0, nE) {
-    const n = this.banks[b].size / this.slotBytes;
+    const n = Math.floor(this.banks[b].size / this.slotBytes);     // a bank is padded to 16 bytes
     this.device.queue.writeBuffer(this.bankInfo[b], 0, new Uint32Array([this.bankStart[b], n, e0, nE]));
     this.bankEnv[b] = { bank_experts: nE };
   }
