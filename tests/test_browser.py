@@ -11,7 +11,7 @@ from transformers import MixtralForCausalLM
 
 from browser import GREEDY, LOAD, LOGITS, browser, open_page, serving
 from parity import TOLERANCE
-from test_mixtral import CONFIGS
+from test_mixtral import CONFIGS, mixtral
 from webmoe.converter.convert import convert
 from webmoe import Engine
 from webmoe.serve.server import PACKAGES, create_app
@@ -272,6 +272,35 @@ def test_opfs_cache_second_load_corruption_and_resume(packages):
         np.testing.assert_allclose(browser_logits(page, ids), native, atol=BROWSER_TOL * np.abs(native).max())
         cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
         assert len(cached) == 1 and cached[0]["complete"] and cached[0]["bytes"] >= sum(s["size"] for s in m["shards"])
+
+
+def test_experts_on_demand(tmp_path):
+    """expertsOnDemand: the load downloads the dense and tokenizer shards only, the prompt then fetches the
+    shards of exactly the experts the router chose (the server's log against the native engine's routing),
+    each once, and the logits are those of the native engine; the model is not complete in OPFS."""
+    config = mixtral(num_local_experts=24, num_experts_per_tok=1, num_hidden_layers=2)
+    pkg = convert(save_checkpoint(MixtralForCausalLM, config, tmp_path / "ckpt"), tmp_path / "many-experts",
+                  dtype="f16", progress=False)
+    ids = [5, 77, 300]
+    native = Engine.load(pkg, observe_routing=True)
+    want = native.logits(ids)
+    m = json.loads((pkg / "manifest.json").read_text())
+    routed = {m["experts"][f"{l}_{e}"]["shard"] for l, use in native.experts.usage.items() for e in np.nonzero(use)[0]}
+    experts = {s["file"] for s in m["shards"] if s["kind"] == "expert"}
+    assert 0 < len(routed) <= 2 * len(ids) < len(experts)
+    rec = Recorder()
+    with serving(app_with(rec, pkg)) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.evaluate(LOAD, [manifest_url(pkg), {"expertsOnDemand": True}])
+        at_load = [Path(p).name for p, _ in rec.shard_requests()]
+        assert sorted(at_load) == sorted(s["file"] for s in m["shards"] if s["kind"] != "expert" and
+                                         s["file"].endswith(".bin"))
+        got = browser_logits(page, ids)
+        fetched = [Path(p).name for p, _ in rec.shard_requests()][len(at_load):]
+        assert sorted(fetched) == sorted(routed)              # each routed expert once, no other
+        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+    assert np.abs(got - want).max() / np.abs(want).max() <= BROWSER_TOL
+    assert len(cached) == 1 and not cached[0]["complete"]
 
 
 def test_quota_too_small_gives_a_clear_message(packages):

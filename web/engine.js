@@ -28,15 +28,16 @@ export class Engine {
   // memoryCacheBytes (in-memory LRU of expert shards when paging), pinnedExperts [[layer, expert]],
   // observeRouting (read back routing even when every expert is resident, for usage statistics),
   // prefetch (when paging: load each next MoE layer's predicted experts ahead of need), maxBinding (lowers
-  // the storage binding limit the engine keeps to; tests), digest (the manifest's sha256 to pin)
+  // the storage binding limit the engine keeps to; tests), digest (the manifest's sha256 to pin),
+  // expertsOnDemand (download the dense shards only; fetch each expert when the router first chooses it)
   static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
                                    memoryCacheBytes, pinnedExperts = [], observeRouting = false,
-                                   prefetch = false, maxBinding, digest } = {}) {
+                                   prefetch = false, maxBinding, digest, expertsOnDemand = false } = {}) {
     const e = new Engine();
     const gpu = await openDevice({ maxBinding });
     e.device = gpu.device;
     e.adapter = gpu.description;
-    const store = await ModelStore.open(manifestUrl, { onProgress, memoryBytes: memoryCacheBytes, digest });
+    const store = await ModelStore.open(manifestUrl, { onProgress, memoryBytes: memoryCacheBytes, digest, expertsOnDemand });
     e.store = store;
     const m = (e.manifest = store.manifest);
     e.vocab = m.config.vocab_size;
@@ -63,7 +64,7 @@ export class Engine {
       for (const [name, t] of list) tensors.set(name, upload(new Uint8Array(data, t.offset, t.size), name));
     }
     e.experts = await ExpertCache.create(gpu, m, store, { budgetBytes: expertCacheBytes, pinned: pinnedExperts,
-                                                          observe: observeRouting });
+                                                          observe: observeRouting, onDemand: expertsOnDemand });
     e.segments = expertSegments(m.plan);
     e.topK = m.moe.top_k;
     const runtime = e.experts.buffers;

@@ -21,7 +21,9 @@ const gib = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : `${(n / 2
 export class ExpertCache {
   // gpu: openDevice()'s result. budgetBytes: the GPU budget for routed experts; by default every expert is
   // asked for and the slab grows bank by bank until an allocation fails (WebGPU does not report memory).
-  static async create(gpu, manifest, store, { budgetBytes, pinned = [], observe = false } = {}) {
+  // onDemand: no expert is loaded up front; each is loaded the first time the router chooses it (the
+  // store fetches its shard then), so the cache pages even when every expert would fit.
+  static async create(gpu, manifest, store, { budgetBytes, pinned = [], observe = false, onDemand = false } = {}) {
     const c = new ExpertCache();
     const moe = manifest.moe;
     const device = gpu.device;
@@ -47,11 +49,11 @@ export class ExpertCache {
     c.banks = [];
     c.bankInfo = [];
     const wanted = Math.min(total, Math.floor(c.budget.bytes / c.expertBytes)) * c.pieces;
-    c.capacity = Math.floor((await c.allocate(wanted, wanted === total * c.pieces)) / c.pieces);
+    c.capacity = Math.floor((await c.allocate(wanted, wanted === total * c.pieces && !onDemand)) / c.pieces);
     if (c.nSlots < wanted) {
       c.budget = { bytes: c.nSlots * c.slotBytes, reason: `${c.budget.reason}; the adapter allocated only ${gib(c.nSlots * c.slotBytes)}` };
     }
-    c.paging = c.capacity < total;
+    c.paging = c.capacity < total || onDemand;
     c.observe = observe;
     c.pinned = new Set(pinned.map(([l, e]) => `${l}_${e}`));
     if (c.paging && c.pinned.size >= c.capacity) {

@@ -67,7 +67,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export class ModelStore {
   // options: onProgress({loaded, total, shards: {file: state}}), concurrency, retries, digest (the manifest's
-  // sha256 to pin, as `webmoe info` prints it)
+  // sha256 to pin, as `webmoe info` prints it), expertsOnDemand (download only the dense and tokenizer
+  // shards now; an expert shard is fetched, verified and stored the first time shard() asks for it)
   static async open(manifestUrl, options = {}) {
     const s = new ModelStore();
     s.url = new URL(manifestUrl, self.location.href).href;
@@ -78,6 +79,7 @@ export class ModelStore {
     s.memoryUsed = 0;
     s.memoryCounts = { hits: 0, misses: 0, evictions: 0 };
     s.retries = options.retries ?? 4;
+    s.expertsOnDemand = !!options.expertsOnDemand;
     const r = await fetch(s.url, { cache: "no-cache" });
     if (!r.ok) throw new PackageError(`manifest ${s.url}: HTTP ${r.status}`);
     // before anything is stored or downloaded
@@ -112,6 +114,8 @@ export class ModelStore {
       if (this.state.verified[e.file] === e.sha256 && (await this.fileSize(e.file)) === e.size) {
         this.status[e.file] = "cached";
         this.loaded += e.size;
+      } else if (this.expertsOnDemand && e.kind === "expert") {
+        this.status[e.file] = "on demand";
       } else {
         delete this.state.verified[e.file];
         missing.push(e);
@@ -120,7 +124,7 @@ export class ModelStore {
     }
     this.progress();
     if (!missing.length) {
-      if (!this.state.complete) await this.markComplete();
+      await this.saveState();
       return;
     }
     let need = 0;
@@ -150,11 +154,12 @@ export class ModelStore {
     };
     await Promise.all(Array.from({ length: Math.min(this.concurrency, queue.length) }, worker));
     if (failed) throw failed;
-    await this.markComplete();
+    await this.saveState();
   }
 
-  async markComplete() {
-    this.state.complete = true;
+  // Writes state.json; the model is complete when every shard has been verified.
+  async saveState() {
+    this.state.complete = this.manifest.shards.every((e) => this.state.verified[e.file] === e.sha256);
     await writeJson(this.dir, "state.json", this.state);
   }
 
@@ -265,9 +270,9 @@ export class ModelStore {
     delete this.state.verified[file];
     this.state.complete = false;
     await writeJson(this.dir, "state.json", this.state);
-    this.loaded -= e.size;
+    if (this.status[file] !== "on demand") this.loaded -= e.size;
     const data = await this.download(e);
-    await this.markComplete();
+    await this.saveState();
     return data;
   }
 }

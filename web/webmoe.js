@@ -7,7 +7,7 @@
 //   for await (const t of engine.generate(messages, { maxNewTokens: 64, temperature: 0.7 })) ...
 //   engine.stop();                                                 // ends a running generate()
 //   await engine.expertStats();                                    // cache hits, misses, uploads, usage
-// load options: expertCacheBytes, memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen
+// load options: expertCacheBytes, memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand
 //   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
 
 let seq = 0;
