@@ -4,6 +4,7 @@ the safetensors files are read with plain reads, so the peak stays near one expe
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -23,15 +24,20 @@ BLOCK_BYTES = 16 << 20           # dense tensors are read and written in row blo
 
 def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progress: bool | None = None,
             max_binding: int = DEFAULT_MAX_BINDING, stats: dict | None = None,
-            part_dtypes: dict[str, str | None] | None = None) -> Path:
+            part_dtypes: dict[str, str | None] | None = None, mirrors: tuple[str, ...] = ()) -> Path:
     """Writes the package; returns its path. dtype: a preset of weight_dtypes.PRESETS; part_dtypes:
     {part: format} for the parts that differ from it (experts, ffn, attention, embed, head). Experts a
     checkpoint stores in a format the kernels read (GPT-OSS's MXFP4) stay in it unless part_dtypes
     names the experts' format. max_binding: no tensor part or expert slot of the package exceeds it
-    (WebGPU's default storage binding size unless a test lowers it). stats, if given, receives
+    (WebGPU's default storage binding size unless a test lowers it). mirrors: http(s) base URLs that
+    also serve the package's files (the browser fetches a shard from the next one when one fails; every
+    shard is checked against its sha256 wherever it comes from). stats, if given, receives
     bytes_read, bytes_written and seconds."""
     t_start = time.perf_counter()
     dtypes = weight_dtypes(dtype, part_dtypes)
+    bad = [m for m in mirrors if not re.fullmatch(r"https?://\S+", m) or len(m) > 2048]
+    if bad or len(set(mirrors)) != len(mirrors) or len(mirrors) > 16:
+        raise ConversionError(f"--mirror takes up to 16 distinct http(s) URLs; got {list(mirrors)}")
     if max_binding < 1024:
         raise ConversionError(f"--max-binding must be at least 1024 bytes, got {max_binding}")
     ckpt = Checkpoint(src)
@@ -94,6 +100,7 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
             "generation_config": ckpt.generation_config,
             "tokenizer": tok_info,
             "plan": plan,
+            **({"mirrors": [m if m.endswith("/") else m + "/" for m in mirrors]} if mirrors else {}),
         }
         path = writer.finish(manifest)
         if stats is not None:

@@ -246,3 +246,21 @@ def test_cli_run_and_info(good_pkg):
     assert info["total parameters"].endswith(f"({dense + 2 * 5 * 3 * 40 * 48:,})")
     assert info["active parameters"].startswith(f"{(dense + 2 * 2 * 3 * 40 * 48) / 1e3:.2f}K")
     assert info["shards"] == "13 (10 expert)"      # and 2 tokenizer files
+
+
+@pytest.mark.parametrize("mirror", ["ftp://example.org/pkg/", "example.org/pkg", "https://a b/", "https://x/" + "y" * 2048])
+def test_bad_mirror_is_refused(good_ckpt, tmp_path, mirror):
+    r = cli("convert", good_ckpt, tmp_path / "pkg", "--mirror", mirror)
+    assert r.returncode == 1 and r.stderr.startswith("webmoe: error: --mirror takes up to 16 distinct http(s) URLs")
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_mirrors_are_written_as_folders(good_ckpt, tmp_path):
+    """--mirror URLs land in the manifest as base folders (a trailing slash), where the browser looks for
+    each shard by name; the native engine loads the package as before."""
+    r = cli("convert", good_ckpt, tmp_path / "pkg", "--mirror", "https://cdn.example.org/m",
+            "--mirror", "http://127.0.0.1:9/pkg/")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    assert m["mirrors"] == ["https://cdn.example.org/m/", "http://127.0.0.1:9/pkg/"]
+    Engine.load(tmp_path / "pkg")

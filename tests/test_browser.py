@@ -2,6 +2,7 @@
 the OPFS cache, resumed downloads, the quota check and the chat page."""
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from parity import TOLERANCE
 from test_mixtral import CONFIGS, mixtral
 from webmoe.converter.convert import convert
 from webmoe import Engine
-from webmoe.serve.server import PACKAGES, create_app
+from webmoe.engine.manifest import seal_manifest
+from webmoe.serve.server import PACKAGE_CORS, PACKAGES, create_app
 from webmoe.tiny_models import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,15 +36,23 @@ def packages(tmp_path_factory):
 
 
 class Recorder:
-    """aiohttp middleware that records requests and can cut the first response for one file mid-way."""
+    """aiohttp middleware that records requests and can cut the first response for one file mid-way,
+    refuse every shard (503) or serve every shard with its bytes inverted."""
 
-    def __init__(self):
+    def __init__(self, refuse: bool = False, corrupt: bool = False):
         self.requests: list[tuple[str, str | None]] = []
         self.cut: str | None = None
+        self.refuse, self.corrupt = refuse, corrupt
         self.middleware = web.middleware(lambda request, handler: self.handle(request, handler))
 
     async def handle(self, request, handler):
         self.requests.append((request.path, request.headers.get("Range")))
+        if request.path.endswith(".bin") and self.refuse:
+            return web.Response(status=503)
+        if request.path.endswith(".bin") and self.corrupt:
+            path = next(p for p in request.app[PACKAGES].values()).dir / request.path.rsplit("/", 1)[1]
+            return web.Response(body=bytes(b ^ 0xFF for b in path.read_bytes()), content_type="application/octet-stream",
+                                headers=PACKAGE_CORS)          # the bytes reach the page, and fail its sha256
         if self.cut and request.path.endswith("/" + self.cut):
             self.cut = None
             path = next(p for p in request.app[PACKAGES].values()).dir / request.path.rsplit("/", 1)[1]
@@ -301,6 +311,29 @@ def test_experts_on_demand(tmp_path):
         cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
     assert np.abs(got - want).max() / np.abs(want).max() <= BROWSER_TOL
     assert len(cached) == 1 and not cached[0]["complete"]
+
+
+def test_a_failing_mirror_is_skipped(tmp_path, packages):
+    """The package names two mirrors; its own server refuses every shard and the first mirror serves wrong
+    bytes: each shard is tried there, refused or found to fail its sha256, and comes from the second
+    mirror; the logits are the native engine's."""
+    src = packages["gqa-top2-f32"]
+    copies = {k: shutil.copytree(src, tmp_path / k / src.name) for k in ("own", "bad", "good")}
+    refusing, bad, good = Recorder(refuse=True), Recorder(corrupt=True), Recorder()
+    ids = [3, 14, 15, 92]
+    want = Engine.load(src).logits(ids)
+    with serving(app_with(bad, copies["bad"])) as bad_url, serving(app_with(good, copies["good"])) as good_url:
+        m = json.loads((src / "manifest.json").read_text())
+        m["mirrors"] = [f"{bad_url}/models/{src.name}/", f"{good_url}/models/{src.name}/"]
+        (copies["own"] / "manifest.json").write_bytes(seal_manifest(m))
+        with serving(app_with(refusing, copies["own"])) as url, browser() as ctx:
+            page = open_page(ctx, url + "/")
+            page.evaluate(LOAD, [manifest_url(copies["own"])])
+            got = browser_logits(page, ids)
+    shards = sorted(s["file"] for s in m["shards"] if s["file"].endswith(".bin"))
+    assert refusing.shard_requests() and bad.shard_requests()
+    assert sorted(Path(p).name for p, _ in good.shard_requests()) == shards
+    assert np.abs(got - want).max() / np.abs(want).max() <= BROWSER_TOL
 
 
 def test_quota_too_small_gives_a_clear_message(packages):

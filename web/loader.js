@@ -84,6 +84,10 @@ export class ModelStore {
     if (!r.ok) throw new PackageError(`manifest ${s.url}: HTTP ${r.status}`);
     // before anything is stored or downloaded
     s.manifest = await readManifest(new Uint8Array(await r.arrayBuffer()), options.digest);
+    // where shards come from: the manifest's folder, then the package's mirrors, in order; a source that
+    // fails (HTTP error, network error, wrong bytes) is skipped for the rest of the load
+    s.sources = [new URL(".", s.url).href, ...(s.manifest.mirrors || [])];
+    s.failing = new Set();
     s.id = await modelId(s.url);
     s.dir = await (await rootDir()).getDirectoryHandle(s.id, { create: true });
     const old = (await readJson(s.dir, "state.json")) || {};
@@ -163,12 +167,19 @@ export class ModelStore {
     await writeJson(this.dir, "state.json", this.state);
   }
 
+  // The first source not known to fail (all failing: the first one again, so retries go on).
+  source() {
+    return this.sources.find((u) => !this.failing.has(u)) ?? this.sources[0];
+  }
+
   // Downloads one shard into <file>.part (resuming what is there), verifies it, moves it into place.
+  // Any source serves any shard: it is checked against its sha256 whatever its origin.
   async download(e) {
-    const url = new URL(e.file, this.url).href;
     let lastError;
     for (let attempt = 0; attempt <= this.retries; attempt++) {
       let writable = null;
+      const base = this.source();
+      const url = new URL(e.file, base).href;
       try {
         // creating the file can already exceed the quota (another download holds the space)
         const part = await this.dir.getFileHandle(`${e.file}.part`, { create: true });
@@ -222,7 +233,12 @@ export class ModelStore {
         if (writable) await writable.close().catch(() => {});   // keep the bytes that arrived, for Range resume
         this.status[e.file] = "retrying";
         this.progress();
-        await sleep(200 * 2 ** attempt);
+        if (this.failing.size < this.sources.length - 1) {
+          this.failing.add(base);                                 // the next source, at once
+          attempt--;
+        } else {
+          await sleep(200 * 2 ** attempt);
+        }
       }
     }
     this.status[e.file] = "error";

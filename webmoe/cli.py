@@ -35,7 +35,7 @@ def _convert(args) -> int:
     stats: dict = {}
     parts = {part: getattr(args, f"{part}_dtype") for part in PARTS}
     out = convert(args.src, args.out, dtype=args.dtype, force=args.force, max_binding=args.max_binding, stats=stats,
-                  part_dtypes=parts)
+                  part_dtypes=parts, mirrors=tuple(args.mirror))
     secs = max(stats["seconds"], 1e-9)
     print(f"wrote {out}: read {stats['bytes_read'] / 1e9:.2f} GB, wrote {stats['bytes_written'] / 1e9:.2f} GB in "
           f"{secs:.1f} s ({stats['bytes_read'] / 1e9 / secs:.2f} GB/s read, {stats['bytes_written'] / 1e9 / secs:.2f} GB/s "
@@ -181,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--max-binding", type=int, default=128 << 20, metavar="BYTES",
                    help="cut tensors and experts so that no GPU binding exceeds BYTES (default 128 MiB, which "
                         "every WebGPU adapter grants)")
+    c.add_argument("--mirror", action="append", default=[], metavar="URL",
+                   help="a base URL that also serves the package's files (repeatable): the browser fetches a "
+                        "shard from the next one when one fails, and checks every shard's sha256")
     c.set_defaults(func=_convert)
 
     r = sub.add_parser("run", help="generate text from a prompt, streamed to stdout")

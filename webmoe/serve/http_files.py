@@ -46,14 +46,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-async def hashed_file(request: web.Request, path: Path, sha256: str) -> web.StreamResponse:
-    """A file whose content hash is known: strong ETag, If-None-Match, If-Range and one byte range."""
+async def hashed_file(request: web.Request, path: Path, sha256: str, extra: dict | None = None) -> web.StreamResponse:
+    """A file whose content hash is known: strong ETag, If-None-Match, If-Range and one byte range; `extra`
+    headers on every answer (CORS)."""
     size = path.stat().st_size
     etag = f'"{sha256}"'
+    extra = extra or {}
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "no-cache",
-               "Content-Type": content_type(path)}
+               "Content-Type": content_type(path), **extra}
     if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
-        return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(status=304, headers={"ETag": etag, **extra})
     start, end, status = 0, size - 1, 200
     rng = request.headers.get("Range")
     if rng and request.headers.get("If-Range", etag) == etag:
@@ -64,7 +66,7 @@ async def hashed_file(request: web.Request, path: Path, sha256: str) -> web.Stre
             else:
                 start = max(0, size - int(m[2]))
             if start > end or start >= size:
-                return web.Response(status=416, headers={"Content-Range": f"bytes */{size}", "ETag": etag})
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{size}", "ETag": etag, **extra})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)

@@ -102,11 +102,16 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
         sp = packages.get(request.match_info["model"])
         name = request.match_info["file"]
         if sp is None or name not in sp.files:
-            raise web.HTTPNotFound()
+            raise web.HTTPNotFound(headers=PACKAGE_CORS)
         path = confined(sp.dir, name)
         if path is None:
-            raise web.HTTPNotFound()
-        return await hashed_file(request, path, sp.files[name])
+            raise web.HTTPNotFound(headers=PACKAGE_CORS)
+        return await hashed_file(request, path, sp.files[name], PACKAGE_CORS)
+
+    async def model_file_preflight(request):
+        return web.Response(status=204, headers={**PACKAGE_CORS, "Access-Control-Allow-Methods": "GET",
+                                                 "Access-Control-Allow-Headers": "Range, If-Range",
+                                                 "Access-Control-Max-Age": "86400"})
 
     app = web.Application()
     app[PACKAGES] = packages
@@ -117,9 +122,16 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
     app.router.add_get("/schemas/{name}", schema)
     app.router.add_get("/models", models)
     app.router.add_get("/models/{model}/{file}", model_file)
+    app.router.add_route("OPTIONS", "/models/{model}/{file}", model_file_preflight)
     if api:
         add_api_routes(app, {name: sp.dir for name, sp in packages.items()}, adapter, expert_cache_bytes)
     return app
+
+
+# Package files are public and every shard is checked against its sha256 by whoever reads it, so any page
+# may fetch them: a `webmoe serve` can be another origin's mirror (the manifest's `mirrors`).
+PACKAGE_CORS = {"Access-Control-Allow-Origin": "*",
+                "Access-Control-Expose-Headers": "Content-Range, Content-Length, ETag, Accept-Ranges"}
 
 
 def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080, api: bool = True,
