@@ -1,0 +1,102 @@
+"""Experts on demand against the full download, in headless Chromium, over a slow network: the package is
+served by `webmoe serve` behind a middleware that sends shards at a fixed rate, and each run starts with
+an empty browser profile (nothing in OPFS).
+
+    .venv/bin/python scripts/bench_on_demand.py [PACKAGE] [--rates 2,8] [--tokens 16]
+
+Prints, per rate and mode: time to load, time to the first token (from the start of the load), decode
+tokens/s after it, and the shard bytes the server sent.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from webmoe.serve.server import PACKAGES, create_app
+from webmoe.tools.headless import browser, serving
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = 64 << 10
+
+PAGE = """async ([manifest, onDemand, tokens]) => {
+  const t0 = performance.now();
+  const webmoe = await import('/web/webmoe.js');
+  const e = await webmoe.load(manifest, {expertsOnDemand: onDemand});
+  const loaded = performance.now();
+  let first = 0, n = 0;
+  for await (const t of e.generate('ROMEO. What light', {maxNewTokens: tokens, temperature: 0})) {
+    if (n++ === 0) first = performance.now();
+  }
+  const end = performance.now();
+  return {load_s: (loaded - t0) / 1000, ttft_s: (first - t0) / 1000,
+          decode: n > 1 ? (n - 1) / ((end - first) / 1000) : 0, adapter: e.adapter};
+}"""
+
+
+class Throttle:
+    """Sends shards (whole files; the runs here never resume) at `rate` bytes/s in all, however many
+    requests share the link, and counts the bytes."""
+
+    def __init__(self, rate: float):
+        self.rate, self.sent = rate, 0
+        self.link_free_at = 0.0          # when the link has sent everything scheduled so far (loop time)
+        self.middleware = web.middleware(lambda request, handler: self.handle(request, handler))
+
+    async def handle(self, request, handler):
+        if not request.path.endswith(".bin"):
+            return await handler(request)
+        sp = next(iter(request.app[PACKAGES].values()))
+        data = (sp.dir / request.path.rsplit("/", 1)[1]).read_bytes()
+        resp = web.StreamResponse(headers={"Content-Length": str(len(data)), "Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(data), CHUNK):
+            n = min(CHUNK, len(data) - i)
+            self.link_free_at = max(self.link_free_at, loop.time()) + n / self.rate
+            await asyncio.sleep(self.link_free_at - loop.time())
+            await resp.write(data[i:i + n])
+            self.sent += n
+        await resp.write_eof()
+        return resp
+
+
+def run(pkg: Path, rate: float, on_demand: bool, tokens: int) -> dict:
+    throttle = Throttle(rate)
+    app = create_app([pkg], api=False)
+    app.middlewares.append(throttle.middleware)
+    with serving(app) as url, browser() as ctx:
+        page = ctx.new_page()
+        page.goto(url + "/")
+        r = page.evaluate(PAGE, [f"/models/{pkg.name}/manifest.json", on_demand, tokens])
+    return {**r, "bytes": throttle.sent}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("package", nargs="?", type=Path, default=ROOT / "demo" / "shakespeare-moe")
+    ap.add_argument("--rates", default="2,8", help="MB/s the server sends shards at")
+    ap.add_argument("--tokens", type=int, default=16)
+    args = ap.parse_args()
+    rows = []
+    for rate in (float(r) for r in args.rates.split(",")):
+        for on_demand in (False, True):
+            r = run(args.package.resolve(), rate * 1e6, on_demand, args.tokens)
+            rows.append({"rate": rate, "mode": "experts on demand" if on_demand else "full download", **r})
+            print(rows[-1], file=sys.stderr)
+    print(f"{args.package.name} in headless Chromium ({rows[0]['adapter']}), {args.tokens} greedy tokens; "
+          f"{platform.machine()}")
+    print("| shards served at | mode | shard MB sent | load s | first token s | decode tok/s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['rate']:g} MB/s | {r['mode']} | {r['bytes'] / 1e6:.2f} | {r['load_s']:.1f} | {r['ttft_s']:.1f} | "
+              f"{r['decode']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
