@@ -313,6 +313,40 @@ def test_experts_on_demand(tmp_path):
     assert len(cached) == 1 and not cached[0]["complete"]
 
 
+def test_opfs_budget_smaller_than_the_model(tmp_path):
+    """expertsOnDemand with an OPFS budget of the dense shards and three experts (and GPU room for four,
+    no memory tier): least recently used expert shards leave OPFS as new ones arrive, so the model's
+    folder never holds more than the budget, experts needed again are fetched again, and the logits are
+    the native engine's; a budget too small
+    for the dense shards and one expert is a QuotaError before anything is stored."""
+    config = mixtral(num_local_experts=12, num_experts_per_tok=2, num_hidden_layers=2)
+    pkg = convert(save_checkpoint(MixtralForCausalLM, config, tmp_path / "ckpt"), tmp_path / "budget",
+                  dtype="f16", progress=False)
+    m = json.loads((pkg / "manifest.json").read_text())
+    dense = sum(e["size"] for e in m["shards"] if e["kind"] != "expert")
+    expert = max(e["size"] for e in m["shards"] if e["kind"] == "expert")
+    ids = [5, 77, 300, 12, 9, 250]
+    want = Engine.load(pkg).logits(ids)
+    rec = Recorder()
+    with serving(app_with(rec, pkg)) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        err = page.evaluate("""async ([m, budget]) => {
+          try { await (await import('/web/webmoe.js')).load(m, {expertsOnDemand: true, opfsBudgetBytes: budget}); }
+          catch (e) { return e.message; }
+        }""", [manifest_url(pkg), dense])
+        assert err.startswith("an OPFS budget of"), err
+        page.evaluate(LOAD, [manifest_url(pkg), {"expertsOnDemand": True, "opfsBudgetBytes": dense + 3 * expert,
+                                                 "memoryCacheBytes": 0, "expertCacheBytes": 4 * expert}])
+        got = browser_logits(page, ids)
+        again = browser_logits(page, ids)
+        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+    fetched = [Path(p).name for p, _ in rec.shard_requests() if "expert-" in p]
+    assert len(set(fetched)) > 3 and len(fetched) > len(set(fetched))      # more than fit; some fetched again
+    assert len(cached) == 1 and cached[0]["bytes"] <= dense + 3 * expert + 4096      # + state.json
+    for logits in (got, again):
+        assert np.abs(logits - want).max() / np.abs(want).max() <= BROWSER_TOL
+
+
 def test_a_failing_mirror_is_skipped(tmp_path, packages):
     """The package names two mirrors; its own server refuses every shard and the first mirror serves wrong
     bytes: each shard is tried there, refused or found to fail its sha256, and comes from the second

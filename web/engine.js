@@ -29,15 +29,18 @@ export class Engine {
   // observeRouting (read back routing even when every expert is resident, for usage statistics),
   // prefetch (when paging: load each next MoE layer's predicted experts ahead of need), maxBinding (lowers
   // the storage binding limit the engine keeps to; tests), digest (the manifest's sha256 to pin),
-  // expertsOnDemand (download the dense shards only; fetch each expert when the router first chooses it)
+  // expertsOnDemand (download the dense shards only; fetch each expert when the router first chooses it),
+  // opfsBudgetBytes (with expertsOnDemand: what the model may keep in OPFS; least recently used experts leave)
   static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
                                    memoryCacheBytes, pinnedExperts = [], observeRouting = false,
-                                   prefetch = false, maxBinding, digest, expertsOnDemand = false } = {}) {
+                                   prefetch = false, maxBinding, digest, expertsOnDemand = false,
+                                   opfsBudgetBytes } = {}) {
     const e = new Engine();
     const gpu = await openDevice({ maxBinding });
     e.device = gpu.device;
     e.adapter = gpu.description;
-    const store = await ModelStore.open(manifestUrl, { onProgress, memoryBytes: memoryCacheBytes, digest, expertsOnDemand });
+    const store = await ModelStore.open(manifestUrl, { onProgress, memoryBytes: memoryCacheBytes, digest, expertsOnDemand,
+                                                       opfsBudgetBytes });
     e.store = store;
     const m = (e.manifest = store.manifest);
     e.vocab = m.config.vocab_size;

@@ -68,7 +68,9 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export class ModelStore {
   // options: onProgress({loaded, total, shards: {file: state}}), concurrency, retries, digest (the manifest's
   // sha256 to pin, as `webmoe info` prints it), expertsOnDemand (download only the dense and tokenizer
-  // shards now; an expert shard is fetched, verified and stored the first time shard() asks for it)
+  // shards now; an expert shard is fetched, verified and stored the first time shard() asks for it),
+  // opfsBudgetBytes (with expertsOnDemand: the most this model keeps in OPFS; the least recently used
+  // expert shards leave it when a new one arrives, and are fetched again when needed)
   static async open(manifestUrl, options = {}) {
     const s = new ModelStore();
     s.url = new URL(manifestUrl, self.location.href).href;
@@ -80,6 +82,10 @@ export class ModelStore {
     s.memoryCounts = { hits: 0, misses: 0, evictions: 0 };
     s.retries = options.retries ?? 4;
     s.expertsOnDemand = !!options.expertsOnDemand;
+    s.opfsBudget = options.opfsBudgetBytes ?? Infinity;
+    if (s.opfsBudget !== Infinity && !s.expertsOnDemand) {
+      throw new QuotaError("an OPFS budget needs expertsOnDemand: a full download keeps every shard");
+    }
     const r = await fetch(s.url, { cache: "no-cache" });
     if (!r.ok) throw new PackageError(`manifest ${s.url}: HTTP ${r.status}`);
     // before anything is stored or downloaded
@@ -88,11 +94,19 @@ export class ModelStore {
     // fails (HTTP error, network error, wrong bytes) is skipped for the rest of the load
     s.sources = [new URL(".", s.url).href, ...(s.manifest.mirrors || [])];
     s.failing = new Set();
+    s.opfsEvictions = 0;
     s.id = await modelId(s.url);
     s.dir = await (await rootDir()).getDirectoryHandle(s.id, { create: true });
     const old = (await readJson(s.dir, "state.json")) || {};
-    s.state = { url: s.url, name: s.url.split("/").slice(-2, -1)[0], complete: false, verified: old.verified || {} };
+    s.state = { url: s.url, name: s.url.split("/").slice(-2, -1)[0], complete: false, verified: old.verified || {},
+                used: old.used || {} };                          // expert shard -> when last read (ms)
     s.entries = new Map(s.manifest.shards.map((e) => [e.file, e]));
+    const dense = s.manifest.shards.filter((e) => e.kind !== "expert").reduce((a, e) => a + e.size, 0);
+    const largest = Math.max(0, ...s.manifest.shards.filter((e) => e.kind === "expert").map((e) => e.size));
+    if (s.opfsBudget < dense + largest) {
+      throw new QuotaError(`an OPFS budget of ${mb(s.opfsBudget)} cannot hold this model's dense shards and one ` +
+                           `expert (${mb(dense + largest)})`);
+    }
     s.status = {};
     s.loaded = 0;
     s.total = s.manifest.shards.reduce((a, e) => a + e.size, 0);
@@ -246,6 +260,25 @@ export class ModelStore {
     throw new Error(`could not download ${e.file}: ${lastError?.message || lastError}`);
   }
 
+  // Before `incoming` is stored: removes the least recently used expert shards from OPFS until the
+  // model's verified shards and it fit the budget.
+  async makeRoom(incoming) {
+    if (this.opfsBudget === Infinity) return;
+    const stored = this.manifest.shards.filter((e) => this.state.verified[e.file] === e.sha256 && e !== incoming);
+    let bytes = stored.reduce((a, e) => a + e.size, 0) + incoming.size;
+    const victims = stored.filter((e) => e.kind === "expert")
+      .sort((a, b) => (this.state.used[a.file] || 0) - (this.state.used[b.file] || 0));
+    for (const e of victims) {
+      if (bytes <= this.opfsBudget) break;
+      await this.dir.removeEntry(e.file).catch(() => {});
+      delete this.state.verified[e.file];
+      bytes -= e.size;
+      this.loaded -= e.size;
+      this.status[e.file] = "on demand";
+      this.opfsEvictions++;
+    }
+  }
+
   memoryStats() {
     return { ...this.memoryCounts, bytes: this.memoryUsed, budget: this.memoryBytes, files: this.memory.size };
   }
@@ -278,10 +311,12 @@ export class ModelStore {
   async read(file) {
     const e = this.entries.get(file);
     if (!e) throw new Error(`shard ${file} is not in the manifest`);
+    if (e.kind === "expert") this.state.used[file] = Date.now();
     try {
       const data = await (await (await this.dir.getFileHandle(file)).getFile()).arrayBuffer();
       if ((await sha256Hex(data)) === e.sha256) return data;
     } catch { /* missing: fetch below */ }
+    await this.makeRoom(e);
     await this.dir.removeEntry(file).catch(() => {});
     delete this.state.verified[file];
     this.state.complete = false;

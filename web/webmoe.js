@@ -7,7 +7,8 @@
 //   for await (const t of engine.generate(messages, { maxNewTokens: 64, temperature: 0.7 })) ...
 //   engine.stop();                                                 // ends a running generate()
 //   await engine.expertStats();                                    // cache hits, misses, uploads, usage
-// load options: expertCacheBytes, memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand
+// load options: expertCacheBytes, memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand,
+// opfsBudgetBytes
 //   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
 
 let seq = 0;
