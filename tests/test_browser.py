@@ -313,6 +313,38 @@ def test_experts_on_demand(tmp_path):
     assert len(cached) == 1 and not cached[0]["complete"]
 
 
+def test_chat_completions_create():
+    """engine.chat.completions.create in OpenAI's shape: the non-streamed answer, the streamed chunks
+    (role first, finish_reason last) and generate() give the same text at temperature 0; usage counts the
+    tokens; max_tokens ends with "length"; a field it does not support is refused by name."""
+    messages = [{"role": "user", "content": "Speak, Romeo."}]
+    with serving(create_app([DEMO])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.evaluate(LOAD, [manifest_url(DEMO)])
+        r = page.evaluate("""async ([messages]) => {
+          const e = window.engine;
+          const whole = await e.chat.completions.create({messages, max_tokens: 12, temperature: 0});
+          const chunks = [];
+          for await (const c of await e.chat.completions.create({messages, max_tokens: 12, temperature: 0, stream: true}))
+            chunks.push(c);
+          let text = '';
+          for await (const t of e.generate(messages, {maxNewTokens: 12, temperature: 0})) text += t.text;
+          let refused = null;
+          try { await e.chat.completions.create({messages, logprobs: true}); } catch (err) { refused = err.message; }
+          return {whole, chunks, text, refused};
+        }""", [messages])
+    whole, chunks = r["whole"], r["chunks"]
+    assert whole["object"] == "chat.completion" and whole["choices"][0]["message"]["role"] == "assistant"
+    assert whole["choices"][0]["message"]["content"] == r["text"] != ""
+    assert whole["choices"][0]["finish_reason"] == "length" and whole["usage"]["completion_tokens"] == 12
+    assert whole["usage"]["total_tokens"] == whole["usage"]["prompt_tokens"] + 12
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == r["text"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert r["refused"] == "unsupported chat completion fields: logprobs"
+
+
 def test_opfs_budget_smaller_than_the_model(tmp_path):
     """expertsOnDemand with an OPFS budget of the dense shards and three experts (and GPU room for four,
     no memory tier): least recently used expert shards leave OPFS as new ones arrive, so the model's

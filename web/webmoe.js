@@ -10,6 +10,9 @@
 // load options: expertCacheBytes, memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand,
 // opfsBudgetBytes
 //   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
+//   await engine.chat.completions.create({messages, max_tokens, temperature, top_p, seed, stop})
+//                                         // OpenAI's shape: a chat.completion, or with stream: true an
+//                                         // async iterator of chat.completion.chunk objects
 
 let seq = 0;
 
@@ -46,6 +49,7 @@ class BrowserEngine {
   constructor(client, info) {
     this.client = client;
     Object.assign(this, info);
+    this.chat = { completions: { create: (request) => chatCompletion(this, request) } };
   }
 
   // Token ids of a prompt: text, or chat messages rendered with the model's template.
@@ -84,6 +88,40 @@ class BrowserEngine {
   async expertStats() {
     return (await this.client.call("stats")).stats;
   }
+}
+
+// engine.chat.completions.create, as OpenAI's clients call it (and as `webmoe serve`'s /v1 answers): the
+// request's sampling fields map to generate()'s options; unknown fields are refused, not ignored.
+const CHAT_FIELDS = new Set(["messages", "model", "stream", "max_tokens", "max_completion_tokens", "temperature",
+                             "top_p", "seed", "stop"]);
+
+function chatCompletion(engine, request) {
+  const unknown = Object.keys(request || {}).filter((k) => !CHAT_FIELDS.has(k));
+  if (unknown.length) return Promise.reject(new TypeError(`unsupported chat completion fields: ${unknown.join(", ")}`));
+  const { messages, stream = false, stop } = request;
+  const options = { maxNewTokens: request.max_completion_tokens ?? request.max_tokens ?? 256,
+                    temperature: request.temperature ?? 1, topP: request.top_p ?? 1, seed: request.seed,
+                    stop: stop == null ? [] : [].concat(stop) };
+  const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+  const created = Math.floor(Date.now() / 1000);
+  const model = engine.family;
+  const chunk = (delta, finish = null) => ({ id, object: "chat.completion.chunk", created, model,
+                                             choices: [{ index: 0, delta, finish_reason: finish }] });
+  const usage = () => ({ prompt_tokens: engine.lastStats.promptTokens, completion_tokens: engine.lastStats.completionTokens,
+                         total_tokens: engine.lastStats.promptTokens + engine.lastStats.completionTokens });
+  if (stream) {
+    return (async function* () {
+      yield chunk({ role: "assistant", content: "" });
+      for await (const t of engine.generate(messages, options)) yield chunk({ content: t.text });
+      yield chunk({}, engine.lastStats.finishReason);
+    })();
+  }
+  return (async () => {
+    let text = "";
+    for await (const t of engine.generate(messages, options)) text += t.text;
+    return { id, object: "chat.completion", created, model, usage: usage(),
+             choices: [{ index: 0, message: { role: "assistant", content: text }, finish_reason: engine.lastStats.finishReason }] };
+  })();
 }
 
 let shared = null;

@@ -24,11 +24,13 @@ const ops = {
     abort = new AbortController();
     let n = 0;
     const t0 = performance.now();
-    for await (const token of engine.generate(prompt, { ...options, signal: abort.signal })) {
+    const run = engine.generate(prompt, { ...options, signal: abort.signal });
+    for await (const token of run) {
       n++;
       postMessage({ id, token: engine.experts.readsRouting ? { ...token, usage: engine.experts.usage } : token });
     }
-    return { tokens: n, seconds: (performance.now() - t0) / 1000 };
+    return { tokens: n, seconds: (performance.now() - t0) / 1000, finishReason: run.finishReason,
+             promptTokens: run.promptTokens, completionTokens: run.completionTokens };
   },
   async stats() {
     return { stats: engine.expertStats() };
