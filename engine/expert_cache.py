@@ -294,8 +294,9 @@ class ExpertCache:
 
     def report(self) -> dict:
         """Statistics per layer and in total (hits + misses = lookups; bytes_uploaded = misses x expert bytes),
-        tokens routed to each expert per layer, and the in-memory shard cache (the browser's; natively the
-        shards are memory-mapped, so it is None). The same shape as web/expert_cache.js's report()."""
+        tokens routed to each expert per layer, the in-memory shard cache and the tiers below it, OPFS and
+        the network (the browser's; natively the shards are memory-mapped local files, so both are None).
+        The same shape as web/expert_cache.js's report()."""
         layers = {l: s.as_dict() for l, s in self.stats.items()}
         total = LayerStats()
         for s in self.stats.values():
@@ -305,4 +306,4 @@ class ExpertCache:
                 "capacity": self.capacity, "banks": len(self.banks), "budget": self.budget.reason,
                 "paging": self.paging,
                 "resident": len(self.resident), "layers": layers, "total": total.as_dict(),
-                "usage": {l: u.tolist() for l, u in self.usage.items()}, "memory": None}
+                "usage": {l: u.tolist() for l, u in self.usage.items()}, "memory": None, "tiers": None}

@@ -372,7 +372,14 @@ def test_opfs_budget_smaller_than_the_model(tmp_path):
         got = browser_logits(page, ids)
         again = browser_logits(page, ids)
         cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        tiers = page.evaluate("async () => (await window.engine.expertStats()).tiers")
     fetched = [Path(p).name for p, _ in rec.shard_requests() if "expert-" in p]
+    shards = {s["file"]: s["size"] for s in m["shards"]}
+    sent = [Path(p).name for p, _ in rec.shard_requests()] + [f for f in shards if not f.endswith(".bin")]
+    net = tiers["network"]          # every shard the server sent (tokenizer files once), as the page counted
+    assert net["fetches"] == len(sent) and net["failed_sources"] == 0
+    assert net["bytes"] == sum(shards[f] for f in sent)
+    assert tiers["opfs"]["evictions"] >= len(fetched) - 3 and tiers["opfs"]["reads"] >= 0
     assert len(set(fetched)) > 3 and len(fetched) > len(set(fetched))      # more than fit; some fetched again
     assert len(cached) == 1 and cached[0]["bytes"] <= dense + 3 * expert + 4096      # + state.json
     for logits in (got, again):

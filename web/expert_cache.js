@@ -267,7 +267,8 @@ export class ExpertCache {
     const layers = Object.fromEntries(Object.entries(this.stats).map(([l, s]) => [l, statsDict(s)]));
     return { slots: this.nSlots, slot_bytes: this.slotBytes, pieces: this.pieces, capacity: this.capacity,
              banks: this.banks.length, budget: this.budget.reason, paging: this.paging, resident: this.resident.size,
-             layers, total: statsDict(total), usage: this.usage, memory: this.store.memoryStats() };
+             layers, total: statsDict(total), usage: this.usage, memory: this.store.memoryStats(),
+             tiers: this.store.tierStats() };
   }
 }
 

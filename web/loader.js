@@ -94,7 +94,9 @@ export class ModelStore {
     // fails (HTTP error, network error, wrong bytes) is skipped for the rest of the load
     s.sources = [new URL(".", s.url).href, ...(s.manifest.mirrors || [])];
     s.failing = new Set();
-    s.opfsEvictions = 0;
+    // per tier below the GPU: shard reads that OPFS served and fetches the network served
+    s.tiers = { opfs: { reads: 0, bytes: 0, wait_s: 0, evictions: 0 },
+                network: { fetches: 0, bytes: 0, wait_s: 0, failed_sources: 0 } };
     s.id = await modelId(s.url);
     s.dir = await (await rootDir()).getDirectoryHandle(s.id, { create: true });
     const old = (await readJson(s.dir, "state.json")) || {};
@@ -189,6 +191,15 @@ export class ModelStore {
   // Downloads one shard into <file>.part (resuming what is there), verifies it, moves it into place.
   // Any source serves any shard: it is checked against its sha256 whatever its origin.
   async download(e) {
+    const t0 = performance.now();
+    const data = await this.fetchShard(e);
+    const net = this.tiers.network;
+    Object.assign(net, { fetches: net.fetches + 1, bytes: net.bytes + e.size,
+                         wait_s: net.wait_s + (performance.now() - t0) / 1000, failed_sources: this.failing.size });
+    return data;
+  }
+
+  async fetchShard(e) {
     let lastError;
     for (let attempt = 0; attempt <= this.retries; attempt++) {
       let writable = null;
@@ -275,12 +286,18 @@ export class ModelStore {
       bytes -= e.size;
       this.loaded -= e.size;
       this.status[e.file] = "on demand";
-      this.opfsEvictions++;
+      this.tiers.opfs.evictions++;
     }
   }
 
   memoryStats() {
     return { ...this.memoryCounts, bytes: this.memoryUsed, budget: this.memoryBytes, files: this.memory.size };
+  }
+
+  // {opfs: {reads, bytes, wait_s, evictions}, network: {fetches, bytes, wait_s, failed_sources}}
+  tierStats() {
+    const round = (t) => ({ ...t, wait_s: Math.round(t.wait_s * 1e6) / 1e6 });
+    return { opfs: round(this.tiers.opfs), network: round(this.tiers.network) };
   }
 
   // The verified bytes of a shard, from the in-memory LRU (memo: true keeps them there), else OPFS, else
@@ -312,9 +329,14 @@ export class ModelStore {
     const e = this.entries.get(file);
     if (!e) throw new Error(`shard ${file} is not in the manifest`);
     if (e.kind === "expert") this.state.used[file] = Date.now();
+    const t0 = performance.now();
     try {
       const data = await (await (await this.dir.getFileHandle(file)).getFile()).arrayBuffer();
-      if ((await sha256Hex(data)) === e.sha256) return data;
+      if ((await sha256Hex(data)) === e.sha256) {
+        Object.assign(this.tiers.opfs, { reads: this.tiers.opfs.reads + 1, bytes: this.tiers.opfs.bytes + e.size,
+                                         wait_s: this.tiers.opfs.wait_s + (performance.now() - t0) / 1000 });
+        return data;
+      }
     } catch { /* missing: fetch below */ }
     await this.makeRoom(e);
     await this.dir.removeEntry(file).catch(() => {});
