@@ -453,6 +453,45 @@ def test_chat_page_streams_tokens():
         assert page.inner_text("#cached").count("MiB") == 1
 
 
+def test_page_loads_the_only_model_and_names_its_stages(packages):
+    """With one model served, the page loads it without being asked, showing the download and then the
+    setup stage (kernels, upload) in its progress text; with two, it says to choose one and press Load."""
+    record = """new MutationObserver(() => {
+      const t = document.getElementById('progress-text')?.textContent;
+      if (t && window.__stages.at(-1) !== t) window.__stages.push(t);
+    }).observe(document, {subtree: true, childList: true, characterData: true}); window.__stages = [];"""
+    with serving(create_app([packages["gqa-top2-f32"]])) as url, browser() as ctx:
+        ctx.add_init_script(f"document.addEventListener('DOMContentLoaded', () => {{ {record} }});")
+        page = open_page(ctx, url + "/")
+        page.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
+        stages = page.evaluate("window.__stages")
+    assert any(t.startswith("Downloading:") for t in stages), stages
+    assert any("compiling kernels and uploading the model" in t for t in stages), stages
+    with serving(create_app([packages["gqa-top2-f32"], packages["odd-sizes-top3-f16"]])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.wait_for_selector("#notice:not([hidden])")
+        assert page.inner_text("#notice").startswith("Choose a model above and press Load")
+        assert page.is_disabled("#prompt")
+
+
+def test_missing_module_gives_a_clear_message(packages):
+    """With the page's npm modules missing (served as 404), loading ends in a message that says what
+    happened and what to do, instead of waiting forever."""
+    @web.middleware
+    async def no_vendor(request, handler):
+        if request.path.startswith("/vendor/"):
+            raise web.HTTPNotFound()
+        return await handler(request)
+    app = create_app([packages["gqa-top2-f32"]])
+    app.middlewares.append(no_vendor)
+    with serving(app) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.click("#load")
+        page.wait_for_selector("#notice.error", timeout=60_000)
+        text = page.inner_text("#notice")
+    assert "worker could not start" in text and "webmoe serve" in text, text
+
+
 def test_no_webgpu_gives_a_clear_message(packages, tmp_path):
     from browser import CHROMIUM, playwright
     with serving(create_app([packages["gqa-top2-f32"]])) as url:

@@ -39,7 +39,10 @@ async function refreshCached() {
 function showProgress(p) {
   $("progress").hidden = false;
   $("bar").value = p.total ? p.loaded / p.total : 0;
-  $("progress-text").textContent = `${mib(p.loaded)} / ${mib(p.total)}`;
+  const waiting = Object.values(p.shards).some((s) => ["queued", "downloading", "retrying", "verifying"].includes(s));
+  // after the last byte the worker still compiles the kernels and uploads the weights: say so
+  $("progress-text").textContent = waiting ? `Downloading: ${mib(p.loaded)} / ${mib(p.total)}`
+    : `Downloaded ${mib(p.loaded)}; compiling kernels and uploading the model…`;
   $("shards").replaceChildren(...Object.entries(p.shards).map(([f, s]) => {
     const li = document.createElement("li");
     li.textContent = `${f}: ${s}`;
@@ -47,14 +50,18 @@ function showProgress(p) {
   }));
 }
 
+let loadedUrl = null;
+
 async function loadModel() {
   const url = $("model").value;
-  if (!url) return;
+  if (!url || url === loadedUrl) return;
   $("load").disabled = true;
   notice(`Loading ${url}…`);
   try {
     // observeRouting: read back each layer's routing while generating, for the live expert heatmap
     engine = await webmoe.load(url, { onProgress: showProgress, observeRouting: true });
+    loadedUrl = url;
+    localStorage.setItem("webmoe.last", url);
     notice("");
     $("progress").hidden = true;
     $("status").textContent = `${engine.family} on ${engine.adapter}`;
@@ -159,7 +166,17 @@ async function main() {
   $("stop").onclick = () => engine?.stop();
   $("prompt").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); };
   refreshCached();
-  if (webgpu && models.length && new URLSearchParams(location.search).has("autoload")) loadModel();
+  if (!webgpu) return;
+  // the model loaded last time, or the only one served, loads by itself; otherwise say what to do
+  const last = models.find((m) => m.manifest === localStorage.getItem("webmoe.last"));
+  if (last) $("model").value = last.manifest;
+  if (last || models.length === 1 || (models.length && new URLSearchParams(location.search).has("autoload"))) {
+    loadModel();
+  } else if (models.length) {
+    notice("Choose a model above and press Load: it is downloaded once and kept in this browser.");
+  } else {
+    notice("This server serves no model: start it with `webmoe serve PACKAGE`.", true);
+  }
 }
 
 main();

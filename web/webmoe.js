@@ -20,6 +20,15 @@ class WorkerClient {
   constructor() {
     this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     this.pending = new Map();
+    // a worker whose modules fail to load never answers: fail every call with what happened instead
+    this.worker.onerror = (ev) => {
+      ev.preventDefault?.();
+      this.broken = new Error("webmoe's worker could not start" + (ev.message ? ` (${ev.message})` : "") +
+                              ": one of its modules failed to load. Serve the page with `webmoe serve`, which " +
+                              "also sends the npm modules it needs, or reinstall them (npm ci in web/).");
+      for (const p of this.pending.values()) p.reject(this.broken);
+      this.pending.clear();
+    };
     this.worker.onmessage = ({ data }) => {
       const p = this.pending.get(data.id);
       if (!p) return;
@@ -38,6 +47,7 @@ class WorkerClient {
 
   call(op, args = {}, handlers = {}) {
     const id = ++seq;
+    if (this.broken) return Promise.reject(this.broken);
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, ...handlers });
       this.worker.postMessage({ id, op, ...args });
