@@ -437,6 +437,8 @@ def test_chat_page_streams_tokens():
         page = open_page(ctx, url + "/?autoload")
         page.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
         assert "swiftshader" in page.inner_text("#status").lower()
+        page.click("#settings summary")
+        page.fill("#max-tokens", "6")
         page.fill("#prompt", "Good morrow, how are you?")
         page.click("#send")
         page.wait_for_selector(".msg.assistant")
@@ -445,9 +447,13 @@ def test_chat_page_streams_tokens():
         page.wait_for_selector("#send:not([disabled])", timeout=120_000)
         reply = page.inner_text(".msg.assistant")
         assert reply.strip()
-        assert "tokens/s" in page.inner_text("#status")
-        # the live expert heatmap: one row per MoE layer, one cell per expert; cache statistics after
-        assert page.locator("#heatmap tr").count() == 4 and page.locator("#heatmap tr").first.locator("td").count() == 8
+        status = page.inner_text("#status")
+        assert "tokens/s" in status and int(status.split()[0]) <= 6, status      # the Max tokens setting
+        # the live expert heatmap: a header of expert numbers, one row per MoE layer, one cell per expert
+        rows = page.locator("#heatmap tr")
+        assert rows.count() == 5 and [rows.nth(i).locator("td").count() for i in range(1, 5)] == [8] * 4
+        assert rows.first.inner_text().split() == [str(e) for e in range(8)]
+        assert "Rows: MoE layers" in page.inner_text("aside .legend")
         page.wait_for_function("document.querySelector('#cache-stats').textContent.includes('lookups')")
         page.screenshot(path=str(SCREENSHOTS / "chat.png"))
         assert page.inner_text("#cached").count("MiB") == 1

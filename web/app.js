@@ -78,6 +78,14 @@ async function loadModel() {
 
 // usage: {layer: [tokens routed to each expert]} -> a layers x experts table shaded by share
 function drawHeatmap(usage) {
+  const experts = Object.values(usage)[0]?.length || 0;
+  const head = document.createElement("tr");
+  head.append(document.createElement("th"), ...Array.from({ length: experts }, (_, e) => {
+    const th = document.createElement("th");
+    th.textContent = String(e);
+    th.title = `expert ${e}`;
+    return th;
+  }));
   const rows = Object.entries(usage).map(([layer, counts]) => {
     const total = counts.reduce((a, b) => a + b, 0) || 1;
     const tr = document.createElement("tr");
@@ -94,7 +102,7 @@ function drawHeatmap(usage) {
     return tr;
   });
   const table = document.createElement("table");
-  table.append(...rows);
+  table.append(head, ...rows);
   $("heatmap").replaceChildren(table);
 }
 
@@ -128,7 +136,12 @@ async function send(ev) {
   const t0 = performance.now();
   let n = 0;
   try {
-    for await (const token of engine.generate(history, { maxNewTokens: 200, temperature: 0.7, topP: 0.9 })) {
+    const system = $("system").value.trim();
+    const messages = system ? [{ role: "system", content: system }, ...history] : history;
+    const settings = { maxNewTokens: Math.max(1, Math.round(Number($("max-tokens").value) || 200)),
+                       temperature: Math.max(0, Number($("temperature").value) || 0),
+                       topP: Math.min(1, Math.max(0.01, Number($("top-p").value) || 1)) };
+    for await (const token of engine.generate(messages, settings)) {
       reply += token.text;
       n++;
       if (token.usage) drawHeatmap(token.usage);
