@@ -459,21 +459,28 @@ def test_chat_page_streams_tokens():
         assert page.inner_text("#cached").count("MiB") == 1
 
 
-def test_page_loads_the_only_model_and_names_its_stages(packages):
-    """With one model served, the page loads it without being asked, showing the download and then the
-    setup stage (kernels, upload) in its progress text; with two, it says to choose one and press Load."""
+def test_page_says_what_to_do_and_names_its_stages(packages):
+    """A first visit says to press Load (naming the model and its size), or to choose a model when there
+    are several; Load shows the download and then the setup stage (kernels, upload) in the progress text;
+    the next visit loads the same model by itself."""
     record = """new MutationObserver(() => {
       const t = document.getElementById('progress-text')?.textContent;
       if (t && window.__stages.at(-1) !== t) window.__stages.push(t);
     }).observe(document, {subtree: true, childList: true, characterData: true}); window.__stages = [];"""
-    with serving(create_app([packages["gqa-top2-f32"]])) as url, browser() as ctx:
+    pkg = packages["gqa-top2-f32"]
+    with serving(create_app([pkg])) as url, browser() as ctx:
         ctx.add_init_script(f"document.addEventListener('DOMContentLoaded', () => {{ {record} }});")
         page = open_page(ctx, url + "/")
+        page.wait_for_selector("#notice:not([hidden])")
+        assert page.inner_text("#notice").startswith(f"Press Load to download {pkg.name} (")
+        page.click("#load")
         page.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
         stages = page.evaluate("window.__stages")
-    assert any(t.startswith("Downloading:") for t in stages), stages
-    assert any("compiling kernels and uploading the model" in t for t in stages), stages
-    with serving(create_app([packages["gqa-top2-f32"], packages["odd-sizes-top3-f16"]])) as url, browser() as ctx:
+        assert any(t.startswith("Downloading:") for t in stages), stages
+        assert any("compiling kernels and uploading the model" in t for t in stages), stages
+        again = open_page(ctx, url + "/")                 # same profile: remembered, and in OPFS
+        again.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
+    with serving(create_app([pkg, packages["odd-sizes-top3-f16"]])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.wait_for_selector("#notice:not([hidden])")
         assert page.inner_text("#notice").startswith("Choose a model above and press Load")

@@ -180,11 +180,14 @@ async function main() {
   $("prompt").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); };
   refreshCached();
   if (!webgpu) return;
-  // the model loaded last time, or the only one served, loads by itself; otherwise say what to do
+  // the model loaded last time loads by itself (it is in OPFS); a first visit is told what to do, since
+  // Load starts a download
   const last = models.find((m) => m.manifest === localStorage.getItem("webmoe.last"));
   if (last) $("model").value = last.manifest;
-  if (last || models.length === 1 || (models.length && new URLSearchParams(location.search).has("autoload"))) {
+  if (last || (models.length && new URLSearchParams(location.search).has("autoload"))) {
     loadModel();
+  } else if (models.length === 1) {
+    notice(`Press Load to download ${models[0].name} (${mib(models[0].bytes)}) into this browser and chat with it.`);
   } else if (models.length) {
     notice("Choose a model above and press Load: it is downloaded once and kept in this browser.");
   } else {

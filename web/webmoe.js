@@ -62,13 +62,18 @@ class BrowserEngine {
     this.chat = { completions: { create: (request) => chatCompletion(this, request) } };
   }
 
+  // A call to this engine in the worker (several may be loaded there).
+  call(op, args = {}, handlers = {}) {
+    return this.client.call(op, { handle: this.handle, ...args }, handlers);
+  }
+
   // Token ids of a prompt: text, or chat messages rendered with the model's template.
   async tokenize(prompt) {
-    return (await this.client.call("tokenize", { prompt })).ids;
+    return (await this.call("tokenize", { prompt })).ids;
   }
 
   async logits(ids) {
-    return (await this.client.call("logits", { ids: Array.from(ids) })).logits;
+    return (await this.call("logits", { ids: Array.from(ids) })).logits;
   }
 
   // An async iterator of {id, text}; stop() ends it early.
@@ -77,7 +82,7 @@ class BrowserEngine {
     let wake = null;
     let finished = false;
     let failure = null;
-    const done = this.client.call("generate", { prompt, options }, {
+    const done = this.call("generate", { prompt, options }, {
       onToken: (t) => { queue.push(t); wake?.(); },
     }).then((r) => { this.lastStats = r; }, (e) => { failure = e; }).finally(() => { finished = true; wake?.(); });
     for (;;) {
@@ -91,12 +96,12 @@ class BrowserEngine {
   }
 
   stop() {
-    return this.client.call("stop");
+    return this.call("stop");
   }
 
   // The expert cache's statistics (per layer and total), routing usage, and the in-memory shard cache.
   async expertStats() {
-    return (await this.client.call("stats")).stats;
+    return (await this.call("stats")).stats;
   }
 }
 

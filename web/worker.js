@@ -1,30 +1,42 @@
 // The engine's home: a dedicated worker, so the page stays responsive while the GPU works.
-// Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stats"|"stop"|"list"|"delete", ...}; out: {id, ...}.
+// Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stats"|"stop"|"list"|"delete", handle (the
+// engine load returned), ...}; out: {id, ...}.
 import { Engine } from "./engine.js";
 import { deleteCached, listCached } from "./loader.js";
 
-let engine = null;
-let abort = null;
+// a page may load several models (or load while another load runs): each engine has a handle
+const engines = new Map();     // handle -> {engine, abort}
+let nextHandle = 0;
+
+function get(handle) {
+  const e = engines.get(handle);
+  if (!e) throw new Error("this engine is not loaded in the worker");
+  return e;
+}
 
 const ops = {
   async load({ id, manifestUrl, options }) {
-    engine = await Engine.load(manifestUrl, { ...options, onProgress: (p) => postMessage({ id, progress: p }) });
-    return { adapter: engine.adapter, family: engine.manifest.family, description: engine.describe(),
+    const engine = await Engine.load(manifestUrl, { ...options, onProgress: (p) => postMessage({ id, progress: p }) });
+    const handle = ++nextHandle;
+    engines.set(handle, { engine, abort: null });
+    return { handle, adapter: engine.adapter, family: engine.manifest.family, description: engine.describe(),
              config: engine.manifest.config,
              moe: { ...engine.manifest.moe, expert_layout: undefined } };
   },
-  async tokenize({ prompt }) {
-    return { ids: engine.tokenizer.promptIds(prompt) };
+  async tokenize({ handle, prompt }) {
+    return { ids: get(handle).engine.tokenizer.promptIds(prompt) };
   },
-  async logits({ ids }) {
-    const out = await engine.logits(ids);
+  async logits({ handle, ids }) {
+    const out = await get(handle).engine.logits(ids);
     return { logits: out };
   },
-  async generate({ id, prompt, options }) {
-    abort = new AbortController();
+  async generate({ id, handle, prompt, options }) {
+    const slot = get(handle);
+    const engine = slot.engine;
+    slot.abort = new AbortController();
     let n = 0;
     const t0 = performance.now();
-    const run = engine.generate(prompt, { ...options, signal: abort.signal });
+    const run = engine.generate(prompt, { ...options, signal: slot.abort.signal });
     for await (const token of run) {
       n++;
       postMessage({ id, token: engine.experts.readsRouting ? { ...token, usage: engine.experts.usage } : token });
@@ -32,11 +44,11 @@ const ops = {
     return { tokens: n, seconds: (performance.now() - t0) / 1000, finishReason: run.finishReason,
              promptTokens: run.promptTokens, completionTokens: run.completionTokens };
   },
-  async stats() {
-    return { stats: engine.expertStats() };
+  async stats({ handle }) {
+    return { stats: get(handle).engine.expertStats() };
   },
-  async stop() {
-    abort?.abort();
+  async stop({ handle }) {
+    get(handle).abort?.abort();
     return {};
   },
   async list() {
