@@ -30,7 +30,9 @@ class Gpu:
     device: "wgpu.GPUDevice"
     description: str
     limits: dict
-    modules: dict = field(default_factory=dict)   # compiled shader modules, by (kernel, defines)
+    # compiled compute pipelines, one per kernel variant (kernel, defines, consts): plan steps that differ
+    # only in their buffers and params share one (the demo's 68 steps are 16 variants)
+    pipelines: dict = field(default_factory=dict)
     binding_cap: int | None = None                # a lower storage binding limit the runtime keeps to (tests)
     subgroup_size: int = 0                        # lanes of the device's subgroups (0: none usable)
 

@@ -77,16 +77,19 @@ class Executor:
         if missing or unbound or unknown:
             raise PlanError(f"plan step {label}: params missing {missing}, bindings missing {unbound}, "
                             f"unknown bindings {unknown}")
-        key = (kernel.name, kernel.defines, kernel.consts)
-        if key not in self.gpu.modules:
-            self.gpu.modules[key] = self.device.create_shader_module(code=kernel.source, label=kernel.name)
-        module = self.gpu.modules[key]
-        pipeline = self.device.create_compute_pipeline(layout="auto", compute={"module": module,
-                                                                               "entry_point": "main"},
-                                                       label=label)
-        return {"index": index, "label": label, "kernel": kernel, "pipeline": pipeline,
+        return {"index": index, "label": label, "kernel": kernel, "pipeline": self._pipeline(kernel),
                 "params": step["params"], "bind": step["bind"], "dispatch": step["dispatch"],
                 "repeat": step.get("repeat", 1)}
+
+    def _pipeline(self, kernel):
+        """The device's pipeline for this kernel variant, compiled the first time a step asks for it. Bind
+        groups are made from its own ("auto") layout, so steps sharing it need nothing else in common."""
+        key = (kernel.name, kernel.defines, kernel.consts)
+        if key not in self.gpu.pipelines:
+            module = self.device.create_shader_module(code=kernel.source, label=kernel.name)
+            self.gpu.pipelines[key] = self.device.create_compute_pipeline(
+                layout="auto", compute={"module": module, "entry_point": "main"}, label=kernel.name)
+        return self.gpu.pipelines[key]
 
     def _bind_groups(self, st: dict) -> list:
         """One bind group, or one per bank when the step binds a banked runtime buffer."""

@@ -4,8 +4,9 @@ an empty browser profile (nothing in OPFS).
 
     .venv/bin/python scripts/bench_on_demand.py [PACKAGE] [--rates 2,8] [--tokens 16]
 
-Prints, per rate and mode: time to load, time to the first token (from the start of the load), decode
-tokens/s after it, and the shard bytes the server sent.
+Prints, per rate and mode (full download; experts on demand; on demand with the next layer's predicted
+experts fetched while the current one runs): time to load, time to the first token (from the start of the
+load), decode tokens/s after it, and the shard bytes the server sent.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from webmoe.tools.headless import browser, serving
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 64 << 10
 
-PAGE = """async ([manifest, onDemand, tokens]) => {
+PAGE = """async ([manifest, options, tokens]) => {
   const t0 = performance.now();
   const webmoe = await import('/web/webmoe.js');
-  const e = await webmoe.load(manifest, {expertsOnDemand: onDemand});
+  const e = await webmoe.load(manifest, options);
   const loaded = performance.now();
   let first = 0, n = 0;
   for await (const t of e.generate('ROMEO. What light', {maxNewTokens: tokens, temperature: 0})) {
@@ -34,7 +35,8 @@ PAGE = """async ([manifest, onDemand, tokens]) => {
   }
   const end = performance.now();
   return {load_s: (loaded - t0) / 1000, ttft_s: (first - t0) / 1000,
-          decode: n > 1 ? (n - 1) / ((end - first) / 1000) : 0, adapter: e.adapter};
+          decode: n > 1 ? (n - 1) / ((end - first) / 1000) : 0, adapter: e.adapter,
+          network: (await e.expertStats()).tiers.network};
 }"""
 
 
@@ -65,14 +67,19 @@ class Throttle:
         return resp
 
 
-def run(pkg: Path, rate: float, on_demand: bool, tokens: int) -> dict:
+MODES = {"full download": {},
+         "experts on demand": {"expertsOnDemand": True, "prefetch": False},
+         "on demand + prefetch": {"expertsOnDemand": True, "prefetch": True}}
+
+
+def run(pkg: Path, rate: float, options: dict, tokens: int) -> dict:
     throttle = Throttle(rate)
     app = create_app([pkg], api=False)
     app.middlewares.append(throttle.middleware)
     with serving(app) as url, browser() as ctx:
         page = ctx.new_page()
         page.goto(url + "/")
-        r = page.evaluate(PAGE, [f"/models/{pkg.name}/manifest.json", on_demand, tokens])
+        r = page.evaluate(PAGE, [f"/models/{pkg.name}/manifest.json", options, tokens])
     return {**r, "bytes": throttle.sent}
 
 
@@ -84,9 +91,9 @@ def main() -> int:
     args = ap.parse_args()
     rows = []
     for rate in (float(r) for r in args.rates.split(",")):
-        for on_demand in (False, True):
-            r = run(args.package.resolve(), rate * 1e6, on_demand, args.tokens)
-            rows.append({"rate": rate, "mode": "experts on demand" if on_demand else "full download", **r})
+        for mode, options in MODES.items():
+            r = run(args.package.resolve(), rate * 1e6, options, args.tokens)
+            rows.append({"rate": rate, "mode": mode, **r})
             print(rows[-1], file=sys.stderr)
     print(f"{args.package.name} in headless Chromium ({rows[0]['adapter']}), {args.tokens} greedy tokens; "
           f"{platform.machine()}")

@@ -2,7 +2,10 @@
 the OPFS cache, resumed downloads, the quota check and the chat page."""
 import asyncio
 import json
+import re
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -287,7 +290,8 @@ def test_opfs_cache_second_load_corruption_and_resume(packages):
 def test_experts_on_demand(tmp_path):
     """expertsOnDemand: the load downloads the dense and tokenizer shards only, the prompt then fetches the
     shards of exactly the experts the router chose (the server's log against the native engine's routing),
-    each once, and the logits are those of the native engine; the model is not complete in OPFS."""
+    each once, and the logits are those of the native engine; the model is not complete in OPFS. A later load
+    with backgroundDownload completes it, fetching every other shard once."""
     config = mixtral(num_local_experts=24, num_experts_per_tok=1, num_hidden_layers=2)
     pkg = convert(save_checkpoint(MixtralForCausalLM, config, tmp_path / "ckpt"), tmp_path / "many-experts",
                   dtype="f16", progress=False)
@@ -301,7 +305,7 @@ def test_experts_on_demand(tmp_path):
     rec = Recorder()
     with serving(app_with(rec, pkg)) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
-        page.evaluate(LOAD, [manifest_url(pkg), {"expertsOnDemand": True}])
+        page.evaluate(LOAD, [manifest_url(pkg), {"expertsOnDemand": True, "prefetch": False}])
         at_load = [Path(p).name for p, _ in rec.shard_requests()]
         assert sorted(at_load) == sorted(s["file"] for s in m["shards"] if s["kind"] != "expert" and
                                          s["file"].endswith(".bin"))
@@ -309,8 +313,20 @@ def test_experts_on_demand(tmp_path):
         fetched = [Path(p).name for p, _ in rec.shard_requests()][len(at_load):]
         assert sorted(fetched) == sorted(routed)              # each routed expert once, no other
         cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        assert len(cached) == 1 and not cached[0]["complete"]
+        # the next load, allowed to fill OPFS in the background, fetches the rest once each
+        page.close()
+        page = open_page(ctx, url + "/")
+        page.evaluate(LOAD, [manifest_url(pkg), {"expertsOnDemand": True, "backgroundDownload": True}])
+        for _ in range(240):
+            if page.evaluate("async () => (await (await import('/web/webmoe.js')).listCached())[0].complete"):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the background download did not complete the model in 120 s")
     assert np.abs(got - want).max() / np.abs(want).max() <= BROWSER_TOL
-    assert len(cached) == 1 and not cached[0]["complete"]
+    names = [Path(p).name for p, _ in rec.shard_requests()]
+    assert sorted(names) == sorted(s["file"] for s in m["shards"] if s["file"].endswith(".bin"))
 
 
 def test_chat_completions_create():
@@ -459,32 +475,136 @@ def test_chat_page_streams_tokens():
         assert page.inner_text("#cached").count("MiB") == 1
 
 
-def test_page_says_what_to_do_and_names_its_stages(packages):
-    """A first visit says to press Load (naming the model and its size), or to choose a model when there
-    are several; Load shows the download and then the setup stage (kernels, upload) in the progress text;
-    the next visit loads the same model by itself."""
-    record = """new MutationObserver(() => {
-      const t = document.getElementById('progress-text')?.textContent;
-      if (t && window.__stages.at(-1) !== t) window.__stages.push(t);
-    }).observe(document, {subtree: true, childList: true, characterData: true}); window.__stages = [];"""
+class Gate:
+    """aiohttp middleware that holds the responses for the named files until the test releases them."""
+
+    def __init__(self, *names: str):
+        self.held: dict[str, threading.Event] = {}
+        self.hold(*names)
+        self.middleware = web.middleware(lambda request, handler: self.handle(request, handler))
+
+    def hold(self, *names: str):
+        self.held.update((n, threading.Event()) for n in names)
+
+    async def handle(self, request, handler):
+        event = self.held.get(request.path.rsplit("/", 1)[-1])
+        while event is not None and not event.is_set():
+            await asyncio.sleep(0.05)
+        return await handler(request)
+
+    def release(self, name: str):
+        self.held[name].set()
+
+
+def stage_text(page, stage):
+    return page.inner_text(f"#stages li[data-stage={stage}]")
+
+
+def test_page_says_what_to_do_and_shows_each_load_stage(packages):
+    """A first visit says to press Load (naming what downloads now and in all), or to choose a model when
+    there are several. Load shows each stage with its progress: the server holds the dense shard and one
+    kernel source, so the page is caught downloading while the kernels compile (screenshot), then with
+    the download and upload done while a kernel is still missing (screenshot); the next visit loads the
+    model by itself, and a dense shard corrupted in OPFS is fetched again while uploading (screenshot)."""
     pkg = packages["gqa-top2-f32"]
-    with serving(create_app([pkg])) as url, browser() as ctx:
-        ctx.add_init_script(f"document.addEventListener('DOMContentLoaded', () => {{ {record} }});")
+    m = json.loads((pkg / "manifest.json").read_text())
+    dense = next(s["file"] for s in m["shards"] if s["kind"] == "dense")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    gate = Gate(dense, "attention.wgsl")
+    with serving(app_with(gate, pkg)) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.wait_for_selector("#notice:not([hidden])")
-        assert page.inner_text("#notice").startswith(f"Press Load to download {pkg.name} (")
+        assert page.inner_text("#notice").startswith(f"Press Load to chat with {pkg.name}: it downloads ")
         page.click("#load")
+        page.wait_for_selector("#stages li[data-stage=compile]")
+        page.wait_for_function("document.querySelector('#stages li[data-stage=download]')?.textContent"
+                               ".startsWith('Downloading')")
+        page.screenshot(path=str(SCREENSHOTS / "stage-download.png"))
+        assert re.fullmatch(r"Downloading [\d.]+ MiB / [\d.]+ MiB \(1 shard to go\); \d+ experts come when the "
+                            r"router first asks for them", stage_text(page, "download")), stage_text(page, "download")
+        assert re.fullmatch(r"Compiling kernels \d+ / \d+", stage_text(page, "compile"))
+        gate.release(dense)
+        page.wait_for_function("document.querySelector('#stages li[data-stage=upload]')?.textContent"
+                               ".startsWith('Uploaded')")
+        page.screenshot(path=str(SCREENSHOTS / "stage-compile.png"))
+        assert stage_text(page, "download").startswith("Downloaded ")
+        done, total = map(int, re.fullmatch(r"Compiling kernels (\d+) / (\d+)", stage_text(page, "compile")).groups())
+        assert done < total and page.is_disabled("#prompt")
+        gate.release("attention.wgsl")
         page.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
-        stages = page.evaluate("window.__stages")
-        assert any(t.startswith("Downloading:") for t in stages), stages
-        assert any("compiling kernels and uploading the model" in t for t in stages), stages
-        again = open_page(ctx, url + "/")                 # same profile: remembered, and in OPFS
-        again.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
+        assert page.is_hidden("#progress")
+        # the next visit: remembered and in OPFS, it loads by itself; its dense shard, corrupted in OPFS,
+        # fails its hash when read for the upload and is fetched again (held by the server meanwhile)
+        page.evaluate("""async ([file]) => {
+          const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('webmoe');
+          for await (const [, dir] of root.entries()) {
+            const w = await (await dir.getFileHandle(file)).createWritable({keepExistingData: true});
+            await w.write({type: 'write', position: 0, data: new Uint8Array(16).fill(7)});
+            await w.close();
+          }
+        }""", [dense])
+        page.close()
+        gate.hold(dense)
+        page = open_page(ctx, url + "/")
+        page.wait_for_selector("#stages li[data-stage=upload]")
+        page.screenshot(path=str(SCREENSHOTS / "stage-upload.png"))
+        assert stage_text(page, "download").startswith("Downloaded ")
+        assert re.fullmatch(r"Uploading to the GPU 0\.0 MiB / [\d.]+ MiB", stage_text(page, "upload"))
+        gate.release(dense)
+        page.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
     with serving(create_app([pkg, packages["odd-sizes-top3-f16"]])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.wait_for_selector("#notice:not([hidden])")
         assert page.inner_text("#notice").startswith("Choose a model above and press Load")
         assert page.is_disabled("#prompt")
+
+
+def ask(page, text):
+    """Sends a message on the chat page and waits for the whole reply; returns it."""
+    n = page.locator(".msg.assistant").count()
+    page.fill("#prompt", text)
+    page.click("#send")
+    page.wait_for_function(f"document.querySelectorAll('.msg.assistant').length > {n}")
+    page.wait_for_selector("#send:not([disabled])", timeout=120_000)
+    return page.locator(".msg.assistant").nth(n).inner_text()
+
+
+def test_page_recovers_from_a_lost_gpu_device():
+    """Chromium's GPU process crashes after a reply (the DevTools command): the page says the device was
+    lost, loads the model again by itself (its dense shard and the experts used so far from OPFS), and
+    answers the next message."""
+    with serving(create_app([DEMO])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/?autoload")
+        page.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
+        page.click("#settings summary")
+        page.fill("#max-tokens", "4")
+        assert ask(page, "Good morrow").strip()
+        ctx.new_cdp_session(page).send("Browser.crashGpuProcess")
+        page.wait_for_function("document.querySelector('#notice').textContent.includes('loaded again')", timeout=120_000)
+        text = page.inner_text("#notice")
+        assert text.startswith("The GPU device was lost (") and "the conversation goes on" in text, text
+        assert ask(page, "And you?").strip()
+        assert page.locator(".msg.user").count() == 2
+
+
+def test_page_layout_at_phone_width_and_as_the_sidebar_grows(packages):
+    """On a desktop window the input box stays where it is while the sidebar grows (settings opened, the
+    heatmap drawn); at 420 px every control is on screen."""
+    with serving(create_app([packages["gqa-top2-f32"]])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/?autoload")
+        page.set_viewport_size({"width": 1200, "height": 700})
+        page.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
+        before = page.locator("#prompt").bounding_box()
+        page.click("#settings summary")
+        page.fill("#max-tokens", "3")
+        ask(page, "Hello")
+        page.wait_for_selector("#heatmap table")
+        assert page.locator("#prompt").bounding_box() == before
+        page.set_viewport_size({"width": 420, "height": 800})
+        for control in ("#model", "#load", "#prompt", "#send", "#stop"):
+            box = page.locator(control).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 420 and box["y"] >= 0, (control, box)
+        page.screenshot(path=str(SCREENSHOTS / "phone.png"), full_page=True)
 
 
 def test_missing_module_gives_a_clear_message(packages):

@@ -36,33 +36,81 @@ async function refreshCached() {
   }
 }
 
+// The load's stages, each a line with its own bar: {stage -> latest progress event}
+const STAGE_TEXT = {
+  download: (p) => {
+    const waiting = Object.values(p.shards).filter((s) => ["queued", "downloading", "retrying", "verifying"].includes(s)).length;
+    const later = Object.values(p.shards).filter((s) => s === "on demand").length;
+    const rest = later ? `; ${later} experts come when the router first asks for them` : "";
+    if (waiting) return `Downloading ${mib(p.loaded)} / ${mib(p.total)} (${waiting} ${waiting > 1 ? "shards" : "shard"} to go)${rest}`;
+    return `Downloaded ${mib(p.total)}${rest}`;
+  },
+  compile: (p) => (p.done < p.total ? `Compiling kernels ${p.done} / ${p.total}` : `Compiled ${p.total} kernels`),
+  upload: (p) => (p.loaded < p.total ? `Uploading to the GPU ${mib(p.loaded)} / ${mib(p.total)}` : `Uploaded ${mib(p.total)} to the GPU`),
+};
+let stages = {};
+
 function showProgress(p) {
+  stages[p.stage] = p;
   $("progress").hidden = false;
-  $("bar").value = p.total ? p.loaded / p.total : 0;
-  const waiting = Object.values(p.shards).some((s) => ["queued", "downloading", "retrying", "verifying"].includes(s));
-  // after the last byte the worker still compiles the kernels and uploads the weights: say so
-  $("progress-text").textContent = waiting ? `Downloading: ${mib(p.loaded)} / ${mib(p.total)}`
-    : `Downloaded ${mib(p.loaded)}; compiling kernels and uploading the model…`;
-  $("shards").replaceChildren(...Object.entries(p.shards).map(([f, s]) => {
+  $("stages").replaceChildren(...Object.keys(STAGE_TEXT).filter((s) => stages[s]).map((s) => {
+    const q = stages[s];
     const li = document.createElement("li");
-    li.textContent = `${f}: ${s}`;
+    li.dataset.stage = s;
+    const bar = document.createElement("progress");
+    bar.max = 1;
+    bar.value = s === "compile" ? q.done / (q.total || 1) : q.loaded / (q.total || 1);
+    const text = document.createElement("span");
+    text.textContent = STAGE_TEXT[s](q);
+    li.append(bar, text);
     return li;
   }));
+  if (p.stage === "download") {
+    $("shards").replaceChildren(...Object.entries(p.shards).map(([f, st]) => {
+      const li = document.createElement("li");
+      li.textContent = `${f}: ${st}`;
+      return li;
+    }));
+  }
 }
 
 let loadedUrl = null;
+const served = new Map();     // manifest URL -> the server's description of the model
 
-async function loadModel() {
+// What this model may keep in OPFS: 80 % of what the browser grants this site, less what other models
+// use; undefined when the whole model fits (then nothing is ever evicted).
+async function opfsBudget(model) {
+  const { quota, usage } = await navigator.storage.estimate();
+  const own = (await webmoe.listCached()).find((c) => c.url === new URL(model.manifest, location.href).href);
+  const budget = Math.floor(0.8 * quota) - (usage - (own?.bytes || 0));
+  return budget >= model.bytes ? undefined : Math.max(0, budget);
+}
+
+// why: what made this load happen, when the user did not (said while loading and after)
+async function loadModel(why = "") {
   const url = $("model").value;
   if (!url || url === loadedUrl) return;
+  const model = served.get(url);
   $("load").disabled = true;
-  notice(`Loading ${url}…`);
+  stages = {};
+  notice(`${why}Loading ${model.name}…`, !!why);
   try {
+    // experts on demand, within what the browser lets this site store; the rest of the model follows in
+    // the background when the user asked for it
+    const options = { onProgress: showProgress, observeRouting: true, expertsOnDemand: true,
+                      opfsBudgetBytes: await opfsBudget(model), backgroundDownload: $("whole-model").checked,
+                      onDeviceLost: (message) => deviceLost(url, message) };
+    localStorage.setItem("webmoe.whole", $("whole-model").checked ? "1" : "");
+    const previous = engine;
+    engine = null;
+    loadedUrl = null;
+    $("prompt").disabled = $("send").disabled = true;
+    await previous?.unload();        // its GPU memory goes before the next model's arrives
     // observeRouting: read back each layer's routing while generating, for the live expert heatmap
-    engine = await webmoe.load(url, { onProgress: showProgress, observeRouting: true });
+    engine = await webmoe.load(url, options);
     loadedUrl = url;
     localStorage.setItem("webmoe.last", url);
-    notice("");
+    notice(why ? `${why}The model was loaded again; the conversation goes on.` : "");
     $("progress").hidden = true;
     $("status").textContent = `${engine.family} on ${engine.adapter}`;
     $("status").title = engine.description;     // KV cache size and how the expert budget was chosen
@@ -74,6 +122,17 @@ async function loadModel() {
     $("load").disabled = false;
     refreshCached();
   }
+}
+
+// The GPU device went away (driver reset, GPU process crash, the browser reclaiming memory): load the
+// model again, which reads it from OPFS; the conversation so far stays on the page.
+function deviceLost(url, message) {
+  if (url !== loadedUrl) return;
+  loadedUrl = null;
+  engine = null;
+  $("prompt").disabled = $("send").disabled = true;
+  $("model").value = url;
+  loadModel(`The GPU device was lost (${message.replace(/\.$/, "")}). `);
 }
 
 // usage: {layer: [tokens routed to each expert]} -> a layers x experts table shaded by share
@@ -155,6 +214,7 @@ async function send(ev) {
   }
   history.push({ role: "assistant", content: reply });
   await showCacheStats().catch(() => {});
+  refreshCached();           // experts fetched on demand are now in OPFS
   $("send").disabled = false;
   $("stop").disabled = true;
 }
@@ -173,8 +233,10 @@ async function main() {
     opt.value = m.manifest;
     opt.textContent = `${m.name} (${m.family}, ${mib(m.bytes)})`;
     $("model").append(opt);
+    served.set(m.manifest, m);
   }
-  $("load").onclick = loadModel;
+  $("load").onclick = () => loadModel();
+  $("whole-model").checked = !!localStorage.getItem("webmoe.whole");
   $("chat").onsubmit = send;
   $("stop").onclick = () => engine?.stop();
   $("prompt").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); };
@@ -187,7 +249,9 @@ async function main() {
   if (last || (models.length && new URLSearchParams(location.search).has("autoload"))) {
     loadModel();
   } else if (models.length === 1) {
-    notice(`Press Load to download ${models[0].name} (${mib(models[0].bytes)}) into this browser and chat with it.`);
+    const m = models[0];
+    notice(`Press Load to chat with ${m.name}: it downloads ${mib(m.dense_bytes)} now and each expert the first ` +
+           `time it is needed (${mib(m.bytes)} in all), and keeps them in this browser.`);
   } else if (models.length) {
     notice("Choose a model above and press Load: it is downloaded once and kept in this browser.");
   } else {

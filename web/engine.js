@@ -2,7 +2,7 @@
 import { openDevice } from "./device.js";
 import { PromptError } from "./errors.js";
 import { ExpertCache, expertSegments } from "./expert_cache.js";
-import { Executor, STORAGE, padded } from "./executor.js";
+import { Executor, STORAGE, compileSteps, padded } from "./executor.js";
 import { GenerationConfig, Generator } from "./generation.js";
 import { ModelStore } from "./loader.js";
 import { predictorPlan } from "./prefetch.js";
@@ -24,25 +24,38 @@ class Readback {
 }
 
 export class Engine {
-  // options: onProgress, maxSeqLen, chunkTokens, expertCacheBytes (GPU budget for routed experts),
+  // options: onProgress (stages of the load, as they advance: {stage: "download", loaded, total, shards},
+  // {stage: "compile", done, total} kernel variants, {stage: "upload", loaded, total} bytes), maxSeqLen, chunkTokens, expertCacheBytes (GPU budget for routed experts),
   // memoryCacheBytes (in-memory LRU of expert shards when paging), pinnedExperts [[layer, expert]],
   // observeRouting (read back routing even when every expert is resident, for usage statistics),
-  // prefetch (when paging: load each next MoE layer's predicted experts ahead of need), maxBinding (lowers
+  // prefetch (when paging: load each next MoE layer's predicted experts ahead of need, or start fetching them
+  // when they are not in OPFS; on by default with expertsOnDemand), maxBinding (lowers
   // the storage binding limit the engine keeps to; tests), digest (the manifest's sha256 to pin),
   // expertsOnDemand (download the dense shards only; fetch each expert when the router first chooses it),
-  // opfsBudgetBytes (with expertsOnDemand: what the model may keep in OPFS; least recently used experts leave)
+  // opfsBudgetBytes (with expertsOnDemand: what the model may keep in OPFS; least recently used experts leave),
+  // backgroundDownload (with expertsOnDemand: after the load, the experts not yet in OPFS download one at a time
+  // while they fit the budget), onDeviceLost(message) (the GPU device is gone: every later call fails; load the model again)
   static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
                                    memoryCacheBytes, pinnedExperts = [], observeRouting = false,
-                                   prefetch = false, maxBinding, digest, expertsOnDemand = false,
-                                   opfsBudgetBytes } = {}) {
+                                   prefetch, maxBinding, digest, expertsOnDemand = false,
+                                   opfsBudgetBytes, backgroundDownload = false, onDeviceLost } = {}) {
     const e = new Engine();
+    const report = onProgress || (() => {});
     const gpu = await openDevice({ maxBinding });
     e.device = gpu.device;
     e.adapter = gpu.description;
-    const store = await ModelStore.open(manifestUrl, { onProgress, memoryBytes: memoryCacheBytes, digest, expertsOnDemand,
-                                                       opfsBudgetBytes });
+    // a device lost by anything but unload() (driver reset, GPU process crash, memory reclaimed) is told
+    e.device.lost.then((info) => { if (!e.unloaded) onDeviceLost?.(info.message || info.reason || "unknown reason"); });
+    const store = await ModelStore.open(manifestUrl, { onProgress: report, memoryBytes: memoryCacheBytes, digest,
+                                                       expertsOnDemand, opfsBudgetBytes });
     e.store = store;
     const m = (e.manifest = store.manifest);
+    // the kernels compile (each variant once, in parallel) while the shards download
+    const shaders = new ShaderLibrary(shaderBase || new URL("../shaders/", import.meta.url));
+    const compiled = compileSteps(gpu, [...m.plan.steps, ...m.plan.sampler], shaders,
+                                  (done, total) => report({ stage: "compile", done, total }));
+    compiled.catch(() => {});          // awaited below; a failure is reported there, after the download's
+    await store.fetchMissing();
     e.vocab = m.config.vocab_size;
     e.maxSeqLen = Math.min(maxSeqLen, m.config.max_position_embeddings);
     e.chunk = Math.max(1, Math.min(chunkTokens, e.maxSeqLen));
@@ -62,23 +75,33 @@ export class Engine {
       if (!byShard.has(t.shard)) byShard.set(t.shard, []);
       byShard.get(t.shard).push([name, t]);
     }
+    // upload: the dense shards, then the experts that start resident (read from OPFS and verified)
+    const dense = [...byShard.keys()].reduce((a, f) => a + store.entries.get(f).size, 0);
+    const uploading = { stage: "upload", loaded: 0, total: dense };
+    const uploaded = (bytes, experts = 0) => {
+      Object.assign(uploading, { loaded: uploading.loaded + bytes, total: dense + experts });
+      report({ ...uploading });
+    };
+    uploaded(0);
     for (const [shard, list] of byShard) {
       const data = await store.shard(shard);
       for (const [name, t] of list) tensors.set(name, upload(new Uint8Array(data, t.offset, t.size), name));
+      uploaded(data.byteLength);
     }
-    e.experts = await ExpertCache.create(gpu, m, store, { budgetBytes: expertCacheBytes, pinned: pinnedExperts,
-                                                          observe: observeRouting, onDemand: expertsOnDemand });
+    e.experts = await ExpertCache.create(gpu, m, store, {
+      budgetBytes: expertCacheBytes, pinned: pinnedExperts, observe: observeRouting, onDemand: expertsOnDemand,
+      onUpload: uploaded });
     e.segments = expertSegments(m.plan);
     e.topK = m.moe.top_k;
     const runtime = e.experts.buffers;
-    const shaders = new ShaderLibrary(shaderBase || new URL("../shaders/", import.meta.url));
+    await compiled;
     e.executor = await Executor.create(gpu, m.plan, tensors, runtime, { T: e.chunk, S: e.maxSeqLen }, shaders);
     e.sampler = await Executor.create(gpu, { buffers: {}, steps: m.plan.sampler }, e.executor.buffers, new Map(),
                                       {}, shaders);
     e.logitsRb = new Readback(e.device, e.chunk * e.vocab * 4);
     e.routeRb = new Readback(e.device, 2 * e.chunk * e.topK * 4);
     e.predict = new Map();
-    if (prefetch && e.experts.paging && e.segments.length > 1) {
+    if ((prefetch ?? expertsOnDemand) && e.experts.paging && e.segments.length > 1) {
       const p = predictorPlan(m.plan, m.moe.num_experts, e.topK);
       e.predict = p.ranges;
       e.predictor = await Executor.create(gpu, p.plan, e.executor.buffers, new Map(),
@@ -86,6 +109,7 @@ export class Engine {
     }
     e.tokenRb = new Readback(e.device, 4);
     e.pos = 0;
+    if (expertsOnDemand && backgroundDownload) store.fillInBackground();
     return e;
   }
 
@@ -156,6 +180,13 @@ export class Engine {
 
   reset() {
     this.pos = 0;
+  }
+
+  // Frees the engine's GPU memory at once (the device is destroyed; the engine cannot be used after).
+  unload() {
+    this.unloaded = true;
+    this.store.close();
+    this.device.destroy();
   }
 
   // Appends tokens to the KV cache; returns their logits as a Float32Array [n * vocab].

@@ -4,6 +4,7 @@
 // group per bank and is dispatched once per bank asked for.
 import { PlanError } from "./errors.js";
 import { evaluate, isDynamic } from "./expr.js";
+import { variantKey } from "./shaders.js";
 
 export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 
@@ -58,8 +59,7 @@ export class Executor {
 
   async compile(index, step, shaders) {
     const label = step.label || step.kernel;
-    const consts = step.consts || {};
-    const kernel = await shaders.kernel(step.kernel, [...(step.defines || []), ...runtimeDefines(this.gpu, consts)], consts);
+    const { kernel, pipeline } = await stepPipeline(this.gpu, step, shaders);
     const missing = kernel.params.filter(([f]) => !(f in step.params)).map(([f]) => f);
     const unbound = [...kernel.bindings.keys()].filter((b) => b !== "p" && !(b in step.bind));
     const unknown = Object.entries(step.bind).filter(([b, t]) => !kernel.bindings.has(b) || !this.buffers.has(t))
@@ -67,9 +67,6 @@ export class Executor {
     if (missing.length || unbound.length || unknown.length) {
       throw new PlanError(`plan step ${label}: params missing [${missing}], bindings missing [${unbound}], unknown bindings [${unknown}]`);
     }
-    const module = moduleFor(this.device, kernel);
-    const pipeline = await this.device.createComputePipelineAsync({ layout: "auto", label,
-                                                                    compute: { module, entryPoint: "main" } });
     return { index, label, kernel, pipeline, params: step.params, bind: step.bind, dispatch: step.dispatch,
     repeat: step.repeat ?? 1 };
   }
@@ -135,10 +132,40 @@ function blockSize(kernel) {
   return Math.max(16, Math.ceil((kernel.params.length * 4) / 16) * 16);
 }
 
-const modules = new WeakMap();   // device -> Map(kernel key -> GPUShaderModule)
-function moduleFor(device, kernel) {
-  if (!modules.has(device)) modules.set(device, new Map());
-  const m = modules.get(device);
-  if (!m.has(kernel.key)) m.set(kernel.key, device.createShaderModule({ code: kernel.source, label: kernel.name }));
-  return m.get(kernel.key);
+// Compiled pipelines, one per kernel variant (kernel, defines, consts) and device: plan steps that differ only
+// in their buffers and params share one (the demo's 68 steps are 16 variants). Bind groups are made from the
+// pipeline's own ("auto") layout, so the steps sharing it need nothing else in common.
+const pipelines = new WeakMap();   // device -> Map(variant key -> Promise<{kernel, pipeline}>)
+
+function stepPipeline(gpu, step, shaders) {
+  const consts = step.consts || {};
+  const defines = [...(step.defines || []), ...runtimeDefines(gpu, consts)];
+  const key = variantKey(step.kernel, defines, consts);
+  if (!pipelines.has(gpu.device)) pipelines.set(gpu.device, new Map());
+  const cache = pipelines.get(gpu.device);
+  if (!cache.has(key)) {
+    cache.set(key, (async () => {
+      const kernel = await shaders.kernel(step.kernel, defines, consts);
+      const module = gpu.device.createShaderModule({ code: kernel.source, label: kernel.name });
+      const pipeline = await gpu.device.createComputePipelineAsync({ layout: "auto", label: kernel.name,
+                                                                     compute: { module, entryPoint: "main" } });
+      return { kernel, pipeline };
+    })());
+  }
+  return cache.get(key);
+}
+
+// Compiles the pipelines of these plan steps, every variant at once (the browser compiles them in parallel,
+// off the main thread), before any buffer exists: a load starts it while it downloads. onCompiled(done, total)
+// after each variant.
+export async function compileSteps(gpu, steps, shaders, onCompiled = () => {}) {
+  const variants = new Map();
+  for (const step of steps) {
+    const consts = step.consts || {};
+    variants.set(variantKey(step.kernel, [...(step.defines || []), ...runtimeDefines(gpu, consts)], consts), step);
+  }
+  let done = 0;
+  onCompiled(done, variants.size);
+  await Promise.all([...variants.values()].map((step) => stepPipeline(gpu, step, shaders)
+    .then(() => onCompiled(++done, variants.size))));
 }

@@ -23,7 +23,9 @@ export class ExpertCache {
   // asked for and the slab grows bank by bank until an allocation fails (WebGPU does not report memory).
   // onDemand: no expert is loaded up front; each is loaded the first time the router chooses it (the
   // store fetches its shard then), so the cache pages even when every expert would fit.
-  static async create(gpu, manifest, store, { budgetBytes, pinned = [], observe = false, onDemand = false } = {}) {
+  // onUpload(bytes, of): after each expert uploaded at startup (load progress; `of` all their bytes).
+  static async create(gpu, manifest, store, { budgetBytes, pinned = [], observe = false, onDemand = false,
+                                             onUpload = () => {} } = {}) {
     const c = new ExpertCache();
     const moe = manifest.moe;
     const device = gpu.device;
@@ -68,7 +70,10 @@ export class ExpertCache {
     c.stats = Object.fromEntries(c.layers.map((l) => [l, Object.fromEntries(FIELDS.map((f) => [f, 0]))]));
     c.usage = Object.fromEntries(c.layers.map((l) => [l, new Array(c.E).fill(0)]));
     const startup = c.paging ? [...c.pinned] : c.layers.flatMap((l) => Array.from({ length: c.E }, (_, e) => `${l}_${e}`));
-    for (const key of startup) await c.upload(key, c.takeSlots());
+    for (const key of startup) {
+      await c.upload(key, c.takeSlots());
+      onUpload(c.expertBytes, startup.length * c.expertBytes);
+    }
     device.queue.writeBuffer(c.slotTable, 0, c.table);
     // banks each layer's resident experts occupy (while nothing is paged, they never change)
     c.layerBanks = new Map(c.layers.map((l) => [l, c.banksOf(l, Array.from({ length: c.E }, (_, e) => e))]));
@@ -200,6 +205,8 @@ export class ExpertCache {
       st.needed_after_prediction += need.length;
     }
     const resident = (e) => this.resident.has(`${layer}_${e}`);
+    // the missing experts' shards are read (or fetched) all at once, not one after another as they upload
+    for (const e of need) if (!resident(e)) this.store.warm(this.manifest.experts[`${layer}_${e}`].shard);
     let pending = [...need.filter(resident), ...need.filter((e) => !resident(e))];   // hits first
     while (pending.length) {
       const t0 = performance.now();
@@ -234,7 +241,9 @@ export class ExpertCache {
     this.inUse = new Set();
   }
 
-  // Loads experts predicted for a layer's next pass into free or least recently used slots.
+  // Loads experts predicted for a layer's next pass into free or least recently used slots. Those whose
+  // shard must come over the network are only started (the fetch goes on while the GPU works; the layer's
+  // pass uploads them), so a prediction never waits for the network.
   async prefetch(layer, experts) {
     const t0 = performance.now();
     const want = [...new Set(experts)].sort((a, b) => a - b);
@@ -247,6 +256,11 @@ export class ExpertCache {
         const slot = this.resident.get(key);
         this.resident.delete(key);
         this.resident.set(key, slot);
+        continue;
+      }
+      const shard = this.manifest.experts[key].shard;
+      if (!this.store.isLocal(shard)) {
+        this.store.warm(shard);
         continue;
       }
       const slots = this.takeSlots();

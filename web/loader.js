@@ -66,7 +66,8 @@ export async function deleteCached(id) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export class ModelStore {
-  // options: onProgress({loaded, total, shards: {file: state}}), concurrency, retries, digest (the manifest's
+  // Reads and checks the manifest and what OPFS holds; fetchMissing() then downloads what the load needs.
+  // options: onProgress({stage: "download", loaded, total, shards: {file: state}}), concurrency, retries, digest (the manifest's
   // sha256 to pin, as `webmoe info` prints it), expertsOnDemand (download only the dense and tokenizer
   // shards now; an expert shard is fetched, verified and stored the first time shard() asks for it),
   // opfsBudgetBytes (with expertsOnDemand: the most this model keeps in OPFS; the least recently used
@@ -80,6 +81,10 @@ export class ModelStore {
     s.memory = new Map();                                    // file -> ArrayBuffer, oldest first
     s.memoryUsed = 0;
     s.memoryCounts = { hits: 0, misses: 0, evictions: 0 };
+    s.reading = new Map();                                   // file -> Promise<ArrayBuffer> of a read under way
+    s.reserved = 0;                                          // bytes of downloads under way (OPFS budget)
+    s.roomWaiters = [];
+    s.roomQueue = s.stateQueue = Promise.resolve();
     s.retries = options.retries ?? 4;
     s.expertsOnDemand = !!options.expertsOnDemand;
     s.opfsBudget = options.opfsBudgetBytes ?? Infinity;
@@ -111,8 +116,6 @@ export class ModelStore {
     }
     s.status = {};
     s.loaded = 0;
-    s.total = s.manifest.shards.reduce((a, e) => a + e.size, 0);
-    await s.fetchMissing();
     return s;
   }
 
@@ -124,10 +127,13 @@ export class ModelStore {
     }
   }
 
+  // total: the bytes of the shards this load needs now (experts left on demand count once they are asked for)
   progress() {
-    this.onProgress({ loaded: this.loaded, total: this.total, shards: { ...this.status } });
+    const total = this.manifest.shards.reduce((a, e) => a + (this.status[e.file] === "on demand" ? 0 : e.size), 0);
+    this.onProgress({ stage: "download", loaded: this.loaded, total, shards: { ...this.status } });
   }
 
+  // Downloads every shard not verified in OPFS (with expertsOnDemand: the dense and tokenizer shards).
   async fetchMissing() {
     const missing = [];
     for (const e of this.manifest.shards) {
@@ -177,10 +183,14 @@ export class ModelStore {
     await this.saveState();
   }
 
-  // Writes state.json; the model is complete when every shard has been verified.
-  async saveState() {
-    this.state.complete = this.manifest.shards.every((e) => this.state.verified[e.file] === e.sha256);
-    await writeJson(this.dir, "state.json", this.state);
+  // Writes state.json (one write at a time); the model is complete when every shard has been verified.
+  saveState() {
+    const write = this.stateQueue.then(() => {
+      this.state.complete = this.manifest.shards.every((e) => this.state.verified[e.file] === e.sha256);
+      return writeJson(this.dir, "state.json", this.state);
+    });
+    this.stateQueue = write.catch(() => {});
+    return write;
   }
 
   // The first source not known to fail (all failing: the first one again, so retries go on).
@@ -272,22 +282,40 @@ export class ModelStore {
   }
 
   // Before `incoming` is stored: removes the least recently used expert shards from OPFS until the
-  // model's verified shards and it fit the budget.
-  async makeRoom(incoming) {
-    if (this.opfsBudget === Infinity) return;
-    const stored = this.manifest.shards.filter((e) => this.state.verified[e.file] === e.sha256 && e !== incoming);
-    let bytes = stored.reduce((a, e) => a + e.size, 0) + incoming.size;
-    const victims = stored.filter((e) => e.kind === "expert")
-      .sort((a, b) => (this.state.used[a.file] || 0) - (this.state.used[b.file] || 0));
-    for (const e of victims) {
-      if (bytes <= this.opfsBudget) break;
-      await this.dir.removeEntry(e.file).catch(() => {});
-      delete this.state.verified[e.file];
-      bytes -= e.size;
-      this.loaded -= e.size;
-      this.status[e.file] = "on demand";
-      this.tiers.opfs.evictions++;
+  // model's verified shards, the downloads under way and it fit the budget, then reserves its bytes (given
+  // back by unreserve()). Runs one at a time; waits for downloads under way when evicting is not enough.
+  makeRoom(incoming) {
+    if (this.opfsBudget === Infinity) return Promise.resolve();
+    const run = this.roomQueue.then(() => this.makeRoomNow(incoming));
+    this.roomQueue = run.catch(() => {});
+    return run;
+  }
+
+  async makeRoomNow(incoming) {
+    for (;;) {
+      const stored = this.manifest.shards.filter((e) => this.state.verified[e.file] === e.sha256 && e !== incoming);
+      let bytes = stored.reduce((a, e) => a + e.size, 0) + this.reserved + incoming.size;
+      const victims = stored.filter((e) => e.kind === "expert" && !this.reading.has(e.file))
+        .sort((a, b) => (this.state.used[a.file] || 0) - (this.state.used[b.file] || 0));
+      for (const e of victims) {
+        if (bytes <= this.opfsBudget) break;
+        await this.dir.removeEntry(e.file).catch(() => {});
+        delete this.state.verified[e.file];
+        bytes -= e.size;
+        this.loaded -= e.size;
+        this.status[e.file] = "on demand";
+        this.tiers.opfs.evictions++;
+      }
+      if (bytes <= this.opfsBudget || this.reserved === 0) break;
+      await new Promise((resolve) => this.roomWaiters.push(resolve));      // a download under way ends
     }
+    this.reserved += incoming.size;
+  }
+
+  unreserve(e) {
+    if (this.opfsBudget === Infinity) return;
+    this.reserved -= e.size;
+    this.roomWaiters.splice(0).forEach((wake) => wake());
   }
 
   memoryStats() {
@@ -298,6 +326,34 @@ export class ModelStore {
   tierStats() {
     const round = (t) => ({ ...t, wait_s: Math.round(t.wait_s * 1e6) / 1e6 });
     return { opfs: round(this.tiers.opfs), network: round(this.tiers.network) };
+  }
+
+  // Whether a shard's bytes are in memory or OPFS (reading it needs no network).
+  isLocal(file) {
+    const e = this.entries.get(file);
+    return this.memory.has(file) || this.state.verified[file] === e?.sha256;
+  }
+
+  // Starts reading a shard into the in-memory LRU (from OPFS, else the network) without waiting for it: a
+  // later shard() of the same file joins the read. Failures are left for that shard() to meet again.
+  warm(file) {
+    if (!this.memory.has(file)) this.shard(file, { memo: true }).catch(() => {});
+  }
+
+  // Downloads the expert shards that are not in OPFS, one at a time, while the model fits its OPFS budget;
+  // stops at close(). Shards the router asks for meanwhile join the download of the same file.
+  async fillInBackground() {
+    for (const e of this.manifest.shards) {
+      if (this.closed) return;
+      if (this.state.verified[e.file] === e.sha256) continue;
+      const stored = this.manifest.shards.reduce((a, s) => a + (this.state.verified[s.file] === s.sha256 ? s.size : 0), 0);
+      if (stored + e.size > this.opfsBudget) return;
+      await this.read(e.file).catch(() => {});
+    }
+  }
+
+  close() {
+    this.closed = true;
   }
 
   // The verified bytes of a shard, from the in-memory LRU (memo: true keeps them there), else OPFS, else
@@ -311,7 +367,7 @@ export class ModelStore {
       return data;
     }
     const data = await this.read(file);
-    if (memo) {
+    if (memo && !this.memory.has(file)) {        // (a read of the same file that ran alongside may have put it there)
       this.memoryCounts.misses++;
       this.memory.set(file, data);
       this.memoryUsed += data.byteLength;
@@ -325,7 +381,15 @@ export class ModelStore {
     return data;
   }
 
-  async read(file) {
+  // One read per file at a time: reads of a file already being read (or downloaded) join it.
+  read(file) {
+    if (!this.reading.has(file)) {
+      this.reading.set(file, this.readOnce(file).finally(() => this.reading.delete(file)));
+    }
+    return this.reading.get(file);
+  }
+
+  async readOnce(file) {
     const e = this.entries.get(file);
     if (!e) throw new Error(`shard ${file} is not in the manifest`);
     if (e.kind === "expert") this.state.used[file] = Date.now();
@@ -339,14 +403,17 @@ export class ModelStore {
       }
     } catch { /* missing: fetch below */ }
     await this.makeRoom(e);
-    await this.dir.removeEntry(file).catch(() => {});
-    delete this.state.verified[file];
-    this.state.complete = false;
-    await writeJson(this.dir, "state.json", this.state);
-    if (this.status[file] !== "on demand") this.loaded -= e.size;
-    const data = await this.download(e);
-    await this.saveState();
-    return data;
+    try {
+      await this.dir.removeEntry(file).catch(() => {});
+      delete this.state.verified[file];
+      await this.saveState();
+      if (this.status[file] !== "on demand") this.loaded -= e.size;
+      const data = await this.download(e);
+      await this.saveState();
+      return data;
+    } finally {
+      this.unreserve(e);
+    }
   }
 }
 

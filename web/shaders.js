@@ -8,6 +8,12 @@ const BINDING = /@binding\((\d+)\)\s*var<([\w\s,]+)>\s*(\w+)/g;
 const PARAMS = /struct\s+Params\s*\{([^}]*)\}/;
 const FIELD = /(\w+)\s*:\s*(u32|i32|f32)/g;
 
+// One string per kernel variant: the kernel, its defines and its constants, in a fixed order.
+export function variantKey(name, defines, consts) {
+  const constKey = Object.entries(consts).sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => `${k}=${v}`);
+  return `${name}|${[...new Set(defines)].sort().join(",")}|${constKey.join(",")}`;
+}
+
 export class ShaderLibrary {
   constructor(baseUrl) {
     this.baseUrl = baseUrl;     // e.g. new URL("/shaders/", location.href)
@@ -72,8 +78,7 @@ export class ShaderLibrary {
   }
 
   kernel(name, defines = [], consts = {}) {
-    const constKey = Object.entries(consts).sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => `${k}=${v}`);
-    const key = `${name}|${[...defines].sort().join(",")}|${constKey.join(",")}`;
+    const key = variantKey(name, defines, consts);
     if (!this.kernels.has(key)) {
       this.kernels.set(key, (async () => {
         if (!/^[a-z0-9_]+$/.test(name)) throw new ShaderError(`unknown kernel ${name}`);

@@ -7,8 +7,9 @@
 //   for await (const t of engine.generate(messages, { maxNewTokens: 64, temperature: 0.7 })) ...
 //   engine.stop();                                                 // ends a running generate()
 //   await engine.expertStats();                                    // cache hits, misses, uploads, usage
-// load options: expertCacheBytes, memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand,
-// opfsBudgetBytes
+//   engine.unload();                                               // frees its GPU memory
+// load options: onProgress({stage: "download"|"compile"|"upload", ...}), onDeviceLost(message), expertCacheBytes,
+// memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand, opfsBudgetBytes
 //   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
 //   await engine.chat.completions.create({messages, max_tokens, temperature, top_p, seed, stop})
 //                                         // OpenAI's shape: a chat.completion, or with stream: true an
@@ -29,7 +30,13 @@ class WorkerClient {
       for (const p of this.pending.values()) p.reject(this.broken);
       this.pending.clear();
     };
+    this.lostListeners = new Map();     // engine handle -> onDeviceLost
     this.worker.onmessage = ({ data }) => {
+      if (data.event === "device-lost") {
+        this.lostListeners.get(data.handle)?.(data.message);
+        this.lostListeners.delete(data.handle);
+        return;
+      }
       const p = this.pending.get(data.id);
       if (!p) return;
       if (data.progress) p.onProgress?.(data.progress);
@@ -99,6 +106,12 @@ class BrowserEngine {
     return this.call("stop");
   }
 
+  // Frees the model's GPU memory now; the engine cannot be used after.
+  async unload() {
+    this.client.lostListeners.delete(this.handle);
+    await this.call("unload");
+  }
+
   // The expert cache's statistics (per layer and total), routing usage, and the in-memory shard cache.
   async expertStats() {
     return (await this.call("stats")).stats;
@@ -142,9 +155,10 @@ function chatCompletion(engine, request) {
 let shared = null;
 const client = () => (shared ||= new WorkerClient());
 
-export async function load(manifestUrl, { onProgress, ...options } = {}) {
+export async function load(manifestUrl, { onProgress, onDeviceLost, ...options } = {}) {
   const url = new URL(manifestUrl, location.href).href;
   const info = await client().call("load", { manifestUrl: url, options }, { onProgress });
+  if (onDeviceLost) client().lostListeners.set(info.handle, onDeviceLost);
   return new BrowserEngine(client(), info);
 }
 

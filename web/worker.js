@@ -1,6 +1,6 @@
 // The engine's home: a dedicated worker, so the page stays responsive while the GPU works.
-// Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stats"|"stop"|"list"|"delete", handle (the
-// engine load returned), ...}; out: {id, ...}.
+// Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stats"|"stop"|"unload"|"list"|"delete", handle
+// (the engine load returned), ...}; out: {id, ...}, and {event: "device-lost", handle, message} unasked.
 import { Engine } from "./engine.js";
 import { deleteCached, listCached } from "./loader.js";
 
@@ -16,8 +16,11 @@ function get(handle) {
 
 const ops = {
   async load({ id, manifestUrl, options }) {
-    const engine = await Engine.load(manifestUrl, { ...options, onProgress: (p) => postMessage({ id, progress: p }) });
     const handle = ++nextHandle;
+    const engine = await Engine.load(manifestUrl, {
+      ...options, onProgress: (p) => postMessage({ id, progress: p }),
+      onDeviceLost: (message) => { if (engines.delete(handle)) postMessage({ event: "device-lost", handle, message }); },
+    });
     engines.set(handle, { engine, abort: null });
     return { handle, adapter: engine.adapter, family: engine.manifest.family, description: engine.describe(),
              config: engine.manifest.config,
@@ -46,6 +49,13 @@ const ops = {
   },
   async stats({ handle }) {
     return { stats: get(handle).engine.expertStats() };
+  },
+  async unload({ handle }) {
+    const slot = get(handle);
+    engines.delete(handle);
+    slot.abort?.abort();
+    slot.engine.unload();
+    return {};
   },
   async stop({ handle }) {
     get(handle).abort?.abort();

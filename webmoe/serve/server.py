@@ -45,11 +45,12 @@ class ServedPackage:
             if (self.dir / extra).is_file():
                 self.files[extra] = file_sha256(self.dir / extra)
         self.size = sum(s["size"] for s in m["shards"])
+        self.dense_size = sum(s["size"] for s in m["shards"] if s["kind"] != "expert")
 
     def describe(self) -> dict:
         m = self.package.manifest
         return {"name": self.name, "family": m["family"], "manifest": f"/models/{self.name}/manifest.json",
-                "bytes": self.size, "dtype": m["dtype"]}
+                "bytes": self.size, "dense_bytes": self.dense_size, "dtype": m["dtype"]}
 
 
 def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = True,
