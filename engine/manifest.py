@@ -100,6 +100,10 @@ def validate_manifest(m: dict) -> dict:
         if shard is None or shard.get("expert") != key or e["size"] != moe["expert_layout"]["expert_bytes"] \
                 or e["size"] > shard["size"]:
             raise PackageError(f"malformed manifest.json: expert {key} does not point at its own shard")
+    usage = m.get("routing_stats", {}).get("usage", {})
+    if usage and (set(usage) != {str(layer) for layer in moe["moe_layers"]}
+                  or any(len(counts) != moe["num_experts"] for counts in usage.values())):
+        raise PackageError("malformed manifest.json: routing_stats.usage needs a count per expert for each MoE layer")
     validate_plan(m["plan"])
     return m
 

@@ -329,6 +329,36 @@ def test_experts_on_demand(tmp_path):
     assert sorted(names) == sorted(s["file"] for s in m["shards"] if s["file"].endswith(".bin"))
 
 
+def test_hot_experts_download_with_the_dense_shards(tmp_path):
+    """With routing statistics in the package (`webmoe analyze --into-package`), a load with hotExperts 0.5
+    downloads, beside the dense shards, exactly each layer's fewest most-used experts that took half of its
+    routed tokens (computed here from the statistics with numpy), and the logits are the native engine's."""
+    from webmoe.tools.analyze import analyze, into_package
+    config = mixtral(num_local_experts=12, num_experts_per_tok=2, num_hidden_layers=2)
+    pkg = convert(save_checkpoint(MixtralForCausalLM, config, tmp_path / "ckpt"), tmp_path / "hot",
+                  dtype="f16", progress=False)
+    into_package(analyze(pkg, ["hello there", "the quick brown fox"], max_new_tokens=6), pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    hot = set()
+    for layer, counts in m["routing_stats"]["usage"].items():
+        c = np.array(counts)
+        order = np.argsort(-c, kind="stable")
+        n = int(np.searchsorted(np.cumsum(c[order]), 0.5 * c.sum())) + 1
+        hot |= {m["experts"][f"{layer}_{e}"]["shard"] for e in order[:n]}
+    assert 2 <= len(hot) < 24
+    ids = [5, 77, 300]
+    want = Engine.load(pkg).logits(ids)
+    rec = Recorder()
+    with serving(app_with(rec, pkg)) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.evaluate(LOAD, [manifest_url(pkg), {"expertsOnDemand": True, "hotExperts": 0.5}])
+        at_load = {Path(p).name for p, _ in rec.shard_requests()}
+        got = browser_logits(page, ids)
+    dense = {s["file"] for s in m["shards"] if s["kind"] == "dense"}
+    assert at_load == dense | hot
+    assert np.abs(got - want).max() / np.abs(want).max() <= BROWSER_TOL
+
+
 def test_chat_completions_create():
     """engine.chat.completions.create in OpenAI's shape: the non-streamed answer, the streamed chunks
     (role first, finish_reason last) and generate() give the same text at temperature 0; usage counts the
@@ -514,7 +544,7 @@ def test_page_says_what_to_do_and_shows_each_load_stage(packages):
     with serving(app_with(gate, pkg)) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.wait_for_selector("#notice:not([hidden])")
-        assert page.inner_text("#notice").startswith(f"Press Load to chat with {pkg.name}: it downloads ")
+        assert page.inner_text("#notice").startswith(f"Press Load to chat with {pkg.name}: it downloads the dense weights (")
         page.click("#load")
         page.wait_for_selector("#stages li[data-stage=compile]")
         page.wait_for_function("document.querySelector('#stages li[data-stage=download]')?.textContent"
@@ -623,6 +653,18 @@ def test_missing_module_gives_a_clear_message(packages):
         page.wait_for_selector("#notice.error", timeout=60_000)
         text = page.inner_text("#notice")
     assert "worker could not start" in text and "webmoe serve" in text, text
+
+
+def test_network_failure_gives_a_clear_message(packages):
+    """A server that refuses every shard: after its retries the page says which shard could not be
+    downloaded, from where, and what to do."""
+    with serving(app_with(Recorder(refuse=True), packages["gqa-top2-f32"])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        page.click("#load")
+        page.wait_for_selector("#notice.error", timeout=60_000)
+        text = page.inner_text("#notice")
+    assert re.match(r"could not download \S+\.bin from 127\.0\.0\.1:\d+ \(\S+\.bin: HTTP 503\)\. Check the network "
+                    r"connection and load again: what has arrived is kept", text), text
 
 
 def test_no_webgpu_gives_a_clear_message(packages, tmp_path):

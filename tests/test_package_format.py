@@ -52,3 +52,30 @@ def test_plan_records_are_checked(tmp_path):
     (pkg / "manifest.json").write_bytes(seal_manifest(m))  # as a faulty converter would write it
     with pytest.raises(PackageError, match="malformed plan"):
         Package(pkg)
+
+
+def test_routing_stats_written_by_analyze_are_checked(tmp_path):
+    """`webmoe analyze --into-package` adds the expert usage it measured to the manifest and seals it
+    again (the package still loads, with a new digest); usage that does not match the model's MoE layers
+    and experts is refused."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(ROOT / "demo" / "shakespeare-moe", pkg)
+    before = json.loads((pkg / "manifest.json").read_text())
+    r = subprocess.run([sys.executable, "-m", "webmoe", "analyze", str(pkg), "--prompt", "ROMEO. But soft",
+                        "--max-new-tokens", "4", "--out", str(tmp_path / "analysis"), "--into-package"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = Package(pkg).manifest
+    stats = m["routing_stats"]
+    assert m["manifest_sha256"] != before["manifest_sha256"] and m["manifest_sha256"] in r.stdout
+    assert sorted(stats["usage"], key=int) == [str(layer) for layer in m["moe"]["moe_layers"]]
+    report = json.loads((tmp_path / "analysis" / "routing.json").read_text())
+    assert stats["usage"] == {layer: r["usage"] for layer, r in report["layers"].items()}
+    # every routed token counted once per layer and chosen expert
+    assert all(sum(counts) == stats["tokens"] * m["moe"]["top_k"] for counts in stats["usage"].values())
+    assert {k: v for k, v in m.items() if k not in ("routing_stats", "manifest_sha256")} == \
+        {k: v for k, v in before.items() if k not in ("routing_stats", "manifest_sha256")}
+    for bad in ({"0": [1] * 8}, {**stats["usage"], "0": [1] * 7}):
+        (pkg / "manifest.json").write_bytes(seal_manifest({**m, "routing_stats": {**stats, "usage": bad}}))
+        with pytest.raises(PackageError, match="routing_stats.usage needs a count per expert"):
+            Package(pkg)

@@ -95,9 +95,10 @@ async function loadModel(why = "") {
   stages = {};
   notice(`${why}Loading ${model.name}…`, !!why);
   try {
-    // experts on demand, within what the browser lets this site store; the rest of the model follows in
-    // the background when the user asked for it
-    const options = { onProgress: showProgress, observeRouting: true, expertsOnDemand: true,
+    // experts on demand (those that took half of each layer's tokens in the package's routing statistics,
+    // if it has them, with the dense shards), within what the browser lets this site store; the rest of
+    // the model follows in the background when the user asked for it
+    const options = { onProgress: showProgress, observeRouting: true, expertsOnDemand: true, hotExperts: 0.5,
                       opfsBudgetBytes: await opfsBudget(model), backgroundDownload: $("whole-model").checked,
                       onDeviceLost: (message) => deviceLost(url, message) };
     localStorage.setItem("webmoe.whole", $("whole-model").checked ? "1" : "");
@@ -250,8 +251,9 @@ async function main() {
     loadModel();
   } else if (models.length === 1) {
     const m = models[0];
-    notice(`Press Load to chat with ${m.name}: it downloads ${mib(m.dense_bytes)} now and each expert the first ` +
-           `time it is needed (${mib(m.bytes)} in all), and keeps them in this browser.`);
+    notice(`Press Load to chat with ${m.name}: it downloads the dense weights (${mib(m.dense_bytes)}) and the ` +
+           `most-used experts now, each other expert the first time it is needed (${mib(m.bytes)} in all), and ` +
+           "keeps them in this browser.");
   } else if (models.length) {
     notice("Choose a model above and press Load: it is downloaded once and kept in this browser.");
   } else {

@@ -33,12 +33,13 @@ export class Engine {
   // the storage binding limit the engine keeps to; tests), digest (the manifest's sha256 to pin),
   // expertsOnDemand (download the dense shards only; fetch each expert when the router first chooses it),
   // opfsBudgetBytes (with expertsOnDemand: what the model may keep in OPFS; least recently used experts leave),
-  // backgroundDownload (with expertsOnDemand: after the load, the experts not yet in OPFS download one at a time
+  // hotExperts (with expertsOnDemand: a share of each layer's routed tokens whose most-used experts, from
+  // the package's routing_stats, download with the dense shards), backgroundDownload (with expertsOnDemand: after the load, the experts not yet in OPFS download one at a time
   // while they fit the budget), onDeviceLost(message) (the GPU device is gone: every later call fails; load the model again)
   static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
                                    memoryCacheBytes, pinnedExperts = [], observeRouting = false,
                                    prefetch, maxBinding, digest, expertsOnDemand = false,
-                                   opfsBudgetBytes, backgroundDownload = false, onDeviceLost } = {}) {
+                                   opfsBudgetBytes, hotExperts = 0, backgroundDownload = false, onDeviceLost } = {}) {
     const e = new Engine();
     const report = onProgress || (() => {});
     const gpu = await openDevice({ maxBinding });
@@ -47,7 +48,7 @@ export class Engine {
     // a device lost by anything but unload() (driver reset, GPU process crash, memory reclaimed) is told
     e.device.lost.then((info) => { if (!e.unloaded) onDeviceLost?.(info.message || info.reason || "unknown reason"); });
     const store = await ModelStore.open(manifestUrl, { onProgress: report, memoryBytes: memoryCacheBytes, digest,
-                                                       expertsOnDemand, opfsBudgetBytes });
+                                                       expertsOnDemand, opfsBudgetBytes, hotExperts });
     e.store = store;
     const m = (e.manifest = store.manifest);
     // the kernels compile (each variant once, in parallel) while the shards download

@@ -71,7 +71,9 @@ export class ModelStore {
   // sha256 to pin, as `webmoe info` prints it), expertsOnDemand (download only the dense and tokenizer
   // shards now; an expert shard is fetched, verified and stored the first time shard() asks for it),
   // opfsBudgetBytes (with expertsOnDemand: the most this model keeps in OPFS; the least recently used
-  // expert shards leave it when a new one arrives, and are fetched again when needed)
+  // expert shards leave it when a new one arrives, and are fetched again when needed), hotExperts (with
+  // expertsOnDemand: fetch with the dense shards each MoE layer's most-used experts covering this share of
+  // its routed tokens, from the package's routing_stats; those that fit the budget)
   static async open(manifestUrl, options = {}) {
     const s = new ModelStore();
     s.url = new URL(manifestUrl, self.location.href).href;
@@ -114,6 +116,14 @@ export class ModelStore {
       throw new QuotaError(`an OPFS budget of ${mb(s.opfsBudget)} cannot hold this model's dense shards and one ` +
                            `expert (${mb(dense + largest)})`);
     }
+    // the most-used experts (routing_stats) are fetched with the dense shards, within the budget
+    let room = s.opfsBudget - dense;
+    s.hot = new Set();
+    for (const { file, size } of hotShards(s.manifest, options.hotExperts || 0)) {
+      if (size > room) break;
+      s.hot.add(file);
+      room -= size;
+    }
     s.status = {};
     s.loaded = 0;
     return s;
@@ -140,7 +150,7 @@ export class ModelStore {
       if (this.state.verified[e.file] === e.sha256 && (await this.fileSize(e.file)) === e.size) {
         this.status[e.file] = "cached";
         this.loaded += e.size;
-      } else if (this.expertsOnDemand && e.kind === "expert") {
+      } else if (this.expertsOnDemand && e.kind === "expert" && !this.hot.has(e.file)) {
         this.status[e.file] = "on demand";
       } else {
         delete this.state.verified[e.file];
@@ -278,7 +288,9 @@ export class ModelStore {
     }
     this.status[e.file] = "error";
     this.progress();
-    throw new Error(`could not download ${e.file}: ${lastError?.message || lastError}`);
+    throw new PackageError(`could not download ${e.file} from ${this.sources.length > 1 ? "any source" : new URL(this.sources[0]).host} ` +
+                           `(${lastError?.message || lastError}). Check the network connection and load again: ` +
+                           "what has arrived is kept and the download resumes.");
   }
 
   // Before `incoming` is stored: removes the least recently used expert shards from OPFS until the
@@ -415,6 +427,27 @@ export class ModelStore {
       this.unreserve(e);
     }
   }
+}
+
+// The expert shards worth fetching up front, most used first: per MoE layer, the fewest most-used experts
+// (routing_stats, as `webmoe analyze --into-package` writes them) whose routed tokens reach `share` of the
+// layer's, ties going to the lower expert number. -> [{file, size, share}]
+export function hotShards(manifest, share) {
+  const usage = manifest.routing_stats?.usage;
+  if (!usage || !(share > 0)) return [];
+  const out = [];
+  for (const [layer, counts] of Object.entries(usage)) {
+    const total = counts.reduce((a, n) => a + n, 0);
+    const order = counts.map((n, e) => [n, e]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+    let covered = 0;
+    for (const [n, e] of order) {
+      if (n === 0 || covered >= share * total) break;
+      covered += n;
+      const file = manifest.experts[`${layer}_${e}`].shard;
+      out.push({ file, size: manifest.shards.find((x) => x.file === file).size, share: n / total });
+    }
+  }
+  return out.sort((a, b) => b.share - a.share);
 }
 
 function quotaError(need, free) {

@@ -113,6 +113,11 @@ export function validateManifest(m) {
       throw new PackageError(`malformed manifest.json: expert ${key} does not point at its own shard`);
     }
   }
+  const usage = m.routing_stats?.usage || {};
+  if (Object.keys(usage).length && (Object.keys(usage).length !== moe.moe_layers.length
+      || !moe.moe_layers.every((layer) => usage[String(layer)]?.length === moe.num_experts))) {
+    throw new PackageError("malformed manifest.json: routing_stats.usage needs a count per expert for each MoE layer");
+  }
   validatePlan(m.plan);
   return m;
 }

@@ -9,7 +9,8 @@
 //   await engine.expertStats();                                    // cache hits, misses, uploads, usage
 //   engine.unload();                                               // frees its GPU memory
 // load options: onProgress({stage: "download"|"compile"|"upload", ...}), onDeviceLost(message), expertCacheBytes,
-// memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand, opfsBudgetBytes
+// memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand, opfsBudgetBytes, hotExperts,
+// backgroundDownload
 //   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
 //   await engine.chat.completions.create({messages, max_tokens, temperature, top_p, seed, stop})
 //                                         // OpenAI's shape: a chat.completion, or with stream: true an

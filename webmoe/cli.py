@@ -131,6 +131,10 @@ def _analyze(args) -> int:
     report = analyze(args.package, prompts, args.max_new_tokens, args.adapter)
     for path in write(report, Path(args.out)):
         print(f"wrote {path}")
+    if args.into_package:
+        from webmoe.tools.analyze import into_package
+        digest = into_package(report, args.package)
+        print(f"wrote routing_stats into {Path(args.package) / 'manifest.json'} (its sha256 is now {digest})")
     return 0
 
 
@@ -244,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--max-new-tokens", type=int, default=32)
     a.add_argument("--out", default="out/analysis")
     a.add_argument("--adapter", default=None)
+    a.add_argument("--into-package", action="store_true",
+                   help="also write the expert usage into the package's manifest (routing_stats), for browser loads "
+                        "that download the most-used experts first (hotExperts)")
     a.set_defaults(func=_analyze)
 
     i = sub.add_parser("info", help="describe a package")

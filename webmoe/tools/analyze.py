@@ -3,6 +3,7 @@ are chosen together, exported as JSON and drawn as a heatmap."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ def analyze(path, prompts: list[str], max_new_tokens: int = 32, adapter: str | N
     engine = Engine.load(path, adapter=adapter, observe_routing=True)
     tokens = 0
     for prompt in prompts:
-        tokens += sum(1 for _ in engine.generate(prompt, max_new_tokens=max_new_tokens, temperature=0))
-        tokens += len(engine.tokenizer.prompt_ids(prompt))
+        generated = sum(1 for _ in engine.generate(prompt, max_new_tokens=max_new_tokens, temperature=0))
+        # tokens routed: the prompt and every generated token but the last (sampled, never run)
+        tokens += len(engine.tokenizer.prompt_ids(prompt)) + max(0, generated - 1)
     cache = engine.experts
     layers = {}
     for l in cache.moe_layers:
@@ -43,6 +45,23 @@ def heatmap(report: dict, out: Path) -> None:
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+
+
+def into_package(report: dict, path) -> str:
+    """Writes the report's expert usage into the package's manifest as `routing_stats` (what a browser
+    load's `hotExperts` reads) and seals it again; returns the manifest's new sha256. The shards are
+    untouched; the manifest is replaced atomically."""
+    from webmoe.engine.manifest import manifest_digest, read_manifest, seal_manifest
+    target = Path(path) / "manifest.json"
+    manifest = read_manifest(target.read_bytes())
+    manifest["routing_stats"] = {"prompts": report["prompts"], "tokens": report["tokens"],
+                                 "usage": {layer: r["usage"] for layer, r in report["layers"].items()}}
+    raw = seal_manifest(manifest)
+    read_manifest(raw)                              # what every loader will check
+    tmp = target.with_name(f".manifest.json.{os.getpid()}")
+    tmp.write_bytes(raw)
+    os.replace(tmp, target)
+    return manifest_digest(raw)[1]
 
 
 def write(report: dict, out_dir: Path) -> tuple[Path, Path]:
