@@ -268,7 +268,7 @@ def test_opfs_cache_second_load_corruption_and_resume(packages):
         page.evaluate(LOAD, [manifest_url(pkg)])
         assert rec.shard_requests() == first
 
-        # a shard corrupted in OPFS is detected by its hash and fetched again
+        # a shard corrupted in OPFS is detected by its hash and fetched again, and a deleted one too
         page.evaluate("""async ([file]) => {
           const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('webmoe');
           for await (const [, dir] of root.entries()) {
@@ -277,11 +277,15 @@ def test_opfs_cache_second_load_corruption_and_resume(packages):
             await w.close();
           }
         }""", ["expert-L000-E002.bin"])
+        page.evaluate("""async ([file]) => {      // and another one deleted
+          const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('webmoe');
+          for await (const [, dir] of root.entries()) await dir.removeEntry(file);
+        }""", ["expert-L001-E000.bin"])
         page.close()
         page = open_page(ctx, url + "/")
         page.evaluate(LOAD, [manifest_url(pkg)])
         again = rec.shard_requests()[len(first):]
-        assert [p.rsplit("/", 1)[1] for p, _ in again] == ["expert-L000-E002.bin"]
+        assert sorted(p.rsplit("/", 1)[1] for p, _ in again) == ["expert-L000-E002.bin", "expert-L001-E000.bin"]
         np.testing.assert_allclose(browser_logits(page, ids), native, atol=BROWSER_TOL * np.abs(native).max())
         cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
         assert len(cached) == 1 and cached[0]["complete"] and cached[0]["bytes"] >= sum(s["size"] for s in m["shards"])

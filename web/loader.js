@@ -114,7 +114,7 @@ export class ModelStore {
     const largest = Math.max(0, ...s.manifest.shards.filter((e) => e.kind === "expert").map((e) => e.size));
     if (s.opfsBudget < dense + largest) {
       throw new QuotaError(`an OPFS budget of ${mb(s.opfsBudget)} cannot hold this model's dense shards and one ` +
-                           `expert (${mb(dense + largest)})`);
+                           `expert (${mb(dense + largest)}). Free space or delete cached models, or ask for a larger budget.`);
     }
     // the most-used experts (routing_stats) are fetched with the dense shards, within the budget
     let room = s.opfsBudget - dense;
