@@ -173,9 +173,11 @@ class Engine:
         self.reset()
         return self.extend(token_ids)
 
-    def step(self, token_ids, temperature: float = 0.0, top_p: float = 1.0, u: float = 0.0) -> int:
+    def step(self, token_ids, temperature: float = 0.0, top_p: float = 1.0, u: float = 0.0,
+             return_logits: bool = False):
         """Appends tokens to the sequence and samples the next token on the GPU from the last one's
-        logits; the only read-back is the token id. u in [0, 1) drives the sampling."""
+        logits; the only read-back is the token id (with return_logits, also those logits: (id, [vocab])).
+        u in [0, 1) drives the sampling."""
         ids = self._check_ids(token_ids)
         self._room(len(ids))
         device = self.gpu.device
@@ -185,18 +187,26 @@ class Engine:
             encoder = self._forward(chunk, len(chunk) - 1, 1 if last else 0)
             if not last:
                 device.queue.submit([encoder.finish()])
+        if return_logits:             # before the sampler, which works in the logits buffer
+            encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["logits"]], 0, self._logits_rb.buffer, 0,
+                                          self.vocab_size * 4)
         self.sampler.encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u}, profiler=self.profiler)
         encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["token"]], 0, self._token_rb.buffer, 0, 4)
         device.queue.submit([encoder.finish()])
-        return int(np.frombuffer(self._token_rb.read(4), np.uint32)[0])
+        token = int(np.frombuffer(self._token_rb.read(4), np.uint32)[0])
+        if return_logits:
+            return token, np.frombuffer(self._logits_rb.read(self.vocab_size * 4), np.float32).copy()
+        return token
 
     # --- generation -----------------------------------------------------------------------------------
 
     def generate(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, stop=None) -> Generator:
+                 seed: int | None = None, stop=None, logprobs: int | None = None) -> Generator:
         """Yields each new token (a Token) as it is produced. prompt: text, token ids, or chat messages.
-        temperature 0 is greedy; stop: strings that end generation (not included in the text).
+        temperature 0 is greedy; stop: strings that end generation (not included in the text); logprobs:
+        give each token its log-probability under the model (before temperature and top-p) and that many
+        most likely alternatives (each token's logits are then read back too).
         The returned Generator also tells finish_reason and token counts once iterated."""
-        config = GenerationConfig(max_new_tokens, temperature, top_p, seed, stop)
+        config = GenerationConfig(max_new_tokens, temperature, top_p, seed, stop, logprobs)
         self.reset()
         return Generator(self, config, self._check_ids(self.tokenizer.prompt_ids(prompt)))

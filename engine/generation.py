@@ -34,6 +34,8 @@ class SplitMix64:
 class Token:
     id: int
     text: str    # the new text this token completes (may be "" while a character or stop string is pending)
+    logprob: float | None = None                       # with GenerationConfig.logprobs: log p(id)
+    top_logprobs: list[tuple[int, float]] | None = None  # the most likely ids and their log p, best first
 
 
 @dataclass
@@ -43,6 +45,7 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] | str | None = None
+    logprobs: int | None = None       # None: none; k: each token's log-probability and the k most likely
 
     def __post_init__(self):
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0):
@@ -58,6 +61,8 @@ class GenerationConfig:
         self.stop = [s for s in (self.stop or []) if s]
         if not all(isinstance(s, str) for s in self.stop):
             raise PromptError("stop must be a string or a list of strings")
+        if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20):
+            raise PromptError("logprobs must be an integer in [0, 20]")
 
 
 def _pending_stop(text: str, stops: list[str]) -> int:
@@ -69,6 +74,16 @@ def _pending_stop(text: str, stops: list[str]) -> int:
                 best = max(best, n)
                 break
     return best
+
+
+def _logprobs(logits: np.ndarray, token: int, k: int) -> dict:
+    """The Token fields for log-probabilities: log_softmax of the logits (float64), the chosen token's
+    and the k largest, best first (ties to the lower id)."""
+    z = logits.astype(np.float64)
+    z -= z.max()
+    logp = z - np.log(np.exp(z).sum())
+    top = np.argsort(-logp, kind="stable")[:k]
+    return {"logprob": float(logp[token]), "top_logprobs": [(int(i), float(logp[i])) for i in top]}
 
 
 class Generator:
@@ -90,20 +105,26 @@ class Generator:
         emitted = 0
         ids = prompt_ids
         for i in range(budget):
-            token = engine.step(ids, float(cfg.temperature), float(cfg.top_p), float(self.rng.random()))
+            u = float(self.rng.random())
+            probs = {}
+            if cfg.logprobs is None:
+                token = engine.step(ids, float(cfg.temperature), float(cfg.top_p), u)
+            else:
+                token, logits = engine.step(ids, float(cfg.temperature), float(cfg.top_p), u, return_logits=True)
+                probs = _logprobs(logits, token, cfg.logprobs)
             ids = np.array([token], np.uint32)
             self.completion_tokens += 1
             if token in engine.tokenizer.eos_token_ids:
                 self.finish_reason = "stop"
-                yield Token(token, decoder.text[emitted:])   # a pending stop-string prefix is plain text now
+                yield Token(token, decoder.text[emitted:], **probs)   # a pending stop-string prefix is text now
                 return
             decoder.push(token)
             text = decoder.text
             hits = [j for j in (text.find(s, max(0, emitted - len(s))) for s in cfg.stop) if j >= 0]
             if hits:
                 self.finish_reason = "stop"
-                yield Token(token, text[emitted:min(hits)])
+                yield Token(token, text[emitted:min(hits)], **probs)
                 return
             safe = len(text) if i == budget - 1 else len(text) - _pending_stop(text, cfg.stop)
-            yield Token(token, text[emitted:safe])
+            yield Token(token, text[emitted:safe], **probs)
             emitted = max(emitted, safe)

@@ -38,6 +38,10 @@ class TextTokenizer:
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
+    def token_text(self, token_id: int) -> str:
+        """One token as text (its vocabulary entry for special tokens, which decode() leaves out)."""
+        return self.decode([token_id]) or self.tok.id_to_token(token_id) or ""
+
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
             raise PromptError("this model has no chat template; pass a plain text prompt instead")

@@ -18,7 +18,8 @@ from webmoe.converter.errors import ConversionError
 from webmoe.converter.safetensors_file import SafetensorsFile
 from webmoe.engine.manifest import seal_manifest
 from webmoe.engine.package import Package, PackageError
-from webmoe.serve.openai_api import ApiError, parse_request
+from webmoe.serve.api_errors import ApiError
+from webmoe.serve.api_requests import parse_chat
 from webmoe.serve.server import create_app
 
 
@@ -222,15 +223,19 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 @pytest.mark.parametrize("body,message", [
     ({"messages": MESSAGES, "seed": -1}, "seed"),
     ({"messages": MESSAGES, "stop": 5}, "stop"),
-    ({"messages": MESSAGES, "n": 2}, "'n' was unexpected"),
-    ({"messages": MESSAGES, "logprobs": True}, "'logprobs' was unexpected"),
+    ({"messages": MESSAGES, "n": 9}, "at n: 9 is greater than the maximum of 8"),
+    ({"messages": MESSAGES, "tools": []}, "'tools' was unexpected"),
+    ({"messages": MESSAGES, "response_format": {"type": "json_object"}}, "response_format json_object is not supported"),
+    ({"messages": MESSAGES, "presence_penalty": 0.5}, "presence_penalty is not supported"),
+    ({"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs needs logprobs: true"),
     ({"messages": MESSAGES, "temperature": "hot"}, "temperature"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, "content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "only text content parts are supported"),
     ({"messages": []}, "messages"),
 ])
 def test_bad_requests_name_the_field(body, message):
     with pytest.raises(ApiError) as e:
-        parse_request(json.dumps(body).encode())
+        parse_chat(json.dumps(body).encode())
     assert message in json.loads(e.value.text)["error"]["message"]
 
 
@@ -243,7 +248,7 @@ def test_bad_requests_name_the_field(body, message):
 ])
 def test_hostile_request_bodies_get_a_clear_400(raw, message):
     with pytest.raises(ApiError) as e:
-        parse_request(raw)
+        parse_chat(raw)
     assert e.value.status == 400 and message in json.loads(e.value.text)["error"]["message"]
 
 

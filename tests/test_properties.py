@@ -21,7 +21,8 @@ from webmoe.converter.errors import ConversionError
 from webmoe.converter.safetensors_file import SafetensorsFile
 from webmoe.engine.manifest import read_manifest, seal_manifest
 from webmoe.engine.package import PackageError
-from webmoe.serve.openai_api import ApiError, parse_request
+from webmoe.serve.api_errors import ApiError
+from webmoe.serve.api_requests import parse_chat, parse_completion
 
 EXAMPLES = int(os.environ.get("WEBMOE_FUZZ_EXAMPLES", "150"))
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "shakespeare-moe"
@@ -140,7 +141,8 @@ def test_manifest_loader_on_arbitrary_bytes(raw):
 # --- API requests ----------------------------------------------------------------------------------------
 
 FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop",
-          "stream", "user", "n", "logprobs", "tools"]
+          "stream", "user", "n", "logprobs", "tools", "top_logprobs", "response_format", "stream_options",
+          "presence_penalty", "prompt", "echo"]
 messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "tool", 3]),
                                            "content": st.text(max_size=10) | json_values}), max_size=3)
 
@@ -165,21 +167,37 @@ def near_valid_requests(draw):
        | json_values)
 def test_request_parser_accepts_or_gives_a_400(body):
     try:
-        args = parse_request(json.dumps(body).encode())
+        args = parse_chat(json.dumps(body).encode())
     except ApiError as e:
         assert e.status == 400 and json.loads(e.text)["error"]["message"]
         OUTCOMES["API request parser", "clear error"] += 1
         return
     OUTCOMES["API request parser", "accepted"] += 1
-    assert args["messages"] and isinstance(args["max_new_tokens"], int)
+    assert args.prompts[0] and isinstance(args.sampling["max_new_tokens"], int)
 
 
 @FUZZ
 @given(st.binary(max_size=100))
 def test_request_parser_on_arbitrary_bytes(raw):
     try:
-        parse_request(raw)
+        parse_chat(raw)
         OUTCOMES["API request parser", "accepted"] += 1
     except ApiError as e:
         assert e.status == 400
         OUTCOMES["API request parser", "clear error"] += 1
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(FIELDS), json_values | st.text(max_size=5), max_size=5)
+       | st.fixed_dictionaries({"prompt": st.text(max_size=10) | st.lists(st.text(max_size=5), max_size=3)},
+                               optional={"n": st.integers(-1, 9), "logprobs": st.integers(-1, 6),
+                                         "max_tokens": st.integers(0, 10)}))
+def test_completion_parser_accepts_or_gives_a_400(body):
+    try:
+        args = parse_completion(json.dumps(body).encode())
+    except ApiError as e:
+        assert e.status == 400 and json.loads(e.text)["error"]["message"]
+        OUTCOMES["API request parser", "clear error"] += 1
+        return
+    OUTCOMES["API request parser", "accepted"] += 1
+    assert args.prompts and all(isinstance(p, str) for p in args.prompts) and 1 <= args.n <= 8

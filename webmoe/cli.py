@@ -58,9 +58,13 @@ def _run(args) -> int:
 
 
 def _serve(args) -> int:
+    import os
     from webmoe.serve.server import serve
+    # keys from the environment keep them out of the process list
+    keys = tuple(args.api_key or ()) + tuple(k for k in os.environ.get("WEBMOE_API_KEYS", "").split(",") if k)
     serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter,
-          expert_cache_bytes=_mib(args.expert_cache_mb))
+          expert_cache_bytes=_mib(args.expert_cache_mb), api_keys=keys, cors_origins=tuple(args.cors_origin or ()),
+          admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait})
     return 0
 
 
@@ -212,6 +216,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-api", action="store_true", help="serve files only, no OpenAI-compatible /v1 API")
     s.add_argument("--adapter", default=None, help="adapter for the /v1 API's native engine")
     s.add_argument("--expert-cache-mb", type=float, default=None, help="GPU memory for the API engine's experts")
+    s.add_argument("--api-key", action="append", help="a key the /v1 API asks for as `Authorization: Bearer KEY` "
+                   "(repeatable; also WEBMOE_API_KEYS=k1,k2); without any, the API is open")
+    s.add_argument("--cors-origin", action="append", help="an origin whose pages may call the /v1 API (repeatable; "
+                   "* for any)")
+    s.add_argument("--max-waiting", type=int, default=64,
+                   help="requests that may wait for a busy model; more get 429 (default 64)")
+    s.add_argument("--max-wait", type=float, default=120.0,
+                   help="seconds a request may wait for a busy model before a 503 (default 120)")
     s.set_defaults(func=_serve)
 
     b = sub.add_parser("bench", help="decode speed and expert-cache hit rate under several expert budgets")

@@ -1,6 +1,16 @@
-"""OpenAI-compatible endpoints on the native engine: GET /v1/models, POST /v1/chat/completions (with
-`stream: true` as server-sent events). Each package's engine loads on first use; one generation runs at
-a time per engine, in a worker thread, so the event loop keeps serving files meanwhile."""
+"""OpenAI-compatible endpoints on the native engine:
+
+    GET  /v1/models, /v1/models/{id}       the served packages
+    POST /v1/chat/completions              chat (stream, n, logprobs/top_logprobs, seed, stop, content parts)
+    POST /v1/completions                   text completion (prompt or prompts, stream, n, logprobs, seed, stop)
+    GET  /health                           the process answers
+    GET  /ready                            which models are loaded; 200 once the packages were checked
+    GET  /stats                            per model: requests, completed, cancelled, failed, rejected, tokens
+
+Each package's engine loads on first use. A generation runs in a worker thread (the event loop keeps
+serving files meanwhile), one at a time per engine, behind an Admission queue with a bound and a wait limit.
+Any disconnect — a streaming client or one waiting for a whole answer — stops the generation at the next
+token. Errors come in OpenAI's shape (api_errors.py); API keys and CORS are api_access.py's."""
 from __future__ import annotations
 
 import asyncio
@@ -14,134 +24,268 @@ from aiohttp import web
 
 from webmoe.engine.engine import Engine
 from webmoe.engine.errors import USER_ERRORS
-from webmoe.engine.strict_json import check_schema, parse_json
 
-
-class ApiError(web.HTTPBadRequest):
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(text=json.dumps({"error": {"message": message, "type": "invalid_request_error"}}),
-                         content_type="application/json")
-        self.set_status(status)
+from .admission import Admission
+from .api_errors import ApiError
+from .api_requests import MAX_REQUEST_BYTES, GenerationRequest, parse_chat, parse_completion
 
 
 class Models:
-    def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None):
+    def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None,
+                 admission: dict | None = None):
         self.dirs, self.adapter, self.expert_cache_bytes = dirs, adapter, expert_cache_bytes
         self.engines: dict[str, Engine] = {}
-        self.locks = {name: asyncio.Lock() for name in dirs}
+        self.loading = {name: asyncio.Lock() for name in dirs}
+        self.admission = {name: Admission(**(admission or {})) for name in dirs}
+        # per model: requests, completed, cancelled (the client went away), failed, rejected (429/503),
+        # completion_tokens; GET /stats
+        self.stats = {name: dict.fromkeys(("requests", "completed", "cancelled", "failed", "rejected",
+                                           "completion_tokens"), 0) for name in dirs}
+
+    def name(self, asked: str | None) -> str:
+        name = asked or next(iter(self.dirs), None)
+        if name not in self.dirs:
+            raise ApiError(f"unknown model {name!r}; served: {', '.join(self.dirs)}", 404, param="model",
+                           code="model_not_found")
+        return name
 
     async def engine(self, name: str) -> Engine:
-        if name not in self.engines:
-            self.engines[name] = await asyncio.to_thread(Engine.load, self.dirs[name], self.adapter,
-                                                         expert_cache_bytes=self.expert_cache_bytes)
-            print(f"webmoe: loaded {self.engines[name].describe()}", flush=True)   # the server's console
+        async with self.loading[name]:
+            if name not in self.engines:
+                self.engines[name] = await asyncio.to_thread(Engine.load, self.dirs[name], self.adapter,
+                                                             expert_cache_bytes=self.expert_cache_bytes)
+                print(f"webmoe: loaded {self.engines[name].describe()}", flush=True)   # the server's console
         return self.engines[name]
 
 
-MAX_REQUEST_BYTES = 16 << 20
+class Job:
+    """One request's generations (prompts x n choices), run one after another in a worker thread; events
+    go to an asyncio queue: ("token", choice, Token), ("done", choice, Generator), ("error", message), ("end",)."""
+
+    def __init__(self, engine: Engine, req: GenerationRequest):
+        self.engine, self.req = engine, req
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.cancelled_early = False         # stopped because the client went away
+        self.loop = asyncio.get_running_loop()
+        self.generators = []
+        try:            # prompts are checked (and tokenized) before the response starts
+            for p, prompt in enumerate(req.prompts):
+                for i in range(req.n):
+                    seed = None if req.seed is None else (req.seed + i) % 2**64
+                    self.generators.append(engine.generate(prompt, seed=seed, logprobs=req.logprobs,
+                                                           **req.sampling))
+        except USER_ERRORS as e:
+            raise ApiError(str(e)) from None
+        self.prompt_tokens = sum(self.generators[p * req.n].prompt_tokens for p in range(len(req.prompts)))
+
+    def put(self, *event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def run(self) -> None:
+        try:
+            for choice, gen in enumerate(self.generators):
+                self.engine.reset()                  # each choice starts from its prompt
+                for token in gen:
+                    if self.cancelled.is_set():
+                        return
+                    self.put("token", choice, token)
+                self.put("done", choice, gen)
+        except Exception as e:   # reported to the client (streaming: as the stream's last event)
+            self.put("error", str(e))
+        finally:
+            self.put("end")
+
+    async def events(self, request: web.Request):
+        """The job's events; stops it when the client's connection closes (checked while waiting too)."""
+        worker = self.loop.run_in_executor(None, self.run)
+        try:
+            while True:
+                if request.transport is None or request.transport.is_closing():
+                    self.cancelled_early = True
+                    return
+                try:
+                    event = await asyncio.wait_for(self.queue.get(), 0.25)
+                except asyncio.TimeoutError:
+                    continue
+                if event[0] == "end":
+                    return
+                yield event
+        finally:
+            self.cancelled.set()
+            await worker
+
+    def usage(self) -> dict:
+        completion = sum(g.completion_tokens for g in self.generators)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
 
 
-def _check_text(value, where: str) -> None:
-    """Strings must be encodable text: JSON escapes can carry lone surrogates, which no tokenizer reads."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(f"{where} is not valid Unicode text (it holds a lone surrogate)") from None
+def _chat_logprob(tok, token) -> dict:
+    def entry(token_id, logprob):
+        text = tok.token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+    return {**entry(token.id, token.logprob), "top_logprobs": [entry(i, lp) for i, lp in token.top_logprobs]}
 
 
-def parse_request(raw: bytes) -> dict:
-    """The generation arguments of a chat completion request body, checked against
-    schemas/chat_request.schema.json; any bad or unsupported field is an ApiError (400) that names it."""
-    body = parse_json(raw, "the request body", ApiError, MAX_REQUEST_BYTES)
-    check_schema(body, "chat_request", "request", ApiError)
-    for i, m in enumerate(body["messages"]):
-        _check_text(m["content"], f"messages/{i}/content")
-    stop = body.get("stop")
-    for s in [stop] if isinstance(stop, str) else stop or []:
-        _check_text(s, "stop")
-    return {"model": body.get("model"), "stream": body.get("stream", False),
-            "messages": [{"role": m["role"], "content": m["content"]} for m in body["messages"]],
-            "max_new_tokens": body.get("max_tokens", body.get("max_completion_tokens", 256)),
-            "temperature": body.get("temperature", 1.0), "top_p": body.get("top_p", 1.0),
-            "seed": body.get("seed"), "stop": stop}
+class Choices:
+    """The choices of a response as tokens arrive: text, finish reason and log-probabilities, in the
+    shape of a chat completion or a text completion."""
+
+    def __init__(self, job: Job):
+        self.job, self.kind = job, job.req.kind
+        self.text = [""] * len(job.generators)
+        self.tokens = [[] for _ in job.generators]
+        self.finish = [None] * len(job.generators)
+
+    def add(self, choice: int, token) -> None:
+        self.text[choice] += token.text
+        self.tokens[choice].append(token)
+
+    def logprobs(self, tokens) -> dict | None:
+        if self.job.req.logprobs is None:
+            return None
+        tok = self.job.engine.tokenizer
+        if self.kind == "chat":
+            return {"content": [_chat_logprob(tok, t) for t in tokens]}
+        texts = [tok.token_text(t.id) for t in tokens]
+        return {"tokens": texts, "token_logprobs": [t.logprob for t in tokens],
+                "top_logprobs": [{tok.token_text(i): lp for i, lp in t.top_logprobs} for t in tokens],
+                "text_offset": [sum(len(x) for x in texts[:k]) for k in range(len(texts))]}
+
+    def whole(self, choice: int) -> dict:
+        out = {"index": choice, "finish_reason": self.finish[choice], "logprobs": self.logprobs(self.tokens[choice])}
+        if self.kind == "chat":
+            return {**out, "message": {"role": "assistant", "content": self.text[choice]}}
+        return {**out, "text": self.text[choice]}
+
+    def delta(self, choice: int, token=None, finish=None, first=False) -> dict:
+        tokens = [token] if token is not None else []
+        out = {"index": choice, "finish_reason": finish, "logprobs": self.logprobs(tokens) if tokens else None}
+        if self.kind == "chat":
+            delta = {"role": "assistant", "content": ""} if first else {"content": token.text} if token else {}
+            return {**out, "delta": delta}
+        return {**out, "text": token.text if token else ""}
 
 
 def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None = None,
-               expert_cache_bytes: int | None = None) -> None:
-    models = Models(dirs, adapter, expert_cache_bytes)
+               expert_cache_bytes: int | None = None, admission: dict | None = None) -> None:
+    """admission: Admission's settings (running, max_waiting, max_wait_s) for every model."""
+    models = Models(dirs, adapter, expert_cache_bytes, admission)
+
+    def model_entry(name: str) -> dict:
+        return {"id": name, "object": "model", "created": int(dirs[name].stat().st_mtime), "owned_by": "webmoe"}
 
     async def list_models(request):
-        return web.json_response({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "webmoe"} for name in dirs]})
+        return web.json_response({"object": "list", "data": [model_entry(name) for name in dirs]})
 
-    async def chat(request):
+    async def get_model(request):
+        return web.json_response(model_entry(models.name(request.match_info["model"])))
+
+    async def health(request):
+        return web.json_response({"status": "ok"})
+
+    async def ready(request):
+        return web.json_response({"status": "ready", "models": {
+            name: "loaded" if name in models.engines else "loads on first request" for name in dirs}})
+
+    async def stats(request):
+        return web.json_response({name: {**models.stats[name], "running": models.admission[name].running,
+                                         "waiting": models.admission[name].waiting} for name in dirs})
+
+    async def generate(request, parse):
         if (request.content_length or 0) > MAX_REQUEST_BYTES:
             raise ApiError(f"the request body is larger than {MAX_REQUEST_BYTES} bytes", 413)
-        args = parse_request(await request.read())
-        stream = args.pop("stream")
-        name = args.pop("model") or next(iter(dirs), None)
-        if name not in dirs:
-            raise ApiError(f"unknown model {name!r}; served: {', '.join(dirs)}", 404)
-        async with models.locks[name]:
+        req = parse(await request.read())
+        name = models.name(req.model)
+        counts = models.stats[name]
+        counts["requests"] += 1
+        try:
+            response, job = await run(request, req, name)
+        except ApiError as e:
+            counts["rejected" if e.status in (429, 503) else "failed"] += 1
+            raise
+        counts["cancelled" if response.status == 499 or job.cancelled_early else "completed"] += 1
+        counts["completion_tokens"] += job.usage()["completion_tokens"]
+        return response
+
+    async def run(request, req: GenerationRequest, name: str):
+        async with models.admission[name].slot(name):
             try:
                 engine = await models.engine(name)
-                gen = engine.generate(args.pop("messages"), **args)
             except USER_ERRORS as e:
-                raise ApiError(str(e)) from None
-            meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name}
-            if stream:
-                return await _stream(request, gen, meta)
-            tokens = await asyncio.to_thread(lambda: [t.text for t in gen])
+                raise ApiError(f"{name} cannot be loaded: {e}", 500) from None
+            job = Job(engine, req)
+            meta = {"id": f"{'chatcmpl' if req.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+                    "created": int(time.time()), "model": name}
+            if req.stream:
+                return await _stream(request, job, meta), job
+            choices = Choices(job)
+            events = job.events(request)
+            try:
+                async for event in events:
+                    if event[0] == "token":
+                        choices.add(event[1], event[2])
+                    elif event[0] == "done":
+                        choices.finish[event[1]] = event[2].finish_reason
+                    elif event[0] == "error":
+                        raise ApiError(f"generation failed: {event[1]}", 500)
+            finally:
+                await events.aclose()
+            if job.cancelled_early:     # the client went away: nobody to answer
+                return web.Response(status=499), job
             return web.json_response({
-                **meta, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
-                             "finish_reason": gen.finish_reason}],
-                "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-                          "total_tokens": gen.prompt_tokens + gen.completion_tokens}})
+                **meta, "object": "chat.completion" if req.kind == "chat" else "text_completion",
+                "choices": [choices.whole(c) for c in range(len(job.generators))], "usage": job.usage()}), job
+
+    async def chat(request):
+        return await generate(request, parse_chat)
+
+    async def completions(request):
+        return await generate(request, parse_completion)
 
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/stats", stats)
 
 
-async def _stream(request, gen, meta) -> web.StreamResponse:
-    """Runs the generator in a thread, sending each token as an SSE chunk; a client that goes away stops it."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-
-    def produce():
-        try:
-            for token in gen:
-                if cancelled.is_set():
-                    break
-                loop.call_soon_threadsafe(queue.put_nowait, ("token", token.text))
-        except Exception as e:  # reported to the client as the stream's last event
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", str(e)))
-        loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
-
+async def _stream(request, job: Job, meta: dict) -> web.StreamResponse:
+    """Server-sent events: a chunk per token (per choice), each choice's finish, with include_usage a last
+    chunk of usage, then [DONE]; an error after the stream began is its last event."""
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
-    worker = loop.run_in_executor(None, produce)
+    choices = Choices(job)
+    obj = "chat.completion.chunk" if job.req.kind == "chat" else "text_completion"
+    usage = {"usage": None} if job.req.include_usage else {}
 
-    def chunk(delta, finish=None):
-        return ("data: " + json.dumps({**meta, "object": "chat.completion.chunk", "choices": [
-            {"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n").encode()
+    async def send(payload: dict) -> None:
+        await resp.write(("data: " + json.dumps(payload) + "\n\n").encode())
+
+    async def chunk(choice: dict) -> None:
+        await send({**meta, "object": obj, "choices": [choice], **usage})
+    events = job.events(request)
     try:
-        await resp.write(chunk({"role": "assistant", "content": ""}))
-        while True:
-            kind, value = await queue.get()
-            if kind == "token" and value:
-                await resp.write(chunk({"content": value}))
-            elif kind == "error":
-                await resp.write(("data: " + json.dumps({"error": {"message": value}}) + "\n\n").encode())
-            elif kind == "end":
-                break
-        await resp.write(chunk({}, gen.finish_reason))
+        if job.req.kind == "chat":
+            for c in range(len(job.generators)):
+                await chunk(choices.delta(c, first=True))
+        async for event in events:
+            if event[0] == "token":
+                if event[2].text or job.req.logprobs is not None:     # (text may be held back for a while)
+                    await chunk(choices.delta(event[1], event[2]))
+            elif event[0] == "done":
+                await chunk(choices.delta(event[1], finish=event[2].finish_reason))
+            elif event[0] == "error":
+                await send({"error": {"message": f"generation failed: {event[1]}", "type": "api_error",
+                                      "param": None, "code": None}})
+        if job.req.include_usage:
+            await send({**meta, "object": obj, "choices": [], "usage": job.usage()})
         await resp.write(b"data: [DONE]\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        cancelled.set()
-        raise
+    except ConnectionResetError:
+        job.cancelled_early = True       # the client went away
     finally:
-        cancelled.set()
-        await worker
+        await events.aclose()            # stops the generation if it still runs
     return resp

@@ -9,7 +9,7 @@
     /schemas/NAME.schema.json  the JSON Schemas both runtimes check input against
     /models                  JSON list of the served packages
     /models/NAME/FILE        package files: only those the manifest names, with Range and sha256 ETags
-    /v1/models, /v1/chat/completions   OpenAI-compatible API on the native engine (openai_api.py)
+    /v1/...                  OpenAI-compatible API on the native engine (openai_api.py), /health, /ready
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from webmoe.shaders import SHADER_DIR
 from webmoe.web import WEB_DIR
 
 from .http_files import confined, file_sha256, hashed_file, static_file
+from .api_access import install_access
+from .api_errors import openai_errors
 from .openai_api import add_routes as add_api_routes
 
 PACKAGES = web.AppKey("packages", dict)
@@ -54,7 +56,10 @@ class ServedPackage:
 
 
 def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = True,
-               adapter: str | None = None, expert_cache_bytes: int | None = None) -> web.Application:
+               adapter: str | None = None, expert_cache_bytes: int | None = None, api_keys: tuple[str, ...] = (),
+               cors_origins: tuple[str, ...] = (), admission: dict | None = None) -> web.Application:
+    """api_keys: keys the /v1 API asks for (none: open); cors_origins: origins whose pages may call it;
+    admission: the queue's settings per model (running, max_waiting, max_wait_s)."""
     packages: dict[str, ServedPackage] = {}
     for d in package_dirs:
         sp = ServedPackage(Path(d))
@@ -114,7 +119,7 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
                                                  "Access-Control-Allow-Headers": "Range, If-Range",
                                                  "Access-Control-Max-Age": "86400"})
 
-    app = web.Application()
+    app = web.Application(middlewares=[openai_errors])
     app[PACKAGES] = packages
     app.router.add_get("/", index)
     app.router.add_get("/web/{path:.+}", web_file)
@@ -125,7 +130,8 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
     app.router.add_get("/models/{model}/{file}", model_file)
     app.router.add_route("OPTIONS", "/models/{model}/{file}", model_file_preflight)
     if api:
-        add_api_routes(app, {name: sp.dir for name, sp in packages.items()}, adapter, expert_cache_bytes)
+        install_access(app, api_keys, cors_origins)
+        add_api_routes(app, {name: sp.dir for name, sp in packages.items()}, adapter, expert_cache_bytes, admission)
     return app
 
 
@@ -136,7 +142,9 @@ PACKAGE_CORS = {"Access-Control-Allow-Origin": "*",
 
 
 def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080, api: bool = True,
-          adapter: str | None = None, expert_cache_bytes: int | None = None) -> None:
-    app = create_app(package_dirs, api=api, adapter=adapter, expert_cache_bytes=expert_cache_bytes)
+          adapter: str | None = None, expert_cache_bytes: int | None = None, api_keys: tuple[str, ...] = (),
+          cors_origins: tuple[str, ...] = (), admission: dict | None = None) -> None:
+    app = create_app(package_dirs, api=api, adapter=adapter, expert_cache_bytes=expert_cache_bytes,
+                     api_keys=api_keys, cors_origins=cors_origins, admission=admission)
     print(f"webmoe: serving {', '.join(app[PACKAGES])} — open http://{host}:{port}/", flush=True)
     web.run_app(app, host=host, port=port, print=None)

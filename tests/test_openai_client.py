@@ -1,0 +1,220 @@
+"""`webmoe serve`'s /v1 API as the official `openai` client uses it: chat and text completions (streamed
+with usage, n, logprobs, seed, content parts), models, errors in OpenAI's shape, API keys, CORS, the queue
+bound and disconnects."""
+import http.client
+import json
+import socket
+import time
+
+import numpy as np
+import openai
+import pytest
+from transformers import MixtralForCausalLM
+
+from browser import serving
+from test_mixtral import mixtral
+from webmoe import Engine
+from webmoe.converter.convert import convert
+from webmoe.serve.server import create_app
+from webmoe.tiny_models import save_checkpoint
+
+KEY = "sk-test-key"
+ORIGIN = "http://allowed.example"
+MESSAGES = [{"role": "user", "content": "Beautiful is better than ugly."}]
+
+
+@pytest.fixture(scope="module")
+def pkg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("client")
+    config = mixtral(max_position_embeddings=4096)       # room for a generation long enough to be interrupted
+    return convert(save_checkpoint(MixtralForCausalLM, config, root / "ckpt"), root / "tiny", dtype="f32",
+                   progress=False)
+
+
+@pytest.fixture(scope="module")
+def engine(pkg):
+    return Engine.load(pkg)
+
+
+@pytest.fixture(scope="module")
+def site(pkg):
+    app = create_app([pkg], api_keys=(KEY,), cors_origins=(ORIGIN,), admission={"max_waiting": 1, "max_wait_s": 60})
+    with serving(app) as url:
+        yield url
+
+
+def client(url, key=KEY):
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def text_of(engine, prompt, **kw):
+    return "".join(t.text for t in engine.generate(prompt, **kw))
+
+
+def test_chat_completions(site, engine):
+    c = client(site)
+    assert [m.id for m in c.models.list()] == ["tiny"] and c.models.retrieve("tiny").owned_by == "webmoe"
+    with pytest.raises(openai.NotFoundError, match="unknown model 'nope'"):
+        c.models.retrieve("nope")
+    want = text_of(engine, MESSAGES, max_new_tokens=8, temperature=0)
+    r = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0)
+    assert r.choices[0].message.content == want and r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 8 and r.usage.total_tokens == r.usage.prompt_tokens + 8
+
+    # streamed, with the usage as the last chunk
+    chunks = list(c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == want
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+
+    # content given as text parts is the same prompt
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Beautiful is better "},
+                                          {"type": "text", "text": "than ugly."}]}]
+    assert c.chat.completions.create(model="tiny", messages=parts, max_tokens=8,
+                                     temperature=0).choices[0].message.content == want
+
+    # n choices, choice i sampled with seed + i: each is the engine's own sampling with that seed
+    r = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, temperature=0.9, seed=7, n=2)
+    assert [ch.message.content for ch in r.choices] == [
+        text_of(engine, MESSAGES, max_new_tokens=6, temperature=0.9, seed=7 + i) for i in range(2)]
+    assert r.usage.completion_tokens == 12
+
+
+def test_logprobs_are_the_models(site, engine):
+    """Greedy tokens with logprobs: each token's log-probability is numpy's log-softmax of the engine's
+    logits at that step, it is the best of its top_logprobs, and the alternatives come in order."""
+    r = client(site).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=5, temperature=0,
+                                             logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    ids = engine.tokenizer.prompt_ids(MESSAGES)
+    generated = [t.id for t in engine.generate(MESSAGES, max_new_tokens=5, temperature=0)]
+    logits = engine.logits(ids + generated[:-1])[len(ids) - 1:].astype(np.float64)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    assert len(content) == 5
+    for step, entry in enumerate(content):
+        assert entry.logprob == pytest.approx(logp[step, generated[step]], abs=1e-4)
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and tops[0] == pytest.approx(entry.logprob)
+        assert tops == pytest.approx(sorted(logp[step], reverse=True)[:3], abs=1e-4)
+
+
+def test_text_completions(site, engine):
+    c = client(site)
+    want = text_of(engine, "Hello there", max_new_tokens=6, temperature=0)
+    r = c.completions.create(model="tiny", prompt="Hello there", max_tokens=6, temperature=0, logprobs=2)
+    assert r.object == "text_completion" and r.choices[0].text == want
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
+    r = c.completions.create(model="tiny", prompt=["Hello there", "Good day"], max_tokens=4, temperature=0)
+    assert [ch.index for ch in r.choices] == [0, 1]
+    assert r.choices[1].text == text_of(engine, "Good day", max_new_tokens=4, temperature=0)
+    streamed = list(c.completions.create(model="tiny", prompt="Hello there", max_tokens=6, temperature=0, stream=True))
+    assert "".join(ch.choices[0].text for ch in streamed) == want
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"response_format": {"type": "json_object"}}, "response_format json_object is not supported"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "'tools' was unexpected"),
+    ({"presence_penalty": 1.0}, "presence_penalty is not supported"),
+    ({"n": 9}, "n: 9 is greater than the maximum of 8"),
+])
+def test_what_is_not_supported_is_a_400_naming_it(site, kw, message):
+    with pytest.raises(openai.BadRequestError, match=message) as e:
+        client(site).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, **kw)
+    assert e.value.body["type"] == "invalid_request_error"
+
+
+def raw(url, method, path, body=None, headers=None):
+    c = http.client.HTTPConnection(url.split("//")[1], timeout=120)
+    c.request(method, path, body=None if body is None else json.dumps(body),
+              headers={"Content-Type": "application/json", **(headers or {})})
+    r = c.getresponse()
+    return r.status, dict(r.getheaders()), r.read().decode()
+
+
+def test_keys_cors_and_errors_in_openais_shape(site):
+    with pytest.raises(openai.AuthenticationError, match="a valid API key is needed"):
+        client(site, key="wrong").models.list()
+    status, _, body = raw(site, "GET", "/v1/models")
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for path, method, want in (("/v1/nope", "GET", 404), ("/v1/chat/completions", "GET", 405)):
+        status, _, body = raw(site, method, path, headers=auth)
+        assert status == want and json.loads(body)["error"]["message"], body
+    status, headers, _ = raw(site, "OPTIONS", "/v1/chat/completions", headers={"Origin": ORIGIN})
+    assert status == 204 and "Authorization" in headers["Access-Control-Allow-Headers"]
+    status, headers, _ = raw(site, "GET", "/v1/models", headers={**auth, "Origin": ORIGIN})
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == ORIGIN
+    status, headers, body = raw(site, "OPTIONS", "/v1/models", headers={"Origin": "http://other.example"})
+    assert status == 403 and "Access-Control-Allow-Origin" not in headers and json.loads(body)["error"]
+    assert raw(site, "GET", "/health")[0] == 200                  # liveness and readiness need no key
+    status, _, body = raw(site, "GET", "/ready")
+    assert status == 200 and json.loads(body)["status"] == "ready"
+
+
+def open_stream(url, max_tokens):
+    """Starts a streamed chat completion on a raw socket and reads until its first token: the model is busy."""
+    host, port = url.split("//")[1].split(":")
+    s = socket.create_connection((host, int(port)))
+    body = json.dumps({"model": "tiny", "messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0,
+                       "stream": True})
+    s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+    seen = b""
+    while seen.count(b"data: ") < 2:
+        seen += s.recv(4096)
+    return s
+
+
+def stats(url):
+    return json.loads(raw(url, "GET", "/stats")[2])["tiny"]
+
+
+def test_queue_bound_and_disconnects(pkg):
+    """One generation runs, one request may wait (max_waiting 1): a third gets 429 with Retry-After at once.
+    Closing the running stream stops its generation (far short of its 4,000 tokens) and the waiting request
+    runs. A non-streaming client that goes away stops its generation too; with a wait limit, a request
+    that waits too long gets 503 with Retry-After."""
+    import threading
+    app = create_app([pkg], api_keys=(KEY,), admission={"max_waiting": 1, "max_wait_s": 60})
+    with serving(app) as url:
+        running = open_stream(url, 4000)
+        waiting = {}
+        t = threading.Thread(target=lambda: waiting.update(r=client(url).chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=3, temperature=0)))
+        t.start()
+        while stats(url)["waiting"] < 1:
+            time.sleep(0.05)
+        with pytest.raises(openai.RateLimitError, match="busy") as e:
+            client(url).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)
+        assert int(e.value.response.headers["Retry-After"]) >= 1
+        running.close()
+        t.join(120)
+        assert waiting["r"].usage.completion_tokens == 3
+        s = stats(url)
+        assert s["cancelled"] == 1 and s["rejected"] == 1 and s["completed"] == 1
+        assert s["completion_tokens"] < 4000 + 3
+
+        # a non-streaming client that goes away
+        host, port = url.split("//")[1].split(":")
+        sock = socket.create_connection((host, int(port)))
+        body = json.dumps({"model": "tiny", "messages": MESSAGES, "max_tokens": 4000, "temperature": 0})
+        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+        while stats(url)["running"] < 1:
+            time.sleep(0.05)
+        time.sleep(0.5)                          # it generates ...
+        sock.close()                             # ... and its client leaves
+        while stats(url)["cancelled"] < 2:
+            time.sleep(0.05)
+        assert stats(url)["completion_tokens"] < s["completion_tokens"] + 4000
+
+    app = create_app([pkg], api_keys=(KEY,), admission={"max_waiting": 4, "max_wait_s": 0.5})
+    with serving(app) as url:
+        running = open_stream(url, 4000)
+        with pytest.raises(openai.InternalServerError, match="stayed busy for 0.5 s") as e:
+            client(url).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)
+        assert e.value.status_code == 503 and int(e.value.response.headers["Retry-After"]) >= 1
+        running.close()

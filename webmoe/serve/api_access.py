@@ -1,0 +1,50 @@
+"""Who may call the /v1 API: optional API keys (`Authorization: Bearer KEY`) and CORS for the origins
+the server is started with (`webmoe serve --api-key`, `--cors-origin`). Files and the chat page are not
+behind the keys: they are public, as the page that the browser runtime runs in must be."""
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from .api_errors import ApiError, is_api
+
+PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+             "Access-Control-Allow-Headers": "Authorization, Content-Type",
+             "Access-Control-Max-Age": "86400"}
+
+
+def install_access(app: web.Application, api_keys: tuple[str, ...] = (), cors_origins: tuple[str, ...] = ()) -> None:
+    """cors_origins: origins allowed to call the API from a page ("*" for any); none: same origin only."""
+    keys = [k.encode() for k in api_keys]
+
+    def cors_headers(request) -> dict:
+        origin = request.headers.get("Origin")
+        if origin is None or not cors_origins:
+            return {}
+        if "*" in cors_origins:
+            return {"Access-Control-Allow-Origin": "*"}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin in cors_origins else {}
+
+    @web.middleware
+    async def access(request: web.Request, handler):
+        if not is_api(request):
+            return await handler(request)
+        if request.method == "OPTIONS":           # a preflight carries no credentials
+            if not cors_headers(request):
+                raise ApiError(f"origin {request.headers.get('Origin')!r} may not call this API", 403)
+            return web.Response(status=204, headers=PREFLIGHT)
+        if keys:
+            auth = request.headers.get("Authorization", "")
+            given = auth[7:].strip().encode() if auth.startswith("Bearer ") else b""
+            if not any(hmac.compare_digest(given, k) for k in keys):
+                raise ApiError("a valid API key is needed: send `Authorization: Bearer KEY`", 401,
+                               code="invalid_api_key")
+        return await handler(request)
+
+    async def add_cors(request, response):     # every /v1 response, streamed ones and errors included
+        if is_api(request):
+            response.headers.update(cors_headers(request))
+
+    app.middlewares.append(access)
+    app.on_response_prepare.append(add_cors)
