@@ -218,3 +218,63 @@ def test_queue_bound_and_disconnects(pkg):
             client(url).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)
         assert e.value.status_code == 503 and int(e.value.response.headers["Retry-After"]) >= 1
         running.close()
+
+
+ADMIN = "admin-key"
+
+
+def test_hot_swap_under_load_drops_nothing(pkg, tmp_path):
+    """While 8 clients send requests, the model is pointed at a new version (other weights): every
+    request succeeds, each answer is one version's or the other's, both versions answer, and afterwards
+    the model names the new digest. The swap needs the admin key; a path that is not a package is a 400."""
+    import threading
+    v2 = convert(save_checkpoint(MixtralForCausalLM, mixtral(max_position_embeddings=4096), tmp_path / "ckpt2",
+                                 seed=99), tmp_path / "v2" / "tiny", dtype="f32", progress=False)
+    want = {text_of(Engine.load(p), MESSAGES, max_new_tokens=5, temperature=0): p for p in (pkg, v2)}
+    assert len(want) == 2
+    app = create_app([pkg], api_keys=(KEY,), admin_keys=(ADMIN,), admission={"max_waiting": 64, "max_wait_s": 120})
+    with serving(app) as url:
+        answers, errors = [], []
+        swapped = threading.Event()
+
+        def user():        # requests until two of its own started after the swap
+            after = 0
+            while after < 2:
+                after += swapped.is_set()
+                try:
+                    r = client(url).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=5,
+                                                            temperature=0)
+                    answers.append(r.choices[0].message.content)
+                except Exception as e:          # noqa: BLE001 - any failure counts
+                    errors.append(e)
+        users = [threading.Thread(target=user) for _ in range(8)]
+        for t in users:
+            t.start()
+        while len(answers) < 4:
+            time.sleep(0.02)
+        assert raw(url, "PUT", "/admin/models/tiny", {"path": str(v2)}, {"Authorization": f"Bearer {KEY}"})[0] == 401
+        assert raw(url, "PUT", "/admin/models/tiny", {"path": str(tmp_path)},
+                   {"Authorization": f"Bearer {ADMIN}"})[0] == 400
+        status, _, body = raw(url, "PUT", "/admin/models/tiny", {"path": str(v2)}, {"Authorization": f"Bearer {ADMIN}"})
+        assert status == 200, body
+        swapped.set()
+        for t in users:
+            t.join(300)
+        assert errors == [] and len(answers) >= 8 * 2 + 4
+        assert {want[a] for a in answers} == {pkg, v2}
+        assert answers[-1] in want and want[answers[-1]] == v2
+        digest = json.loads((v2 / "manifest.json").read_text())["manifest_sha256"]
+        assert client(url).models.retrieve("tiny").model_extra["digest"] == digest
+        assert stats(url)["completed"] == len(answers) and stats(url)["failed"] == 0
+
+
+def test_memory_budget_unloads_idle_engines(pkg, tmp_path):
+    other = convert(save_checkpoint(MixtralForCausalLM, mixtral(), tmp_path / "ckpt"), tmp_path / "other",
+                    dtype="f32", progress=False)
+    size = sum(s["size"] for s in json.loads((pkg / "manifest.json").read_text())["shards"])
+    with serving(create_app([pkg, other], memory_budget=int(size * 1.5))) as url:
+        c = client(url)
+        for name in ("tiny", "other", "tiny"):
+            c.chat.completions.create(model=name, messages=MESSAGES, max_tokens=2, temperature=0)
+            ready = json.loads(raw(url, "GET", "/ready")[2])["models"]
+            assert ready[name] == "loaded" and list(ready.values()).count("loaded") == 1, ready

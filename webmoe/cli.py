@@ -62,9 +62,11 @@ def _serve(args) -> int:
     from webmoe.serve.server import serve
     # keys from the environment keep them out of the process list
     keys = tuple(args.api_key or ()) + tuple(k for k in os.environ.get("WEBMOE_API_KEYS", "").split(",") if k)
+    admin = tuple(args.admin_key or ()) + tuple(k for k in os.environ.get("WEBMOE_ADMIN_KEYS", "").split(",") if k)
     serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter,
           expert_cache_bytes=_mib(args.expert_cache_mb), api_keys=keys, cors_origins=tuple(args.cors_origin or ()),
-          admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait})
+          admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait}, admin_keys=admin,
+          memory_budget=_mib(args.memory_budget_mb))
     return 0
 
 
@@ -224,6 +226,10 @@ def parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a busy model; more get 429 (default 64)")
     s.add_argument("--max-wait", type=float, default=120.0,
                    help="seconds a request may wait for a busy model before a 503 (default 120)")
+    s.add_argument("--admin-key", action="append", help="a key for PUT /admin/models/NAME {\"path\": PACKAGE}, "
+                   "the hot swap (repeatable; also WEBMOE_ADMIN_KEYS); without any, there is no /admin")
+    s.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="package bytes whose engines may stay loaded at once; idle ones are unloaded beyond it")
     s.set_defaults(func=_serve)
 
     b = sub.add_parser("bench", help="decode speed and expert-cache hit rate under several expert budgets")

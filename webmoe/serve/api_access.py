@@ -1,5 +1,6 @@
-"""Who may call the /v1 API: optional API keys (`Authorization: Bearer KEY`) and CORS for the origins
-the server is started with (`webmoe serve --api-key`, `--cors-origin`). Files and the chat page are not
+"""Who may call the API: optional API keys for /v1 (`Authorization: Bearer KEY`), admin keys for /admin,
+and CORS for the origins the server is started with (`webmoe serve --api-key`, `--admin-key`,
+`--cors-origin`). Files and the chat page are not
 behind the keys: they are public, as the page that the browser runtime runs in must be."""
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
              "Access-Control-Max-Age": "86400"}
 
 
-def install_access(app: web.Application, api_keys: tuple[str, ...] = (), cors_origins: tuple[str, ...] = ()) -> None:
-    """cors_origins: origins allowed to call the API from a page ("*" for any); none: same origin only."""
+def install_access(app: web.Application, api_keys: tuple[str, ...] = (), cors_origins: tuple[str, ...] = (),
+                   admin_keys: tuple[str, ...] = ()) -> None:
+    """cors_origins: origins allowed to call the API from a page ("*" for any); none: same origin only.
+    admin_keys: the keys /admin asks for (the API keys do not open it)."""
     keys = [k.encode() for k in api_keys]
+    admin = [k.encode() for k in admin_keys]
+
+    def has_key(request, allowed) -> bool:
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:].strip().encode() if auth.startswith("Bearer ") else b""
+        return any(hmac.compare_digest(given, k) for k in allowed)
 
     def cors_headers(request) -> dict:
         origin = request.headers.get("Origin")
@@ -34,12 +43,11 @@ def install_access(app: web.Application, api_keys: tuple[str, ...] = (), cors_or
             if not cors_headers(request):
                 raise ApiError(f"origin {request.headers.get('Origin')!r} may not call this API", 403)
             return web.Response(status=204, headers=PREFLIGHT)
-        if keys:
-            auth = request.headers.get("Authorization", "")
-            given = auth[7:].strip().encode() if auth.startswith("Bearer ") else b""
-            if not any(hmac.compare_digest(given, k) for k in keys):
-                raise ApiError("a valid API key is needed: send `Authorization: Bearer KEY`", 401,
-                               code="invalid_api_key")
+        if request.path.startswith("/admin/"):
+            if not has_key(request, admin):
+                raise ApiError("an admin key is needed: send `Authorization: Bearer KEY`", 401, code="invalid_api_key")
+        elif keys and not has_key(request, keys):
+            raise ApiError("a valid API key is needed: send `Authorization: Bearer KEY`", 401, code="invalid_api_key")
         return await handler(request)
 
     async def add_cors(request, response):     # every /v1 response, streamed ones and errors included

@@ -26,7 +26,8 @@ class ApiError(web.HTTPException):
 
 
 def is_api(request: web.Request) -> bool:
-    return request.path.startswith("/v1/") or request.path == "/v1"
+    """The API's paths: /v1 (OpenAI's) and /admin (the registry's)."""
+    return request.path.startswith(("/v1/", "/admin/")) or request.path == "/v1"
 
 
 @web.middleware

@@ -6,8 +6,10 @@
     GET  /health                           the process answers
     GET  /ready                            which models are loaded; 200 once the packages were checked
     GET  /stats                            per model: requests, completed, cancelled, failed, rejected, tokens
+    PUT  /admin/models/{id}                with admin keys: {"path": PACKAGE} serves a new version (hot swap)
 
-Each package's engine loads on first use. A generation runs in a worker thread (the event loop keeps
+Models live in a Registry (registry.py): each engine loads on first use, and a name can be pointed at a
+new version while requests run. A generation runs in a worker thread (the event loop keeps
 serving files meanwhile), one at a time per engine, behind an Admission queue with a bound and a wait limit.
 Any disconnect — a streaming client or one waiting for a whole answer — stops the generation at the next
 token. Errors come in OpenAI's shape (api_errors.py); API keys and CORS are api_access.py's."""
@@ -24,38 +26,12 @@ from aiohttp import web
 
 from webmoe.engine.engine import Engine
 from webmoe.engine.errors import USER_ERRORS
+from webmoe.engine.strict_json import parse_json
 
 from .admission import Admission
 from .api_errors import ApiError
 from .api_requests import MAX_REQUEST_BYTES, GenerationRequest, parse_chat, parse_completion
-
-
-class Models:
-    def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None,
-                 admission: dict | None = None):
-        self.dirs, self.adapter, self.expert_cache_bytes = dirs, adapter, expert_cache_bytes
-        self.engines: dict[str, Engine] = {}
-        self.loading = {name: asyncio.Lock() for name in dirs}
-        self.admission = {name: Admission(**(admission or {})) for name in dirs}
-        # per model: requests, completed, cancelled (the client went away), failed, rejected (429/503),
-        # completion_tokens; GET /stats
-        self.stats = {name: dict.fromkeys(("requests", "completed", "cancelled", "failed", "rejected",
-                                           "completion_tokens"), 0) for name in dirs}
-
-    def name(self, asked: str | None) -> str:
-        name = asked or next(iter(self.dirs), None)
-        if name not in self.dirs:
-            raise ApiError(f"unknown model {name!r}; served: {', '.join(self.dirs)}", 404, param="model",
-                           code="model_not_found")
-        return name
-
-    async def engine(self, name: str) -> Engine:
-        async with self.loading[name]:
-            if name not in self.engines:
-                self.engines[name] = await asyncio.to_thread(Engine.load, self.dirs[name], self.adapter,
-                                                             expert_cache_bytes=self.expert_cache_bytes)
-                print(f"webmoe: loaded {self.engines[name].describe()}", flush=True)   # the server's console
-        return self.engines[name]
+from .registry import Registry
 
 
 class Job:
@@ -168,37 +144,51 @@ class Choices:
         return {**out, "text": token.text if token else ""}
 
 
-def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None = None,
-               expert_cache_bytes: int | None = None, admission: dict | None = None) -> None:
-    """admission: Admission's settings (running, max_waiting, max_wait_s) for every model."""
-    models = Models(dirs, adapter, expert_cache_bytes, admission)
+def add_routes(app: web.Application, registry: Registry, admin: bool = False) -> None:
+    """admin: also PUT /admin/models/{name} {"path": PACKAGE}, a hot swap (behind the admin keys)."""
+    # per model: requests, completed, cancelled (the client went away), failed, rejected (429/503),
+    # completion_tokens; GET /stats
+    counters = {name: dict.fromkeys(("requests", "completed", "cancelled", "failed", "rejected",
+                                     "completion_tokens"), 0) for name in registry.versions}
 
     def model_entry(name: str) -> dict:
-        return {"id": name, "object": "model", "created": int(dirs[name].stat().st_mtime), "owned_by": "webmoe"}
+        version = registry.get(name)[1]
+        return {"id": name, "object": "model", "created": int(version.path.stat().st_mtime), "owned_by": "webmoe",
+                "digest": version.digest}
 
     async def list_models(request):
-        return web.json_response({"object": "list", "data": [model_entry(name) for name in dirs]})
+        return web.json_response({"object": "list", "data": [model_entry(name) for name in registry.versions]})
 
     async def get_model(request):
-        return web.json_response(model_entry(models.name(request.match_info["model"])))
+        return web.json_response(model_entry(request.match_info["model"]))
 
     async def health(request):
         return web.json_response({"status": "ok"})
 
     async def ready(request):
         return web.json_response({"status": "ready", "models": {
-            name: "loaded" if name in models.engines else "loads on first request" for name in dirs}})
+            name: "loaded" if v.engine is not None else "loads on first request"
+            for name, v in registry.versions.items()}})
 
     async def stats(request):
-        return web.json_response({name: {**models.stats[name], "running": models.admission[name].running,
-                                         "waiting": models.admission[name].waiting} for name in dirs})
+        return web.json_response({name: {**counters[name], "running": registry.admission[name].running,
+                                         "waiting": registry.admission[name].waiting}
+                                  for name in registry.versions})
+
+    async def swap(request):
+        body = parse_json(await request.read(), "the request body", ApiError, 1 << 16)
+        if not isinstance(body, dict) or not isinstance(body.get("path"), str) or set(body) != {"path"}:
+            raise ApiError('expected {"path": "PACKAGE DIRECTORY"}')
+        version = await registry.swap(request.match_info["model"], Path(body["path"]))
+        return web.json_response({"model": request.match_info["model"], "path": str(version.path),
+                                  "digest": version.digest, "swaps": registry.swaps})
 
     async def generate(request, parse):
         if (request.content_length or 0) > MAX_REQUEST_BYTES:
             raise ApiError(f"the request body is larger than {MAX_REQUEST_BYTES} bytes", 413)
         req = parse(await request.read())
-        name = models.name(req.model)
-        counts = models.stats[name]
+        name = registry.get(req.model)[0]
+        counts = counters[name]
         counts["requests"] += 1
         try:
             response, job = await run(request, req, name)
@@ -210,11 +200,7 @@ def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None 
         return response
 
     async def run(request, req: GenerationRequest, name: str):
-        async with models.admission[name].slot(name):
-            try:
-                engine = await models.engine(name)
-            except USER_ERRORS as e:
-                raise ApiError(f"{name} cannot be loaded: {e}", 500) from None
+        async with registry.admission[name].slot(name), registry.use(name) as (_, version, engine):
             job = Job(engine, req)
             meta = {"id": f"{'chatcmpl' if req.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
                     "created": int(time.time()), "model": name}
@@ -251,6 +237,8 @@ def add_routes(app: web.Application, dirs: dict[str, Path], adapter: str | None 
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/stats", stats)
+    if admin:
+        app.router.add_put("/admin/models/{model}", swap)
 
 
 async def _stream(request, job: Job, meta: dict) -> web.StreamResponse:

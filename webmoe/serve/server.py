@@ -27,8 +27,10 @@ from .http_files import confined, file_sha256, hashed_file, static_file
 from .api_access import install_access
 from .api_errors import openai_errors
 from .openai_api import add_routes as add_api_routes
+from .registry import Registry
 
 PACKAGES = web.AppKey("packages", dict)
+REGISTRY = web.AppKey("registry", Registry)          # the API's models (absent with api=False)
 VENDOR = {"tokenizers.mjs": "@huggingface/tokenizers/dist/tokenizers.mjs",    # as build_hooks.py copies them
           "jinja.js": "@huggingface/jinja/dist/index.js",
           "json-schema/": "@cfworker/json-schema/dist/esm/"}                # a folder of modules
@@ -57,9 +59,12 @@ class ServedPackage:
 
 def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = True,
                adapter: str | None = None, expert_cache_bytes: int | None = None, api_keys: tuple[str, ...] = (),
-               cors_origins: tuple[str, ...] = (), admission: dict | None = None) -> web.Application:
+               cors_origins: tuple[str, ...] = (), admission: dict | None = None, admin_keys: tuple[str, ...] = (),
+               memory_budget: int | None = None) -> web.Application:
     """api_keys: keys the /v1 API asks for (none: open); cors_origins: origins whose pages may call it;
-    admission: the queue's settings per model (running, max_waiting, max_wait_s)."""
+    admission: the queue's settings per model (running, max_waiting, max_wait_s); admin_keys: enable the
+    registry's hot swap (PUT /admin/models/NAME) for these keys; memory_budget: bytes of packages whose
+    engines may stay loaded at once."""
     packages: dict[str, ServedPackage] = {}
     for d in package_dirs:
         sp = ServedPackage(Path(d))
@@ -130,8 +135,11 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
     app.router.add_get("/models/{model}/{file}", model_file)
     app.router.add_route("OPTIONS", "/models/{model}/{file}", model_file_preflight)
     if api:
-        install_access(app, api_keys, cors_origins)
-        add_api_routes(app, {name: sp.dir for name, sp in packages.items()}, adapter, expert_cache_bytes, admission)
+        install_access(app, api_keys, cors_origins, admin_keys)
+        registry = Registry({name: sp.dir for name, sp in packages.items()}, adapter, expert_cache_bytes, admission,
+                            memory_budget)
+        add_api_routes(app, registry, admin=bool(admin_keys))
+        app[REGISTRY] = registry
     return app
 
 
@@ -141,10 +149,8 @@ PACKAGE_CORS = {"Access-Control-Allow-Origin": "*",
                 "Access-Control-Expose-Headers": "Content-Range, Content-Length, ETag, Accept-Ranges"}
 
 
-def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080, api: bool = True,
-          adapter: str | None = None, expert_cache_bytes: int | None = None, api_keys: tuple[str, ...] = (),
-          cors_origins: tuple[str, ...] = (), admission: dict | None = None) -> None:
-    app = create_app(package_dirs, api=api, adapter=adapter, expert_cache_bytes=expert_cache_bytes,
-                     api_keys=api_keys, cors_origins=cors_origins, admission=admission)
+def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080, api: bool = True, **options) -> None:
+    """options: create_app's."""
+    app = create_app(package_dirs, api=api, **options)
     print(f"webmoe: serving {', '.join(app[PACKAGES])} — open http://{host}:{port}/", flush=True)
     web.run_app(app, host=host, port=port, print=None)

@@ -1,0 +1,116 @@
+"""The models a server answers for: each name points at one version (a package directory and its
+manifest digest) whose engine loads on first use. Reading the registry is one dict lookup, never blocked:
+a swap validates and loads the new version off the event loop, then replaces the entry in one assignment;
+requests that already hold the old version finish on it, and its engine is dropped when the last one ends.
+With a memory budget, idle engines are unloaded, least recently used first, to make room for another."""
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webmoe.engine.engine import Engine
+from webmoe.engine.errors import USER_ERRORS
+from webmoe.engine.package import Package
+
+from .admission import Admission
+from .api_errors import ApiError
+
+
+@dataclass(eq=False)
+class Version:
+    path: Path
+    digest: str
+    bytes: int                                   # the package's shards: what its engine holds, roughly
+    engine: Engine | None = None
+    users: int = 0                               # requests holding this version now
+    last_used: float = 0.0
+    loading: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def read_version(path: Path) -> Version:
+    """A package checked as every loader checks it (schema, digest), not yet loaded."""
+    m = Package(path).manifest
+    return Version(Path(path), m["manifest_sha256"], sum(s["size"] for s in m["shards"]))
+
+
+class Registry:
+    def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None,
+                 admission: dict | None = None, memory_budget: int | None = None):
+        self.adapter, self.expert_cache_bytes, self.memory_budget = adapter, expert_cache_bytes, memory_budget
+        self.versions = {name: read_version(path) for name, path in dirs.items()}
+        # one generation at a time per name, whichever version serves it (a swap never runs two at once)
+        self.admission = {name: Admission(**(admission or {})) for name in dirs}
+        self.retired: list[Version] = []           # swapped out, still in use
+        self.swaps = 0
+
+    def get(self, name: str | None) -> tuple[str, Version]:
+        name = name or next(iter(self.versions), None)
+        version = self.versions.get(name)
+        if version is None:
+            raise ApiError(f"unknown model {name!r}; served: {', '.join(self.versions)}", 404, param="model",
+                           code="model_not_found")
+        return name, version
+
+    @asynccontextmanager
+    async def use(self, name: str | None):
+        """(name, version, engine) for one request; the version stays alive until the request ends."""
+        name, version = self.get(name)
+        version.users += 1
+        try:
+            yield name, version, await self.engine(version)
+        finally:
+            version.users -= 1
+            version.last_used = time.monotonic()
+            if version in self.retired and version.users == 0:
+                self.retired.remove(version)
+                version.engine = None                 # its GPU memory goes with the last reference
+
+    async def engine(self, version: Version) -> Engine:
+        async with version.loading:
+            if version.engine is None:
+                await self.make_room(version)
+                try:
+                    version.engine = await asyncio.to_thread(Engine.load, version.path, self.adapter,
+                                                             expert_cache_bytes=self.expert_cache_bytes)
+                except USER_ERRORS as e:
+                    raise ApiError(f"{version.path.name} cannot be loaded: {e}", 500) from None
+                print(f"webmoe: loaded {version.engine.describe()}", flush=True)    # the server's console
+        return version.engine
+
+    async def make_room(self, incoming: Version) -> None:
+        """Unloads idle engines, least recently used first, until `incoming` fits the memory budget."""
+        if self.memory_budget is None:
+            return
+        loaded = [v for v in [*self.versions.values(), *self.retired] if v.engine is not None]
+        used = sum(v.bytes for v in loaded)
+        for v in sorted((v for v in loaded if v.users == 0), key=lambda v: v.last_used):
+            if used + incoming.bytes <= self.memory_budget:
+                break
+            v.engine = None
+            used -= v.bytes
+            print(f"webmoe: unloaded {v.path.name} (memory budget)", flush=True)
+
+    async def swap(self, name: str, path: Path) -> Version:
+        """Points `name` at the package in `path`, loaded before it takes traffic."""
+        if name not in self.versions:
+            raise ApiError(f"unknown model {name!r}", 404, param="model")
+        try:
+            new = await asyncio.to_thread(read_version, path)
+        except USER_ERRORS as e:
+            raise ApiError(f"not a package webmoe can serve: {e}", 400, param="path") from None
+        await self.engine(new)
+        old, self.versions[name] = self.versions[name], new
+        self.swaps += 1
+        if old.users:
+            self.retired.append(old)
+        else:
+            old.engine = None
+        print(f"webmoe: {name} now serves {path} ({new.digest[:12]}), was {old.digest[:12]}", flush=True)
+        return new
+
+    def describe(self) -> dict:
+        return {name: {"path": str(v.path), "digest": v.digest, "loaded": v.engine is not None, "users": v.users}
+                for name, v in self.versions.items()}
