@@ -278,3 +278,54 @@ def test_memory_budget_unloads_idle_engines(pkg, tmp_path):
             c.chat.completions.create(model=name, messages=MESSAGES, max_tokens=2, temperature=0)
             ready = json.loads(raw(url, "GET", "/ready")[2])["models"]
             assert ready[name] == "loaded" and list(ready.values()).count("loaded") == 1, ready
+
+
+def test_ab_split_feedback_and_rollback(pkg, tmp_path):
+    """A route splitting 0.75 / 0.25 between two models: over 200 requests the observed share of the
+    second arm is within 4 standard deviations of 0.25, a named user always lands in the same arm, feedback
+    reaches the arm that answered, and GET /routes reports both arms with tests against the control. Then a
+    fault injected into the second arm's engine (every generation raises) rolls the route back to the control
+    once the arm has its minimum of requests; later requests all go to the control."""
+    from webmoe.serve.routes import Route
+    from webmoe.serve.server import REGISTRY
+    other = convert(save_checkpoint(MixtralForCausalLM, mixtral(), tmp_path / "ckpt"), tmp_path / "other",
+                    dtype="f32", progress=False)
+    route = Route("chat", [("tiny", 0.75), ("other", 0.25)], error_rate=0.5, min_requests=5, window=10)
+    app = create_app([pkg, other], routes=[route])
+    with serving(app) as url:
+        c = client(url)
+        assert {"chat", "tiny", "other"} <= {m.id for m in c.models.list()}
+        served = [c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=1, temperature=0)
+                  for _ in range(200)]
+        share = sum(r.model == "other" for r in served) / 200
+        assert abs(share - 0.25) <= 4 * (0.25 * 0.75 / 200) ** 0.5, share
+        assert len({c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=1, user="ada").model
+                    for _ in range(10)}) == 1
+        for r in served[:20]:
+            status, _, _ = raw(url, "POST", "/v1/feedback", {"id": r.id, "positive": r.model == "tiny"})
+            assert status == 200
+        assert raw(url, "POST", "/v1/feedback", {"id": "chatcmpl-unknown", "positive": True})[0] == 404
+        report = json.loads(raw(url, "GET", "/routes")[2])["chat"]
+        control, arm = report["arms"]
+        assert control["requests"] + arm["requests"] == 210 and arm["errors"] == 0
+        assert control["feedback"]["negative"] == 0 and arm["feedback"]["positive"] == 0
+        assert sum(r.model == "other" for r in served[:20]) == arm["feedback"]["negative"]
+        assert 0 <= arm["vs_control_p"]["latency"] <= 1 and arm["vs_control_p"]["error_rate"] == 1.0
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("injected fault")
+        app[REGISTRY].versions["other"].engine.step = broken
+        failures = 0
+        for _ in range(200):
+            try:
+                c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=1, temperature=0)
+            except openai.InternalServerError as e:
+                assert "injected fault" in str(e)
+                failures += 1
+            if route.events:
+                break
+        report = json.loads(raw(url, "GET", "/routes")[2])["chat"]
+        assert [e["rolled_back"] for e in report["events"]] == ["other"] and "error rate" in report["events"][0]["why"]
+        assert failures >= 1 and [a["weight"] for a in report["arms"]] == [1.0, 0.0]
+        assert all(c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=1).model == "tiny"
+                   for _ in range(20))

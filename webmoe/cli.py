@@ -62,11 +62,17 @@ def _serve(args) -> int:
     from webmoe.serve.server import serve
     # keys from the environment keep them out of the process list
     keys = tuple(args.api_key or ()) + tuple(k for k in os.environ.get("WEBMOE_API_KEYS", "").split(",") if k)
+    from webmoe.serve.routes import parse_route
     admin = tuple(args.admin_key or ()) + tuple(k for k in os.environ.get("WEBMOE_ADMIN_KEYS", "").split(",") if k)
+    try:
+        routes = [parse_route(spec, error_rate=args.rollback_error_rate, p95_s=args.rollback_p95_s,
+                              min_requests=args.rollback_min_requests) for spec in args.route or ()]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter,
           expert_cache_bytes=_mib(args.expert_cache_mb), api_keys=keys, cors_origins=tuple(args.cors_origin or ()),
           admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait}, admin_keys=admin,
-          memory_budget=_mib(args.memory_budget_mb))
+          memory_budget=_mib(args.memory_budget_mb), routes=routes)
     return 0
 
 
@@ -230,6 +236,13 @@ def parser() -> argparse.ArgumentParser:
                    "the hot swap (repeatable; also WEBMOE_ADMIN_KEYS); without any, there is no /admin")
     s.add_argument("--memory-budget-mb", type=float, default=None,
                    help="package bytes whose engines may stay loaded at once; idle ones are unloaded beyond it")
+    s.add_argument("--route", action="append", help="an A/B route NAME=MODEL:WEIGHT,MODEL:WEIGHT (the first arm is "
+                   "the control); clients ask for NAME as their model (repeatable)")
+    s.add_argument("--rollback-error-rate", type=float, default=None,
+                   help="a route's arm whose error rate exceeds this gives its traffic back to the control")
+    s.add_argument("--rollback-p95-s", type=float, default=None,
+                   help="... or whose 95th-percentile latency exceeds this many seconds")
+    s.add_argument("--rollback-min-requests", type=int, default=20, help="requests an arm needs before it is judged")
     s.set_defaults(func=_serve)
 
     b = sub.add_parser("bench", help="decode speed and expert-cache hit rate under several expert budgets")

@@ -25,6 +25,7 @@ class GenerationRequest:
     logprobs: int | None = None        # None: none; k: each token's and the k most likely
     sampling: dict = field(default_factory=dict)      # max_new_tokens, temperature, top_p, stop
     seed: int | None = None
+    user: str | None = None            # the end user, as the client names them (an A/B route's cohort key)
 
 
 def _bad(message: str, param: str | None = None) -> ApiError:
@@ -70,6 +71,7 @@ def _common(body: dict, kind: str, prompts: list, default_max: int) -> Generatio
     return GenerationRequest(
         kind=kind, model=body.get("model"), prompts=prompts, n=body.get("n") or 1, stream=bool(body.get("stream")),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")), seed=body.get("seed"),
+        user=body.get("user"),
         sampling={"max_new_tokens": max_tokens, "temperature": 1.0 if temperature is None else temperature,
                   "top_p": 1.0 if top_p is None else top_p, "stop": body.get("stop")})
 

@@ -7,6 +7,7 @@
     GET  /ready                            which models are loaded; 200 once the packages were checked
     GET  /stats                            per model: requests, completed, cancelled, failed, rejected, tokens
     PUT  /admin/models/{id}                with admin keys: {"path": PACKAGE} serves a new version (hot swap)
+    GET  /routes, POST /v1/feedback        A/B routes: per-arm statistics and tests; {"id", "positive"}
 
 Models live in a Registry (registry.py): each engine loads on first use, and a name can be pointed at a
 new version while requests run. A generation runs in a worker thread (the event loop keeps
@@ -32,6 +33,7 @@ from .admission import Admission
 from .api_errors import ApiError
 from .api_requests import MAX_REQUEST_BYTES, GenerationRequest, parse_chat, parse_completion
 from .registry import Registry
+from .routes import Routes
 
 
 class Job:
@@ -43,6 +45,7 @@ class Job:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
         self.cancelled_early = False         # stopped because the client went away
+        self.error: str | None = None
         self.loop = asyncio.get_running_loop()
         self.generators = []
         try:            # prompts are checked (and tokenized) before the response starts
@@ -68,6 +71,7 @@ class Job:
                     self.put("token", choice, token)
                 self.put("done", choice, gen)
         except Exception as e:   # reported to the client (streaming: as the stream's last event)
+            self.error = str(e)
             self.put("error", str(e))
         finally:
             self.put("end")
@@ -144,8 +148,15 @@ class Choices:
         return {**out, "text": token.text if token else ""}
 
 
-def add_routes(app: web.Application, registry: Registry, admin: bool = False) -> None:
-    """admin: also PUT /admin/models/{name} {"path": PACKAGE}, a hot swap (behind the admin keys)."""
+def add_routes(app: web.Application, registry: Registry, routes: Routes | None = None, admin: bool = False) -> None:
+    """routes: A/B routes over the registry's models; admin: also PUT /admin/models/{name} {"path": PACKAGE},
+    a hot swap (behind the admin keys)."""
+    routes = routes or Routes()
+    for r in routes.routes.values():
+        missing = [a.model for a in r.arms if a.model not in registry.versions]
+        if missing or r.name in registry.versions:
+            raise ValueError(f"route {r.name}: arms must be served models ({', '.join(missing)} is not), and its "
+                             "name no model's")
     # per model: requests, completed, cancelled (the client went away), failed, rejected (429/503),
     # completion_tokens; GET /stats
     counters = {name: dict.fromkeys(("requests", "completed", "cancelled", "failed", "rejected",
@@ -157,7 +168,8 @@ def add_routes(app: web.Application, registry: Registry, admin: bool = False) ->
                 "digest": version.digest}
 
     async def list_models(request):
-        return web.json_response({"object": "list", "data": [model_entry(name) for name in registry.versions]})
+        routed = [{"id": name, "object": "model", "created": 0, "owned_by": "webmoe-route"} for name in routes.routes]
+        return web.json_response({"object": "list", "data": [model_entry(name) for name in registry.versions] + routed})
 
     async def get_model(request):
         return web.json_response(model_entry(request.match_info["model"]))
@@ -187,23 +199,42 @@ def add_routes(app: web.Application, registry: Registry, admin: bool = False) ->
         if (request.content_length or 0) > MAX_REQUEST_BYTES:
             raise ApiError(f"the request body is larger than {MAX_REQUEST_BYTES} bytes", 413)
         req = parse(await request.read())
-        name = registry.get(req.model)[0]
+        route, arm, model = routes.pick(req.model, req.user)     # a route name: one of its arms' models
+        name = registry.get(model)[0]
         counts = counters[name]
         counts["requests"] += 1
+        meta = {"id": f"{'chatcmpl' if req.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+                "created": int(time.time()), "model": name}
+        t0 = time.monotonic()
         try:
-            response, job = await run(request, req, name)
+            response, job = await run(request, req, name, meta)
         except ApiError as e:
             counts["rejected" if e.status in (429, 503) else "failed"] += 1
+            if route is not None and e.status >= 500 and e.status != 503:
+                route.record(arm, False, time.monotonic() - t0, 0)
             raise
-        counts["cancelled" if response.status == 499 or job.cancelled_early else "completed"] += 1
+        cancelled = response.status == 499 or job.cancelled_early
+        counts["cancelled" if cancelled else "failed" if job.error else "completed"] += 1
         counts["completion_tokens"] += job.usage()["completion_tokens"]
+        if route is not None and not cancelled:
+            route.record(arm, job.error is None, time.monotonic() - t0, job.usage()["completion_tokens"])
+            routes.remember(meta["id"], route, arm)
         return response
 
-    async def run(request, req: GenerationRequest, name: str):
+    async def feedback(request):
+        body = parse_json(await request.read(), "the request body", ApiError, 1 << 16)
+        if not (isinstance(body, dict) and set(body) == {"id", "positive"} and isinstance(body["id"], str)
+                and isinstance(body["positive"], bool)):
+            raise ApiError('expected {"id": COMPLETION ID, "positive": true | false}')
+        routes.feedback(body["id"], body["positive"])
+        return web.json_response({"recorded": True})
+
+    async def route_stats(request):
+        return web.json_response(routes.report())
+
+    async def run(request, req: GenerationRequest, name: str, meta: dict):
         async with registry.admission[name].slot(name), registry.use(name) as (_, version, engine):
             job = Job(engine, req)
-            meta = {"id": f"{'chatcmpl' if req.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
-                    "created": int(time.time()), "model": name}
             if req.stream:
                 return await _stream(request, job, meta), job
             choices = Choices(job)
@@ -237,6 +268,8 @@ def add_routes(app: web.Application, registry: Registry, admin: bool = False) ->
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/routes", route_stats)
+    app.router.add_post("/v1/feedback", feedback)
     if admin:
         app.router.add_put("/admin/models/{model}", swap)
 
