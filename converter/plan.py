@@ -8,7 +8,7 @@ into the kernel by the preprocessor's //!const directive), what each of the kern
 Sizes that depend on the call are plan expressions (engine/expr.py): an int, a variable, or
 [var, mul, div] = ceil(var * mul / div). Runtime variables:
     T           tokens in this forward call (<= the runtime's chunk size)
-    pos         absolute position of the first of them
+    (positions and cache_rows: plan buffers the runtime writes, a value per token)
     logit_row0  first row of the final hidden state that gets logits
     n_logits    how many rows get logits (1 while generating, T for Engine.logits)
     temperature, top_p, u   the sampler's inputs
@@ -42,7 +42,7 @@ from .quant import encoded_size, fmt
 # provided by the runtime's expert cache: the slab (one of its banks per dispatch), the bank's slot range
 # (a uniform vec4<u32>: first slot, slot count, first expert, experts) and the slot table [layers, E, pieces]
 RUNTIME_BUFFERS = ("experts", "expert_bank", "expert_slots")
-VARIABLES = ("T", "pos", "logit_row0", "n_logits", "temperature", "top_p", "u", "bank_experts")
+VARIABLES = ("T", "logit_row0", "n_logits", "temperature", "top_p", "u", "bank_experts")
 DEFAULT_MAX_BINDING = 128 << 20     # WebGPU's default maxStorageBufferBindingSize: every adapter grants it
 
 GEOMETRY: dict[str, dict[str, int]] = {
@@ -56,6 +56,7 @@ GEOMETRY: dict[str, dict[str, int]] = {
     # docs/benchmarks.md); GPUs, untested here, coalesce better with 8 lanes per row.
     "matmul": {"LANES": 64, "ROWS": 64, "TOKENS": 8},
     "rope": {"WG": 32},
+    "kv_write": {"WG": 64},
     "attention": {"LANES": 16},              # each lane owns ceil(max(D, Dv) / LANES) dims (DIMS_PER_LANE);
                                              # 16 lanes: 2.6x faster decode attention than 64 on lavapipe
     "router": {"WG": 64, "MAX_K": 32},
@@ -128,7 +129,8 @@ class Plan:
         self.steps: list[dict] = []
         self.moe_layers: list[dict] = []
         self.sampler_steps: list[dict] = []
-        self.io = {"ids": None, "logits": None, "token": None}
+        # the runtime writes ids, positions and cache_rows before each forward pass and reads logits/token
+        self.io = {"ids": None, "positions": None, "cache_rows": None, "logits": None, "token": None}
 
     def buffer(self, name: str, shape: list, dtype: str = "f32") -> str:
         if name in self.buffers and self.buffers[name] != {"shape": shape, "dtype": dtype}:
@@ -178,8 +180,11 @@ class Plan:
 
     # --- structure records ------------------------------------------------------------------------
 
-    def inputs_outputs(self, ids: str, logits: str) -> None:
-        self.io.update(ids=ids, logits=logits)
+    def inputs_outputs(self, ids: str, positions: str, cache_rows: str, logits: str) -> None:
+        """ids, positions, cache_rows: [T] u32 per token of a forward pass: its token id, its absolute
+        position in its sequence, and the KV cache row its keys and values go to (its sequence's first row
+        plus its position); tokens of one pass may belong to different sequences."""
+        self.io.update(ids=ids, positions=positions, cache_rows=cache_rows, logits=logits)
 
     def moe_layer(self, layer: int, router_input: str, router_logits_step: int, router_step: int,
                   experts: tuple[int, int]) -> None:
@@ -302,26 +307,34 @@ class Plan:
         return first
 
     def rope(self, x: str, inv_freq: str, n_heads: int, D: int, rot: int, attn_factor: float,
-             row0=0, interleaved=False, rot_off: int = 0, label="") -> int:
-        """In place on x rows row0 .. row0 + T, which hold positions pos .. pos + T."""
-        return self.step("rope", {"inv_freq": inv_freq, "x": x},
-                         {"T": "T", "row0": row0, "pos0": "pos", "n_heads": n_heads, "D": D,
+             row0=0, interleaved=False, rot_off: int = 0, positions: str = "positions", label="") -> int:
+        """In place on x rows row0 .. row0 + T, which hold tokens at the positions in `positions` [T]."""
+        return self.step("rope", {"inv_freq": inv_freq, "x": x, "positions": positions},
+                         {"T": "T", "row0": row0, "n_heads": n_heads, "D": D,
                           "rot": rot, "rot_off": rot_off, "attn_factor": attn_factor},
                          [-(-(rot // 2) // self.geometry["rope"]["WG"]), n_heads, "T"],
                          ["INTERLEAVED"] if interleaved else [], label)
 
+    def kv_write(self, src: str, cache: str, width: int, cache_rows: str = "cache_rows", label="") -> int:
+        """Row t of src [T, width] into row cache_rows[t] of the cache."""
+        return self.step("kv_write", {"src": src, "cache": cache, "cache_rows": cache_rows}, {"T": "T", "width": width},
+                         [-(-width // self.geometry["kv_write"]["WG"]), "T", 1], [], label)
+
     def attention(self, q: str, k_cache: str, v_cache: str, out: str, n_heads: int, n_kv: int, D: int,
                   Dv: int, scale: float, window: int = 0, sinks: str | None = None, k_stride: int | None = None,
-                  v_stride: int | None = None, label="") -> int:
-        """Cache rows are k_stride (default n_kv * D) and v_stride (default n_kv * Dv) values apart, so
-        keys and values may share one buffer (MLA's latent cache)."""
+                  v_stride: int | None = None, positions: str = "positions", cache_rows: str = "cache_rows",
+                  label="") -> int:
+        """Query t at position positions[t] attends to its own sequence's cache rows, which start at
+        cache_rows[t] - positions[t]. Cache rows are k_stride (default n_kv * D) and v_stride (default
+        n_kv * Dv) values apart, so keys and values may share one buffer (MLA's latent cache)."""
         lanes = self.geometry["attention"]["LANES"]
         vec4_keys = D % 4 == 0 and (k_stride or n_kv * D) % 4 == 0     # keys read as vec4
-        bind = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out}
+        bind = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out, "positions": positions,
+                "cache_rows": cache_rows}
         if sinks is not None:
             bind["sinks"] = sinks
         return self.step("attention", bind,
-                         {"T": "T", "pos0": "pos", "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
+                         {"T": "T", "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
                           "k_stride": k_stride or n_kv * D, "v_stride": v_stride or n_kv * Dv, "window": window,
                           "scale": scale},
                          [n_heads, "T", 1], (["SINKS"] if sinks else []) + (["VEC4"] if vec4_keys else []), label,

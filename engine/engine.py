@@ -19,19 +19,23 @@ from .tokenizer import PromptError, TextTokenizer
 class Engine:
     def __init__(self, package: Package, gpu: Gpu, max_seq_len: int | None = None, chunk_tokens: int = 64,
                  expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-                 prefetch: bool = False):
+                 prefetch: bool = False, max_batch: int = 1):
         self.package, self.gpu = package, gpu
         cfg = package.config
         self.vocab_size = cfg["vocab_size"]
         self.max_seq_len = min(max_seq_len or 4096, cfg["max_position_embeddings"])
         self.chunk = max(1, min(chunk_tokens, self.max_seq_len))
+        if not 1 <= max_batch <= self.chunk:
+            raise PromptError(f"max_batch must lie in [1, {self.chunk}] (the chunk of tokens one pass runs)")
+        self.max_batch = max_batch          # sequences that can decode together, each in its own KV cache rows
+        rows = self.max_seq_len * max_batch                    # KV cache rows: slot b holds rows b * L ..
         self.tokenizer = TextTokenizer(package)
         plan = package.manifest["plan"]
-        self.io = plan["io"]                      # the buffers of token ids, logits and the sampled token
-        check_resources(plan, gpu.max_binding, self.chunk, self.max_seq_len)
-        self.memory = plan_bytes(plan, self.chunk, self.max_seq_len)   # buffers, kv_cache, kv_per_token
+        self.io = plan["io"]                      # the buffers of token ids, places, logits and the sampled token
+        check_resources(plan, gpu.max_binding, self.chunk, rows)
+        self.memory = plan_bytes(plan, self.chunk, rows)       # buffers, kv_cache, kv_per_token
         if expert_cache_bytes is None:
-            budget = package_budget(plan, gpu.is_cpu, self.chunk, self.max_seq_len)
+            budget = package_budget(plan, gpu.is_cpu, self.chunk, rows)
         else:
             budget = Budget(expert_cache_bytes, f"{gib(expert_cache_bytes)} asked for")
         device = gpu.device
@@ -43,24 +47,28 @@ class Engine:
         self.experts = ExpertCache(gpu, package, budget, pinned_experts, observe_routing)
         self.segments = expert_segments(plan)
         self._route_rb = Readback(device, 2 * self.chunk * package.moe["top_k"] * 4)
-        self.executor = Executor(gpu, plan, self.weights, self.experts.buffers,
-                                 {"T": self.chunk, "S": self.max_seq_len})
+        self.executor = Executor(gpu, plan, self.weights, self.experts.buffers, {"T": self.chunk, "S": rows})
         self.prefetch = prefetch and self.experts.paging and len(self.segments) > 1   # something to predict
         self._predict = {}
         if self.prefetch:
             moe = package.moe
             predictor, self._predict = predictor_plan(plan, moe["num_experts"], moe["top_k"])
-            self.predictor = Executor(gpu, predictor, self.executor.buffers, {}, {"T": self.chunk, "S": self.max_seq_len})
-        self.sampler = Executor(gpu, {"buffers": {}, "steps": plan["sampler"]}, self.executor.buffers, {}, {})
+            self.predictor = Executor(gpu, predictor, self.executor.buffers, {}, {"T": self.chunk, "S": rows})
+        # one sampler per batch row: the plan's sampler steps reading logits row b, each with its own params
+        self.samplers = [Executor(gpu, {"buffers": {}, "steps": [{**st, "params": {**st["params"], "row": b}}
+                                                                for st in plan["sampler"]]},
+                                  self.executor.buffers, {}, {}) for b in range(max_batch)]
+        self.sampler = self.samplers[0]
         self._logits_rb = Readback(device, self.chunk * self.vocab_size * 4)
-        self._token_rb = Readback(device, 4)
+        self._token_rb = Readback(device, 4 * max_batch)
         self.pos = 0    # tokens held in the KV cache
         self.profiler = None   # an engine/profiler.py Profiler times every dispatch (webmoe speed --profile)
 
     @classmethod
     def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
              expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-             prefetch: bool = False, max_binding: int | None = None, digest: str | None = None) -> "Engine":
+             prefetch: bool = False, max_binding: int | None = None, digest: str | None = None,
+             max_batch: int = 1) -> "Engine":
         """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
         else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
         `expert_cache_bytes` is the GPU budget for routed experts (default: what the adapter and the
@@ -68,11 +76,12 @@ class Engine:
         evicted; `observe_routing` records which experts every token chooses (engine.experts.usage,
         .coactivation); `prefetch` (when paging) loads each next MoE layer's predicted experts ahead of
         need; `max_binding` lowers the storage binding limit the engine keeps to (tests); `digest` pins the
-        sha256 the package's manifest must have (`webmoe info` prints it), which covers every byte."""
+        sha256 the package's manifest must have (`webmoe info` prints it), which covers every byte;
+        `max_batch` sequences can decode together (engine/batch.py), each with max_seq_len KV cache rows."""
         package = Package(path, digest)
         gpu = open_gpu(adapter, max_binding)
         return cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing,
-                   prefetch)
+                   prefetch, max_batch)
 
     def describe(self) -> str:
         """One line on what was loaded where, for a tool to print (the library prints nothing)."""
@@ -100,14 +109,21 @@ class Engine:
             raise PromptError(f"{arr.size} tokens exceed the maximum sequence length {self.max_seq_len}")
         return arr.astype(np.uint32)
 
-    def _forward(self, ids: np.ndarray, logit_row0: int, n_logits: int):
-        """Runs ids (one chunk) at self.pos; returns an encoder holding the last commands, not submitted,
-        for the caller to add its read-back to. While every expert is resident this is one submission
-        with no read-back; with paging, each MoE layer reads back its chosen experts, which are made
-        resident (in batches if they do not all fit) before its expert kernels run."""
+    def _forward(self, ids: np.ndarray, logit_row0: int, n_logits: int, places=None):
+        """Runs ids (one chunk); returns an encoder holding the last commands, not submitted, for the caller
+        to add its read-back to. places: (positions, cache_rows) [T] u32 of each token; by default the
+        sequence's next positions from self.pos, which then advances. While every expert is resident this is
+        one submission with no read-back; with paging, each MoE layer reads back its chosen experts, which
+        are made resident (in batches if they do not all fit) before its expert kernels run."""
         device, ex = self.gpu.device, self.executor
+        if places is None:
+            at = np.arange(self.pos, self.pos + len(ids), dtype=np.uint32)
+            places = (at, at)
+            self.pos += len(ids)
         device.queue.write_buffer(ex.buffers[self.io["ids"]], 0, ids)
-        env = {"T": len(ids), "pos": self.pos, "logit_row0": logit_row0, "n_logits": n_logits}
+        device.queue.write_buffer(ex.buffers[self.io["positions"]], 0, np.ascontiguousarray(places[0], np.uint32))
+        device.queue.write_buffer(ex.buffers[self.io["cache_rows"]], 0, np.ascontiguousarray(places[1], np.uint32))
+        env = {"T": len(ids), "logit_row0": logit_row0, "n_logits": n_logits}
         ex.write_params(env)
         if self.prefetch:
             self.predictor.write_params(env)
@@ -142,7 +158,6 @@ class Engine:
                 cache.prefetch(predict[2], routed[len(ids) * K:])
             encoder = device.create_command_encoder()
         ex.encode_range(encoder, env, done, len(ex.steps), profiler=self.profiler)
-        self.pos += len(ids)
         return encoder
 
     def reset(self) -> None:
@@ -197,6 +212,62 @@ class Engine:
         if return_logits:
             return token, np.frombuffer(self._logits_rb.read(self.vocab_size * 4), np.float32).copy()
         return token
+
+    # --- several sequences (engine/batch.py drives these) ----------------------------------------------
+
+    def _places(self, slot: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return positions, slot * self.max_seq_len + positions
+
+    def prefill(self, slot: int, token_ids, pos0: int, sampling: tuple[float, float, float],
+                return_logits: bool = False):
+        """Appends tokens to the sequence in KV cache slot `slot` (positions pos0 ..) and samples the next
+        token from the last one's logits, as step() does for the engine's own sequence."""
+        ids = self._check_ids(token_ids)
+        if not 0 <= slot < self.max_batch or pos0 + len(ids) > self.max_seq_len:
+            raise PromptError(f"slot {slot} position {pos0 + len(ids)}: outside [0, {self.max_batch}) x "
+                              f"[0, {self.max_seq_len}]")
+        device = self.gpu.device
+        for start in range(0, len(ids), self.chunk):
+            chunk = ids[start:start + self.chunk]
+            last = start + self.chunk >= len(ids)
+            at = np.arange(pos0 + start, pos0 + start + len(chunk), dtype=np.uint32)
+            encoder = self._forward(chunk, len(chunk) - 1, 1 if last else 0, self._places(slot, at))
+            if not last:
+                device.queue.submit([encoder.finish()])
+        return self._sample(encoder, [sampling], return_logits)[0]
+
+    def decode(self, rows: list[tuple[int, int, int]], sampling: list[tuple[float, float, float]],
+               return_logits: bool = False) -> list:
+        """One forward pass for several sequences, a token each: rows [(token, position, slot)], sampling
+        [(temperature, top_p, u)] per row. Returns the next token of each (with return_logits, (token,
+        logits [vocab]) pairs)."""
+        if not 0 < len(rows) <= self.max_batch or len({slot for _, _, slot in rows}) != len(rows):
+            raise PromptError(f"a decode pass takes 1 to {self.max_batch} rows of distinct slots")
+        ids = self._check_ids([t for t, _, _ in rows])
+        positions = np.array([p for _, p, _ in rows], np.uint32)
+        slots = np.array([s for _, _, s in rows], np.uint32)
+        if positions.max() >= self.max_seq_len or slots.max() >= self.max_batch:
+            raise PromptError("a decode row lies outside the KV cache")
+        encoder = self._forward(ids, 0, len(rows), (positions, slots * self.max_seq_len + positions))
+        return self._sample(encoder, sampling, return_logits)
+
+    def _sample(self, encoder, sampling: list[tuple[float, float, float]], return_logits: bool) -> list:
+        """Samples logits rows 0 .. B on the GPU (row b by sampler b), reads back the B tokens."""
+        B, V = len(sampling), self.vocab_size
+        device = self.gpu.device
+        if return_logits:             # before the samplers, which work in the logits buffer
+            encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["logits"]], 0, self._logits_rb.buffer, 0,
+                                          B * V * 4)
+        for b, (temperature, top_p, u) in enumerate(sampling):
+            self.samplers[b].encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u},
+                                    profiler=self.profiler)
+            encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["token"]], 0, self._token_rb.buffer, 4 * b, 4)
+        device.queue.submit([encoder.finish()])
+        tokens = np.frombuffer(self._token_rb.read(4 * B), np.uint32).tolist()
+        if not return_logits:
+            return tokens
+        logits = np.frombuffer(self._logits_rb.read(B * V * 4), np.float32).reshape(B, V).copy()
+        return list(zip(tokens, logits))
 
     # --- generation -----------------------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ def _pending_stop(text: str, stops: list[str]) -> int:
     return best
 
 
-def _logprobs(logits: np.ndarray, token: int, k: int) -> dict:
+def logprobs(logits: np.ndarray, token: int, k: int) -> dict:
     """The Token fields for log-probabilities: log_softmax of the logits (float64), the chosen token's
     and the k largest, best first (ties to the lower id)."""
     z = logits.astype(np.float64)
@@ -84,6 +84,55 @@ def _logprobs(logits: np.ndarray, token: int, k: int) -> dict:
     logp = z - np.log(np.exp(z).sum())
     top = np.argsort(-logp, kind="stable")[:k]
     return {"logprob": float(logp[token]), "top_logprobs": [(int(i), float(logp[i])) for i in top]}
+
+
+class Decoding:
+    """One sequence's new tokens as text: end-of-sequence, stop strings (held back until ruled out), the
+    token budget. push() takes each sampled token and returns its Token; `done` and `finish_reason` tell
+    when the sequence ends ("stop": end-of-sequence token or stop string; "length"). Generator and the
+    batch decoder (engine/batch.py) share it, so a sequence reads the same alone or in a batch."""
+
+    def __init__(self, tokenizer, config: GenerationConfig, budget: int):
+        self.tokenizer, self.config, self.budget = tokenizer, config, budget
+        self.decoder = StreamDecoder(tokenizer)
+        self.emitted = 0
+        self.count = 0
+        self.done = budget <= 0
+        self.finish_reason: str | None = "length" if self.done else None
+
+    def push(self, token: int, probs: dict) -> Token:
+        cfg = self.config
+        self.count += 1
+        last = self.count >= self.budget
+        if token in self.tokenizer.eos_token_ids:
+            self.done, self.finish_reason = True, "stop"
+            return Token(token, self.decoder.text[self.emitted:], **probs)   # a pending stop prefix is text now
+        self.decoder.push(token)
+        text = self.decoder.text
+        hits = [j for j in (text.find(s, max(0, self.emitted - len(s))) for s in cfg.stop) if j >= 0]
+        if hits:
+            self.done, self.finish_reason = True, "stop"
+            return Token(token, text[self.emitted:min(hits)], **probs)
+        safe = len(text) if last else len(text) - _pending_stop(text, cfg.stop)
+        out = Token(token, text[self.emitted:safe], **probs)
+        self.emitted = max(self.emitted, safe)
+        if last:
+            self.done, self.finish_reason = True, "length"
+        return out
+
+
+def token_budget(config: GenerationConfig, max_seq_len: int, prompt_tokens: int) -> int:
+    """New tokens a sequence may have: asked for, and what its KV cache rows leave room for."""
+    return min(config.max_new_tokens, max_seq_len - prompt_tokens + 1)
+
+
+def sample_step(engine, config: GenerationConfig, u: float, run) -> tuple[int, dict]:
+    """run(temperature, top_p, u, return_logits) -> token or (token, logits): the token and its Token's
+    log-probability fields when the config asks for them."""
+    if config.logprobs is None:
+        return run(float(config.temperature), float(config.top_p), u, False), {}
+    token, logits = run(float(config.temperature), float(config.top_p), u, True)
+    return token, logprobs(logits, token, config.logprobs)
 
 
 class Generator:
@@ -98,33 +147,15 @@ class Generator:
         self.finish_reason: str | None = None
 
     def __iter__(self):
-        engine, cfg, prompt_ids = self.engine, self.config, self.prompt_ids
-        self.finish_reason = "length"
-        budget = min(cfg.max_new_tokens, engine.max_seq_len - len(prompt_ids) + 1)
-        decoder = StreamDecoder(engine.tokenizer)
-        emitted = 0
-        ids = prompt_ids
-        for i in range(budget):
-            u = float(self.rng.random())
-            probs = {}
-            if cfg.logprobs is None:
-                token = engine.step(ids, float(cfg.temperature), float(cfg.top_p), u)
-            else:
-                token, logits = engine.step(ids, float(cfg.temperature), float(cfg.top_p), u, return_logits=True)
-                probs = _logprobs(logits, token, cfg.logprobs)
+        engine, cfg = self.engine, self.config
+        decoding = Decoding(engine.tokenizer, cfg, token_budget(cfg, engine.max_seq_len, len(self.prompt_ids)))
+        self.finish_reason = decoding.finish_reason
+        ids = self.prompt_ids
+        while not decoding.done:
+            token, probs = sample_step(engine, cfg, float(self.rng.random()),
+                                       lambda t, p, u, logits: engine.step(ids, t, p, u, return_logits=logits))
             ids = np.array([token], np.uint32)
             self.completion_tokens += 1
-            if token in engine.tokenizer.eos_token_ids:
-                self.finish_reason = "stop"
-                yield Token(token, decoder.text[emitted:], **probs)   # a pending stop-string prefix is text now
-                return
-            decoder.push(token)
-            text = decoder.text
-            hits = [j for j in (text.find(s, max(0, emitted - len(s))) for s in cfg.stop) if j >= 0]
-            if hits:
-                self.finish_reason = "stop"
-                yield Token(token, text[emitted:min(hits)], **probs)
-                return
-            safe = len(text) if i == budget - 1 else len(text) - _pending_stop(text, cfg.stop)
-            yield Token(token, text[emitted:safe], **probs)
-            emitted = max(emitted, safe)
+            out = decoding.push(token, probs)
+            self.finish_reason = decoding.finish_reason or "length"
+            yield out

@@ -17,7 +17,7 @@ import re
 from .errors import PackageError
 from .strict_json import check_schema, parse_json
 
-FORMAT_VERSION = 6          # the one format this webmoe writes and reads
+FORMAT_VERSION = 7          # the one format this webmoe writes and reads
 # 4: the manifest states its own sha256, tokenizer files are shards, the sampler is a list of steps;
 # 3: tensors split by rows, experts in pieces, banked slab, latent MLA cache; 2: the plan states structure
 MAX_MANIFEST_BYTES = 256 << 20
@@ -111,7 +111,7 @@ def validate_manifest(m: dict) -> dict:
 def validate_plan(plan: dict) -> None:
     """The plan's structure records point at real steps and buffers."""
     steps, buffers = plan["steps"], plan["buffers"]
-    for role in ("ids", "logits", "token"):
+    for role in ("ids", "positions", "cache_rows", "logits", "token"):
         if plan["io"][role] not in buffers:
             raise PackageError(f"malformed plan: io.{role} names no plan buffer")
     n = len(steps)

@@ -1,23 +1,27 @@
 // Causal grouped-query attention of T new queries over the KV cache, one workgroup per (head, query).
-//   q: [T, n_heads, D]   k_cache: [S_max, k_stride]   v_cache: [S_max, v_stride]   out: [T, n_heads, Dv]
-// Position s's key for KV head kv is k_cache[s * k_stride + kv * D ..], its value v_cache[s * v_stride +
-// kv * Dv ..]: plain caches have strides n_kv * D and n_kv * Dv; MLA's latent cache binds one buffer of
+//   q: [T, n_heads, D]   k_cache: [rows, k_stride]   v_cache: [rows, v_stride]   out: [T, n_heads, Dv]
+//   positions, cache_rows: [T] u32
+// Query t sits at absolute position pos = positions[t] of a sequence whose cache rows start at
+// base = cache_rows[t] - pos (each sequence of a batch has its own rows). Position s's key for KV head kv
+// is k_cache[(base + s) * k_stride + kv * D ..], its value v_cache[(base + s) * v_stride + kv * Dv ..]:
+// plain caches have strides n_kv * D and n_kv * Dv; MLA's latent cache binds one buffer of
 // [latent | rotary key] rows as both, the value being the latent (Dv < D).
-// Query t sits at absolute position pos0 + t and sees keys lo..pos0 + t, where lo = 0, or with a sliding
-// window the last `window` positions. Keys are visited in chunks of LANES with an online softmax, so no
+// The query sees keys lo..pos, where lo = 0, or with a sliding window the last `window` positions. Keys are visited in chunks of LANES with an online softmax, so no
 // score buffer is needed whatever the context length. Each lane owns up to DIMS_PER_LANE output dims
 // (the plan sets it to ceil(max(D, Dv) / LANES)).
 // VEC4 (the plan sets it when D, k_stride are multiples of 4) reads keys as vec4.
 // SINKS (GPT-OSS): a learned per-head logit joins the softmax's denominator and attends to nothing.
-struct Params { T: u32, pos0: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, k_stride: u32, v_stride: u32,
+struct Params { T: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, k_stride: u32, v_stride: u32,
                 window: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> positions: array<u32>;
+@group(0) @binding(6) var<storage, read> cache_rows: array<u32>;
 //!if SINKS
-@group(0) @binding(5) var<storage, read> sinks: array<f32>;     // [n_heads]
+@group(0) @binding(7) var<storage, read> sinks: array<f32>;     // [n_heads]
 //!endif
 
 //!const LANES
@@ -31,7 +35,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let t = wg.y;
     if (head >= p.n_heads || t >= p.T) { return; }
     let kv = head / (p.n_heads / p.n_kv);
-    let pos = p.pos0 + t;
+    let pos = positions[t];
+    let base = cache_rows[t] - pos;
     var lo = 0u;
     if (p.window > 0u && pos + 1u > p.window) { lo = pos + 1u - p.window; }
 
@@ -51,7 +56,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let s = s0 + lid;
         var sc = -3.0e38;
         if (s <= pos) {
-            let kb = s * p.k_stride + kv * p.D;
+            let kb = (base + s) * p.k_stride + kv * p.D;
             sc = 0.0;
 //!if VEC4
             for (var d = 0u; d < p.D; d += 4u) {
@@ -75,7 +80,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var j = 0u; j < n; j++) {
             let e = score[j];
             l += e;
-            let vb = (s0 + j) * p.v_stride + kv * p.Dv;
+            let vb = (base + s0 + j) * p.v_stride + kv * p.Dv;
             for (var c = 0u; c < DIMS_PER_LANE; c++) {
                 let d = lid + c * LANES;
                 if (d < p.Dv) { acc[c] += e * v_cache[vb + d]; }

@@ -134,10 +134,12 @@ def test_rope(gpu, interleaved, off):
     T, row0, pos0, nh, D, rot = 5, 3, 11, 3, 18, 12
     x = rand(row0 + T + 2, nh, D)
     inv_freq = (1.0 / 500.0 ** (np.arange(0, rot, 2) / rot)).astype(np.float32)
+    positions = pos0 + np.array([0, 1, 2, 40, 3])[:T]                  # tokens of a batch need not be in order
     out = run_plan(gpu, lambda p: p.rope("x", "inv_freq", nh, D, rot, 1.5, row0=row0, interleaved=interleaved,
-                                         rot_off=off), {"inv_freq": inv_freq}, {"x": (x, "f32")}, {"T": T, "pos": pos0})
+                                         rot_off=off), {"inv_freq": inv_freq, "positions": positions},
+                   {"x": (x, "f32")}, {"T": T}, dtypes=PLACES)
     ref = x.copy()
-    ang = (pos0 + np.arange(T))[:, None] * inv_freq[None, :]           # [T, rot/2]
+    ang = positions[:, None] * inv_freq[None, :]                         # [T, rot/2]
     c, s = (np.cos(ang) * 1.5)[:, None, :], (np.sin(ang) * 1.5)[:, None, :]
     seg = x[row0:row0 + T, :, off:off + rot]
     view = ref[row0:row0 + T, :, off:off + rot]
@@ -150,20 +152,31 @@ def test_rope(gpu, interleaved, off):
     close(out["x"], ref)
 
 
-def attention_ref(q, kc, vc, pos0, window, scale, sinks=None):
+PLACES = {"positions": "u32", "cache_rows": "u32"}
+
+
+def one_sequence(pos0, T):
+    """positions and cache rows of T tokens of one sequence whose rows start at 0."""
+    at = np.arange(pos0, pos0 + T)
+    return {"positions": at, "cache_rows": at}
+
+
+def attention_ref(q, kc, vc, positions, window, scale, sinks=None, bases=None):
+    """Query t at positions[t] over cache rows bases[t] + 0 .. bases[t] + positions[t] (bases default 0)."""
     T, nh, D = q.shape
     nkv = kc.shape[1]
     out = np.zeros((T, nh, vc.shape[2]))
     for t in range(T):
-        p = pos0 + t
+        p = int(positions[t])
+        b = 0 if bases is None else int(bases[t])
         lo = max(0, p - window + 1) if window else 0
         for h in range(nh):
             kv = h // (nh // nkv)
-            s = kc[lo:p + 1, kv] @ q[t, h] * scale
+            s = kc[b + lo:b + p + 1, kv] @ q[t, h] * scale
             m = max(s.max(), sinks[h]) if sinks is not None else s.max()
             e = np.exp(s - m)
             z = e.sum() + (np.exp(sinks[h] - m) if sinks is not None else 0)
-            out[t, h] = e @ vc[lo:p + 1, kv] / z
+            out[t, h] = e @ vc[b + lo:b + p + 1, kv] / z
     return out
 
 
@@ -173,9 +186,9 @@ def test_attention_sinks(gpu):
     q, kc, vc, sinks = rand(T, nh, D), rand(S, nkv, D), rand(S, nkv, D), rand(nh) * 3
     out = run_plan(gpu, lambda p: p.attention("q", "k_cache", "v_cache", "out", nh, nkv, D, D, D ** -0.5, window=4,
                                               sinks="sinks"),
-                   {"q": q, "k_cache": kc, "v_cache": vc, "sinks": sinks}, {"out": (np.zeros((T, nh, D)), "f32")},
-                   {"T": T, "pos": pos0})
-    close(out["out"], attention_ref(q, kc, vc, pos0, 4, D ** -0.5, sinks))
+                   {"q": q, "k_cache": kc, "v_cache": vc, "sinks": sinks, **one_sequence(pos0, T)},
+                   {"out": (np.zeros((T, nh, D)), "f32")}, {"T": T}, dtypes=PLACES)
+    close(out["out"], attention_ref(q, kc, vc, pos0 + np.arange(T), 4, D ** -0.5, sinks))
 
 
 @pytest.mark.parametrize("T,pos0,nh,nkv,D,Dv,window", [
@@ -189,8 +202,35 @@ def test_attention(gpu, T, pos0, nh, nkv, D, Dv, window):
     q, kc, vc = rand(T, nh, D), rand(S, nkv, D), rand(S, nkv, Dv)
     scale = D ** -0.5
     out = run_plan(gpu, lambda p: p.attention("q", "k_cache", "v_cache", "out", nh, nkv, D, Dv, scale, window=window),
-                   {"q": q, "k_cache": kc, "v_cache": vc}, {"out": (np.zeros((T, nh, Dv)), "f32")}, {"T": T, "pos": pos0})
-    close(out["out"], attention_ref(q, kc, vc, pos0, window, scale))
+                   {"q": q, "k_cache": kc, "v_cache": vc, **one_sequence(pos0, T)},
+                   {"out": (np.zeros((T, nh, Dv)), "f32")}, {"T": T}, dtypes=PLACES)
+    close(out["out"], attention_ref(q, kc, vc, pos0 + np.arange(T), window, scale))
+
+
+def test_attention_of_a_batch_of_sequences(gpu):
+    """Decoding several sequences at once: each query attends only to its own sequence's cache rows
+    (sequence b's rows start at b * L), at its own position, with a sliding window for good measure."""
+    L, nh, nkv, D = 50, 4, 2, 16
+    positions, seqs = np.array([0, 17, 49, 5, 33]), np.array([2, 0, 1, 4, 3])
+    T = len(positions)
+    q, kc, vc = rand(T, nh, D), rand(5 * L, nkv, D), rand(5 * L, nkv, D)
+    places = {"positions": positions, "cache_rows": seqs * L + positions}
+    for window in (0, 8):
+        out = run_plan(gpu, lambda p: p.attention("q", "k_cache", "v_cache", "out", nh, nkv, D, D, 0.3, window=window),
+                       {"q": q, "k_cache": kc, "v_cache": vc, **places}, {"out": (np.zeros((T, nh, D)), "f32")},
+                       {"T": T}, dtypes=PLACES)
+        close(out["out"], attention_ref(q, kc, vc, positions, window, 0.3, bases=seqs * L))
+
+
+def test_kv_write(gpu):
+    T, rows, width = 4, 9, 13
+    src, cache = rand(T, width), rand(rows, width)
+    cache_rows = np.array([7, 0, 3, 8])
+    out = run_plan(gpu, lambda p: p.kv_write("src", "cache", width), {"src": src, "cache_rows": cache_rows},
+                   {"cache": (cache, "f32")}, {"T": T}, dtypes={"cache_rows": "u32"})
+    ref = cache.copy()
+    ref[cache_rows] = src
+    np.testing.assert_array_equal(out["cache"], ref.astype(np.float32))
 
 
 @pytest.mark.parametrize("scoring,normalize,K,scale", [("softmax", 1, 2, 1.0), ("softmax", 0, 3, 1.0),
@@ -266,8 +306,9 @@ def test_attention_over_a_latent_cache(gpu):
     S, D = pos0 + T + 2, r + dr
     q, kv = rand(T, nh, D), rand(S, D)
     out = run_plan(gpu, lambda p: p.attention("q", "kv", "kv", "out", nh, 1, D, r, 0.1, k_stride=D, v_stride=D),
-                   {"q": q, "kv": kv}, {"out": (np.zeros((T, nh, r)), "f32")}, {"T": T, "pos": pos0})
-    close(out["out"], attention_ref(q, kv[:, None, :], kv[:, None, :r], pos0, 0, 0.1))
+                   {"q": q, "kv": kv, **one_sequence(pos0, T)}, {"out": (np.zeros((T, nh, r)), "f32")}, {"T": T},
+                   dtypes=PLACES)
+    close(out["out"], attention_ref(q, kv[:, None, :], kv[:, None, :r], pos0 + np.arange(T), 0, 0.1))
 
 
 def gather(gpu, ids: np.ndarray, E: int) -> dict:

@@ -129,8 +129,12 @@ export class Engine {
   // observed routing) each MoE layer's chosen experts are read back and made resident before its experts run.
   async forward(ids, logitRow0, nLogits) {
     const ex = this.executor;
+    // one sequence at cache rows 0..: each token's position is also its cache row
+    const at = Uint32Array.from(ids, (_, t) => this.pos + t);
     this.device.queue.writeBuffer(ex.buffers.get(this.io.ids), 0, ids);
-    const env = { T: ids.length, pos: this.pos, logit_row0: logitRow0, n_logits: nLogits };
+    this.device.queue.writeBuffer(ex.buffers.get(this.io.positions), 0, at);
+    this.device.queue.writeBuffer(ex.buffers.get(this.io.cache_rows), 0, at);
+    const env = { T: ids.length, logit_row0: logitRow0, n_logits: nLogits };
     ex.writeParams(env);
     if (this.predictor) this.predictor.writeParams(env);
     let encoder = this.device.createCommandEncoder();

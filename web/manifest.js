@@ -4,7 +4,7 @@
 import { Validator } from "../vendor/json-schema/index.js";
 import { PackageError } from "./errors.js";
 
-export const FORMAT_VERSION = 6;   // the one format this webmoe reads (converter/writer.py writes it)
+export const FORMAT_VERSION = 7;   // the one format this webmoe reads (converter/writer.py writes it)
 const ZERO = "0".repeat(64);
 const SEAL = /"manifest_sha256": "([0-9a-f]{64})"/g;
 
@@ -125,7 +125,7 @@ export function validateManifest(m) {
 // The plan's structure records point at real steps and buffers.
 export function validatePlan(plan) {
   const { steps, buffers } = plan;
-  for (const role of ["ids", "logits", "token"]) {
+  for (const role of ["ids", "positions", "cache_rows", "logits", "token"]) {
     if (!(plan.io[role] in buffers)) throw new PackageError(`malformed plan: io.${role} names no plan buffer`);
   }
   for (const rec of plan.moe_layers) {

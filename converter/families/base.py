@@ -320,11 +320,13 @@ class DecoderFamily:
         d = self.dims
         H, V = d.hidden_size, d.vocab_size
         plan.buffer("ids", ["T"], "u32")
+        plan.buffer("positions", ["T"], "u32")
+        plan.buffer("cache_rows", ["T"], "u32")
         plan.buffer("h", ["T", H])          # residual stream
         plan.buffer("xn", ["T", H])         # normalised input of a block
         plan.buffer("logits", ["T", V])
         plan.buffer("token", [1], "u32")    # the sampled next token
-        plan.inputs_outputs("ids", "logits")
+        plan.inputs_outputs("ids", "positions", "cache_rows", "logits")
         plan.embed("ids", self.embed, "h", H)
         for l in range(d.num_layers):
             self.attention_block(plan, l)
@@ -343,25 +345,26 @@ class DecoderFamily:
         H, D, nh, nkv = d.hidden_size, d.head_dim, d.num_heads, d.num_kv_heads
         q, kc, vc = plan.buffer("q", ["T", nh * D]), plan.buffer(f"k_cache.{l}", ["S", nkv * D]), \
             plan.buffer(f"v_cache.{l}", ["S", nkv * D])
+        k, v = plan.buffer("k_new", ["T", nkv * D]), plan.buffer("v_new", ["T", nkv * D])    # this pass's tokens
         attn = plan.buffer("attn", ["T", nh * D])
         name = {k: v.format(l=l) for k, v in self.attn.items()}
         parts = self.attention_bias_parts(self.config)
         bias = {k: (v.format(l=l) if k in parts else None) for k, v in self.attn_bias.items()}
         self.block_norm(plan, self.attn_norm.format(l=l), f"L{l}.attn_norm")
         plan.matmul("xn", name["q"], q, H, nh * D, bias=bias["q"], label=f"L{l}.q_proj")
-        plan.matmul("xn", name["k"], kc, H, nkv * D, y_row0="pos", bias=bias["k"], label=f"L{l}.k_proj")
-        plan.matmul("xn", name["v"], vc, H, nkv * D, y_row0="pos", bias=bias["v"], label=f"L{l}.v_proj")
-        if self.qk_norm == "head":     # rows are heads: q [T * nh, D], new K cache rows [pos * nkv ..]
+        plan.matmul("xn", name["k"], k, H, nkv * D, bias=bias["k"], label=f"L{l}.k_proj")
+        plan.matmul("xn", name["v"], v, H, nkv * D, bias=bias["v"], label=f"L{l}.v_proj")
+        if self.qk_norm == "head":     # rows are heads: q [T * nh, D], k [T * nkv, D]
             plan.rmsnorm(None, self.q_norm.format(l=l), q, ["T", nh, 1], D, d.rms_norm_eps, label=f"L{l}.q_norm")
-            plan.rmsnorm(None, self.k_norm.format(l=l), kc, ["T", nkv, 1], D, d.rms_norm_eps,
-                         row0=["pos", nkv, 1], label=f"L{l}.k_norm")
+            plan.rmsnorm(None, self.k_norm.format(l=l), k, ["T", nkv, 1], D, d.rms_norm_eps, label=f"L{l}.k_norm")
         elif self.qk_norm == "full":   # rows are tokens
             plan.rmsnorm(None, self.q_norm.format(l=l), q, "T", nh * D, d.rms_norm_eps, label=f"L{l}.q_norm")
-            plan.rmsnorm(None, self.k_norm.format(l=l), kc, "T", nkv * D, d.rms_norm_eps, row0="pos",
-                         label=f"L{l}.k_norm")
+            plan.rmsnorm(None, self.k_norm.format(l=l), k, "T", nkv * D, d.rms_norm_eps, label=f"L{l}.k_norm")
         factor = rope_tables(self.config, d.rope_dim)[1]
         plan.rope(q, "rope.inv_freq", nh, D, d.rope_dim, factor, label=f"L{l}.rope_q")
-        plan.rope(kc, "rope.inv_freq", nkv, D, d.rope_dim, factor, row0="pos", label=f"L{l}.rope_k")
+        plan.rope(k, "rope.inv_freq", nkv, D, d.rope_dim, factor, label=f"L{l}.rope_k")
+        plan.kv_write(k, kc, nkv * D, label=f"L{l}.k_store")
+        plan.kv_write(v, vc, nkv * D, label=f"L{l}.v_store")
         plan.attention(q, kc, vc, attn, nh, nkv, D, D, D ** -0.5, window=self.layer_window(l),
                        sinks=self.attention_sinks(l), label=f"L{l}.attention")
         plan.matmul(attn, name["o"], "h", nh * D, H, accumulate=True, bias=bias["o"], label=f"L{l}.o_proj")

@@ -127,16 +127,17 @@ class DeepseekV3(DecoderFamily):
                     label=f"L{l}.q_rope")
         plan.matmul(q_nope, a + "kv_b_proj.k_absorb.weight", q, dn, r, x_stride=nh * dn, heads=nh, x_hstride=dn,
                     y_stride=nh * D, y_hstride=D, label=f"L{l}.q_absorb")
-        plan.matmul("xn", a + "kv_a_proj.latent.weight", kv, H, r, y_row0="pos", y_stride=D,
+        kv_new = plan.buffer("kv_new", ["T", D])                 # this pass's tokens' cache rows
+        plan.matmul("xn", a + "kv_a_proj.latent.weight", kv_new, H, r, y_stride=D,
                     bias=a + "kv_a_proj.latent.bias" if kv_bias else None, label=f"L{l}.kv_latent")
-        plan.rmsnorm(None, a + "kv_a_layernorm.weight", kv, "T", r, eps, row0="pos", stride=D, label=f"L{l}.kv_norm")
-        plan.matmul("xn", a + "kv_a_proj.rope.weight", kv, H, dr, y_row0="pos", y_stride=D, y_col0=r,
+        plan.rmsnorm(None, a + "kv_a_layernorm.weight", kv_new, "T", r, eps, stride=D, label=f"L{l}.kv_norm")
+        plan.matmul("xn", a + "kv_a_proj.rope.weight", kv_new, H, dr, y_stride=D, y_col0=r,
                     bias=a + "kv_a_proj.rope.bias" if kv_bias else None, label=f"L{l}.k_rope")
         factor = rope_tables(self.config, dr)[1]
         interleaved = bool(self.config.get("rope_interleave", True))
         plan.rope(q, "rope.inv_freq", nh, D, dr, factor, interleaved=interleaved, rot_off=r, label=f"L{l}.rope_q")
-        plan.rope(kv, "rope.inv_freq", 1, D, dr, factor, row0="pos", interleaved=interleaved, rot_off=r,
-                  label=f"L{l}.rope_k")
+        plan.rope(kv_new, "rope.inv_freq", 1, D, dr, factor, interleaved=interleaved, rot_off=r, label=f"L{l}.rope_k")
+        plan.kv_write(kv_new, kv, D, label=f"L{l}.kv_store")
         plan.attention(q, kv, kv, out_latent, nh, 1, D, r, self.softmax_scale(), k_stride=D, v_stride=D,
                        label=f"L{l}.attention")
         plan.matmul(out_latent, a + "kv_b_proj.v.weight", attn, r, dv, x_stride=nh * r, heads=nh, x_hstride=r,
