@@ -59,7 +59,7 @@ class BatchDecoder:
         engine = self.engine
         if not self.free:
             raise PromptError(f"all {engine.max_batch} sequences of the batch are in use")
-        ids = engine._check_ids(engine.tokenizer.prompt_ids(prompt))
+        ids = engine.prompt_ids(prompt)
         seq = Sequence(self.free.pop(), config, len(ids),
                        Decoding(engine.tokenizer, config, token_budget(config, engine.max_seq_len, len(ids))),
                        SplitMix64(config.seed))
@@ -67,8 +67,12 @@ class BatchDecoder:
         if seq.done:                               # nothing to generate
             self._retire(seq)
             return seq
-        token, probs = sample_step(engine, config, float(seq.rng.random()),
-                                   lambda t, p, u, logits: engine.prefill(seq.slot, ids, 0, (t, p, u), logits))
+        try:
+            token, probs = sample_step(engine, config, float(seq.rng.random()),
+                                       lambda t, p, u, logits: engine.prefill(seq.slot, ids, 0, (t, p, u), logits))
+        except BaseException:
+            self._retire(seq)                      # its slot is free again
+            raise
         seq.pos, seq.last = len(ids), token
         seq.tokens.append(seq.decoding.push(token, probs))
         if seq.done:

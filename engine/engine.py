@@ -280,4 +280,9 @@ class Engine:
         The returned Generator also tells finish_reason and token counts once iterated."""
         config = GenerationConfig(max_new_tokens, temperature, top_p, seed, stop, logprobs)
         self.reset()
-        return Generator(self, config, self._check_ids(self.tokenizer.prompt_ids(prompt)))
+        return Generator(self, config, self.prompt_ids(prompt))
+
+    def prompt_ids(self, prompt) -> np.ndarray:
+        """A prompt (text, token ids or chat messages) as token ids, checked against the vocabulary and the
+        maximum sequence length."""
+        return self._check_ids(self.tokenizer.prompt_ids(prompt))

@@ -178,7 +178,8 @@ def test_queue_bound_and_disconnects(pkg):
     runs. A non-streaming client that goes away stops its generation too; with a wait limit, a request
     that waits too long gets 503 with Retry-After."""
     import threading
-    app = create_app([pkg], api_keys=(KEY,), admission={"max_waiting": 1, "max_wait_s": 60})
+    app = create_app([pkg], api_keys=(KEY,), admission={"max_waiting": 1, "max_wait_s": 60},
+                     max_batch=1)
     with serving(app) as url:
         running = open_stream(url, 4000)
         waiting = {}
@@ -211,7 +212,7 @@ def test_queue_bound_and_disconnects(pkg):
             time.sleep(0.05)
         assert stats(url)["completion_tokens"] < s["completion_tokens"] + 4000
 
-    app = create_app([pkg], api_keys=(KEY,), admission={"max_waiting": 4, "max_wait_s": 0.5})
+    app = create_app([pkg], api_keys=(KEY,), admission={"max_waiting": 4, "max_wait_s": 0.5}, max_batch=1)
     with serving(app) as url:
         running = open_stream(url, 4000)
         with pytest.raises(openai.InternalServerError, match="stayed busy for 0.5 s") as e:
@@ -314,7 +315,8 @@ def test_ab_split_feedback_and_rollback(pkg, tmp_path):
 
         def broken(*args, **kwargs):
             raise RuntimeError("injected fault")
-        app[REGISTRY].versions["other"].engine.step = broken
+        engine = app[REGISTRY].versions["other"].engine
+        engine.prefill = engine.decode = broken
         failures = 0
         for _ in range(200):
             try:
@@ -329,3 +331,32 @@ def test_ab_split_feedback_and_rollback(pkg, tmp_path):
         assert failures >= 1 and [a["weight"] for a in report["arms"]] == [1.0, 0.0]
         assert all(c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=1).model == "tiny"
                    for _ in range(20))
+
+
+def test_sixteen_concurrent_streams_share_passes(pkg, engine):
+    """16 clients at once, half greedy and half seeded sampling, half streamed: every answer is the one the
+    engine gives that request alone, and the server decoded them in shared passes (tokens per pass > 1,
+    from /stats: throughput above one stream's without timing anything)."""
+    import threading
+    prompts = [[{"role": "user", "content": f"Message number {i}: " + "word " * (i % 5)}] for i in range(16)]
+    settings = [dict(temperature=0) if i % 2 == 0 else dict(temperature=0.8, top_p=0.9, seed=100 + i)
+                for i in range(16)]
+    want = [text_of(engine, p, max_new_tokens=12, **kw) for p, kw in zip(prompts, settings)]
+    with serving(create_app([pkg], max_batch=16)) as url:
+        got = [None] * 16
+
+        def ask(i):
+            kw = dict(model="tiny", messages=prompts[i], max_tokens=12, **settings[i])
+            if i % 4 < 2:
+                got[i] = client(url).chat.completions.create(**kw).choices[0].message.content
+            else:
+                got[i] = "".join(ch.choices[0].delta.content or "" for ch in
+                                 client(url).chat.completions.create(stream=True, **kw) if ch.choices)
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        s = stats(url)
+    assert got == want
+    assert s["completed"] == 16 and s["batched_tokens"] / s["passes"] > 1.5, s

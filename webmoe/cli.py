@@ -72,7 +72,7 @@ def _serve(args) -> int:
     serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter,
           expert_cache_bytes=_mib(args.expert_cache_mb), api_keys=keys, cors_origins=tuple(args.cors_origin or ()),
           admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait}, admin_keys=admin,
-          memory_budget=_mib(args.memory_budget_mb), routes=routes)
+          memory_budget=_mib(args.memory_budget_mb), routes=routes, max_batch=args.max_batch)
     return 0
 
 
@@ -228,6 +228,8 @@ def parser() -> argparse.ArgumentParser:
                    "(repeatable; also WEBMOE_API_KEYS=k1,k2); without any, the API is open")
     s.add_argument("--cors-origin", action="append", help="an origin whose pages may call the /v1 API (repeatable; "
                    "* for any)")
+    s.add_argument("--max-batch", type=int, default=8,
+                   help="sequences a model decodes together (continuous batching; each holds its own KV cache)")
     s.add_argument("--max-waiting", type=int, default=64,
                    help="requests that may wait for a busy model; more get 429 (default 64)")
     s.add_argument("--max-wait", type=float, default=120.0,

@@ -10,8 +10,9 @@
     GET  /routes, POST /v1/feedback        A/B routes: per-arm statistics and tests; {"id", "positive"}
 
 Models live in a Registry (registry.py): each engine loads on first use, and a name can be pointed at a
-new version while requests run. A generation runs in a worker thread (the event loop keeps
-serving files meanwhile), one at a time per engine, behind an Admission queue with a bound and a wait limit.
+new version while requests run. Generation runs in each engine's worker thread (the event loop keeps
+serving files meanwhile), where requests' sequences share forward passes (continuous batching,
+batching.py), behind an Admission queue with a bound and a wait limit.
 Any disconnect — a streaming client or one waiting for a whole answer — stops the generation at the next
 token. Errors come in OpenAI's shape (api_errors.py); API keys and CORS are api_access.py's."""
 from __future__ import annotations
@@ -27,9 +28,10 @@ from aiohttp import web
 
 from webmoe.engine.engine import Engine
 from webmoe.engine.errors import USER_ERRORS
+from webmoe.engine.generation import GenerationConfig
 from webmoe.engine.strict_json import parse_json
 
-from .admission import Admission
+from .batching import BatchWorker, Work
 from .api_errors import ApiError
 from .api_requests import MAX_REQUEST_BYTES, GenerationRequest, parse_chat, parse_completion
 from .registry import Registry
@@ -37,48 +39,48 @@ from .routes import Routes
 
 
 class Job:
-    """One request's generations (prompts x n choices), run one after another in a worker thread; events
-    go to an asyncio queue: ("token", choice, Token), ("done", choice, Generator), ("error", message), ("end",)."""
+    """One request's sequences (prompts x n choices, choice i seeded with seed + i), decoded by the engine's
+    BatchWorker alongside other requests'. Events go to an asyncio queue: ("token", choice, Token),
+    ("done", choice, Sequence or None), ("error", message), ("end",)."""
 
-    def __init__(self, engine: Engine, req: GenerationRequest):
-        self.engine, self.req = engine, req
+    def __init__(self, engine: Engine, worker: BatchWorker, req: GenerationRequest):
+        self.engine, self.worker, self.req = engine, worker, req
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
         self.cancelled_early = False         # stopped because the client went away
         self.error: str | None = None
         self.loop = asyncio.get_running_loop()
-        self.generators = []
-        try:            # prompts are checked (and tokenized) before the response starts
-            for p, prompt in enumerate(req.prompts):
+        self.work: list[Work] = []
+        self.prompt_tokens = 0
+        try:            # prompts and settings are checked (and tokenized) before the response starts
+            for prompt in req.prompts:
+                self.prompt_tokens += len(engine.prompt_ids(prompt))
                 for i in range(req.n):
                     seed = None if req.seed is None else (req.seed + i) % 2**64
-                    self.generators.append(engine.generate(prompt, seed=seed, logprobs=req.logprobs,
-                                                           **req.sampling))
+                    config = GenerationConfig(seed=seed, logprobs=req.logprobs, **req.sampling)
+                    self.work.append(Work(self, len(self.work), prompt, config))
         except USER_ERRORS as e:
             raise ApiError(str(e)) from None
-        self.prompt_tokens = sum(self.generators[p * req.n].prompt_tokens for p in range(len(req.prompts)))
+        self.sequences = [None] * len(self.work)
+        self.remaining = len(self.work)      # counted down by the worker's thread only
 
     def put(self, *event) -> None:
+        if event[0] == "error":
+            self.error = event[1]
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
-    def run(self) -> None:
-        try:
-            for choice, gen in enumerate(self.generators):
-                self.engine.reset()                  # each choice starts from its prompt
-                for token in gen:
-                    if self.cancelled.is_set():
-                        return
-                    self.put("token", choice, token)
-                self.put("done", choice, gen)
-        except Exception as e:   # reported to the client (streaming: as the stream's last event)
-            self.error = str(e)
-            self.put("error", str(e))
-        finally:
+    def choice_done(self, choice: int, seq) -> None:
+        """The worker's word that a choice ended (seq None: it never ran)."""
+        self.sequences[choice] = seq
+        self.put("done", choice, seq)
+        self.remaining -= 1
+        if self.remaining == 0:
             self.put("end")
 
     async def events(self, request: web.Request):
         """The job's events; stops it when the client's connection closes (checked while waiting too)."""
-        worker = self.loop.run_in_executor(None, self.run)
+        for work in self.work:
+            self.worker.submit(work)
         try:
             while True:
                 if request.transport is None or request.transport.is_closing():
@@ -92,11 +94,10 @@ class Job:
                     return
                 yield event
         finally:
-            self.cancelled.set()
-            await worker
+            self.cancelled.set()         # sequences still running leave the batch at its next pass
 
     def usage(self) -> dict:
-        completion = sum(g.completion_tokens for g in self.generators)
+        completion = sum(s.completion_tokens for s in self.sequences if s is not None)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": self.prompt_tokens + completion}
 
@@ -114,9 +115,9 @@ class Choices:
 
     def __init__(self, job: Job):
         self.job, self.kind = job, job.req.kind
-        self.text = [""] * len(job.generators)
-        self.tokens = [[] for _ in job.generators]
-        self.finish = [None] * len(job.generators)
+        self.text = [""] * len(job.work)
+        self.tokens = [[] for _ in job.work]
+        self.finish = [None] * len(job.work)
 
     def add(self, choice: int, token) -> None:
         self.text[choice] += token.text
@@ -183,9 +184,12 @@ def add_routes(app: web.Application, registry: Registry, routes: Routes | None =
             for name, v in registry.versions.items()}})
 
     async def stats(request):
+        def batching(version):
+            w = version.worker
+            return {"passes": w.passes, "batched_tokens": w.tokens} if w else {"passes": 0, "batched_tokens": 0}
         return web.json_response({name: {**counters[name], "running": registry.admission[name].running,
-                                         "waiting": registry.admission[name].waiting}
-                                  for name in registry.versions})
+                                         "waiting": registry.admission[name].waiting, **batching(v)}
+                                  for name, v in registry.versions.items()})
 
     async def swap(request):
         body = parse_json(await request.read(), "the request body", ApiError, 1 << 16)
@@ -234,7 +238,7 @@ def add_routes(app: web.Application, registry: Registry, routes: Routes | None =
 
     async def run(request, req: GenerationRequest, name: str, meta: dict):
         async with registry.admission[name].slot(name), registry.use(name) as (_, version, engine):
-            job = Job(engine, req)
+            job = Job(engine, version.worker, req)
             if req.stream:
                 return await _stream(request, job, meta), job
             choices = Choices(job)
@@ -243,7 +247,7 @@ def add_routes(app: web.Application, registry: Registry, routes: Routes | None =
                 async for event in events:
                     if event[0] == "token":
                         choices.add(event[1], event[2])
-                    elif event[0] == "done":
+                    elif event[0] == "done" and event[2] is not None:
                         choices.finish[event[1]] = event[2].finish_reason
                     elif event[0] == "error":
                         raise ApiError(f"generation failed: {event[1]}", 500)
@@ -253,7 +257,7 @@ def add_routes(app: web.Application, registry: Registry, routes: Routes | None =
                 return web.Response(status=499), job
             return web.json_response({
                 **meta, "object": "chat.completion" if req.kind == "chat" else "text_completion",
-                "choices": [choices.whole(c) for c in range(len(job.generators))], "usage": job.usage()}), job
+                "choices": [choices.whole(c) for c in range(len(job.work))], "usage": job.usage()}), job
 
     async def chat(request):
         return await generate(request, parse_chat)
@@ -291,13 +295,13 @@ async def _stream(request, job: Job, meta: dict) -> web.StreamResponse:
     events = job.events(request)
     try:
         if job.req.kind == "chat":
-            for c in range(len(job.generators)):
+            for c in range(len(job.work)):
                 await chunk(choices.delta(c, first=True))
         async for event in events:
             if event[0] == "token":
                 if event[2].text or job.req.logprobs is not None:     # (text may be held back for a while)
                     await chunk(choices.delta(event[1], event[2]))
-            elif event[0] == "done":
+            elif event[0] == "done" and event[2] is not None:
                 await chunk(choices.delta(event[1], finish=event[2].finish_reason))
             elif event[0] == "error":
                 await send({"error": {"message": f"generation failed: {event[1]}", "type": "api_error",

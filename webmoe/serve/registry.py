@@ -17,6 +17,7 @@ from webmoe.engine.package import Package
 
 from .admission import Admission
 from .api_errors import ApiError
+from .batching import BatchWorker
 
 
 @dataclass(eq=False)
@@ -25,6 +26,7 @@ class Version:
     digest: str
     bytes: int                                   # the package's shards: what its engine holds, roughly
     engine: Engine | None = None
+    worker: BatchWorker | None = None            # its engine's batch, in a thread
     users: int = 0                               # requests holding this version now
     last_used: float = 0.0
     loading: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -38,11 +40,13 @@ def read_version(path: Path) -> Version:
 
 class Registry:
     def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None,
-                 admission: dict | None = None, memory_budget: int | None = None):
+                 admission: dict | None = None, memory_budget: int | None = None, max_batch: int = 8):
+        """max_batch: sequences each engine decodes together; as many requests run at once per name (more
+        wait in its Admission queue), whichever version serves them."""
         self.adapter, self.expert_cache_bytes, self.memory_budget = adapter, expert_cache_bytes, memory_budget
+        self.max_batch = max_batch
         self.versions = {name: read_version(path) for name, path in dirs.items()}
-        # one generation at a time per name, whichever version serves it (a swap never runs two at once)
-        self.admission = {name: Admission(**(admission or {})) for name in dirs}
+        self.admission = {name: Admission(**{"running": max_batch, **(admission or {})}) for name in dirs}
         self.retired: list[Version] = []           # swapped out, still in use
         self.swaps = 0
 
@@ -66,7 +70,7 @@ class Registry:
             version.last_used = time.monotonic()
             if version in self.retired and version.users == 0:
                 self.retired.remove(version)
-                version.engine = None                 # its GPU memory goes with the last reference
+                self.unload(version)                  # its GPU memory goes with the last reference
 
     async def engine(self, version: Version) -> Engine:
         async with version.loading:
@@ -74,9 +78,11 @@ class Registry:
                 await self.make_room(version)
                 try:
                     version.engine = await asyncio.to_thread(Engine.load, version.path, self.adapter,
-                                                             expert_cache_bytes=self.expert_cache_bytes)
+                                                             expert_cache_bytes=self.expert_cache_bytes,
+                                                             max_batch=self.max_batch)
                 except USER_ERRORS as e:
                     raise ApiError(f"{version.path.name} cannot be loaded: {e}", 500) from None
+                version.worker = BatchWorker(version.engine)
                 print(f"webmoe: loaded {version.engine.describe()}", flush=True)    # the server's console
         return version.engine
 
@@ -89,9 +95,15 @@ class Registry:
         for v in sorted((v for v in loaded if v.users == 0), key=lambda v: v.last_used):
             if used + incoming.bytes <= self.memory_budget:
                 break
-            v.engine = None
+            self.unload(v)
             used -= v.bytes
             print(f"webmoe: unloaded {v.path.name} (memory budget)", flush=True)
+
+    @staticmethod
+    def unload(version: Version) -> None:
+        if version.worker is not None:
+            version.worker.stop()
+        version.engine = version.worker = None
 
     async def swap(self, name: str, path: Path) -> Version:
         """Points `name` at the package in `path`, loaded before it takes traffic."""
@@ -107,7 +119,7 @@ class Registry:
         if old.users:
             self.retired.append(old)
         else:
-            old.engine = None
+            self.unload(old)
         print(f"webmoe: {name} now serves {path} ({new.digest[:12]}), was {old.digest[:12]}", flush=True)
         return new
 

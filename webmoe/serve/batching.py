@@ -1,0 +1,105 @@
+"""Continuous batching for the server: one thread per loaded engine runs its BatchDecoder. Requests'
+sequences (one per choice) wait in line and join the running batch as slots free up; each pass decodes a
+token for every active sequence, and each token goes straight to its request's event queue. A sequence
+whose request is cancelled (its client went away) leaves at the next pass."""
+from __future__ import annotations
+
+import threading
+import traceback
+from collections import deque
+from dataclasses import dataclass
+
+from webmoe.engine.batch import BatchDecoder
+from webmoe.engine.errors import USER_ERRORS
+from webmoe.engine.generation import GenerationConfig
+
+
+@dataclass(eq=False)
+class Work:
+    job: object                   # openai_api.Job: put(*event), cancelled (threading.Event), choice_done(choice, seq)
+    choice: int
+    prompt: object
+    config: GenerationConfig
+
+
+class BatchWorker:
+    def __init__(self, engine):
+        self.engine = engine
+        self.batch = BatchDecoder(engine)
+        self.waiting: deque[Work] = deque()
+        self.running: dict[object, Work] = {}          # Sequence -> its work
+        self.wake = threading.Condition()
+        self.passes = 0                                # decode passes run (each for several sequences)
+        self.tokens = 0                                # tokens those passes produced
+        self.stopped = False
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="webmoe-batch")
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Ends the thread once its sequences are done (the engine is being dropped)."""
+        with self.wake:
+            self.stopped = True
+            self.wake.notify()
+
+    def submit(self, work: Work) -> None:
+        with self.wake:
+            self.waiting.append(work)
+            self.wake.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self.wake:
+                while not self.waiting and not self.batch.active:
+                    if self.stopped:
+                        return
+                    self.wake.wait()
+            try:
+                self._admit()
+                self._drop_cancelled()
+                if self.batch.active:
+                    produced = self.batch.step()
+                    self.passes += 1
+                    self.tokens += len(produced)
+                    for seq, token in produced:
+                        self._emit(seq, token)
+            except Exception as e:          # a failed pass fails the sequences in it; the worker goes on
+                traceback.print_exc()
+                for seq, work in list(self.running.items()):
+                    work.job.put("error", str(e))
+                    work.job.choice_done(work.choice, seq)
+                self.running.clear()
+                self.batch = BatchDecoder(self.engine)
+
+    def _admit(self) -> None:
+        while not self.batch.full:
+            with self.wake:
+                if not self.waiting:
+                    return
+                work = self.waiting.popleft()
+            if work.job.cancelled.is_set():
+                work.job.choice_done(work.choice, None)
+                continue
+            try:
+                seq = self.batch.add(work.prompt, work.config)    # prefill: the first token
+            except Exception as e:      # this request fails; the batch goes on
+                if not isinstance(e, USER_ERRORS):
+                    traceback.print_exc()
+                work.job.put("error", str(e))
+                work.job.choice_done(work.choice, None)
+                continue
+            self.running[seq] = work
+            self._emit(seq, seq.tokens[0])
+
+    def _drop_cancelled(self) -> None:
+        for seq, work in list(self.running.items()):
+            if work.job.cancelled.is_set():
+                self.batch.cancel(seq)
+                del self.running[seq]
+                work.job.choice_done(work.choice, seq)
+
+    def _emit(self, seq, token) -> None:
+        work = self.running[seq]
+        work.job.put("token", work.choice, token)
+        if seq.done:
+            del self.running[seq]
+            work.job.choice_done(work.choice, seq)
