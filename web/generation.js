@@ -51,6 +51,47 @@ export function pendingStop(text, stops) {
   return best;
 }
 
+// One sequence's new tokens as text, the twin of engine/generation.py's Decoding: end-of-sequence, stop
+// strings (held back until ruled out), the token budget. push() takes each sampled token and returns its
+// {id, text}; done and finishReason tell when the sequence ends.
+export class Decoding {
+  constructor(tokenizer, config, budget) {
+    Object.assign(this, { tokenizer, config, budget });
+    this.decoder = new StreamDecoder(tokenizer);
+    this.emitted = 0;
+    this.count = 0;
+    this.done = budget <= 0;
+    this.finishReason = this.done ? "length" : null;
+  }
+
+  push(token) {
+    const cfg = this.config;
+    this.count++;
+    const last = this.count >= this.budget;
+    if (this.tokenizer.eos.has(token)) {
+      Object.assign(this, { done: true, finishReason: "stop" });
+      return { id: token, text: this.decoder.text.slice(this.emitted) };   // a pending stop prefix is text now
+    }
+    this.decoder.push(token);
+    const text = this.decoder.text;
+    const hits = cfg.stop.map((s) => text.indexOf(s, Math.max(0, this.emitted - s.length))).filter((j) => j >= 0);
+    if (hits.length) {
+      Object.assign(this, { done: true, finishReason: "stop" });
+      return { id: token, text: text.slice(this.emitted, Math.min(...hits)) };
+    }
+    const safe = last ? text.length : text.length - pendingStop(text, cfg.stop);
+    const out = { id: token, text: text.slice(this.emitted, Math.max(this.emitted, safe)) };
+    this.emitted = Math.max(this.emitted, safe);
+    if (last) Object.assign(this, { done: true, finishReason: "length" });
+    return out;
+  }
+}
+
+// New tokens a sequence may have: asked for, and what its KV cache leaves room for.
+export function tokenBudget(config, maxSeqLen, promptTokens) {
+  return Math.min(config.maxNewTokens, maxSeqLen - promptTokens + 1);
+}
+
 // Iterate it (for await) for {id, text}; afterwards finishReason is "stop" (end-of-sequence token or stop
 // string) or "length", and promptTokens / completionTokens count the tokens. signal (an AbortSignal) ends it.
 export class Generator {
@@ -64,31 +105,16 @@ export class Generator {
 
   async *[Symbol.asyncIterator]() {
     const { engine, config: cfg } = this;
-    this.finishReason = "length";
-    const budget = Math.min(cfg.maxNewTokens, engine.maxSeqLen - this.promptIds.length + 1);
-    const decoder = new StreamDecoder(engine.tokenizer);
-    let emitted = 0;
+    const decoding = new Decoding(engine.tokenizer, cfg, tokenBudget(cfg, engine.maxSeqLen, this.promptIds.length));
+    this.finishReason = decoding.finishReason;
     let ids = this.promptIds;
-    for (let i = 0; i < budget && !this.signal?.aborted; i++) {
+    while (!decoding.done && !this.signal?.aborted) {
       const token = await engine.step(ids, cfg.temperature, cfg.topP, this.rng.random());
       ids = [token];
       this.completionTokens++;
-      if (engine.tokenizer.eos.has(token)) {
-        this.finishReason = "stop";
-        yield { id: token, text: decoder.text.slice(emitted) };   // a pending stop-string prefix is plain text now
-        return;
-      }
-      decoder.push(token);
-      const text = decoder.text;
-      const hits = cfg.stop.map((s) => text.indexOf(s, Math.max(0, emitted - s.length))).filter((j) => j >= 0);
-      if (hits.length) {
-        this.finishReason = "stop";
-        yield { id: token, text: text.slice(emitted, Math.min(...hits)) };
-        return;
-      }
-      const safe = i === budget - 1 ? text.length : text.length - pendingStop(text, cfg.stop);
-      yield { id: token, text: text.slice(emitted, Math.max(emitted, safe)) };
-      emitted = Math.max(emitted, safe);
+      const out = decoding.push(token);
+      this.finishReason = decoding.finishReason || "length";
+      yield out;
     }
   }
 }
