@@ -9,6 +9,7 @@ from .device import Gpu, open_gpu
 from .executor import STORAGE, Executor, Readback, padded
 from .expert_cache import ExpertCache, expert_segments
 from .generation import GenerationConfig, Generator, Token  # noqa: F401  (Token is part of this API)
+from .host_pins import HostPins
 from .memory import Budget, gib, package_budget
 from .package import Package
 from .prefetch import predictor_plan
@@ -19,7 +20,7 @@ from .tokenizer import PromptError, TextTokenizer
 class Engine:
     def __init__(self, package: Package, gpu: Gpu, max_seq_len: int | None = None, chunk_tokens: int = 64,
                  expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-                 prefetch: bool = False, max_batch: int = 1):
+                 prefetch: bool = False, max_batch: int = 1, host_pinned_experts=()):
         self.package, self.gpu = package, gpu
         cfg = package.config
         self.vocab_size = cfg["vocab_size"]
@@ -44,7 +45,8 @@ class Engine:
             buf = device.create_buffer(size=padded(t["size"]), usage=STORAGE, label=name)
             device.queue.write_buffer(buf, 0, package.tensor_bytes(name))
             self.weights[name] = buf
-        self.experts = ExpertCache(gpu, package, budget, pinned_experts, observe_routing)
+        pins = HostPins(package, [tuple(k) for k in host_pinned_experts]) if host_pinned_experts else None
+        self.experts = ExpertCache(gpu, package, budget, pinned_experts, observe_routing, pins)
         self.segments = expert_segments(plan)
         self._route_rb = Readback(device, 2 * self.chunk * package.moe["top_k"] * 4)
         self.executor = Executor(gpu, plan, self.weights, self.experts.buffers, {"T": self.chunk, "S": rows})
@@ -68,7 +70,7 @@ class Engine:
     def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
              expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
              prefetch: bool = False, max_binding: int | None = None, digest: str | None = None,
-             max_batch: int = 1) -> "Engine":
+             max_batch: int = 1, host_pinned_experts=()) -> "Engine":
         """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
         else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
         `expert_cache_bytes` is the GPU budget for routed experts (default: what the adapter and the
@@ -77,11 +79,13 @@ class Engine:
         .coactivation); `prefetch` (when paging) loads each next MoE layer's predicted experts ahead of
         need; `max_binding` lowers the storage binding limit the engine keeps to (tests); `digest` pins the
         sha256 the package's manifest must have (`webmoe info` prints it), which covers every byte;
-        `max_batch` sequences can decode together (engine/batch.py), each with max_seq_len KV cache rows."""
+        `max_batch` sequences can decode together (engine/batch.py), each with max_seq_len KV cache rows;
+        `host_pinned_experts` (layer, expert) pairs are held in host memory, locked where permitted, and
+        paged in from there (engine/host_pins.py; hot_experts() picks them from routing statistics)."""
         package = Package(path, digest)
         gpu = open_gpu(adapter, max_binding)
         return cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing,
-                   prefetch, max_batch)
+                   prefetch, max_batch, host_pinned_experts)
 
     def describe(self) -> str:
         """One line on what was loaded where, for a tool to print (the library prints nothing)."""

@@ -24,6 +24,7 @@ import wgpu
 from .device import Gpu
 from .executor import padded
 from .errors import ExpertCacheError
+from .host_pins import HostPins
 from .memory import Budget, gib
 from .package import Package
 
@@ -73,9 +74,12 @@ def expert_segments(plan: dict) -> list[Segment]:
 
 
 class ExpertCache:
-    def __init__(self, gpu: Gpu, package: Package, budget: Budget, pinned=(), observe: bool = False):
+    def __init__(self, gpu: Gpu, package: Package, budget: Budget, pinned=(), observe: bool = False,
+                 host_pins: HostPins | None = None):
         """budget: bytes for routed experts and how they were chosen (engine/memory.py). observe: read
-        back routing even when every expert is resident, to record usage."""
+        back routing even when every expert is resident, to record usage. host_pins: experts held in host
+        memory, read from there instead of their shards when paged in."""
+        self.host_pins = host_pins
         moe = package.moe
         self.package, self.device = package, gpu.device
         self.layout = moe["expert_layout"]
@@ -276,7 +280,9 @@ class ExpertCache:
         return [self.free.pop() for _ in range(self.pieces)]
 
     def _upload(self, key: tuple[int, int], slots: list[int]) -> None:
-        data = self.package.expert_bytes(*key)
+        data = self.host_pins.get(key) if self.host_pins else None
+        if data is None:
+            data = self.package.expert_bytes(*key)
         for piece, slot in enumerate(slots):
             bank, at = self._bank_of(slot)
             self.device.queue.write_buffer(self.banks[bank], at * self.slot_bytes,
@@ -306,4 +312,5 @@ class ExpertCache:
                 "capacity": self.capacity, "banks": len(self.banks), "budget": self.budget.reason,
                 "paging": self.paging,
                 "resident": len(self.resident), "layers": layers, "total": total.as_dict(),
-                "usage": {l: u.tolist() for l, u in self.usage.items()}, "memory": None, "tiers": None}
+                "usage": {l: u.tolist() for l, u in self.usage.items()}, "memory": None, "tiers": None,
+                "host_pins": self.host_pins.report() if self.host_pins else None}

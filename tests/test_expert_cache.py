@@ -1,5 +1,7 @@
 """The GPU expert cache: numerics that do not depend on the budget, LRU eviction that spares the
 running batch and pinned experts, and statistics that add up."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from transformers import MixtralForCausalLM
@@ -142,3 +144,27 @@ def test_routing_analysis_counts_every_choice(packages, tmp_path):
     assert report["tokens"] > 5 and sorted(report["layers"]) == ["0", "1", "2"]
     json_path, png_path = write(report, tmp_path / "analysis")
     assert json_path.stat().st_size > 0 and png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hot_experts_pinned_in_host_memory(tmp_path):
+    """The demo's most-used experts (its routing statistics, half of each layer's tokens) held in host
+    memory: with a GPU cache that pages, they are paged in from there (hits counted) and the logits are
+    those of the engine without pins; locking is either done or refused with a message saying what to
+    change."""
+    from webmoe.engine.host_pins import hot_experts
+    demo = Path(__file__).resolve().parent.parent / "demo" / "shakespeare-moe"
+    m = Engine.load(demo).package.manifest
+    hot = hot_experts(m, 0.5)
+    usage = m["routing_stats"]["usage"]
+    for layer, counts in usage.items():        # each layer: its most-used experts, enough for half the tokens
+        mine = sorted((counts[e] for l, e in hot if l == int(layer)), reverse=True)
+        assert mine == sorted(counts, reverse=True)[:len(mine)] and sum(mine) >= sum(counts) / 2
+        assert sum(mine) - mine[-1] < sum(counts) / 2
+    slot = m["moe"]["expert_layout"]["slot_bytes"]
+    ids = list(range(3, 40))
+    plain = Engine.load(demo, expert_cache_bytes=6 * slot).logits(ids)
+    pinned = Engine.load(demo, expert_cache_bytes=6 * slot, host_pinned_experts=hot)
+    np.testing.assert_array_equal(pinned.logits(ids), plain)
+    pins = pinned.experts.report()["host_pins"]
+    assert pins["experts"] == len(hot) and pins["hits"] > 0
+    assert pins["locked"] or "mlock refused" in pins["message"] or "not available" in pins["message"]

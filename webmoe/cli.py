@@ -72,7 +72,8 @@ def _serve(args) -> int:
     serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter,
           expert_cache_bytes=_mib(args.expert_cache_mb), api_keys=keys, cors_origins=tuple(args.cors_origin or ()),
           admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait}, admin_keys=admin,
-          memory_budget=_mib(args.memory_budget_mb), routes=routes, max_batch=args.max_batch)
+          memory_budget=_mib(args.memory_budget_mb), routes=routes, max_batch=args.max_batch,
+          pin_hot_share=args.pin_hot_experts)
     return 0
 
 
@@ -230,6 +231,9 @@ def parser() -> argparse.ArgumentParser:
                    "* for any)")
     s.add_argument("--max-batch", type=int, default=8,
                    help="sequences a model decodes together (continuous batching; each holds its own KV cache)")
+    s.add_argument("--pin-hot-experts", type=float, default=0.0, metavar="SHARE",
+                   help="hold in host memory (mlock where permitted) each layer's most-used experts covering this "
+                        "share of its tokens, from the package's routing statistics (webmoe analyze --into-package)")
     s.add_argument("--max-waiting", type=int, default=64,
                    help="requests that may wait for a busy model; more get 429 (default 64)")
     s.add_argument("--max-wait", type=float, default=120.0,

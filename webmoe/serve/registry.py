@@ -13,6 +13,7 @@ from pathlib import Path
 
 from webmoe.engine.engine import Engine
 from webmoe.engine.errors import USER_ERRORS
+from webmoe.engine.host_pins import hot_experts
 from webmoe.engine.package import Package
 
 from .admission import Admission
@@ -25,6 +26,7 @@ class Version:
     path: Path
     digest: str
     bytes: int                                   # the package's shards: what its engine holds, roughly
+    manifest: dict = field(default_factory=dict, repr=False)
     engine: Engine | None = None
     worker: BatchWorker | None = None            # its engine's batch, in a thread
     users: int = 0                               # requests holding this version now
@@ -35,16 +37,18 @@ class Version:
 def read_version(path: Path) -> Version:
     """A package checked as every loader checks it (schema, digest), not yet loaded."""
     m = Package(path).manifest
-    return Version(Path(path), m["manifest_sha256"], sum(s["size"] for s in m["shards"]))
+    return Version(Path(path), m["manifest_sha256"], sum(s["size"] for s in m["shards"]), m)
 
 
 class Registry:
     def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None,
-                 admission: dict | None = None, memory_budget: int | None = None, max_batch: int = 8):
+                 admission: dict | None = None, memory_budget: int | None = None, max_batch: int = 8,
+                 pin_hot_share: float = 0.0):
         """max_batch: sequences each engine decodes together; as many requests run at once per name (more
-        wait in its Admission queue), whichever version serves them."""
+        wait in its Admission queue), whichever version serves them. pin_hot_share: hold in host memory each
+        layer's most-used experts covering this share of its tokens (the package's routing statistics)."""
         self.adapter, self.expert_cache_bytes, self.memory_budget = adapter, expert_cache_bytes, memory_budget
-        self.max_batch = max_batch
+        self.max_batch, self.pin_hot_share = max_batch, pin_hot_share
         self.versions = {name: read_version(path) for name, path in dirs.items()}
         self.admission = {name: Admission(**{"running": max_batch, **(admission or {})}) for name in dirs}
         self.retired: list[Version] = []           # swapped out, still in use
@@ -77,13 +81,16 @@ class Registry:
             if version.engine is None:
                 await self.make_room(version)
                 try:
-                    version.engine = await asyncio.to_thread(Engine.load, version.path, self.adapter,
-                                                             expert_cache_bytes=self.expert_cache_bytes,
-                                                             max_batch=self.max_batch)
+                    version.engine = await asyncio.to_thread(
+                        Engine.load, version.path, self.adapter, expert_cache_bytes=self.expert_cache_bytes,
+                        max_batch=self.max_batch, host_pinned_experts=hot_experts(version.manifest, self.pin_hot_share))
                 except USER_ERRORS as e:
                     raise ApiError(f"{version.path.name} cannot be loaded: {e}", 500) from None
                 version.worker = BatchWorker(version.engine)
                 print(f"webmoe: loaded {version.engine.describe()}", flush=True)    # the server's console
+                pins = version.engine.experts.host_pins
+                if pins:
+                    print(f"webmoe: {len(pins.offsets)} hot experts in host memory: {pins.message}", flush=True)
         return version.engine
 
     async def make_room(self, incoming: Version) -> None:
