@@ -31,9 +31,9 @@ from webmoe.engine.errors import USER_ERRORS
 from webmoe.engine.generation import GenerationConfig
 from webmoe.engine.strict_json import parse_json
 
-from .batching import BatchWorker, Work
 from .api_errors import ApiError
 from .api_requests import MAX_REQUEST_BYTES, GenerationRequest, parse_chat, parse_completion
+from .batching import BatchWorker, Work
 from .registry import Registry
 from .routes import Routes
 
