@@ -59,7 +59,7 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "kv_write": {"WG": 64},
     "attention": {"LANES": 16},              # each lane owns ceil(max(D, Dv) / LANES) dims (DIMS_PER_LANE);
                                              # 16 lanes: 2.6x faster decode attention than 64 on lavapipe
-    "router": {"WG": 64, "MAX_K": 32},
+    "router": {"WG": 64, "MAX_K": 32, "MAX_E": 1024},
     "moe_gather": {"WG": 256, "MAX_E": 1024},
     "moe_gate_up": {"LANES": 64, "ROWS": 64, "TILE": 8},     # ROWS rows x TILE pairs of one expert
     "moe_down": {"LANES": 64, "ROWS": 64, "TILE": 8},
@@ -354,7 +354,7 @@ class Plan:
                          {"T": "T", "E": E, "K": K,
                           "scoring": {"softmax": 0, "sigmoid": 1, "sparsemixer": 2, "sigmoid_grouped": 3}[scoring],
                           "normalize": int(normalize), "scale": scale, "jitter_eps": jitter_eps, "n_group": n_group,
-                          "topk_group": topk_group},
+                          "topk_group": topk_group, "strategy": 0, "capacity": 0},    # the trained routing
                          [ceil_div("T", 1, self.geometry["router"]["WG"]), 1, 1], ["CHOICE_BIAS"] if bias else [], label)
 
     def moe_gather(self, topk_ids: str, offsets: str, order: str, active: str, E: int, K: int, label="") -> int:

@@ -14,13 +14,14 @@ from .memory import Budget, gib, package_budget
 from .package import Package
 from .prefetch import predictor_plan
 from .resources import check_resources, plan_bytes
+from .routing import apply_routing, describe_routing
 from .tokenizer import PromptError, TextTokenizer
 
 
 class Engine:
     def __init__(self, package: Package, gpu: Gpu, max_seq_len: int | None = None, chunk_tokens: int = 64,
                  expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-                 prefetch: bool = False, max_batch: int = 1, host_pinned_experts=()):
+                 prefetch: bool = False, max_batch: int = 1, host_pinned_experts=(), routing: str = "model"):
         self.package, self.gpu = package, gpu
         cfg = package.config
         self.vocab_size = cfg["vocab_size"]
@@ -31,7 +32,8 @@ class Engine:
         self.max_batch = max_batch          # sequences that can decode together, each in its own KV cache rows
         rows = self.max_seq_len * max_batch                    # KV cache rows: slot b holds rows b * L ..
         self.tokenizer = TextTokenizer(package)
-        plan = package.manifest["plan"]
+        plan = apply_routing(package.manifest["plan"], routing)
+        self.routing = describe_routing(routing)
         self.io = plan["io"]                      # the buffers of token ids, places, logits and the sampled token
         check_resources(plan, gpu.max_binding, self.chunk, rows)
         self.memory = plan_bytes(plan, self.chunk, rows)       # buffers, kv_cache, kv_per_token
@@ -70,7 +72,7 @@ class Engine:
     def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
              expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
              prefetch: bool = False, max_binding: int | None = None, digest: str | None = None,
-             max_batch: int = 1, host_pinned_experts=()) -> "Engine":
+             max_batch: int = 1, host_pinned_experts=(), routing: str = "model") -> "Engine":
         """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
         else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
         `expert_cache_bytes` is the GPU budget for routed experts (default: what the adapter and the
@@ -81,17 +83,22 @@ class Engine:
         sha256 the package's manifest must have (`webmoe info` prints it), which covers every byte;
         `max_batch` sequences can decode together (engine/batch.py), each with max_seq_len KV cache rows;
         `host_pinned_experts` (layer, expert) pairs are held in host memory, locked where permitted, and
-        paged in from there (engine/host_pins.py; hot_experts() picks them from routing statistics)."""
+        paged in from there (engine/host_pins.py; hot_experts() picks them from routing statistics);
+        `routing` runs another routing rule than the trained one, for experiments (engine/routing.py: top1,
+        hash, capacity:F), which changes the model's output."""
         package = Package(path, digest)
         gpu = open_gpu(adapter, max_binding)
         return cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing,
-                   prefetch, max_batch, host_pinned_experts)
+                   prefetch, max_batch, host_pinned_experts, routing)
 
     def describe(self) -> str:
         """One line on what was loaded where, for a tool to print (the library prints nothing)."""
         m = self.memory
+        seqs = f"{self.max_batch} sequences of " if self.max_batch > 1 else ""
+        routing = "" if self.routing.startswith("the model's") else f"; routing: {self.routing}"
         return (f"{self.package.manifest['family']} on {self.gpu.description}; KV cache {gib(m['kv_cache'])} for "
-                f"{self.max_seq_len} tokens ({m['kv_per_token']} bytes per token); {self.experts.describe()}")
+                f"{seqs}{self.max_seq_len} tokens ({m['kv_per_token']} bytes per token); {self.experts.describe()}"
+                f"{routing}")
 
     def expert_stats(self) -> dict:
         """The expert cache's statistics, per layer and in total."""

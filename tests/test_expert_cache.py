@@ -168,3 +168,29 @@ def test_hot_experts_pinned_in_host_memory(tmp_path):
     pins = pinned.experts.report()["host_pins"]
     assert pins["experts"] == len(hot) and pins["hits"] > 0
     assert pins["locked"] or "mlock refused" in pins["message"] or "not available" in pins["message"]
+
+
+def test_routing_strategies_change_the_output_and_say_so(tmp_path):
+    """Another routing rule than the trained one runs the whole model (the demo, top-1 / hash / capacity)
+    and changes its logits, and the engine says so; the trained rule is the default; bad specs and models
+    whose router cannot take a strategy are clear errors."""
+    from webmoe.engine.errors import PromptError
+    demo = Path(__file__).resolve().parent.parent / "demo" / "shakespeare-moe"
+    ids = list(range(3, 30))
+    trained = Engine.load(demo)
+    assert "routing" not in trained.describe()
+    base = trained.logits(ids)
+    for spec in ("top1", "hash", "capacity:0.5"):
+        engine = Engine.load(demo, routing=spec)
+        assert "changes the model's output" in engine.describe()
+        got = engine.logits(ids)
+        assert np.isfinite(got).all() and np.abs(got - base).max() > 1e-3, spec
+    np.testing.assert_array_equal(Engine.load(demo, routing="capacity:64").logits(ids), base)   # room for all
+    with pytest.raises(PromptError, match="one of model, top1, hash, capacity:FACTOR"):
+        Engine.load(demo, routing="random")
+    from test_families import CASES
+    from webmoe.tiny_models import save_checkpoint
+    model_cls, config = CASES["phimoe"]
+    pkg = convert(save_checkpoint(model_cls, config, tmp_path / "ckpt"), tmp_path / "phi", dtype="f32", progress=False)
+    with pytest.raises(PromptError, match="routes only as trained"):
+        Engine.load(pkg, routing="top1")

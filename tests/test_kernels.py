@@ -254,6 +254,57 @@ def test_router(gpu, scoring, normalize, K, scale):
     close(out["topk_w"], w * scale, 1e-5)
 
 
+def hash_expert(token_id: int, E: int) -> int:
+    h = (token_id * 2654435761) % 2**32
+    h ^= h >> 15
+    h = (h * 2246822519) % 2**32
+    h ^= h >> 13
+    return h % E
+
+
+@pytest.mark.parametrize("strategy,scoring,normalize", [("top1", "softmax", True), ("top1", "sigmoid", False),
+                                                        ("hash", "softmax", True), ("capacity:1.0", "softmax", True),
+                                                        ("capacity:0.5", "sigmoid", False)])
+def test_router_strategies(gpu, strategy, scoring, normalize):
+    """The routing strategies of engine/routing.py against numpy: top-1 switch, hash of the token id, and a
+    capacity factor with overflow to the next-best expert with room, in token order."""
+    from webmoe.engine.routing import apply_routing
+    T, E, K, scale = 12, 7, 3, 1.5
+    logits, token_ids = rand(T, E), np.arange(100, 100 + T) * 7
+
+    def build(p):
+        i = p.router("logits", "topk_ids", "topk_w", E, K, scoring, normalize, scale)
+        p.steps = apply_routing({"steps": p.steps, "moe_layers": [{"router_step": i}], "io": {"ids": "ids"}},
+                                strategy)["steps"]
+    out = run_plan(gpu, build, {"logits": logits, "ids": token_ids}, {"topk_ids": (np.zeros((T, K)), "u32"),
+                                                                      "topk_w": (np.zeros((T, K)), "f32")},
+                   {"T": T}, dtypes={"ids": "u32"})
+    score = np.exp(logits - logits.max(-1, keepdims=True)) if scoring == "softmax" else 1 / (1 + np.exp(-logits))
+    if scoring == "softmax":
+        score /= score.sum(-1, keepdims=True)
+    ids, w = np.zeros((T, K), np.int64), np.zeros((T, K))
+    if strategy in ("top1", "hash"):
+        for t in range(T):
+            e = int(np.argmax(logits[t])) if strategy == "top1" else hash_expert(int(token_ids[t]), E)
+            ids[t] = e
+            w[t, 0] = (1.0 if normalize else score[t, e]) if strategy == "top1" else 1.0
+    else:
+        capacity = int(np.ceil(float(strategy.split(":")[1]) * T * K / E - 1e-9))
+        load = np.zeros(E, np.int64)
+        for t in range(T):
+            order = np.argsort(-logits[t], kind="stable")
+            for j in range(K):
+                free = [e for e in order if e not in ids[t, :j] and load[e] < capacity]
+                e = free[0] if free else next(e for e in order if e not in ids[t, :j])
+                ids[t, j], load[e] = e, load[e] + 1
+            w[t] = score[t, ids[t]]
+            if normalize:
+                w[t] /= w[t].sum()
+        assert load.max() > capacity or capacity * E >= T * K      # overflow happened, or room for all
+    np.testing.assert_array_equal(out["topk_ids"], ids)
+    close(out["topk_w"], w * scale, 1e-5)
+
+
 def test_router_sparsemixer(gpu):
     """PhiMoE's inference routing, against a numpy transcription of transformers' sparsemixer."""
     T, E, K, eps = 16, 9, 2, 0.2

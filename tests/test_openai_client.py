@@ -360,3 +360,17 @@ def test_sixteen_concurrent_streams_share_passes(pkg, engine):
         s = stats(url)
     assert got == want
     assert s["completed"] == 16 and s["batched_tokens"] / s["passes"] > 1.5, s
+
+
+def test_a_routing_strategy_is_labelled(pkg, engine):
+    """A model served with another routing rule says so in /v1/models and answers differently from the
+    trained routing; the others keep theirs."""
+    with serving(create_app([pkg], routing={"tiny": "hash"})) as url:
+        c = client(url)
+        assert c.models.retrieve("tiny").model_extra["routing"] == "hash routing (changes the model's output)"
+        r = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0)
+    assert r.choices[0].message.content != text_of(engine, MESSAGES, max_new_tokens=8, temperature=0)
+    with serving(create_app([pkg])) as url:
+        assert client(url).models.retrieve("tiny").model_extra["routing"] == "the model's trained routing"
+    with pytest.raises(ValueError, match="not a served model"):
+        create_app([pkg], routing={"nope": "top1"})

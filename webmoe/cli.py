@@ -46,7 +46,7 @@ def _convert(args) -> int:
 def _run(args) -> int:
     from webmoe import Engine
     engine = Engine.load(args.package, adapter=args.adapter, max_seq_len=args.max_seq_len,
-                         expert_cache_bytes=_mib(args.expert_cache_mb))
+                         expert_cache_bytes=_mib(args.expert_cache_mb), routing=args.routing)
     print(f"webmoe: {engine.describe()}", file=sys.stderr)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     for token in engine.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -69,11 +69,12 @@ def _serve(args) -> int:
                               min_requests=args.rollback_min_requests) for spec in args.route or ()]
     except ValueError as e:
         raise UsageError(str(e)) from None
+    routing = dict(spec.partition("=")[::2] for spec in args.routing or ())
     serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter,
           expert_cache_bytes=_mib(args.expert_cache_mb), api_keys=keys, cors_origins=tuple(args.cors_origin or ()),
           admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait}, admin_keys=admin,
           memory_budget=_mib(args.memory_budget_mb), routes=routes, max_batch=args.max_batch,
-          pin_hot_share=args.pin_hot_experts)
+          pin_hot_share=args.pin_hot_experts, routing=routing)
     return 0
 
 
@@ -216,6 +217,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--adapter", default=None, help="adapter name substring, e.g. llvmpipe, nvidia")
     r.add_argument("--expert-cache-mb", type=float, default=None,
                    help="GPU memory for routed experts (default: all experts, as the adapter allows)")
+    r.add_argument("--routing", default="model", help="model (the trained routing), or for experiments top1, hash or "
+                   "capacity:FACTOR, which change the model's output")
     r.set_defaults(func=_run)
 
     s = sub.add_parser("serve", help="serve the chat app, the kernels and packages over HTTP")
@@ -234,6 +237,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--pin-hot-experts", type=float, default=0.0, metavar="SHARE",
                    help="hold in host memory (mlock where permitted) each layer's most-used experts covering this "
                         "share of its tokens, from the package's routing statistics (webmoe analyze --into-package)")
+    s.add_argument("--routing", action="append", metavar="MODEL=STRATEGY",
+                   help="run another routing rule than the model's trained one, for experiments: top1, hash or "
+                        "capacity:FACTOR (changes the model's output; /v1/models says so) (repeatable)")
     s.add_argument("--max-waiting", type=int, default=64,
                    help="requests that may wait for a busy model; more get 429 (default 64)")
     s.add_argument("--max-wait", type=float, default=120.0,

@@ -29,6 +29,7 @@ from aiohttp import web
 from webmoe.engine.engine import Engine
 from webmoe.engine.errors import USER_ERRORS
 from webmoe.engine.generation import GenerationConfig
+from webmoe.engine.routing import describe_routing
 from webmoe.engine.strict_json import parse_json
 
 from .api_errors import ApiError
@@ -166,7 +167,7 @@ def add_routes(app: web.Application, registry: Registry, routes: Routes | None =
     def model_entry(name: str) -> dict:
         version = registry.get(name)[1]
         return {"id": name, "object": "model", "created": int(version.path.stat().st_mtime), "owned_by": "webmoe",
-                "digest": version.digest}
+                "digest": version.digest, "routing": describe_routing(version.routing)}
 
     async def list_models(request):
         routed = [{"id": name, "object": "model", "created": 0, "owned_by": "webmoe-route"} for name in routes.routes]

@@ -15,6 +15,7 @@ from webmoe.engine.engine import Engine
 from webmoe.engine.errors import USER_ERRORS
 from webmoe.engine.host_pins import hot_experts
 from webmoe.engine.package import Package
+from webmoe.engine.routing import parse_routing
 
 from .admission import Admission
 from .api_errors import ApiError
@@ -27,6 +28,7 @@ class Version:
     digest: str
     bytes: int                                   # the package's shards: what its engine holds, roughly
     manifest: dict = field(default_factory=dict, repr=False)
+    routing: str = "model"                       # engine/routing.py's strategy its engine runs
     engine: Engine | None = None
     worker: BatchWorker | None = None            # its engine's batch, in a thread
     users: int = 0                               # requests holding this version now
@@ -43,13 +45,21 @@ def read_version(path: Path) -> Version:
 class Registry:
     def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None,
                  admission: dict | None = None, memory_budget: int | None = None, max_batch: int = 8,
-                 pin_hot_share: float = 0.0):
+                 pin_hot_share: float = 0.0, routing: dict[str, str] | None = None):
         """max_batch: sequences each engine decodes together; as many requests run at once per name (more
         wait in its Admission queue), whichever version serves them. pin_hot_share: hold in host memory each
-        layer's most-used experts covering this share of its tokens (the package's routing statistics)."""
+        layer's most-used experts covering this share of its tokens (the package's routing statistics).
+        routing: name -> a routing strategy other than the trained one (engine/routing.py), for experiments."""
         self.adapter, self.expert_cache_bytes, self.memory_budget = adapter, expert_cache_bytes, memory_budget
         self.max_batch, self.pin_hot_share = max_batch, pin_hot_share
         self.versions = {name: read_version(path) for name, path in dirs.items()}
+        self.routing = dict(routing or {})
+        unknown = set(self.routing) - set(dirs)
+        if unknown:
+            raise ValueError(f"routing for {', '.join(sorted(unknown))}: not a served model")
+        for name, spec in self.routing.items():
+            parse_routing(spec)
+            self.versions[name].routing = spec
         self.admission = {name: Admission(**{"running": max_batch, **(admission or {})}) for name in dirs}
         self.retired: list[Version] = []           # swapped out, still in use
         self.swaps = 0
@@ -83,7 +93,8 @@ class Registry:
                 try:
                     version.engine = await asyncio.to_thread(
                         Engine.load, version.path, self.adapter, expert_cache_bytes=self.expert_cache_bytes,
-                        max_batch=self.max_batch, host_pinned_experts=hot_experts(version.manifest, self.pin_hot_share))
+                        max_batch=self.max_batch, host_pinned_experts=hot_experts(version.manifest, self.pin_hot_share),
+                        routing=version.routing)
                 except USER_ERRORS as e:
                     raise ApiError(f"{version.path.name} cannot be loaded: {e}", 500) from None
                 version.worker = BatchWorker(version.engine)
@@ -120,6 +131,7 @@ class Registry:
             new = await asyncio.to_thread(read_version, path)
         except USER_ERRORS as e:
             raise ApiError(f"not a package webmoe can serve: {e}", 400, param="path") from None
+        new.routing = self.routing.get(name, "model")
         await self.engine(new)
         old, self.versions[name] = self.versions[name], new
         self.swaps += 1

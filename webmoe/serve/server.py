@@ -62,13 +62,14 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
                adapter: str | None = None, expert_cache_bytes: int | None = None, api_keys: tuple[str, ...] = (),
                cors_origins: tuple[str, ...] = (), admission: dict | None = None, admin_keys: tuple[str, ...] = (),
                memory_budget: int | None = None, routes: list | None = None, max_batch: int = 8,
-               pin_hot_share: float = 0.0) -> web.Application:
+               pin_hot_share: float = 0.0, routing: dict[str, str] | None = None) -> web.Application:
     """api_keys: keys the /v1 API asks for (none: open); cors_origins: origins whose pages may call it;
     admission: the queue's settings per model (running, max_waiting, max_wait_s); admin_keys: enable the
     registry's hot swap (PUT /admin/models/NAME) for these keys; memory_budget: bytes of packages whose
     engines may stay loaded at once; routes: A/B routes (routes.Route) over the served models; max_batch:
     sequences each engine decodes together (continuous batching); pin_hot_share: each layer's most-used
-    experts covering this share of its tokens held in host memory (engine/host_pins.py)."""
+    experts covering this share of its tokens held in host memory (engine/host_pins.py); routing: model name
+    -> a routing strategy other than its trained one (engine/routing.py), which changes its output."""
     packages: dict[str, ServedPackage] = {}
     for d in package_dirs:
         sp = ServedPackage(Path(d))
@@ -141,7 +142,7 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
     if api:
         install_access(app, api_keys, cors_origins, admin_keys)
         registry = Registry({name: sp.dir for name, sp in packages.items()}, adapter, expert_cache_bytes, admission,
-                            memory_budget, max_batch, pin_hot_share)
+                            memory_budget, max_batch, pin_hot_share, routing)
         add_api_routes(app, registry, Routes(routes or []), admin=bool(admin_keys))
         app[REGISTRY] = registry
     return app
