@@ -282,7 +282,7 @@ export class ExpertCache {
     return { slots: this.nSlots, slot_bytes: this.slotBytes, pieces: this.pieces, capacity: this.capacity,
              banks: this.banks.length, budget: this.budget.reason, paging: this.paging, resident: this.resident.size,
              layers, total: statsDict(total), usage: this.usage, memory: this.store.memoryStats(),
-             tiers: this.store.tierStats() };
+             tiers: this.store.tierStats(), host_pins: null };     // natively: experts held in host memory
   }
 }
 
