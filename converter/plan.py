@@ -12,6 +12,8 @@ Sizes that depend on the call are plan expressions (engine/expr.py): an int, a v
     logit_row0  first row of the final hidden state that gets logits
     n_logits    how many rows get logits (1 while generating, T for Engine.logits)
     temperature, top_p, u   the sampler's inputs
+    masked      1 when the sampled row has a token mask (constrained decoding; the runtime writes the row of
+                `token_mask`), else 0: sample_mask's workgroups, so an unconstrained row dispatches nothing
     bank_experts  per bank of the expert slab: how many experts its window covers (the grouped expert
                 steps' workgroups along y; the bank's uniform says which)
 Buffer shapes may use "T" (the chunk size) and "S" (the runtime's maximum sequence length).
@@ -42,7 +44,7 @@ from .quant import encoded_size, fmt
 # provided by the runtime's expert cache: the slab (one of its banks per dispatch), the bank's slot range
 # (a uniform vec4<u32>: first slot, slot count, first expert, experts) and the slot table [layers, E, pieces]
 RUNTIME_BUFFERS = ("experts", "expert_bank", "expert_slots")
-VARIABLES = ("T", "logit_row0", "n_logits", "temperature", "top_p", "u", "bank_experts")
+VARIABLES = ("T", "logit_row0", "n_logits", "temperature", "top_p", "u", "masked", "bank_experts")
 DEFAULT_MAX_BINDING = 128 << 20     # WebGPU's default maxStorageBufferBindingSize: every adapter grants it
 
 GEOMETRY: dict[str, dict[str, int]] = {
@@ -64,6 +66,7 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "moe_gate_up": {"LANES": 64, "ROWS": 64, "TILE": 8},     # ROWS rows x TILE pairs of one expert
     "moe_down": {"LANES": 64, "ROWS": 64, "TILE": 8},
     "scatter_add": {"WG": 64},
+    "sample_mask": {"WG": 256},
     "sample_max": {"LANES": 256},
     "sample_mass": {"LANES": 256},
     "sample_chunks": {"CHUNKS": 256},      # sample_pick walks the same chunks
@@ -129,8 +132,10 @@ class Plan:
         self.steps: list[dict] = []
         self.moe_layers: list[dict] = []
         self.sampler_steps: list[dict] = []
-        # the runtime writes ids, positions and cache_rows before each forward pass and reads logits/token
-        self.io = {"ids": None, "positions": None, "cache_rows": None, "logits": None, "token": None}
+        # the runtime writes ids, positions and cache_rows before each forward pass (and token_mask rows
+        # before sampling constrained rows) and reads logits/token
+        self.io = {"ids": None, "positions": None, "cache_rows": None, "logits": None, "token": None,
+                   "token_mask": None}
 
     def buffer(self, name: str, shape: list, dtype: str = "f32") -> str:
         if name in self.buffers and self.buffers[name] != {"shape": shape, "dtype": dtype}:
@@ -201,13 +206,18 @@ class Plan:
                                 "experts": [start, stop]})
 
     def sampler(self, logits: str, token: str, V: int) -> None:
-        """The next token from row 0 of `logits`: argmax at temperature 0, else nucleus sampling, in passes
-        of one workgroup each (shaders/sample_state.wgsl)."""
+        """The next token from row 0 of `logits`: the grammar's forbidden tokens removed when the row has a
+        mask (shaders/sample_mask.wgsl), then argmax at temperature 0, else nucleus sampling, in passes of
+        one workgroup each (shaders/sample_state.wgsl). The runtime sets `row` per batch row."""
+        mask = self.buffer("token_mask", ["T", -(-V // 32)], "u32")
         state = self.buffer("sample_state", [8])
         chunks = self.geometry["sample_chunks"]["CHUNKS"]
         chunk_mass = self.buffer("sample_chunk_mass", [chunks])
         params = {"V": V, "row": 0, "temperature": "temperature", "top_p": "top_p", "u": "u"}
+        wg = self.geometry["sample_mask"]["WG"]
         self.sampler_steps = [
+            self._make_step("sample_mask", {"logits": logits, "token_mask": mask}, {"V": V, "row": 0},
+                            [ceil_div("masked", -(-V // wg), 1), 1, 1]),
             self._make_step("sample_max", {"logits": logits, "token": token, "state": state}, params, [1, 1, 1]),
             self._make_step("sample_mass", {"logits": logits, "state": state}, params, [1, 1, 1], ["TOTAL"]),
             self._make_step("sample_mass", {"logits": logits, "state": state}, params, [1, 1, 1],
@@ -216,7 +226,7 @@ class Plan:
                             [1, 1, 1]),
             self._make_step("sample_pick", {"logits": logits, "state": state, "chunk_mass": chunk_mass,
                                             "token": token}, params, [1, 1, 1], consts={"CHUNKS": chunks})]
-        self.io["token"] = token
+        self.io.update(token=token, token_mask=mask)
 
     def resources(self, expert_layout: dict | None, n_experts: int) -> dict:
         """What the model needs of an adapter: bytes of every plan buffer per chunk token (T), per

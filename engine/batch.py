@@ -29,6 +29,7 @@ class Sequence:
     pos: int = 0                  # tokens in its KV cache rows
     last: int = 0                 # its newest token, not yet run through the model
     tokens: list[Token] = field(default_factory=list)
+    error: str | None = None      # why it ended early, with finish_reason "error"
 
     @property
     def done(self) -> bool:
@@ -68,8 +69,8 @@ class BatchDecoder:
             self._retire(seq)
             return seq
         try:
-            token, probs = sample_step(engine, config, float(seq.rng.random()),
-                                       lambda t, p, u, logits: engine.prefill(seq.slot, ids, 0, (t, p, u), logits))
+            token, probs = sample_step(config, seq.decoding.sampling(float(seq.rng.random())),
+                                       lambda sampling, logits: engine.prefill(seq.slot, ids, 0, sampling, logits))
         except BaseException:
             self._retire(seq)                      # its slot is free again
             raise
@@ -79,17 +80,24 @@ class BatchDecoder:
             self._retire(seq)
         return seq
 
-    def step(self) -> list[tuple[Sequence, Token]]:
-        """The next token of every active sequence, from one forward pass."""
-        seqs = list(self.active)
+    def step(self) -> list[tuple[Sequence, Token | None]]:
+        """The next token of every active sequence, from one forward pass. A sequence whose grammar cannot
+        go on (llguidance's limits, say) leaves with finish_reason "error", its `error` set and token None;
+        the others go on."""
+        seqs, sampling, produced = [], [], []
+        for s in list(self.active):
+            try:
+                sampling.append(s.decoding.sampling(float(s.rng.random())))
+                seqs.append(s)
+            except PromptError as e:
+                s.error, s.decoding.done, s.decoding.finish_reason = str(e), True, "error"
+                self._retire(s)
+                produced.append((s, None))
         if not seqs:
-            return []
-        us = [float(s.rng.random()) for s in seqs]
+            return produced
         rows = [(s.last, s.pos, s.slot) for s in seqs]
-        sampling = [(float(s.config.temperature), float(s.config.top_p), u) for s, u in zip(seqs, us)]
         want = any(s.config.logprobs is not None for s in seqs)
         out = self.engine.decode(rows, sampling, return_logits=want)
-        produced = []
         for s, result in zip(seqs, out):
             token, logits = result if want else (result, None)
             probs = {} if s.config.logprobs is None else logprobs(logits, token, s.config.logprobs)

@@ -62,7 +62,7 @@ class Engine:
         self.samplers = [Executor(gpu, {"buffers": {}, "steps": [{**st, "params": {**st["params"], "row": b}}
                                                                 for st in plan["sampler"]]},
                                   self.executor.buffers, {}, {}) for b in range(max_batch)]
-        self.sampler = self.samplers[0]
+        self._mask_words = -(-self.vocab_size // 32)   # a token_mask row
         self._logits_rb = Readback(device, self.chunk * self.vocab_size * 4)
         self._token_rb = Readback(device, 4 * max_batch)
         self.pos = 0    # tokens held in the KV cache
@@ -199,11 +199,12 @@ class Engine:
         self.reset()
         return self.extend(token_ids)
 
-    def step(self, token_ids, temperature: float = 0.0, top_p: float = 1.0, u: float = 0.0,
+    def step(self, token_ids, temperature: float = 0.0, top_p: float = 1.0, u: float = 0.0, mask=None,
              return_logits: bool = False):
         """Appends tokens to the sequence and samples the next token on the GPU from the last one's
-        logits; the only read-back is the token id (with return_logits, also those logits: (id, [vocab])).
-        u in [0, 1) drives the sampling."""
+        logits; the only read-back is the token id (with return_logits, also those logits, before any
+        mask: (id, [vocab])). u in [0, 1) drives the sampling; mask: a grammar's token_mask row
+        ([ceil(vocab / 32)] u32, engine/constraint.py) or None."""
         ids = self._check_ids(token_ids)
         self._room(len(ids))
         device = self.gpu.device
@@ -213,24 +214,14 @@ class Engine:
             encoder = self._forward(chunk, len(chunk) - 1, 1 if last else 0)
             if not last:
                 device.queue.submit([encoder.finish()])
-        if return_logits:             # before the sampler, which works in the logits buffer
-            encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["logits"]], 0, self._logits_rb.buffer, 0,
-                                          self.vocab_size * 4)
-        self.sampler.encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u}, profiler=self.profiler)
-        encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["token"]], 0, self._token_rb.buffer, 0, 4)
-        device.queue.submit([encoder.finish()])
-        token = int(np.frombuffer(self._token_rb.read(4), np.uint32)[0])
-        if return_logits:
-            return token, np.frombuffer(self._logits_rb.read(self.vocab_size * 4), np.float32).copy()
-        return token
+        return self._sample(encoder, [(temperature, top_p, u, mask)], return_logits)[0]
 
     # --- several sequences (engine/batch.py drives these) ----------------------------------------------
 
     def _places(self, slot: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return positions, slot * self.max_seq_len + positions
 
-    def prefill(self, slot: int, token_ids, pos0: int, sampling: tuple[float, float, float],
-                return_logits: bool = False):
+    def prefill(self, slot: int, token_ids, pos0: int, sampling: tuple, return_logits: bool = False):
         """Appends tokens to the sequence in KV cache slot `slot` (positions pos0 ..) and samples the next
         token from the last one's logits, as step() does for the engine's own sequence."""
         ids = self._check_ids(token_ids)
@@ -247,10 +238,9 @@ class Engine:
                 device.queue.submit([encoder.finish()])
         return self._sample(encoder, [sampling], return_logits)[0]
 
-    def decode(self, rows: list[tuple[int, int, int]], sampling: list[tuple[float, float, float]],
-               return_logits: bool = False) -> list:
+    def decode(self, rows: list[tuple[int, int, int]], sampling: list[tuple], return_logits: bool = False) -> list:
         """One forward pass for several sequences, a token each: rows [(token, position, slot)], sampling
-        [(temperature, top_p, u)] per row. Returns the next token of each (with return_logits, (token,
+        [(temperature, top_p, u, mask)] per row (mask: as step() takes it). Returns the next token of each (with return_logits, (token,
         logits [vocab]) pairs)."""
         if not 0 < len(rows) <= self.max_batch or len({slot for _, _, slot in rows}) != len(rows):
             raise PromptError(f"a decode pass takes 1 to {self.max_batch} rows of distinct slots")
@@ -262,16 +252,20 @@ class Engine:
         encoder = self._forward(ids, 0, len(rows), (positions, slots * self.max_seq_len + positions))
         return self._sample(encoder, sampling, return_logits)
 
-    def _sample(self, encoder, sampling: list[tuple[float, float, float]], return_logits: bool) -> list:
-        """Samples logits rows 0 .. B on the GPU (row b by sampler b), reads back the B tokens."""
+    def _sample(self, encoder, sampling: list[tuple], return_logits: bool) -> list:
+        """Samples logits rows 0 .. B on the GPU (row b by sampler b, after its mask when it has one),
+        reads back the B tokens."""
         B, V = len(sampling), self.vocab_size
         device = self.gpu.device
         if return_logits:             # before the samplers, which work in the logits buffer
             encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["logits"]], 0, self._logits_rb.buffer, 0,
                                           B * V * 4)
-        for b, (temperature, top_p, u) in enumerate(sampling):
-            self.samplers[b].encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u},
-                                    profiler=self.profiler)
+        for b, (temperature, top_p, u, mask) in enumerate(sampling):
+            if mask is not None:      # queued writes land before the submit below
+                device.queue.write_buffer(self.executor.buffers[self.io["token_mask"]], b * self._mask_words * 4,
+                                          self._mask_row(mask))
+            self.samplers[b].encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u,
+                                              "masked": int(mask is not None)}, profiler=self.profiler)
             encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["token"]], 0, self._token_rb.buffer, 4 * b, 4)
         device.queue.submit([encoder.finish()])
         tokens = np.frombuffer(self._token_rb.read(4 * B), np.uint32).tolist()
@@ -280,16 +274,25 @@ class Engine:
         logits = np.frombuffer(self._logits_rb.read(B * V * 4), np.float32).reshape(B, V).copy()
         return list(zip(tokens, logits))
 
+    def _mask_row(self, mask) -> np.ndarray:
+        row = np.ascontiguousarray(mask, dtype=np.uint32)
+        if row.shape != (self._mask_words,):
+            raise PromptError(f"a token mask has {self._mask_words} u32 words (one bit per token), not {row.shape}")
+        return row
+
     # --- generation -----------------------------------------------------------------------------------
 
     def generate(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, stop=None, logprobs: int | None = None) -> Generator:
+                 seed: int | None = None, stop=None, logprobs: int | None = None,
+                 grammar: str | None = None) -> Generator:
         """Yields each new token (a Token) as it is produced. prompt: text, token ids, or chat messages.
         temperature 0 is greedy; stop: strings that end generation (not included in the text); logprobs:
-        give each token its log-probability under the model (before temperature and top-p) and that many
-        most likely alternatives (each token's logits are then read back too).
-        The returned Generator also tells finish_reason and token counts once iterated."""
-        config = GenerationConfig(max_new_tokens, temperature, top_p, seed, stop, logprobs)
+        give each token its log-probability under the model (before temperature, top-p and grammar) and
+        that many most likely alternatives (each token's logits are then read back too); grammar: the
+        text must match it (engine/constraint.py's json_grammar(schema) for JSON), and generation ends
+        when the grammar is complete. The returned Generator also tells finish_reason and token counts
+        once iterated."""
+        config = GenerationConfig(max_new_tokens, temperature, top_p, seed, stop, logprobs, grammar)
         self.reset()
         return Generator(self, config, self.prompt_ids(prompt))
 

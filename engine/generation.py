@@ -46,6 +46,7 @@ class GenerationConfig:
     seed: int | None = None
     stop: list[str] | str | None = None
     logprobs: int | None = None       # None: none; k: each token's log-probability and the k most likely
+    grammar: str | None = None        # the text must match it (engine/constraint.py: json_grammar(schema))
 
     def __post_init__(self):
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0):
@@ -63,6 +64,9 @@ class GenerationConfig:
             raise PromptError("stop must be a string or a list of strings")
         if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20):
             raise PromptError("logprobs must be an integer in [0, 20]")
+        if self.grammar is not None:
+            from .constraint import check_grammar
+            check_grammar(self.grammar)
 
 
 def _pending_stop(text: str, stops: list[str]) -> int:
@@ -88,22 +92,33 @@ def logprobs(logits: np.ndarray, token: int, k: int) -> dict:
 
 class Decoding:
     """One sequence's new tokens as text: end-of-sequence, stop strings (held back until ruled out), the
-    token budget. push() takes each sampled token and returns its Token; `done` and `finish_reason` tell
-    when the sequence ends ("stop": end-of-sequence token or stop string; "length"). Generator and the
+    token budget, the grammar. push() takes each sampled token and returns its Token; `done` and
+    `finish_reason` tell when the sequence ends ("stop": end-of-sequence token, stop string or a complete
+    grammar; "length"). sampling(u) is what the GPU sampler needs for the next token. Generator and the
     batch decoder (engine/batch.py) share it, so a sequence reads the same alone or in a batch."""
 
     def __init__(self, tokenizer, config: GenerationConfig, budget: int):
         self.tokenizer, self.config, self.budget = tokenizer, config, budget
         self.decoder = StreamDecoder(tokenizer)
+        self.constraint = None
+        if config.grammar is not None:
+            from .constraint import Constraint
+            self.constraint = Constraint(tokenizer.grammar_tokens(), config.grammar)
         self.emitted = 0
         self.count = 0
         self.done = budget <= 0
         self.finish_reason: str | None = "length" if self.done else None
 
+    def sampling(self, u: float) -> tuple:
+        """(temperature, top_p, u, mask): the sampler's inputs; mask is the grammar's token_mask row or None."""
+        mask = self.constraint.mask() if self.constraint else None
+        return float(self.config.temperature), float(self.config.top_p), u, mask
+
     def push(self, token: int, probs: dict) -> Token:
         cfg = self.config
         self.count += 1
-        last = self.count >= self.budget
+        if self.constraint:
+            self.constraint.push(token)
         if token in self.tokenizer.eos_token_ids:
             self.done, self.finish_reason = True, "stop"
             return Token(token, self.decoder.text[self.emitted:], **probs)   # a pending stop prefix is text now
@@ -113,11 +128,13 @@ class Decoding:
         if hits:
             self.done, self.finish_reason = True, "stop"
             return Token(token, text[self.emitted:min(hits)], **probs)
+        complete = self.constraint is not None and self.constraint.done     # the grammar admits nothing more
+        last = complete or self.count >= self.budget
         safe = len(text) if last else len(text) - _pending_stop(text, cfg.stop)
         out = Token(token, text[self.emitted:safe], **probs)
         self.emitted = max(self.emitted, safe)
         if last:
-            self.done, self.finish_reason = True, "length"
+            self.done, self.finish_reason = True, "stop" if complete else "length"
         return out
 
 
@@ -126,12 +143,12 @@ def token_budget(config: GenerationConfig, max_seq_len: int, prompt_tokens: int)
     return min(config.max_new_tokens, max_seq_len - prompt_tokens + 1)
 
 
-def sample_step(engine, config: GenerationConfig, u: float, run) -> tuple[int, dict]:
-    """run(temperature, top_p, u, return_logits) -> token or (token, logits): the token and its Token's
-    log-probability fields when the config asks for them."""
+def sample_step(config: GenerationConfig, sampling: tuple, run) -> tuple[int, dict]:
+    """run(sampling, return_logits) -> token or (token, logits), sampling as Decoding.sampling gives it:
+    the token and its Token's log-probability fields when the config asks for them."""
     if config.logprobs is None:
-        return run(float(config.temperature), float(config.top_p), u, False), {}
-    token, logits = run(float(config.temperature), float(config.top_p), u, True)
+        return run(sampling, False), {}
+    token, logits = run(sampling, True)
     return token, logprobs(logits, token, config.logprobs)
 
 
@@ -152,8 +169,8 @@ class Generator:
         self.finish_reason = decoding.finish_reason
         ids = self.prompt_ids
         while not decoding.done:
-            token, probs = sample_step(engine, cfg, float(self.rng.random()),
-                                       lambda t, p, u, logits: engine.step(ids, t, p, u, return_logits=logits))
+            token, probs = sample_step(cfg, decoding.sampling(float(self.rng.random())),
+                                       lambda sampling, logits: engine.step(ids, *sampling, return_logits=logits))
             ids = np.array([token], np.uint32)
             self.completion_tokens += 1
             out = decoding.push(token, probs)

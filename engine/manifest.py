@@ -17,7 +17,9 @@ import re
 from .errors import PackageError
 from .strict_json import check_schema, parse_json
 
-FORMAT_VERSION = 7          # the one format this webmoe writes and reads
+FORMAT_VERSION = 8          # the one format this webmoe writes and reads
+# 8: the sampler starts with sample_mask, a grammar's token mask (io token_mask); 7: per-token positions and
+# cache rows; 6: aligned vec4 weight reads; 5: quantised weights;
 # 4: the manifest states its own sha256, tokenizer files are shards, the sampler is a list of steps;
 # 3: tensors split by rows, experts in pieces, banked slab, latent MLA cache; 2: the plan states structure
 MAX_MANIFEST_BYTES = 256 << 20

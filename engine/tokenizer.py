@@ -22,7 +22,8 @@ class TextTokenizer:
     def __init__(self, package: Package):
         info = package.manifest["tokenizer"]
         try:
-            self.tok = Tokenizer.from_str(bytes(package.shard(info["file"])).decode("utf-8"))
+            self.json = bytes(package.shard(info["file"])).decode("utf-8")
+            self.tok = Tokenizer.from_str(self.json)
         except PackageError:
             raise
         except Exception as e:
@@ -30,7 +31,17 @@ class TextTokenizer:
         self.chat_template = info.get("chat_template")
         self.special_tokens = info.get("special_tokens", {})
         self.eos_token_ids = set(info.get("eos_token_ids", []))
+        self._eos_first = (info.get("eos_token_ids") or [None])[0]
+        self.vocab_size = package.config["vocab_size"]
         self._template = None
+        self._grammar_tokens = None
+
+    def grammar_tokens(self):
+        """The vocabulary as constrained decoding sees it (engine/constraint.py), built the first time."""
+        if self._grammar_tokens is None:
+            from .constraint import GrammarTokens
+            self._grammar_tokens = GrammarTokens(self.json, self.vocab_size, self._eos_first)
+        return self._grammar_tokens
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids

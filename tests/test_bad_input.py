@@ -171,7 +171,7 @@ def test_failed_convert_keeps_the_previous_package(good_ckpt, tmp_path, good_pkg
 
 def test_package_layout(good_pkg):
     m = json.loads((good_pkg / "manifest.json").read_text())
-    assert m["format"] == "rdrr" and m["format_version"] == 7
+    assert m["format"] == "rdrr" and m["format_version"] == 8
     E, L = 5, 2
     assert sorted(m["experts"]) == sorted(f"{l}_{e}" for l in range(L) for e in range(E))
     shards = {s["file"]: s for s in m["shards"]}

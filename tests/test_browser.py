@@ -699,7 +699,7 @@ def test_sampled_tokens_and_statistics_match_native():
     settings = dict(max_new_tokens=24, temperature=0.8, top_p=0.9, seed=1234)
     prompt = "JULIET. O Romeo, Romeo!"
     expected = [t.id for t in native.generate(prompt, **settings)]
-    old = (Path(__file__).parent / "data" / "format6-manifest.json").read_text()
+    old = (Path(__file__).parent / "data" / "format7-manifest.json").read_text()
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.evaluate("""async ([manifest]) => {

@@ -225,7 +225,12 @@ MESSAGES = [{"role": "user", "content": "hi"}]
     ({"messages": MESSAGES, "stop": 5}, "stop"),
     ({"messages": MESSAGES, "n": 9}, "at n: 9 is greater than the maximum of 8"),
     ({"messages": MESSAGES, "tools": []}, "'tools' was unexpected"),
-    ({"messages": MESSAGES, "response_format": {"type": "json_object"}}, "response_format json_object is not supported"),
+    ({"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "strin"}}}}, "response_format: the JSON schema cannot be used: Invalid type: strin"),
+    ({"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"enum": []}}}}, "Unsatisfiable schema"),
+    ({"messages": MESSAGES, "response_format": {"type": "json_schema"}}, "response_format"),
+    ({"messages": MESSAGES, "response_format": {"type": "xml"}}, "response_format"),
     ({"messages": MESSAGES, "presence_penalty": 0.5}, "presence_penalty is not supported"),
     ({"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs needs logprobs: true"),
     ({"messages": MESSAGES, "temperature": "hot"}, "temperature"),

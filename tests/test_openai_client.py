@@ -1,13 +1,17 @@
 """`webmoe serve`'s /v1 API as the official `openai` client uses it: chat and text completions (streamed
-with usage, n, logprobs, seed, content parts), models, errors in OpenAI's shape, API keys, CORS, the queue
+with usage, n, logprobs, seed, content parts), structured outputs (JSON schema, JSON mode), models, errors in OpenAI's shape, API keys, CORS, the queue
 bound and disconnects."""
 import http.client
 import json
 import socket
 import time
 
+from typing import Literal
+
+import jsonschema
 import numpy as np
 import openai
+import pydantic
 import pytest
 from transformers import MixtralForCausalLM
 
@@ -15,6 +19,7 @@ from browser import serving
 from test_mixtral import mixtral
 from webmoe import Engine
 from webmoe.converter.convert import convert
+from webmoe.engine.constraint import json_grammar
 from webmoe.serve.server import create_app
 from webmoe.tiny_models import save_checkpoint
 
@@ -114,8 +119,41 @@ def test_text_completions(site, engine):
     assert "".join(ch.choices[0].text for ch in streamed) == want
 
 
+class Verdict(pydantic.BaseModel):
+    hero: Literal["Romeo", "Juliet"]
+    act: int = pydantic.Field(ge=1, le=5)
+    tragic: bool
+
+
+VERDICT = {"type": "object", "additionalProperties": False, "required": ["hero", "act"],
+           "properties": {"hero": {"enum": ["Romeo", "Juliet"]}, "act": {"type": "integer", "minimum": 1, "maximum": 5}}}
+
+
+def test_structured_outputs(site, engine):
+    """response_format as clients send it: the openai client's parse() with a pydantic model, a JSON schema
+    (streamed and whole, the engine's own constrained answer) and JSON mode."""
+    c = client(site)
+    r = c.chat.completions.parse(model="tiny", messages=MESSAGES, response_format=Verdict, max_tokens=60,
+                                 temperature=0.9, seed=3)
+    assert isinstance(r.choices[0].message.parsed, Verdict) and r.choices[0].finish_reason == "stop"
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT, "strict": True}}
+    want = text_of(engine, MESSAGES, max_new_tokens=60, temperature=0, grammar=json_grammar(VERDICT))
+    r = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=60, temperature=0, response_format=fmt)
+    assert r.choices[0].message.content == want and r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(want), VERDICT)
+    streamed = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=60, temperature=0,
+                                         response_format=fmt, stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == want
+
+    r = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=60, temperature=1.0, seed=5,
+                                  response_format={"type": "json_object"})
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
 @pytest.mark.parametrize("kw,message", [
-    ({"response_format": {"type": "json_object"}}, "response_format json_object is not supported"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}},
+     "response_format: the JSON schema cannot be used: Invalid type: strin"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "'tools' was unexpected"),
     ({"presence_penalty": 1.0}, "presence_penalty is not supported"),
     ({"n": 9}, "n: 9 is greater than the maximum of 8"),

@@ -12,7 +12,7 @@ from webmoe.engine.manifest import seal_manifest
 from webmoe.engine.package import FORMAT_VERSION, Package, PackageError
 
 ROOT = Path(__file__).resolve().parent.parent
-OLD = Path(__file__).parent / "data" / "format6-manifest.json"
+OLD = Path(__file__).parent / "data" / "format7-manifest.json"
 
 
 @pytest.fixture
@@ -25,12 +25,12 @@ def old_package(tmp_path):
 
 def test_previous_format_is_refused_clearly(old_package):
     assert json.loads(OLD.read_text())["format_version"] == FORMAT_VERSION - 1
-    with pytest.raises(PackageError, match=r"package format 6 is older than this webmoe reads \(7\); convert the "
+    with pytest.raises(PackageError, match=r"package format 7 is older than this webmoe reads \(8\); convert the "
                                            r"checkpoint again with `webmoe convert`"):
         Package(old_package)
     r = subprocess.run([sys.executable, "-m", "webmoe", "info", str(old_package)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.strip().splitlines() == ["webmoe: error: package format 6 is older than this webmoe reads (7); "
+    assert r.stderr.strip().splitlines() == ["webmoe: error: package format 7 is older than this webmoe reads (8); "
                                              "convert the checkpoint again with `webmoe convert`"]
 
 

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 
 from webmoe.converter.errors import ConversionError
 from webmoe.converter.safetensors_file import SafetensorsFile
+from webmoe.engine.constraint import Constraint, GrammarTokens
 from webmoe.engine.manifest import read_manifest, seal_manifest
 from webmoe.engine.package import PackageError
 from webmoe.serve.api_errors import ApiError
@@ -174,6 +175,34 @@ def test_request_parser_accepts_or_gives_a_400(body):
         return
     OUTCOMES["API request parser", "accepted"] += 1
     assert args.prompts[0] and isinstance(args.sampling["max_new_tokens"], int)
+
+
+SCHEMA_WORDS = ["type", "properties", "required", "items", "enum", "const", "minimum", "maximum", "minLength",
+                "maxLength", "pattern", "format", "anyOf", "oneOf", "allOf", "$ref", "$defs", "additionalProperties"]
+schema_values = st.recursive(
+    json_scalars | st.sampled_from(["object", "string", "integer", "number", "array", "boolean", "null", "#/$defs/a"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(SCHEMA_WORDS) | st.text(max_size=3),
+                                                                inner, max_size=4), max_leaves=10)
+
+
+DEMO_TOKENS = GrammarTokens((DEMO / "tokenizer.json").read_text(), 2048, 2)      # <|end|> is token 2
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(SCHEMA_WORDS), schema_values, max_size=4))
+def test_any_json_schema_compiles_or_gives_a_400(schema):
+    """A response_format's JSON schema becomes a grammar llguidance accepts, or a 400 naming
+    response_format: never a crash, never a grammar that fails later."""
+    body = {"messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
+    try:
+        args = parse_chat(json.dumps(body).encode())
+    except ApiError as e:
+        assert e.status == 400 and "response_format" in json.loads(e.text)["error"]["message"]
+        OUTCOMES["JSON schema", "clear error"] += 1
+        return
+    OUTCOMES["JSON schema", "accepted"] += 1
+    Constraint(DEMO_TOKENS, args.sampling["grammar"]).mask()      # a first token exists
 
 
 @FUZZ

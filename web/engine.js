@@ -224,7 +224,7 @@ export class Engine {
       enc = await this.forward(chunk, chunk.length - 1, last ? 1 : 0);
       if (!last) this.device.queue.submit([enc.finish()]);
     }
-    this.sampler.encode(enc, { temperature, top_p: topP, u });
+    this.sampler.encode(enc, { temperature, top_p: topP, u, masked: 0 });   // grammars are native only (engine/constraint.py)
     enc.copyBufferToBuffer(this.executor.buffers.get(this.io.token), 0, this.tokenRb.buffer, 0, 4);
     this.device.queue.submit([enc.finish()]);
     return new Uint32Array(await this.tokenRb.read(4))[0];

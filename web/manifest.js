@@ -4,7 +4,7 @@
 import { Validator } from "../vendor/json-schema/index.js";
 import { PackageError } from "./errors.js";
 
-export const FORMAT_VERSION = 7;   // the one format this webmoe reads (converter/writer.py writes it)
+export const FORMAT_VERSION = 8;   // the one format this webmoe reads (converter/writer.py writes it)
 const ZERO = "0".repeat(64);
 const SEAL = /"manifest_sha256": "([0-9a-f]{64})"/g;
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from webmoe.engine.constraint import json_grammar
+from webmoe.engine.errors import PromptError
 from webmoe.engine.strict_json import check_schema, parse_json
 
 from .api_errors import ApiError
@@ -23,7 +25,7 @@ class GenerationRequest:
     stream: bool = False
     include_usage: bool = False
     logprobs: int | None = None        # None: none; k: each token's and the k most likely
-    sampling: dict = field(default_factory=dict)      # max_new_tokens, temperature, top_p, stop
+    sampling: dict = field(default_factory=dict)      # max_new_tokens, temperature, top_p, stop, grammar
     seed: int | None = None
     user: str | None = None            # the end user, as the client names them (an A/B route's cohort key)
 
@@ -42,10 +44,6 @@ def _check_text(value: str, where: str) -> None:
 
 def _unsupported(body: dict) -> None:
     """Fields the schemas accept but webmoe cannot honour: refused, never ignored."""
-    fmt = (body.get("response_format") or {}).get("type", "text")
-    if fmt != "text":
-        raise _bad(f"response_format {fmt} is not supported: webmoe has no constrained decoding yet; ask for "
-                   "JSON in the prompt instead", "response_format")
     for penalty in ("frequency_penalty", "presence_penalty"):
         if body.get(penalty):
             raise _bad(f"{penalty} is not supported (only 0)", penalty)
@@ -76,6 +74,18 @@ def _common(body: dict, kind: str, prompts: list, default_max: int) -> Generatio
                   "top_p": 1.0 if top_p is None else top_p, "stop": body.get("stop")})
 
 
+def _grammar(response_format: dict | None) -> str | None:
+    """The grammar constrained decoding holds the answer to (engine/constraint.py): any JSON object for
+    json_object, JSON matching the schema for json_schema (always enforced, `strict` or not); None for text."""
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    try:
+        return json_grammar(response_format["json_schema"].get("schema", {}) if kind == "json_schema" else None)
+    except PromptError as e:
+        raise _bad(f"response_format: {e}", "response_format") from None
+
+
 def parse_chat(raw: bytes) -> GenerationRequest:
     body = _body(raw, "chat_request")
     messages = []
@@ -92,6 +102,7 @@ def parse_chat(raw: bytes) -> GenerationRequest:
     if body.get("top_logprobs") is not None and not body.get("logprobs"):
         raise _bad("top_logprobs needs logprobs: true", "top_logprobs")
     req = _common(body, "chat", [messages], 256)
+    req.sampling["grammar"] = _grammar(body.get("response_format"))
     if body.get("logprobs"):
         req.logprobs = body.get("top_logprobs") or 0
     return req

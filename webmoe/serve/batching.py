@@ -98,8 +98,12 @@ class BatchWorker:
                 work.job.choice_done(work.choice, seq)
 
     def _emit(self, seq, token) -> None:
+        """A sequence's new token to its request (token None: it failed, seq.error says why)."""
         work = self.running[seq]
-        work.job.put("token", work.choice, token)
+        if token is None:
+            work.job.put("error", seq.error)
+        else:
+            work.job.put("token", work.choice, token)
         if seq.done:
             del self.running[seq]
             work.job.choice_done(work.choice, seq)
