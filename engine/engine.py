@@ -240,8 +240,8 @@ class Engine:
 
     def decode(self, rows: list[tuple[int, int, int]], sampling: list[tuple], return_logits: bool = False) -> list:
         """One forward pass for several sequences, a token each: rows [(token, position, slot)], sampling
-        [(temperature, top_p, u, mask)] per row (mask: as step() takes it). Returns the next token of each (with return_logits, (token,
-        logits [vocab]) pairs)."""
+        [(temperature, top_p, u, mask)] per row (mask: as step() takes it). Returns the next token of each
+        (with return_logits, (token, logits [vocab]) pairs)."""
         if not 0 < len(rows) <= self.max_batch or len({slot for _, _, slot in rows}) != len(rows):
             raise PromptError(f"a decode pass takes 1 to {self.max_batch} rows of distinct slots")
         ids = self._check_ids([t for t, _, _ in rows])
