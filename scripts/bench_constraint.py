@@ -26,9 +26,9 @@ from webmoe.engine.generation import GenerationConfig
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "shakespeare-moe"
 WORK = ROOT / "out" / "bench-constraint"
-ASK = [{"role": "user", "content": "Name the people of the play, in JSON."}]
-# keeps the model writing for as long as the budget lasts: a long list of short strings
-LIST = {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 200}
+ASK = "The people of the play, in JSON:"       # plain text: the free runs go on as long as the budget
+# keeps the model writing for as long as the budget lasts: exactly 200 short strings
+LIST = {"type": "array", "items": {"type": "string", "maxLength": 24}, "minItems": 200, "maxItems": 200}
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "noble"],
           "properties": {"name": {"type": "string", "maxLength": 16},
                          "age": {"type": "integer", "minimum": 0, "maximum": 120}, "noble": {"type": "boolean"}}}
@@ -54,16 +54,18 @@ class TimedConstraint(Constraint):
             TimedConstraint.spent[0] += time.perf_counter() - t0
 
 
-def decode_rate(engine: Engine, grammar, tokens: int, repeats: int = 3) -> tuple[float, int]:
+def decode_rate(engine: Engine, grammar, tokens: int, repeats: int = 3) -> float:
     """Decode tokens/s (after the first token) of one greedy sequence, median of repeats."""
-    rates, n = [], 0
+    rates = []
     for _ in range(repeats):
         gen = iter(engine.generate(ASK, max_new_tokens=tokens, temperature=0, grammar=grammar))
         next(gen)
         t0 = time.perf_counter()
         n = 1 + sum(1 for _ in gen)
+        if n != tokens:
+            raise SystemExit(f"the sequence ended early ({n} tokens): the runs would not compare")
         rates.append((n - 1) / (time.perf_counter() - t0))
-    return statistics.median(rates), n
+    return statistics.median(rates)
 
 
 def batch_rate(engine: Engine, grammar, tokens: int, size: int) -> float:
@@ -74,6 +76,8 @@ def batch_rate(engine: Engine, grammar, tokens: int, size: int) -> float:
     t0, produced = time.perf_counter(), 0
     while batch.active:
         produced += len(batch.step())
+    if produced != size * (tokens - 1):
+        raise SystemExit(f"a sequence ended early ({produced} tokens): the runs would not compare")
     return produced / (time.perf_counter() - t0)
 
 
@@ -134,12 +138,12 @@ def main() -> int:
     print(f"demo model on {engine.adapter}, {args.tokens} new tokens; the schema: {LIST}")
     print("| run | decode tok/s | vs no grammar | mask + push CPU per token |")
     print("|---|---|---|---|")
-    base, _ = decode_rate(engine, None, args.tokens)
+    base = decode_rate(engine, None, args.tokens)
     print(f"| alone, greedy, no grammar | {base:.1f} | 1.00x | - |")
     constraint_module.Constraint = TimedConstraint        # Decoding takes its Constraint from the module
     try:
         TimedConstraint.spent[:] = [0.0, 0]
-        rate, _ = decode_rate(engine, json_grammar(LIST), args.tokens)
+        rate = decode_rate(engine, json_grammar(LIST), args.tokens)
         print(f"| alone, greedy, JSON schema | {rate:.1f} | {rate / base:.2f}x | {per_token_ms():.3f} ms |")
         free = batch_rate(engine, None, args.tokens, args.batch)
         print(f"| batch of {args.batch}, sampled, no grammar | {free:.1f} | 1.00x | - |")
