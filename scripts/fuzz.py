@@ -1,5 +1,6 @@
 """The long run of the property tests (tests/test_properties.py): many more generated cases against the
-safetensors reader, the manifest loader and the API request parser, then the figures for docs/testing.md.
+safetensors reader, the manifest loader, the API request parser and JSON schemas for constrained decoding,
+then the figures for docs/testing.md.
 
     .venv/bin/python scripts/fuzz.py [examples per test, default 20000]
 """
