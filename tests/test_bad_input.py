@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 
+import jsonschema
 import numpy as np
 import pytest
 from transformers import MixtralForCausalLM
@@ -228,6 +229,25 @@ def test_engine_rejects_bad_prompts(good_pkg):
         with pytest.raises(PromptError):
             list(engine.generate("Beautiful", **kwargs))
     assert len(engine.logits([5, 6])) == 2      # still usable afterwards
+
+
+def test_cli_run_with_a_json_schema(good_pkg, tmp_path):
+    """`webmoe run --json-schema FILE` prints JSON that matches the schema; a schema that is missing, not
+    an object or not usable is one error line before the model loads."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["act"],
+              "properties": {"act": {"type": "integer", "minimum": 1, "maximum": 5}}}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    r = cli("run", good_pkg, "--prompt", "Simple is better", "--json-schema", str(tmp_path / "s.json"),
+            "--temperature", "0.9", "--seed", "4")
+    assert r.returncode == 0, r.stderr
+    jsonschema.validate(json.loads(r.stdout), schema)
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "bad.json").write_text('{"type": "strin"}')
+    for name, message in (("nope.json", "No such file or directory"), ("list.json", "a JSON schema is an object"),
+                          ("bad.json", "the JSON schema cannot be used: Invalid type: strin")):
+        r = cli("run", good_pkg, "--prompt", "x", "--json-schema", str(tmp_path / name))
+        assert r.returncode == 1 and r.stderr.strip().splitlines() == ["webmoe: error: " + (
+            f"--json-schema {tmp_path / name}: " if name != "bad.json" else "") + message]
 
 
 def test_cli_run_and_info(good_pkg):

@@ -5,6 +5,7 @@ import argparse
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import webmoe
 from webmoe.converter.quant import FORMATS
@@ -45,16 +46,35 @@ def _convert(args) -> int:
 
 def _run(args) -> int:
     from webmoe import Engine
+    grammar = _grammar(args)                  # a bad schema stops before the model loads
     engine = Engine.load(args.package, adapter=args.adapter, max_seq_len=args.max_seq_len,
                          expert_cache_bytes=_mib(args.expert_cache_mb), routing=args.routing)
     print(f"webmoe: {engine.describe()}", file=sys.stderr)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     for token in engine.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                 top_p=args.top_p, seed=args.seed, stop=args.stop):
+                                 top_p=args.top_p, seed=args.seed, stop=args.stop, grammar=grammar):
         sys.stdout.write(token.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
+
+
+def _grammar(args) -> str | None:
+    """--json (any JSON object) or --json-schema FILE as a constrained-decoding grammar, else None."""
+    if not (args.json or args.json_schema):
+        return None
+    from webmoe.engine.constraint import json_grammar
+    from webmoe.engine.strict_json import parse_json
+    schema = None
+    if args.json_schema:
+        try:
+            raw = Path(args.json_schema).read_bytes()
+        except OSError as e:
+            raise UsageError(f"--json-schema {args.json_schema}: {e.strerror}") from None
+        schema = parse_json(raw, f"--json-schema {args.json_schema}", UsageError, 16 << 20)
+        if not isinstance(schema, dict):
+            raise UsageError(f"--json-schema {args.json_schema}: a JSON schema is an object")
+    return json_grammar(schema)
 
 
 def _serve(args) -> int:
@@ -114,7 +134,6 @@ def _speed(args) -> int:
 
 
 def _perplexity(args) -> int:
-    from pathlib import Path
     from webmoe import Engine
     from webmoe.tools.perplexity import perplexity
     try:
@@ -213,6 +232,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, default=1.0)
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    r.add_argument("--json", action="store_true", help="the answer is a JSON object (constrained decoding)")
+    r.add_argument("--json-schema", metavar="FILE", help="the answer is JSON matching this JSON schema")
     r.add_argument("--max-seq-len", type=int, default=None)
     r.add_argument("--adapter", default=None, help="adapter name substring, e.g. llvmpipe, nvidia")
     r.add_argument("--expert-cache-mb", type=float, default=None,
