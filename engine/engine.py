@@ -62,7 +62,7 @@ class Engine:
         self.samplers = [Executor(gpu, {"buffers": {}, "steps": [{**st, "params": {**st["params"], "row": b}}
                                                                 for st in plan["sampler"]]},
                                   self.executor.buffers, {}, {}) for b in range(max_batch)]
-        self._mask_words = -(-self.vocab_size // 32)   # a token_mask row
+        self._mask_words = plan["buffers"][self.io["token_mask"]]["shape"][1]   # u32 words of a token_mask row
         self._logits_rb = Readback(device, self.chunk * self.vocab_size * 4)
         self._token_rb = Readback(device, 4 * max_batch)
         self.pos = 0    # tokens held in the KV cache
