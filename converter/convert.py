@@ -107,6 +107,10 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
             stats.update(bytes_read=ckpt.bytes_read, bytes_written=writer.bytes_written,
                          seconds=time.perf_counter() - t_start)
         return path
+    except OSError as e:            # a full disk, a folder that cannot be written: said in one line
+        writer.abort()
+        where = f" ({e.filename})" if e.filename else ""
+        raise ConversionError(f"writing {out} failed: {e.strerror or e}{where}; nothing was left behind") from None
     except BaseException:
         writer.abort()
         raise

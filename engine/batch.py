@@ -29,7 +29,20 @@ class Sequence:
     pos: int = 0                  # tokens in its KV cache rows
     last: int = 0                 # its newest token, not yet run through the model
     tokens: list[Token] = field(default_factory=list)
-    error: str | None = None      # why it ended early, with finish_reason "error"
+    failure: BaseException | None = None     # what ended it early, with finish_reason "error"
+
+    @property
+    def error(self) -> str | None:
+        """Why it failed, in words for whoever sent it: a PromptError's own message (its prompt, settings or
+        grammar), else a message that says nothing of the engine's state or of other sequences."""
+        if self.failure is None:
+            return None
+        return str(self.failure) if isinstance(self.failure, PromptError) else "the engine failed on this sequence"
+
+    @property
+    def error_status(self) -> int | None:
+        """400 when the sequence's own input was at fault (PromptError), 500 otherwise."""
+        return None if self.failure is None else 400 if isinstance(self.failure, PromptError) else 500
 
     @property
     def done(self) -> bool:
@@ -71,44 +84,69 @@ class BatchDecoder:
         try:
             token, probs = sample_step(config, seq.decoding.sampling(float(seq.rng.random())),
                                        lambda sampling, logits: engine.prefill(seq.slot, ids, 0, sampling, logits))
+            seq.pos, seq.last = len(ids), token
+            seq.tokens.append(seq.decoding.push(token, probs))
         except BaseException:
-            self._retire(seq)                      # its slot is free again
+            self._retire(seq)                      # its slot is free again, the batch never sees it
             raise
-        seq.pos, seq.last = len(ids), token
-        seq.tokens.append(seq.decoding.push(token, probs))
         if seq.done:
             self._retire(seq)
         return seq
 
     def step(self) -> list[tuple[Sequence, Token | None]]:
-        """The next token of every active sequence, from one forward pass. A sequence whose grammar cannot
-        go on (llguidance's limits, say) leaves with finish_reason "error", its `error` set and token None;
-        the others go on."""
+        """The next token of every active sequence, from one forward pass. A sequence that fails — its
+        grammar cannot go on, its sampling or its row of the pass fails — leaves with finish_reason "error",
+        `failure` set and token None; the others go on with the tokens they would get alone."""
         seqs, sampling, produced = [], [], []
         for s in list(self.active):
             try:
                 sampling.append(s.decoding.sampling(float(s.rng.random())))
                 seqs.append(s)
-            except PromptError as e:
-                s.error, s.decoding.done, s.decoding.finish_reason = str(e), True, "error"
-                self._retire(s)
-                produced.append((s, None))
+            except Exception as e:                 # noqa: BLE001 - this sequence's failure, reported as such
+                produced.append(self._fail(s, e))
         if not seqs:
             return produced
-        rows = [(s.last, s.pos, s.slot) for s in seqs]
         want = any(s.config.logprobs is not None for s in seqs)
-        out = self.engine.decode(rows, sampling, return_logits=want)
-        for s, result in zip(seqs, out):
-            token, logits = result if want else (result, None)
-            probs = {} if s.config.logprobs is None else logprobs(logits, token, s.config.logprobs)
-            s.pos += 1
-            s.last = token
-            tok = s.decoding.push(token, probs)
+        for s, result in zip(seqs, self._decode(seqs, sampling, want)):
+            try:
+                if isinstance(result, BaseException):
+                    raise result
+                token, logits = result if want else (result, None)
+                probs = {} if s.config.logprobs is None else logprobs(logits, token, s.config.logprobs)
+                s.pos += 1
+                s.last = token
+                tok = s.decoding.push(token, probs)
+            except Exception as e:                 # noqa: BLE001 - as above
+                produced.append(self._fail(s, e))
+                continue
             s.tokens.append(tok)
             produced.append((s, tok))
             if s.done:
                 self._retire(s)
         return produced
+
+    def _decode(self, seqs: list[Sequence], sampling: list[tuple], want: bool) -> list:
+        """One pass for all rows; should it fail, each row alone (with the same sampling inputs, so the same
+        tokens, and rewriting the same KV cache rows), so that only the rows at fault fail: a failed row's
+        entry is its exception."""
+        rows = [(s.last, s.pos, s.slot) for s in seqs]
+        try:
+            return self.engine.decode(rows, sampling, return_logits=want)
+        except Exception as e:                     # noqa: BLE001 - found out row by row below
+            if len(rows) == 1:
+                return [e]
+        out = []
+        for row, samp in zip(rows, sampling):
+            try:
+                out.append(self.engine.decode([row], [samp], return_logits=want)[0])
+            except Exception as e:                 # noqa: BLE001 - this row's failure
+                out.append(e)
+        return out
+
+    def _fail(self, seq: Sequence, e: BaseException) -> tuple[Sequence, None]:
+        seq.failure, seq.decoding.done, seq.decoding.finish_reason = e, True, "error"
+        self._retire(seq)
+        return seq, None
 
     def cancel(self, seq: Sequence) -> None:
         """Ends a sequence early (its client went away); its slot is free for the next."""

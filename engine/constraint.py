@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from functools import lru_cache
 
 import llguidance
 import llguidance.numpy as llg_numpy
@@ -23,6 +24,13 @@ from .errors import PromptError
 _JSON_DEFAULTS = {"whitespace_flexible": False}
 
 
+def _brief(message: str) -> str:
+    """llguidance's message without the parser state and grammar it appends (a client's error names what
+    failed, not the parser's internals): its first line, at most 300 characters."""
+    line = message.strip().split("\n", 1)[0]
+    return line[:300] + ("..." if len(line) > 300 else "")
+
+
 @contextmanager
 def _llguidance(what: str):
     """llguidance's failures as PromptErrors saying `what` failed: its exceptions, and the Rust panics that
@@ -33,8 +41,7 @@ def _llguidance(what: str):
     except (PromptError, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as e:       # noqa: BLE001 - see above
-        message = str(e)
-        raise PromptError(f"{what}: {message[:300]}{'...' if len(message) > 300 else ''}") from None
+        raise PromptError(f"{what}: {_brief(str(e))}") from None
 
 
 def json_grammar(schema: dict | None = None) -> str:
@@ -46,7 +53,43 @@ def json_grammar(schema: dict | None = None) -> str:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema, allow_nan=False),
                                                                 defaults=_JSON_DEFAULTS)
     check_grammar(grammar, "the JSON schema")
+    _check_satisfiable(grammar)
     return grammar
+
+
+# A forced prefix this long means the grammar never lets the text branch or end: llguidance's parser stops
+# such an endless prefix (a schema requiring itself) at its item limit, after 10,000 to 60,000 bytes.
+MAX_FORCED_BYTES = 8192
+
+
+def _check_satisfiable(grammar: str) -> None:
+    """A PromptError when a JSON schema's grammar compiles but no text can satisfy it: nothing may begin it
+    (`{"$ref": "#"}`), or every text must begin with an endless forced prefix (an object that requires
+    itself: {"c": {"c": ...). Found with a byte-level vocabulary, so before any model is involved."""
+    matcher = llguidance.LLMatcher(_byte_tokens(), grammar, log_level=0)
+    bits = llg_numpy.allocate_token_bitmask(1, 257)
+    with _llguidance("the JSON schema cannot be satisfied"):
+        llg_numpy.fill_next_token_bitmask(matcher, bits, 0)
+        forced = matcher.compute_ff_bytes()
+    if matcher.is_error() or not bits.any():
+        raise PromptError("the JSON schema cannot be satisfied: no JSON value matches it (does it refer to itself "
+                          "with nothing else to choose?)")
+    if len(forced) >= MAX_FORCED_BYTES:
+        raise PromptError(f"the JSON schema cannot be satisfied: every answer would have to begin with more than "
+                          f"{MAX_FORCED_BYTES} bytes of forced text ({forced[:32].decode('utf-8', 'replace')}...), "
+                          "which means a required property or item refers to the schema itself without end")
+
+
+@lru_cache(maxsize=1)
+def _byte_tokens() -> llguidance.LLTokenizer:
+    """A vocabulary of the 256 bytes and an end-of-sequence token: any text can be written in it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<eos>"])
+    return llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=257, eos_token=256)
 
 
 def check_grammar(grammar: str, what: str = "the grammar") -> None:
@@ -56,7 +99,7 @@ def check_grammar(grammar: str, what: str = "the grammar") -> None:
     with _llguidance(f"{what} cannot be used"):
         error = llguidance.LLMatcher.validate_grammar(grammar)
     if error:
-        raise PromptError(f"{what} cannot be used: {error}")
+        raise PromptError(f"{what} cannot be used: {_brief(error)}")
 
 
 class GrammarTokens:
@@ -77,7 +120,7 @@ class Constraint:
         with _llguidance("the grammar cannot be used"):
             self.matcher = llguidance.LLMatcher(tokens.tok, grammar, log_level=0)
         if self.matcher.is_error():
-            raise PromptError(f"the grammar cannot be used: {self.matcher.get_error()}")
+            raise PromptError(f"the grammar cannot be used: {_brief(self.matcher.get_error())}")
         self._bits = llg_numpy.allocate_token_bitmask(1, tokens.vocab_size)    # [1, words] int32
 
     def mask(self) -> np.ndarray:
@@ -85,14 +128,14 @@ class Constraint:
             llg_numpy.fill_next_token_bitmask(self.matcher, self._bits, 0)
         row = self._bits[0].view(np.uint32)
         if self.matcher.is_error() or not row.any():
-            raise PromptError(f"the grammar allows no next token: {self.matcher.get_error() or 'no token fits'}")
+            raise PromptError(f"the grammar allows no next token: {_brief(self.matcher.get_error() or 'no token fits')}")
         return row.copy()
 
     def push(self, token: int) -> None:
         with _llguidance("the grammar failed"):
             ok = self.matcher.consume_token(token)
         if not ok:
-            raise PromptError(f"token {token} breaks the grammar: {self.matcher.get_error()}")
+            raise PromptError(f"token {token} breaks the grammar: {_brief(self.matcher.get_error())}")
 
     @property
     def done(self) -> bool:

@@ -107,7 +107,30 @@ def validate_manifest(m: dict) -> dict:
                   or any(len(counts) != moe["num_experts"] for counts in usage.values())):
         raise PackageError("malformed manifest.json: routing_stats.usage needs a count per expert for each MoE layer")
     validate_plan(m["plan"])
+    check_config_against_plan(m)
     return m
+
+
+def check_config_against_plan(m: dict) -> None:
+    """What the config and moe sections state must be what the plan computes: layers (one attention step
+    each), width, vocabulary, heads, MoE layers, experts and top-k. (Runtimes size tables from the config.)"""
+    plan, config, moe = m["plan"], m["config"], m["moe"]
+    steps = plan["steps"]
+    attention = [s["params"] for s in steps if s["kernel"] == "attention"]
+    routers = [s["params"] for s in steps if s["kernel"] == "router"]
+    embed = [s["params"] for s in steps if s["kernel"] == "embed"]
+    stated = [("config.num_layers", config["num_layers"], len(attention), "attention steps"),
+              ("config.vocab_size", config["vocab_size"], plan["buffers"][plan["io"]["logits"]]["shape"][-1],
+               "the logits' width"),
+              ("moe.moe_layers", moe["moe_layers"], [r["layer"] for r in plan["moe_layers"]], "the MoE layers")]
+    stated += [("config.hidden_size", config["hidden_size"], p["H"], "the embedding's width") for p in embed]
+    stated += [("config.num_heads", config["num_heads"], p["n_heads"], "an attention step's heads") for p in attention]
+    stated += [(f"moe.{key}", moe[key], p[param], f"a router step's {param}")
+               for p in routers for key, param in (("num_experts", "E"), ("top_k", "K"))]
+    for what, value, computed, where in stated:
+        if value != computed:
+            raise PackageError(f"malformed manifest.json: {what} is {value}, but the plan has {computed} "
+                               f"({where}); the manifest was edited or written wrongly")
 
 
 def validate_plan(plan: dict) -> None:

@@ -170,6 +170,28 @@ def test_failed_convert_keeps_the_previous_package(good_ckpt, tmp_path, good_pkg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "pkg"]
 
 
+def _file_size_limit(limit):
+    """For a child process: files may not grow past `limit` bytes, and a write that would is an OSError
+    (EFBIG) instead of SIGXFSZ: what a full disk (ENOSPC) looks like to the writer, without filling one."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(good_ckpt, tmp_path):
+    out = tmp_path / "out" / "pkg"
+    r = subprocess.run([sys.executable, "-m", "webmoe", "convert", str(good_ckpt), str(out), "--dtype", "f32"],
+                       capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(20_000))
+    lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith("convert ")]   # (progress bar)
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("webmoe: error: writing") and "File too large" in lines[0], r.stderr
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
 def test_package_layout(good_pkg):
     m = json.loads((good_pkg / "manifest.json").read_text())
     assert m["format"] == "rdrr" and m["format_version"] == 8

@@ -77,3 +77,83 @@ def test_slots_are_bounded():
     assert not batch.full and len(batch.active) == 1
     with pytest.raises(PromptError, match="max_batch must lie in"):
         Engine.load(DEMO, max_batch=0)
+
+
+class Faults:
+    """Injects failures into one sequence's path through an engine: its grammar failing on its n-th token
+    (Constraint.push), or every forward pass that holds its row raising while it runs (a device fault)."""
+
+    def __init__(self, engine, monkeypatch):
+        from webmoe.engine import constraint
+        self.engine, self.bad = engine, None          # bad: the Sequence whose rows fail
+        decode = engine.decode
+
+        def faulty_decode(rows, sampling, return_logits=False):
+            if self.bad is not None and not self.bad.done and self.bad.slot in {slot for _, _, slot in rows}:
+                raise RuntimeError("injected device fault")
+            return decode(rows, sampling, return_logits)
+        monkeypatch.setattr(engine, "decode", faulty_decode)
+        self.pushes = {}
+        push = constraint.Constraint.push
+
+        def counted_push(c, token):
+            self.pushes[id(c)] = self.pushes.get(id(c), 0) + 1
+            if self.pushes[id(c)] >= getattr(c, "fail_at", 10**9):
+                raise PromptError("injected grammar failure")
+            return push(c, token)
+        monkeypatch.setattr(constraint.Constraint, "push", counted_push)
+
+
+def run_batch(batch, work):
+    """Adds every (prompt, config) while the others run, one per pass; returns the Sequences or exceptions."""
+    out, pending = [], list(work)
+    while pending or batch.active:
+        if pending and not batch.full:
+            prompt, config, hook = pending.pop(0)
+            try:
+                seq = batch.add(prompt, config)
+            except Exception as e:      # noqa: BLE001 - recorded for the test to check
+                out.append(e)
+                continue
+            hook(seq)
+            out.append(seq)
+        batch.step()
+    return out
+
+
+@pytest.mark.parametrize("fault", ["grammar at its first token", "grammar later", "its row of a pass"])
+def test_a_failing_sequence_leaves_the_others_alone(single, monkeypatch, fault):
+    """One sequence fails — its grammar on the token prefill samples (the server's poisoned-batch bug), its
+    grammar mid-way, or the forward passes that hold its row — while three others decode: it ends with an
+    error of its own and its slot is free, the others get exactly the tokens they get alone."""
+    from webmoe.engine import constraint
+    others = [(p, kw) for p, kw in REQUESTS if kw["max_new_tokens"] > 1][:3]
+    want = [alone(single, p, kw) for p, kw in others]
+    engine = Engine.load(DEMO, max_batch=4)
+    faults = Faults(engine, monkeypatch)
+    grammar = constraint.json_grammar(None)
+    fail_at = {"grammar at its first token": 1, "grammar later": 3}.get(fault)
+    original = constraint.Constraint.__init__
+
+    def marked(c, *a):
+        original(c, *a)
+        c.fail_at = fail_at or 10**9
+    monkeypatch.setattr(constraint.Constraint, "__init__", marked)
+
+    def poison(seq):
+        if fault == "its row of a pass":
+            faults.bad = seq
+    work = [(p, GenerationConfig(**kw), lambda s: None) for p, kw in others[:2]]
+    work.append(("Answer in JSON.", GenerationConfig(max_new_tokens=12, grammar=grammar), poison))
+    work.append((others[2][0], GenerationConfig(**others[2][1]), lambda s: None))
+    batch = BatchDecoder(engine)
+    got = run_batch(batch, work)
+    bad = got[2]
+    if fault == "grammar at its first token":
+        assert isinstance(bad, PromptError) and "injected grammar failure" in str(bad)
+    else:
+        assert bad.finish_reason == "error" and bad.error_status == (400 if "grammar" in fault else 500)
+        assert bad.error == ("injected grammar failure" if "grammar" in fault else "the engine failed on this sequence")
+    good = [got[0], got[1], got[3]]
+    assert [([(t.id, t.text) for t in s.tokens], s.finish_reason) for s in good] == want
+    assert not batch.active and len(batch.free) == engine.max_batch       # every slot came back

@@ -743,16 +743,21 @@ def test_browser_checks_the_manifest_digest_and_schema():
     m = json.loads(raw)
     m["experts"]["0_1"]["shard"] = m["experts"]["0_0"]["shard"]       # schema-valid, a wrong cross-reference
     crossed = seal_manifest(m)
+    m = json.loads(raw)
+    m["config"]["num_layers"] = 99                                    # the config stating what the plan does not
+    misstated = seal_manifest(m)
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.route("**/changed/manifest.json", lambda route: route.fulfill(body=changed, content_type="application/json"))
         page.route("**/sealed/manifest.json", lambda route: route.fulfill(body=sealed_bad, content_type="application/json"))
         page.route("**/crossed/manifest.json", lambda route: route.fulfill(body=crossed, content_type="application/json"))
+        page.route("**/misstated/manifest.json", lambda route: route.fulfill(body=misstated,
+                                                                             content_type="application/json"))
         errors = page.evaluate("""async ([good, digest]) => {
           const webmoe = await import('/web/webmoe.js');
           const out = [];
           for (const [u, d] of [['/changed/manifest.json', null], ['/sealed/manifest.json', null], [good, '0'.repeat(64)],
-                                ['/crossed/manifest.json', null]]) {
+                                ['/crossed/manifest.json', null], ['/misstated/manifest.json', null]]) {
             try { await webmoe.load(u, {digest: d}); out.push(null); } catch (e) { out.push([e.name, e.message]); }
           }
           return out;
@@ -765,3 +770,6 @@ def test_browser_checks_the_manifest_digest_and_schema():
     with pytest.raises(PackageError) as native:
         read_manifest(crossed)
     assert errors[3] == ["PackageError", str(native.value)]
+    with pytest.raises(PackageError, match="config.num_layers is 99, but the plan has 4") as native:
+        read_manifest(misstated)
+    assert errors[4] == ["PackageError", str(native.value)]

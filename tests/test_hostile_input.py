@@ -67,6 +67,12 @@ def test_a_pinned_digest_must_match(good_pkg):
     (lambda m: m["plan"]["buffers"]["h"].update(shape=["T", 2 ** 40]), "plan/buffers/h/shape"),
     (lambda m: m["shards"].append(m["shards"][0]), "listed twice"),
     (lambda m: m.update(surprise=1), "Additional properties are not allowed"),
+    # what the config states, checked against what the plan computes
+    (lambda m: m["config"].update(num_layers=99), r"config.num_layers is 99, but the plan has 2 \(attention steps\)"),
+    (lambda m: m["config"].update(vocab_size=m["config"]["vocab_size"] + 1), "config.vocab_size is 401, but the plan has 400"),
+    (lambda m: m["config"].update(hidden_size=64), "config.hidden_size is 64, but the plan has 48"),
+    (lambda m: m["config"].update(num_heads=8), "config.num_heads is 8, but the plan has 4"),
+    (lambda m: m["moe"].update(top_k=3), "moe.top_k is 3, but the plan has 2"),
 ])
 def test_sealed_but_malformed_manifests_are_refused(good_pkg, tmp_path, edit, message):
     with pytest.raises(PackageError, match=message):

@@ -119,7 +119,32 @@ export function validateManifest(m) {
     throw new PackageError("malformed manifest.json: routing_stats.usage needs a count per expert for each MoE layer");
   }
   validatePlan(m.plan);
+  checkConfigAgainstPlan(m);
   return m;
+}
+
+// What the config and moe sections state must be what the plan computes: layers (one attention step
+// each), width, vocabulary, heads, MoE layers, experts and top-k (runtimes size tables from the config).
+export function checkConfigAgainstPlan(m) {
+  const { plan, config, moe } = m;
+  const params = (kernel) => plan.steps.filter((s) => s.kernel === kernel).map((s) => s.params);
+  const attention = params("attention");
+  const stated = [
+    ["config.num_layers", config.num_layers, attention.length, "attention steps"],
+    ["config.vocab_size", config.vocab_size, plan.buffers[plan.io.logits].shape.at(-1), "the logits' width"],
+    ["moe.moe_layers", moe.moe_layers, plan.moe_layers.map((r) => r.layer), "the MoE layers"],
+    ...params("embed").map((p) => ["config.hidden_size", config.hidden_size, p.H, "the embedding's width"]),
+    ...attention.map((p) => ["config.num_heads", config.num_heads, p.n_heads, "an attention step's heads"]),
+    ...params("router").flatMap((p) => [["moe.num_experts", moe.num_experts, p.E, "a router step's E"],
+                                         ["moe.top_k", moe.top_k, p.K, "a router step's K"]]),
+  ];
+  const show = (v) => Array.isArray(v) ? `[${v.join(", ")}]` : String(v);
+  for (const [what, value, computed, where] of stated) {
+    if (show(value) !== show(computed)) {
+      throw new PackageError(`malformed manifest.json: ${what} is ${show(value)}, but the plan has ` +
+                             `${show(computed)} (${where}); the manifest was edited or written wrongly`);
+    }
+  }
 }
 
 // The plan's structure records point at real steps and buffers.

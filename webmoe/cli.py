@@ -94,7 +94,8 @@ def _serve(args) -> int:
           expert_cache_bytes=_mib(args.expert_cache_mb), api_keys=keys, cors_origins=tuple(args.cors_origin or ()),
           admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait}, admin_keys=admin,
           memory_budget=_mib(args.memory_budget_mb), routes=routes, max_batch=args.max_batch,
-          pin_hot_share=args.pin_hot_experts, routing=routing)
+          pin_hot_share=args.pin_hot_experts, routing=routing,
+          package_roots=None if args.package_root is None else [Path(r) for r in args.package_root])
     return 0
 
 
@@ -267,6 +268,8 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds a request may wait for a busy model before a 503 (default 120)")
     s.add_argument("--admin-key", action="append", help="a key for PUT /admin/models/NAME {\"path\": PACKAGE}, "
                    "the hot swap (repeatable; also WEBMOE_ADMIN_KEYS); without any, there is no /admin")
+    s.add_argument("--package-root", action="append", help="a folder whose packages a hot swap may serve "
+                   "(repeatable; default: the folders holding the served packages); other paths are refused")
     s.add_argument("--memory-budget-mb", type=float, default=None,
                    help="package bytes whose engines may stay loaded at once; idle ones are unloaded beyond it")
     s.add_argument("--route", action="append", help="an A/B route NAME=MODEL:WEIGHT,MODEL:WEIGHT (the first arm is "
@@ -338,6 +341,10 @@ def main(argv=None) -> int:
     except BrokenPipeError:          # e.g. `webmoe info --plan | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:             # the system refused (a full disk, a permission): one line, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"webmoe: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

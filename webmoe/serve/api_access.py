@@ -1,7 +1,12 @@
-"""Who may call the API: optional API keys for /v1 (`Authorization: Bearer KEY`), admin keys for /admin,
-and CORS for the origins the server is started with (`webmoe serve --api-key`, `--admin-key`,
-`--cors-origin`). Files and the chat page are not
-behind the keys: they are public, as the page that the browser runtime runs in must be."""
+"""Who may call the API: optional API keys for /v1, /stats and /routes (`Authorization: Bearer KEY`), admin
+keys for /admin, and CORS for the origins the server is started with (`webmoe serve --api-key`,
+`--admin-key`, `--cors-origin`). Files, the chat page, /health and /ready are not behind the keys: they
+are public, as the page that the browser runtime runs in must be.
+
+A web page of another origin must not drive a local server through its users' browsers (a keyless server
+on 127.0.0.1 is anyone's otherwise): a request that carries an Origin other than the server's own and
+the allowed ones is refused, and a request with a body must say `Content-Type: application/json`, which
+browsers never send across origins without a preflight, which is refused in turn."""
 from __future__ import annotations
 
 import hmac
@@ -39,16 +44,26 @@ def install_access(app: web.Application, api_keys: tuple[str, ...] = (), cors_or
     async def access(request: web.Request, handler):
         if not is_api(request):
             return await handler(request)
+        origin = request.headers.get("Origin")
         if request.method == "OPTIONS":           # a preflight carries no credentials
             if not cors_headers(request):
-                raise ApiError(f"origin {request.headers.get('Origin')!r} may not call this API", 403)
+                raise ApiError(f"origin {origin!r} may not call this API", 403)
             return web.Response(status=204, headers=PREFLIGHT)
+        if origin is not None and origin != own_origin(request) and not cors_headers(request):
+            raise ApiError(f"origin {origin[:200]!r} may not call this API (the server allows the origins given "
+                           "with --cors-origin)", 403)
+        if request.method in ("POST", "PUT") and request.content_type != "application/json":
+            raise ApiError(f"the request body must be JSON, sent with Content-Type: application/json "
+                           f"(not {request.content_type[:100]!r})", 415)
         if request.path.startswith("/admin/"):
             if not has_key(request, admin):
                 raise ApiError("an admin key is needed: send `Authorization: Bearer KEY`", 401, code="invalid_api_key")
         elif keys and not has_key(request, keys):
             raise ApiError("a valid API key is needed: send `Authorization: Bearer KEY`", 401, code="invalid_api_key")
         return await handler(request)
+
+    def own_origin(request) -> str:
+        return f"{request.scheme}://{request.host}"
 
     async def add_cors(request, response):     # every /v1 response, streamed ones and errors included
         if is_api(request):

@@ -10,7 +10,7 @@ import traceback
 from aiohttp import web
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
          429: "rate_limit_error", 503: "server_overloaded"}
 
 
@@ -25,9 +25,12 @@ class ApiError(web.HTTPException):
                                                     "param": param, "code": code}}))
 
 
+STATISTICS = ("/stats", "/routes")        # what the server has served: behind the API keys as /v1 is
+
+
 def is_api(request: web.Request) -> bool:
-    """The API's paths: /v1 (OpenAI's) and /admin (the registry's)."""
-    return request.path.startswith(("/v1/", "/admin/")) or request.path == "/v1"
+    """The API's paths: /v1 (OpenAI's), /admin (the registry's) and the statistics."""
+    return request.path.startswith(("/v1/", "/admin/")) or request.path in ("/v1", *STATISTICS)
 
 
 @web.middleware

@@ -1,7 +1,9 @@
 """Continuous batching for the server: one thread per loaded engine runs its BatchDecoder. Requests'
 sequences (one per choice) wait in line and join the running batch as slots free up; each pass decodes a
 token for every active sequence, and each token goes straight to its request's event queue. A sequence
-whose request is cancelled (its client went away) leaves at the next pass."""
+whose request is cancelled (its client went away) leaves at the next pass. A sequence that fails (its
+prompt, its grammar, its row of a pass) ends with an error of its own while the others go on; an error's
+text is its own request's or says nothing (the traceback goes to the server's console)."""
 from __future__ import annotations
 
 import threading
@@ -10,13 +12,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from webmoe.engine.batch import BatchDecoder
-from webmoe.engine.errors import USER_ERRORS
+from webmoe.engine.errors import USER_ERRORS, PromptError
 from webmoe.engine.generation import GenerationConfig
 
 
 @dataclass(eq=False)
 class Work:
-    job: object                   # openai_api.Job: put(*event), cancelled (threading.Event), choice_done(choice, seq)
+    job: object      # openai_api.Job: put(*event), fail(message, status), cancelled (threading.Event), choice_done(choice, seq)
     choice: int
     prompt: object
     config: GenerationConfig
@@ -62,10 +64,10 @@ class BatchWorker:
                     self.tokens += len(produced)
                     for seq, token in produced:
                         self._emit(seq, token)
-            except Exception as e:          # a failed pass fails the sequences in it; the worker goes on
+            except Exception:      # the worker's own fault (a sequence's stays its own): the batch starts anew
                 traceback.print_exc()
                 for seq, work in list(self.running.items()):
-                    work.job.put("error", str(e))
+                    work.job.fail("the server failed while generating this answer", 500)
                     work.job.choice_done(work.choice, seq)
                 self.running.clear()
                 self.batch = BatchDecoder(self.engine)
@@ -81,10 +83,12 @@ class BatchWorker:
                 continue
             try:
                 seq = self.batch.add(work.prompt, work.config)    # prefill: the first token
-            except Exception as e:      # this request fails; the batch goes on
-                if not isinstance(e, USER_ERRORS):
+            except Exception as e:      # noqa: BLE001 - this request fails; the batch goes on
+                if isinstance(e, USER_ERRORS):
+                    work.job.fail(str(e), 400 if isinstance(e, PromptError) else 500)
+                else:
                     traceback.print_exc()
-                work.job.put("error", str(e))
+                    work.job.fail("the server failed to start this answer", 500)
                 work.job.choice_done(work.choice, None)
                 continue
             self.running[seq] = work
@@ -99,9 +103,13 @@ class BatchWorker:
 
     def _emit(self, seq, token) -> None:
         """A sequence's new token to its request (token None: it failed, seq.error says why)."""
-        work = self.running[seq]
+        work = self.running.get(seq)
+        if work is None:            # not a sequence of this worker's requests: nobody to tell
+            return
         if token is None:
-            work.job.put("error", seq.error)
+            if seq.error_status >= 500:
+                traceback.print_exception(seq.failure)
+            work.job.fail(seq.error, seq.error_status)
         else:
             work.job.put("token", work.choice, token)
         if seq.done:

@@ -18,11 +18,11 @@ token. Errors come in OpenAI's shape (api_errors.py); API keys and CORS are api_
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
 import uuid
-from pathlib import Path
 
 from aiohttp import web
 
@@ -32,7 +32,8 @@ from webmoe.engine.generation import GenerationConfig
 from webmoe.engine.routing import describe_routing
 from webmoe.engine.strict_json import parse_json
 
-from .api_errors import ApiError
+from .admission import ClientGone
+from .api_errors import TYPES, ApiError
 from .api_requests import MAX_REQUEST_BYTES, GenerationRequest, parse_chat, parse_completion
 from .batching import BatchWorker, Work
 from .registry import Registry
@@ -42,14 +43,15 @@ from .routes import Routes
 class Job:
     """One request's sequences (prompts x n choices, choice i seeded with seed + i), decoded by the engine's
     BatchWorker alongside other requests'. Events go to an asyncio queue: ("token", choice, Token),
-    ("done", choice, Sequence or None), ("error", message), ("end",)."""
+    ("done", choice, Sequence or None), ("error", message, status), ("end",)."""
 
     def __init__(self, engine: Engine, worker: BatchWorker, req: GenerationRequest):
         self.engine, self.worker, self.req = engine, worker, req
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
         self.cancelled_early = False         # stopped because the client went away
-        self.error: str | None = None
+        self.error: str | None = None        # the first failure's message, and its status (400: the request's own)
+        self.error_status = 500
         self.loop = asyncio.get_running_loop()
         self.work: list[Work] = []
         self.prompt_tokens = 0
@@ -66,9 +68,13 @@ class Job:
         self.remaining = len(self.work)      # counted down by the worker's thread only
 
     def put(self, *event) -> None:
-        if event[0] == "error":
-            self.error = event[1]
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def fail(self, message: str, status: int) -> None:
+        """One of the job's sequences failed (called from the worker's thread)."""
+        if self.error is None:
+            self.error, self.error_status = message, status
+        self.put("error", message, status)
 
     def choice_done(self, choice: int, seq) -> None:
         """The worker's word that a choice ended (seq None: it never ran)."""
@@ -196,7 +202,7 @@ def add_routes(app: web.Application, registry: Registry, routes: Routes | None =
         body = parse_json(await request.read(), "the request body", ApiError, 1 << 16)
         if not isinstance(body, dict) or not isinstance(body.get("path"), str) or set(body) != {"path"}:
             raise ApiError('expected {"path": "PACKAGE DIRECTORY"}')
-        version = await registry.swap(request.match_info["model"], Path(body["path"]))
+        version = await registry.swap(request.match_info["model"], body["path"])
         return web.json_response({"model": request.match_info["model"], "path": str(version.path),
                                   "digest": version.digest, "swaps": registry.swaps})
 
@@ -211,34 +217,50 @@ def add_routes(app: web.Application, registry: Registry, routes: Routes | None =
         meta = {"id": f"{'chatcmpl' if req.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
                 "created": int(time.time()), "model": name}
         t0 = time.monotonic()
+        outcome, job = "failed", None         # every request ends in exactly one of the counters
         try:
             response, job = await run(request, req, name, meta)
+            cancelled = response.status == 499 or job.cancelled_early
+            outcome = "cancelled" if cancelled else "failed" if job.error else "completed"
+            return response
+        except ClientGone:                    # it left while waiting for a slot: nobody to answer
+            outcome = "cancelled"
+            return web.Response(status=499)
         except ApiError as e:
-            counts["rejected" if e.status in (429, 503) else "failed"] += 1
+            outcome = "rejected" if e.status in (429, 503) else "failed"
             if route is not None and e.status >= 500 and e.status != 503:
                 route.record(arm, False, time.monotonic() - t0, 0)
             raise
-        cancelled = response.status == 499 or job.cancelled_early
-        counts["cancelled" if cancelled else "failed" if job.error else "completed"] += 1
-        counts["completion_tokens"] += job.usage()["completion_tokens"]
-        if route is not None and not cancelled:
-            route.record(arm, job.error is None, time.monotonic() - t0, job.usage()["completion_tokens"])
-            routes.remember(meta["id"], route, arm)
-        return response
+        except asyncio.CancelledError:        # the server is stopping
+            outcome = "cancelled"
+            raise
+        finally:
+            counts[outcome] += 1
+            if job is not None:
+                counts["completion_tokens"] += job.usage()["completion_tokens"]
+                if route is not None and outcome in ("completed", "failed"):   # the arm's fault, or not (400)
+                    route.record(arm, outcome == "completed" or job.error_status < 500, time.monotonic() - t0,
+                                 job.usage()["completion_tokens"])
+                    routes.remember(meta["id"], route, arm)
 
     async def feedback(request):
         body = parse_json(await request.read(), "the request body", ApiError, 1 << 16)
         if not (isinstance(body, dict) and set(body) == {"id", "positive"} and isinstance(body["id"], str)
                 and isinstance(body["positive"], bool)):
             raise ApiError('expected {"id": COMPLETION ID, "positive": true | false}')
-        routes.feedback(body["id"], body["positive"])
-        return web.json_response({"recorded": True})
+        voter = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:32]
+        replaced = routes.feedback(body["id"], body["positive"], voter)
+        return web.json_response({"recorded": True, "replaced": replaced})
 
     async def route_stats(request):
         return web.json_response(routes.report())
 
     async def run(request, req: GenerationRequest, name: str, meta: dict):
-        async with registry.admission[name].slot(name), registry.use(name) as (_, version, engine):
+        def gone() -> bool:
+            return request.transport is None or request.transport.is_closing()
+        async with registry.admission[name].slot(name, gone), registry.use(name) as (_, version, engine):
+            if gone():
+                raise ClientGone()
             job = Job(engine, version.worker, req)
             if req.stream:
                 return await _stream(request, job, meta), job
@@ -251,7 +273,7 @@ def add_routes(app: web.Application, registry: Registry, routes: Routes | None =
                     elif event[0] == "done" and event[2] is not None:
                         choices.finish[event[1]] = event[2].finish_reason
                     elif event[0] == "error":
-                        raise ApiError(f"generation failed: {event[1]}", 500)
+                        raise ApiError(f"generation failed: {event[1]}", event[2])
             finally:
                 await events.aclose()
             if job.cancelled_early:     # the client went away: nobody to answer
@@ -283,7 +305,6 @@ async def _stream(request, job: Job, meta: dict) -> web.StreamResponse:
     """Server-sent events: a chunk per token (per choice), each choice's finish, with include_usage a last
     chunk of usage, then [DONE]; an error after the stream began is its last event."""
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await resp.prepare(request)
     choices = Choices(job)
     obj = "chat.completion.chunk" if job.req.kind == "chat" else "text_completion"
     usage = {"usage": None} if job.req.include_usage else {}
@@ -295,6 +316,7 @@ async def _stream(request, job: Job, meta: dict) -> web.StreamResponse:
         await send({**meta, "object": obj, "choices": [choice], **usage})
     events = job.events(request)
     try:
+        await resp.prepare(request)
         if job.req.kind == "chat":
             for c in range(len(job.work)):
                 await chunk(choices.delta(c, first=True))
@@ -305,13 +327,13 @@ async def _stream(request, job: Job, meta: dict) -> web.StreamResponse:
             elif event[0] == "done" and event[2] is not None:
                 await chunk(choices.delta(event[1], finish=event[2].finish_reason))
             elif event[0] == "error":
-                await send({"error": {"message": f"generation failed: {event[1]}", "type": "api_error",
-                                      "param": None, "code": None}})
+                await send({"error": {"message": f"generation failed: {event[1]}",
+                                      "type": TYPES.get(event[2], "api_error"), "param": None, "code": None}})
         if job.req.include_usage:
             await send({**meta, "object": obj, "choices": [], "usage": job.usage()})
         await resp.write(b"data: [DONE]\n\n")
     except ConnectionResetError:
-        job.cancelled_early = True       # the client went away
+        job.cancelled_early = True       # the client went away (before the stream began, too)
     finally:
         await events.aclose()            # stops the generation if it still runs
-    return resp
+    return resp if resp.prepared else web.Response(status=499)

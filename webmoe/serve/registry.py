@@ -45,11 +45,15 @@ def read_version(path: Path) -> Version:
 class Registry:
     def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None,
                  admission: dict | None = None, memory_budget: int | None = None, max_batch: int = 8,
-                 pin_hot_share: float = 0.0, routing: dict[str, str] | None = None):
+                 pin_hot_share: float = 0.0, routing: dict[str, str] | None = None,
+                 package_roots: list[Path] | None = None):
         """max_batch: sequences each engine decodes together; as many requests run at once per name (more
         wait in its Admission queue), whichever version serves them. pin_hot_share: hold in host memory each
         layer's most-used experts covering this share of its tokens (the package's routing statistics).
-        routing: name -> a routing strategy other than the trained one (engine/routing.py), for experiments."""
+        routing: name -> a routing strategy other than the trained one (engine/routing.py), for experiments.
+        package_roots: the folders a swap may take packages from (default: the served packages' parents)."""
+        roots = package_roots if package_roots is not None else [Path(p).parent for p in dirs.values()]
+        self.package_roots = sorted({Path(r).resolve() for r in roots})
         self.adapter, self.expert_cache_bytes, self.memory_budget = adapter, expert_cache_bytes, memory_budget
         self.max_batch, self.pin_hot_share = max_batch, pin_hot_share
         self.versions = {name: read_version(path) for name, path in dirs.items()}
@@ -86,7 +90,9 @@ class Registry:
                 self.retired.remove(version)
                 self.unload(version)                  # its GPU memory goes with the last reference
 
-    async def engine(self, version: Version) -> Engine:
+    async def engine(self, version: Version, status: int = 500) -> Engine:
+        """The version's engine, loaded now if need be; a package that cannot load is an ApiError of `status`
+        (500 for a served model: the server's fault; 400 for a swap: the admin's)."""
         async with version.loading:
             if version.engine is None:
                 await self.make_room(version)
@@ -96,7 +102,7 @@ class Registry:
                         max_batch=self.max_batch, host_pinned_experts=hot_experts(version.manifest, self.pin_hot_share),
                         routing=version.routing)
                 except USER_ERRORS as e:
-                    raise ApiError(f"{version.path.name} cannot be loaded: {e}", 500) from None
+                    raise ApiError(f"{version.path.name} cannot be loaded: {e}", status) from None
                 version.worker = BatchWorker(version.engine)
                 print(f"webmoe: loaded {version.engine.describe()}", flush=True)    # the server's console
                 pins = version.engine.experts.host_pins
@@ -123,16 +129,34 @@ class Registry:
             version.worker.stop()
         version.engine = version.worker = None
 
-    async def swap(self, name: str, path: Path) -> Version:
-        """Points `name` at the package in `path`, loaded before it takes traffic."""
+    def package_dir(self, path: str) -> Path:
+        """`path` as a package folder inside one of the package roots, resolved (symbolic links followed);
+        a 400 that says nothing of what lies outside the roots otherwise."""
+        outside = ApiError("the path must name a package folder inside a package root (webmoe serve "
+                           "--package-root)", 400, param="path")
+        if not path or "\0" in path or len(path) > 4096:
+            raise outside
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError, ValueError):
+            raise outside from None
+        if not any(resolved != root and resolved.is_relative_to(root) for root in self.package_roots):
+            raise outside
+        return resolved
+
+    async def swap(self, name: str, path: str) -> Version:
+        """Points `name` at the package in `path` (inside a package root), loaded before it takes traffic."""
         if name not in self.versions:
             raise ApiError(f"unknown model {name!r}", 404, param="model")
+        folder = self.package_dir(path)
         try:
-            new = await asyncio.to_thread(read_version, path)
+            new = await asyncio.to_thread(read_version, folder)
         except USER_ERRORS as e:
             raise ApiError(f"not a package webmoe can serve: {e}", 400, param="path") from None
+        except OSError as e:
+            raise ApiError(f"the package cannot be read: {e.strerror}", 400, param="path") from None
         new.routing = self.routing.get(name, "model")
-        await self.engine(new)
+        await self.engine(new, status=400)
         old, self.versions[name] = self.versions[name], new
         self.swaps += 1
         if old.users:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -142,12 +143,24 @@ class Route:
                              "window": self.arms[0].recent.maxlen}}
 
 
+COMPLETION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass
+class Served:
+    """A routed completion that may get feedback: its arm, and each voter's vote (voter: a hash of the API
+    key that sent it), so that one key's repeated votes count once (the latest)."""
+    route: Route
+    arm: Arm
+    votes: dict = field(default_factory=dict)          # voter -> positive
+
+
 class Routes:
     """Route names -> Route, and which arm served each recent completion (for feedback)."""
 
     def __init__(self, routes: list[Route] = ()):
         self.routes = {r.name: r for r in routes}
-        self.served: OrderedDict[str, tuple[Route, Arm]] = OrderedDict()     # completion id -> arm, bounded
+        self.served: OrderedDict[str, Served] = OrderedDict()     # completion id -> its arm, bounded
 
     def pick(self, model: str | None, user: str | None) -> tuple[Route | None, Arm | None, str | None]:
         route = self.routes.get(model)
@@ -157,15 +170,24 @@ class Routes:
         return route, arm, arm.model
 
     def remember(self, completion_id: str, route: Route, arm: Arm) -> None:
-        self.served[completion_id] = (route, arm)
+        self.served[completion_id] = Served(route, arm)
         while len(self.served) > 100_000:
             self.served.popitem(last=False)
 
-    def feedback(self, completion_id: str, positive: bool) -> None:
-        if completion_id not in self.served:
-            raise ApiError(f"no routed completion {completion_id!r} is remembered", 404, param="id")
-        _, arm = self.served[completion_id]
-        arm.feedback[0 if positive else 1] += 1
+    def feedback(self, completion_id: str, positive: bool, voter: str) -> bool:
+        """Counts a vote on a completion; a voter's second vote on it replaces the first (returns True then),
+        so feedback cannot be stuffed by repeating it."""
+        if not COMPLETION_ID.fullmatch(completion_id):
+            raise ApiError("id is not a completion id (up to 64 letters, digits, '-' and '_')", 400, param="id")
+        served = self.served.get(completion_id)
+        if served is None:
+            raise ApiError(f"no routed completion {completion_id} is remembered", 404, param="id")
+        before = served.votes.get(voter)
+        if before is not None:
+            served.arm.feedback[0 if before else 1] -= 1
+        served.votes[voter] = positive
+        served.arm.feedback[0 if positive else 1] += 1
+        return before is not None
 
     def report(self) -> dict:
         return {name: r.report() for name, r in self.routes.items()}

@@ -26,6 +26,7 @@ from webmoe.web import WEB_DIR
 from .http_files import confined, file_sha256, hashed_file, static_file
 from .api_access import install_access
 from .api_errors import openai_errors
+from .api_requests import MAX_REQUEST_BYTES
 from .openai_api import add_routes as add_api_routes
 from .registry import Registry
 from .routes import Routes
@@ -62,14 +63,16 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
                adapter: str | None = None, expert_cache_bytes: int | None = None, api_keys: tuple[str, ...] = (),
                cors_origins: tuple[str, ...] = (), admission: dict | None = None, admin_keys: tuple[str, ...] = (),
                memory_budget: int | None = None, routes: list | None = None, max_batch: int = 8,
-               pin_hot_share: float = 0.0, routing: dict[str, str] | None = None) -> web.Application:
+               pin_hot_share: float = 0.0, routing: dict[str, str] | None = None,
+               package_roots: list[Path] | None = None) -> web.Application:
     """api_keys: keys the /v1 API asks for (none: open); cors_origins: origins whose pages may call it;
     admission: the queue's settings per model (running, max_waiting, max_wait_s); admin_keys: enable the
     registry's hot swap (PUT /admin/models/NAME) for these keys; memory_budget: bytes of packages whose
     engines may stay loaded at once; routes: A/B routes (routes.Route) over the served models; max_batch:
     sequences each engine decodes together (continuous batching); pin_hot_share: each layer's most-used
     experts covering this share of its tokens held in host memory (engine/host_pins.py); routing: model name
-    -> a routing strategy other than its trained one (engine/routing.py), which changes its output."""
+    -> a routing strategy other than its trained one (engine/routing.py), which changes its output;
+    package_roots: the folders whose packages a hot swap may serve (default: the served packages' parents)."""
     packages: dict[str, ServedPackage] = {}
     for d in package_dirs:
         sp = ServedPackage(Path(d))
@@ -129,7 +132,7 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
                                                  "Access-Control-Allow-Headers": "Range, If-Range",
                                                  "Access-Control-Max-Age": "86400"})
 
-    app = web.Application(middlewares=[openai_errors])
+    app = web.Application(middlewares=[openai_errors], client_max_size=MAX_REQUEST_BYTES)   # aiohttp's default: 1 MiB
     app[PACKAGES] = packages
     app.router.add_get("/", index)
     app.router.add_get("/web/{path:.+}", web_file)
@@ -142,7 +145,7 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
     if api:
         install_access(app, api_keys, cors_origins, admin_keys)
         registry = Registry({name: sp.dir for name, sp in packages.items()}, adapter, expert_cache_bytes, admission,
-                            memory_budget, max_batch, pin_hot_share, routing)
+                            memory_budget, max_batch, pin_hot_share, routing, package_roots)
         add_api_routes(app, registry, Routes(routes or []), admin=bool(admin_keys))
         app[REGISTRY] = registry
     return app
