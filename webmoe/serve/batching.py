@@ -6,6 +6,7 @@ prompt, its grammar, its row of a pass) ends with an error of its own while the 
 text is its own request's or says nothing (the traceback goes to the server's console)."""
 from __future__ import annotations
 
+import gc
 import threading
 import traceback
 from collections import deque
@@ -49,6 +50,15 @@ class BatchWorker:
             self.wake.notify()
 
     def _loop(self) -> None:
+        try:
+            self._run()
+        finally:
+            # The engine goes with its worker. wgpu-py's device refers to itself (a reference cycle), so its
+            # memory and polling thread would wait for Python's cyclic collector, swap after swap: collect now.
+            self.engine = self.batch = None
+            gc.collect()
+
+    def _run(self) -> None:
         while True:
             with self.wake:
                 while not self.waiting and not self.batch.active:
