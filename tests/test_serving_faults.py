@@ -220,6 +220,14 @@ def test_statistics_need_the_key_and_other_origins_cannot_drive_the_api(pkg):
         assert raw(url, "POST", "/v1/chat/completions", body, {"Origin": "http://allowed.example"})[0] == 200
         assert raw(url, "POST", "/v1/chat/completions", body)[0] == 200                          # no browser
         assert raw(url, "GET", "/models", headers={"Origin": "http://evil.example"})[0] == 200    # files are public
+    # a page whose name was rebound to 127.0.0.1 (DNS rebinding) is same-origin by its own lights
+    with serving(create_app([pkg], loopback_only=True)) as url:
+        rebound = "evil.example:" + url.rsplit(":", 1)[1]
+        status, _, text = raw(url, "POST", "/v1/chat/completions", body,
+                              {"Host": rebound, "Origin": f"http://{rebound}"})
+        assert status == 403 and "answers its API only as localhost" in text
+        assert raw(url, "POST", "/v1/chat/completions", body, {"Origin": url})[0] == 200
+        assert raw(url, "POST", "/v1/chat/completions", body, {"Host": "localhost"})[0] == 200
 
 
 def test_the_body_limit_is_the_documented_one(pkg):

@@ -20,10 +20,19 @@ PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
              "Access-Control-Max-Age": "86400"}
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_NAMES or host.startswith("127.") or host.endswith(".localhost")
+
+
 def install_access(app: web.Application, api_keys: tuple[str, ...] = (), cors_origins: tuple[str, ...] = (),
-                   admin_keys: tuple[str, ...] = ()) -> None:
+                   admin_keys: tuple[str, ...] = (), loopback_only: bool = False) -> None:
     """cors_origins: origins allowed to call the API from a page ("*" for any); none: same origin only.
-    admin_keys: the keys /admin asks for (the API keys do not open it)."""
+    admin_keys: the keys /admin asks for (the API keys do not open it). loopback_only: the server listens on
+    a loopback address, so the API answers only requests that name it by a loopback name (Host): a page
+    whose own name was rebound to 127.0.0.1 (DNS rebinding) looks same-origin and would pass otherwise."""
     keys = [k.encode() for k in api_keys]
     admin = [k.encode() for k in admin_keys]
 
@@ -45,6 +54,9 @@ def install_access(app: web.Application, api_keys: tuple[str, ...] = (), cors_or
         if not is_api(request):
             return await handler(request)
         origin = request.headers.get("Origin")
+        if loopback_only and not is_loopback(request.url.host or ""):
+            raise ApiError(f"this server listens on a loopback address and answers its API only as localhost, not "
+                           f"as {request.host[:100]!r}", 403)
         if request.method == "OPTIONS":           # a preflight carries no credentials
             if not cors_headers(request):
                 raise ApiError(f"origin {origin!r} may not call this API", 403)
