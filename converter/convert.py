@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint
 from .errors import ConversionError
+from .expert_encoding import expert_encoder
 from .families import family_for
 from .model_plan import build_plan, package_tensors
 from .plan import DEFAULT_MAX_BINDING, parts_of
@@ -66,9 +67,11 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     total = sum(math.prod(s) for s in dense.values()) + len(moe.moe_layers) * moe.num_experts * n_expert_params
 
     writer = PackageWriter(out, force, source=src)
+    expert_weights = len(moe.moe_layers) * moe.num_experts * n_expert_params
     try:
-        with tqdm(total=total, unit="param", unit_scale=True, desc=f"convert {family.name}",
-                  disable=(not progress) if progress is not None else None) as bar:
+        with expert_encoder(dtypes["experts"], layout, expert_weights) as encode_all, \
+                tqdm(total=total, unit="param", unit_scale=True, desc=f"convert {family.name}",
+                     disable=(not progress) if progress is not None else None) as bar:
             for name, shape in dense.items():
                 if family.transforms(name):
                     for out_name, array in family.transform_dense(name, ckpt.read(name, shape)).items():
@@ -82,10 +85,11 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
                 bar.update(math.prod(shape))
             for name, array in family.generated_tensors().items():
                 writer.add_dense(name, array, tensors[name][1])
-            for l in moe.moe_layers:
-                for e in range(moe.num_experts):
-                    writer.add_expert(l, e, family.expert_weights(ckpt, l, e), layout)
-                    bar.update(n_expert_params)
+            experts = (((l, e), family.expert_weights(ckpt, l, e)) for l in moe.moe_layers
+                       for e in range(moe.num_experts))
+            for (l, e), data in encode_all(experts):            # quantised on every core
+                writer.add_expert_shard(l, e, data, layout)
+                bar.update(n_expert_params)
         for f in tokenizer_files(ckpt):
             writer.copy_file(f, f.name)
         moe_info = {**family.describe()["moe"], "expert_layout": layout, "router": f"{moe.scoring}_topk"}

@@ -51,6 +51,11 @@ FORMATS = {f.name: f for f in (Format("f32", 1, 1, None, 8), Format("f16", 2, 1,
                                 Format("mxfp4", 128, 17, "W_MXFP4", 32))}
 
 
+# Elements quantised at a time: the quantisers' temporaries (a dozen arrays of this size) then stay in the
+# CPU's caches; a whole 2048 x 1024 matrix at once ran 4-6x slower.
+CHUNK_ELEMENTS = 1 << 16
+
+
 def fmt(dtype: str) -> Format:
     try:
         return FORMATS[dtype]
@@ -86,7 +91,9 @@ def encode(a, dtype: str, name: str = "a weight") -> bytes:
         return raw + b"\0" * (-len(raw) % 4)
     padded = np.zeros(-(-a.size // f.block) * f.block, np.float32)
     padded[:a.size] = a
-    return {"q8": _q8, "q4": _q4, "mxfp4": _mxfp4}[dtype](padded.reshape(-1, f.block), name).astype("<u4").tobytes()
+    blocks, quantise = padded.reshape(-1, f.block), {"q8": _q8, "q4": _q4, "mxfp4": _mxfp4}[dtype]
+    step = max(1, CHUNK_ELEMENTS // f.block)     # blocks are independent: a cache-sized run at a time
+    return b"".join(quantise(blocks[i:i + step], name).astype("<u4").tobytes() for i in range(0, len(blocks), step))
 
 
 def decode(raw, dtype: str, n: int) -> np.ndarray:

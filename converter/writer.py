@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from webmoe.engine.manifest import FORMAT_VERSION, seal_manifest
+from webmoe.engine.errors import PackageError
+from webmoe.engine.manifest import FORMAT_VERSION, read_manifest, seal_manifest
 
 from .errors import ConversionError
 from .quant import encode, encoded_size, fmt
@@ -96,6 +97,19 @@ def expert_pieces(parts: dict[str, np.ndarray], layout: dict) -> list[dict[str, 
             else:
                 piece[role] = a[r0:r1]
         out.append(piece)
+    return out
+
+
+def expert_shard(parts: dict[str, np.ndarray], layout: dict, key: str) -> bytearray:
+    """The bytes of an expert's shard: its pieces one after another, each part encoded at its layout
+    offset, zeros between. A pure function of its arguments, so any process may compute it."""
+    out = bytearray(layout["expert_bytes"])
+    for p, piece in enumerate(expert_pieces(parts, layout)):
+        start = p * layout["slot_bytes"]
+        for role, part in piece.items():
+            data = encode(part, layout[role]["dtype"], f"expert {key} {role}")
+            at = start + layout[role]["offset"]
+            out[at:at + len(data)] = data
     return out
 
 
@@ -218,14 +232,15 @@ class PackageWriter:
         self.bytes_written += size
 
     def add_expert(self, layer: int, expert: int, parts: dict[str, np.ndarray], layout: dict) -> None:
+        self.add_expert_shard(layer, expert, expert_shard(parts, layout, f"{layer}_{expert}"), layout)
+
+    def add_expert_shard(self, layer: int, expert: int, data: bytes, layout: dict) -> None:
+        """An expert's shard as expert_shard() encoded it (here or in another process)."""
         key = f"{layer}_{expert}"
+        if len(data) != layout["expert_bytes"]:
+            raise ConversionError(f"expert {key}: {len(data)} bytes encoded, its layout has {layout['expert_bytes']}")
         shard = _Shard(self.tmp / f"expert-L{layer:03d}-E{expert:03d}.bin")
-        for p, piece in enumerate(expert_pieces(parts, layout)):
-            start = p * layout["slot_bytes"]
-            for role, part in piece.items():
-                shard.fill_to(start + layout[role]["offset"])
-                shard.append(encode(part, layout[role]["dtype"], f"expert {key} {role}"))   # at its layout offset
-            shard.fill_to(start + layout["slot_bytes"])
+        shard.append(data)
         self.shards.append({**shard.close(), "kind": "expert", "expert": key})
         self.experts[key] = {"shard": shard.path.name, "size": layout["expert_bytes"]}
         self.bytes_written += layout["expert_bytes"]
@@ -246,8 +261,14 @@ class PackageWriter:
             self._close_dense()
         manifest = {**manifest, "format": "rdrr", "format_version": FORMAT_VERSION, "tensors": self.tensors,
                     "experts": self.experts, "shards": self.shards}
+        raw = seal_manifest(manifest)
+        try:                       # what every loader checks, before the package appears: never one it refuses
+            read_manifest(raw)
+        except PackageError as e:
+            raise ConversionError(f"the package's manifest would not load, so nothing was written ({e}); "
+                                  "this is a converter bug, please report it") from None
         with open(self.tmp / "manifest.json", "wb") as f:
-            f.write(seal_manifest(manifest))
+            f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         old = None

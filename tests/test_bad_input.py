@@ -192,6 +192,26 @@ def test_a_full_disk_is_one_error_line_and_leaves_nothing(good_ckpt, tmp_path):
     assert not out.exists() and list(out.parent.iterdir()) == []
 
 
+def test_a_config_without_architectures_converts_to_a_package_that_loads(good_ckpt, tmp_path):
+    """config.json files written by hand often lack `architectures` (issue 23: such a conversion wrote a
+    manifest its own loader refused, after eight minutes)."""
+    ckpt = copy_ckpt(good_ckpt, tmp_path / "ckpt")
+    edit_config(ckpt, architectures=None)
+    pkg = convert(ckpt, tmp_path / "pkg", dtype="f32", progress=False)
+    assert json.loads((pkg / "manifest.json").read_text())["architecture"] is None
+    assert len(Engine.load(pkg).logits([1, 2, 3])) == 3
+
+
+def test_the_converter_never_writes_a_manifest_its_loader_refuses(tmp_path):
+    from webmoe.converter.errors import ConversionError
+    from webmoe.converter.writer import PackageWriter
+    writer = PackageWriter(tmp_path / "out" / "pkg")
+    with pytest.raises(ConversionError, match="would not load, so nothing was written.*malformed manifest.json"):
+        writer.finish({"family": "mixtral"})
+    writer.abort()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_package_layout(good_pkg):
     m = json.loads((good_pkg / "manifest.json").read_text())
     assert m["format"] == "rdrr" and m["format_version"] == 8

@@ -148,3 +148,39 @@ def test_row_blocks_join_into_the_bytes_of_the_whole(dtype):
     rows = [a[0:3], a[3:4], a[4:20], a[20:37]]
     joined = b"".join(encode(c, dtype) for c in whole_blocks(rows, FORMATS[dtype].block))
     assert joined == encode(a, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["q8", "q4", "mxfp4"])
+def test_quantising_a_run_at_a_time_writes_the_bytes_of_the_whole(dtype, monkeypatch):
+    """encode() quantises CHUNK_ELEMENTS at a time (for the CPU's caches): the bytes are those of one call
+    on the whole tensor, for sizes that are and are not multiples of the chunk and the block."""
+    import webmoe.converter.quant as quant
+    rng = np.random.default_rng(1)
+    for n in (1, 255, 1 << 16, (1 << 17) + 1000, 3 << 16):
+        x = (rng.standard_normal(n) * 0.05).astype(np.float32)
+        chunked = encode(x, dtype)
+        monkeypatch.setattr(quant, "CHUNK_ELEMENTS", 1 << 40)
+        assert encode(x, dtype) == chunked
+        monkeypatch.undo()
+
+
+def test_experts_encoded_by_worker_processes_are_the_bytes_encoded_here(tmp_path, monkeypatch):
+    """convert() hands q4 experts to a process pool when there are many (converter/expert_encoding.py):
+    the package is byte for byte the one encoded in the converter's own process."""
+    import json
+    from transformers import MixtralForCausalLM
+    from test_mixtral import mixtral
+    from webmoe.converter import expert_encoding
+    from webmoe.converter.convert import convert
+    from webmoe.tiny_models import save_checkpoint
+    ckpt = save_checkpoint(MixtralForCausalLM, mixtral(num_local_experts=8), tmp_path / "ckpt")
+    shards, pool = {}, expert_encoding.ProcessPoolExecutor
+    monkeypatch.setattr(expert_encoding, "workers", lambda: 2)          # whatever this machine has
+    for mode, threshold in (("here", 1 << 62), ("pool", 0)):
+        monkeypatch.setattr(expert_encoding, "MIN_PARALLEL_WEIGHTS", threshold)
+        calls = []
+        monkeypatch.setattr(expert_encoding, "ProcessPoolExecutor", lambda *a, **k: calls.append(a) or pool(*a, **k))
+        out = convert(ckpt, tmp_path / mode, dtype="q4", progress=False, stats=None)
+        shards[mode] = [(s["file"], s["sha256"]) for s in json.loads((out / "manifest.json").read_text())["shards"]]
+        assert bool(calls) == (mode == "pool") and (mode == "here" or calls[0][0] >= 2)
+    assert shards["here"] == shards["pool"]
