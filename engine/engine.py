@@ -45,7 +45,7 @@ class Engine:
         self.weights = {}
         for name, t in package.manifest["tensors"].items():
             buf = device.create_buffer(size=padded(t["size"]), usage=STORAGE, label=name)
-            device.queue.write_buffer(buf, 0, package.tensor_bytes(name))
+            gpu.upload(buf, 0, package.tensor_bytes(name))
             self.weights[name] = buf
         pins = HostPins(package, [tuple(k) for k in host_pinned_experts]) if host_pinned_experts else None
         self.experts = ExpertCache(gpu, package, budget, pinned_experts, observe_routing, pins)

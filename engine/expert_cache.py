@@ -81,7 +81,7 @@ class ExpertCache:
         memory, read from there instead of their shards when paged in."""
         self.host_pins = host_pins
         moe = package.moe
-        self.package, self.device = package, gpu.device
+        self.package, self.gpu, self.device = package, gpu, gpu.device
         self.layout = moe["expert_layout"]
         self.num_experts = moe["num_experts"]
         self.moe_layers = list(moe["moe_layers"])
@@ -129,6 +129,7 @@ class ExpertCache:
         for key in startup:
             self._upload(key, self._take_slots())
         self._write_table()
+        gpu.settle()
         # banks each layer's resident experts occupy (while nothing is paged, they never change)
         self.layer_banks = {l: self.banks_of(l, range(E)) for l in self.moe_layers}
 
@@ -285,8 +286,8 @@ class ExpertCache:
             data = self.package.expert_bytes(*key)
         for piece, slot in enumerate(slots):
             bank, at = self._bank_of(slot)
-            self.device.queue.write_buffer(self.banks[bank], at * self.slot_bytes,
-                                           data[piece * self.slot_bytes:(piece + 1) * self.slot_bytes])
+            self.gpu.upload(self.banks[bank], at * self.slot_bytes,
+                            data[piece * self.slot_bytes:(piece + 1) * self.slot_bytes])
         self.resident[key] = slots
         start = (key[0] * self.num_experts + key[1]) * self.pieces
         self.table[start:start + self.pieces] = slots

@@ -15,8 +15,9 @@ from .manifest import FORMAT_VERSION, MAX_MANIFEST_BYTES, read_manifest
 __all__ = ["Package", "PackageError", "FORMAT_VERSION", "read_regular_file"]
 
 
-def read_regular_file(path: Path, size: int, what: str) -> bytes:
-    """The `size` bytes of a regular file that must have exactly that size (never a FIFO or device)."""
+def read_regular_file(path: Path, size: int, what: str) -> bytearray:
+    """The `size` bytes of a regular file that must have exactly that size (never a FIFO or device), read
+    into one buffer (no second copy: a full-size model's shards are read once each, gigabytes in all)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
@@ -35,7 +36,7 @@ def read_regular_file(path: Path, size: int, what: str) -> bytes:
             if not n:
                 raise PackageError(f"{what} changed while it was read")
             got += n
-    return bytes(data)
+    return data
 
 
 class Package:
@@ -51,7 +52,7 @@ class Package:
             raise PackageError(f"no RDRR package at {path} (manifest.json not found)") from None
         if size > MAX_MANIFEST_BYTES:
             raise PackageError(f"manifest.json is {size} bytes, more than the {MAX_MANIFEST_BYTES} accepted")
-        raw = read_regular_file(mpath, size, "manifest.json")
+        raw = bytes(read_regular_file(mpath, size, "manifest.json"))
         self.manifest = read_manifest(raw, digest)
         self.digest = self.manifest["manifest_sha256"]
         self.shards = {s["file"]: s for s in self.manifest["shards"]}
@@ -62,7 +63,7 @@ class Package:
             if p.stat().st_size != s["size"]:
                 raise PackageError(f"shard {s['file']} has {p.stat().st_size} bytes, the manifest says "
                                    f"{s['size']}: the package is truncated or corrupt")
-        self._last: tuple[str, bytes] | None = None      # the shard read last, verified
+        self._last: tuple[str, bytearray] | None = None      # the shard read last, verified
 
     @property
     def config(self) -> dict:
@@ -81,7 +82,7 @@ class Package:
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise PackageError(f"shard {name} is corrupt (sha256 mismatch); convert or download it again")
             self._last = (name, data)
-        return memoryview(self._last[1])
+        return memoryview(self._last[1]).toreadonly()
 
     def tensor_bytes(self, name: str) -> memoryview:
         t = self.manifest["tensors"][name]
