@@ -1,11 +1,11 @@
 """Experts encoded on every core. Quantising to q4 runs at about 12-18 M weights/s on one core (numpy,
 docs/benchmarks.md), so a converter that quantised in its main process would be bound by one core, not by
-reading the checkpoint: OLMoE-1B-7B's 6.4 B expert weights took six minutes so. Experts are independent,
-so worker processes encode them (writer.expert_shard, a pure function) while the main process reads the
-next ones and writes the finished shards in order; at most a few experts per worker are in flight, so
-memory stays bounded.
+reading the checkpoint (OLMoE-1B-7B's 6.4 B expert weights took most of a 513-second conversion). Experts
+are independent, so worker processes encode them (writer.expert_shard, a pure function) while the main
+process reads the next ones and writes the finished shards in order; at most two experts per worker are
+in flight, so memory stays bounded.
 
-    with expert_encoder("q4", total_weights) as encode_all:
+    with expert_encoder("q4", layout, total_weights) as encode_all:
         for (layer, expert), data in encode_all(((l, e), parts) for ...):   # in the order given
             writer.add_expert_shard(layer, expert, data, layout)
 """
