@@ -20,6 +20,7 @@ import openai
 import pytest
 from transformers import MixtralForCausalLM
 
+from api_client import answer_text
 from browser import serving
 from test_mixtral import mixtral
 from test_serving_faults import RECURSIVE
@@ -116,12 +117,7 @@ def chaos(versions, seconds: float, clients: int = 10, monkeypatch=None, warm_up
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
 
         def ordinary(i, stream):
-            kw = dict(model="v1", messages=PROMPTS[i], max_tokens=MAX_TOKENS, **SETTINGS[i])
-            if stream:
-                text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw)
-                               if ch.choices)
-            else:
-                text = c.chat.completions.create(**kw).choices[0].message.content
+            text = answer_text(c, stream, model="v1", messages=PROMPTS[i], max_tokens=MAX_TOKENS, **SETTINGS[i])
             if text not in want[i]:
                 problems.append(f"request {i} got {text!r}, alone it gets one of {want[i]}")
             tally["answers"] += 1

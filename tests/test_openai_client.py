@@ -15,6 +15,7 @@ import pydantic
 import pytest
 from transformers import MixtralForCausalLM
 
+from api_client import answer_text
 from browser import serving
 from test_mixtral import mixtral
 from webmoe import Engine
@@ -385,12 +386,8 @@ def test_sixteen_concurrent_streams_share_passes(pkg, engine):
         got = [None] * 16
 
         def ask(i):
-            kw = dict(model="tiny", messages=prompts[i], max_tokens=12, **settings[i])
-            if i % 4 < 2:
-                got[i] = client(url).chat.completions.create(**kw).choices[0].message.content
-            else:
-                got[i] = "".join(ch.choices[0].delta.content or "" for ch in
-                                 client(url).chat.completions.create(stream=True, **kw) if ch.choices)
+            got[i] = answer_text(client(url), i % 4 >= 2, model="tiny", messages=prompts[i], max_tokens=12,
+                                 **settings[i])
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
         for t in threads:
             t.start()

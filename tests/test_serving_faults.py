@@ -14,6 +14,7 @@ import openai
 import pytest
 from transformers import MixtralForCausalLM
 
+from api_client import answer_text
 from browser import serving
 from test_mixtral import mixtral
 from webmoe import Engine
@@ -109,12 +110,8 @@ def test_a_failing_request_leaves_the_batch_alone(pkg, engine, monkeypatch, capf
 
         def ask(i):
             started.wait()
-            kw = dict(model="tiny", messages=prompts[i], max_tokens=150, temperature=0)
-            if i % 2:
-                got[i] = client(url).chat.completions.create(**kw).choices[0].message.content
-            else:
-                got[i] = "".join(ch.choices[0].delta.content or "" for ch in
-                                 client(url).chat.completions.create(stream=True, **kw) if ch.choices)
+            got[i] = answer_text(client(url), i % 2 == 0, model="tiny", messages=prompts[i], max_tokens=150,
+                                 temperature=0)
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
