@@ -40,6 +40,11 @@ from .registry import Registry
 from .routes import Routes
 
 
+def client_gone(request: web.Request) -> bool:
+    """Whether the request's client has closed its connection (checked while it waits and while it runs)."""
+    return request.transport is None or request.transport.is_closing()
+
+
 class Job:
     """One request's sequences (prompts x n choices, choice i seeded with seed + i), decoded by the engine's
     BatchWorker alongside other requests'. Events go to an asyncio queue: ("token", choice, Token),
@@ -90,7 +95,7 @@ class Job:
             self.worker.submit(work)
         try:
             while True:
-                if request.transport is None or request.transport.is_closing():
+                if client_gone(request):
                     self.cancelled_early = True
                     return
                 try:
@@ -256,10 +261,9 @@ def add_routes(app: web.Application, registry: Registry, routes: Routes | None =
         return web.json_response(routes.report())
 
     async def run(request, req: GenerationRequest, name: str, meta: dict):
-        def gone() -> bool:
-            return request.transport is None or request.transport.is_closing()
-        async with registry.admission[name].slot(name, gone), registry.use(name) as (_, version, engine):
-            if gone():
+        async with registry.admission[name].slot(name, lambda: client_gone(request)), \
+                registry.use(name) as (_, version, engine):
+            if client_gone(request):
                 raise ClientGone()
             job = Job(engine, version.worker, req)
             if req.stream:
