@@ -1,7 +1,7 @@
 """Page helpers for the browser tests; Chromium and the server come from webmoe.tools.headless."""
 from __future__ import annotations
 
-from webmoe.tools.headless import CHROMIUM, FLAGS, browser, playwright, serving  # noqa: F401
+from webmoe.tools.headless import CHROMIUM, FLAGS, browser, playwright, private_window, serving  # noqa: F401
 
 
 def open_page(ctx, url: str):
@@ -14,7 +14,8 @@ def open_page(ctx, url: str):
 LOAD = """async ([manifest, options]) => {
   const webmoe = await import('/web/webmoe.js');
   window.engine = await webmoe.load(manifest, options || {});
-  return {adapter: window.engine.adapter, family: window.engine.family, description: window.engine.description};
+  const e = window.engine;
+  return {adapter: e.adapter, family: e.family, description: e.description, ephemeral: e.ephemeral};
 }"""
 LOGITS = "async ([ids]) => Array.from(await window.engine.logits(ids))"
 GREEDY = """async ([ids, n]) => {

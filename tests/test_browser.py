@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from transformers import MixtralForCausalLM
 
-from browser import GREEDY, LOAD, LOGITS, browser, open_page, serving
+from browser import GREEDY, LOAD, LOGITS, browser, open_page, private_window, serving
 from parity import TOLERANCE
 from test_mixtral import CONFIGS, mixtral
 from webmoe.converter.convert import convert
@@ -400,7 +400,8 @@ def test_opfs_budget_smaller_than_the_model(tmp_path):
     no memory tier): least recently used expert shards leave OPFS as new ones arrive, so the model's
     folder never holds more than the budget, experts needed again are fetched again, and the logits are
     the native engine's; a budget too small
-    for the dense shards and one expert is a QuotaError before anything is stored."""
+    for the dense shards and one expert is a QuotaError before anything is stored (with storage "opfs"; by
+    default the model then runs from memory, test_a_model_larger_than_the_quota_runs_from_memory)."""
     config = mixtral(num_local_experts=12, num_experts_per_tok=2, num_hidden_layers=2)
     pkg = convert(save_checkpoint(MixtralForCausalLM, config, tmp_path / "ckpt"), tmp_path / "budget",
                   dtype="f16", progress=False)
@@ -413,7 +414,8 @@ def test_opfs_budget_smaller_than_the_model(tmp_path):
     with serving(app_with(rec, pkg)) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         err = page.evaluate("""async ([m, budget]) => {
-          try { await (await import('/web/webmoe.js')).load(m, {expertsOnDemand: true, opfsBudgetBytes: budget}); }
+          try { await (await import('/web/webmoe.js')).load(m, {expertsOnDemand: true, opfsBudgetBytes: budget,
+                                                                 storage: 'opfs'}); }
           catch (e) { return e.message; }
         }""", [manifest_url(pkg), dense])
         assert err.startswith("an OPFS budget of"), err
@@ -460,6 +462,8 @@ def test_a_failing_mirror_is_skipped(tmp_path, packages):
 
 
 def test_quota_too_small_gives_a_clear_message(packages):
+    """storage "opfs": a quota below the model is a QuotaError before it downloads, and a load with the
+    quota back completes from what is there."""
     pkg = packages["gqa-top2-f32"]
     rec = Recorder()
     with serving(app_with(rec, pkg)) as url, browser() as ctx:
@@ -467,7 +471,7 @@ def test_quota_too_small_gives_a_clear_message(packages):
         cdp = ctx.new_cdp_session(page)
         cdp.send("Storage.overrideQuotaForOrigin", {"origin": url, "quotaSize": 200_000})
         err = page.evaluate("""async ([m]) => {
-          try { await (await import('/web/webmoe.js')).load(m); return null; }
+          try { await (await import('/web/webmoe.js')).load(m, {storage: 'opfs'}); return null; }
           catch (e) { return e.message; }
         }""", [manifest_url(pkg)])
         assert err and err.startswith("Not enough browser storage for this model"), err
@@ -475,9 +479,91 @@ def test_quota_too_small_gives_a_clear_message(packages):
         assert [c["complete"] for c in cached] == [False]
         # with the quota back, the same load completes from what is there
         cdp.send("Storage.overrideQuotaForOrigin", {"origin": url})
-        assert page.evaluate(LOAD, [manifest_url(pkg)])["family"] == "mixtral"
+        assert page.evaluate(LOAD, [manifest_url(pkg), {"storage": "opfs"}])["family"] == "mixtral"
         cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
         assert [c["complete"] for c in cached] == [True]
+
+
+OPFS_BYTES = """async () => {
+  const walk = async (dir) => {
+    let n = 0;
+    for await (const [, h] of dir.entries()) n += h.kind === 'file' ? (await h.getFile()).size : await walk(h);
+    return n;
+  };
+  return walk(await navigator.storage.getDirectory());
+}"""
+
+
+def test_a_model_larger_than_the_quota_runs_from_memory(tmp_path):
+    """Where the browser lets the site keep less than the model needs (here a quota of 20 kB, as a private
+    window or a full disk gives), the default load (storage "auto") runs the model with every shard fetched
+    into memory and verified, writes no more than the browser allowed, and says why in engine.ephemeral; the logits and
+    greedy tokens are the native engine's. With experts on demand and an OPFS budget below the dense
+    shards and one expert, the same, decided before anything is written: the dense shards at load, then
+    each routed expert when asked for, and an expert needed again after it left the in-memory cache is
+    fetched again."""
+    config = mixtral(num_local_experts=12, num_experts_per_tok=2, num_hidden_layers=2)
+    pkg = convert(save_checkpoint(MixtralForCausalLM, config, tmp_path / "ckpt"), tmp_path / "private",
+                  dtype="f16", progress=False)
+    m = json.loads((pkg / "manifest.json").read_text())
+    dense = {e["file"] for e in m["shards"] if e["kind"] == "dense"}
+    expert = max(e["size"] for e in m["shards"] if e["kind"] == "expert")
+    ids = [5, 77, 300, 12, 9, 250]
+    native = Engine.load(pkg)
+    want = native.logits(ids)
+    native.reset()
+    want_tokens = [t.id for t in native.generate(ids, max_new_tokens=8, temperature=0)]
+    rec = Recorder()
+    with serving(app_with(rec, pkg)) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        ctx.new_cdp_session(page).send("Storage.overrideQuotaForOrigin", {"origin": url, "quotaSize": 20_000})
+        info = page.evaluate(LOAD, [manifest_url(pkg)])
+        # (the quota is met by the estimate or, where the estimate does not show the lowered quota, by a write)
+        assert re.match("this site may store|the browser refused to store", info["ephemeral"]), info
+        got = browser_logits(page, ids)
+        tokens = page.evaluate(GREEDY, [ids, 8])
+        stored = page.evaluate(OPFS_BYTES)        # what the browser took before it refused (state.json, a shard)
+        assert stored < sum(e["size"] for e in m["shards"]) // 2
+        whole = [Path(p).name for p, _ in rec.shard_requests()]
+        # experts on demand, an OPFS budget too small for the dense shards and one expert, no memory tier
+        # and GPU room for four experts: every routed expert comes from the network, some more than once
+        page.close()
+        page = open_page(ctx, url + "/")
+        info = page.evaluate(LOAD, [manifest_url(pkg), {"expertsOnDemand": True, "opfsBudgetBytes": 1000,
+                                                        "memoryCacheBytes": 0, "expertCacheBytes": 4 * expert}])
+        assert info["ephemeral"].startswith("an OPFS budget of"), info
+        at_load = {Path(p).name for p, _ in rec.shard_requests()[len(whole):]}
+        paged = browser_logits(page, ids)
+        again = browser_logits(page, ids)
+        assert page.evaluate(OPFS_BYTES) == stored                 # decided before a byte was written
+        fetched = [Path(p).name for p, _ in rec.shard_requests()[len(whole):] if "expert-" in p]
+    bins = {s["file"] for s in m["shards"] if s["file"].endswith(".bin")}
+    assert set(whole) == bins and len(whole) <= len(bins) + 4    # downloads under way when refused: fetched again
+    assert at_load == dense
+    assert len(fetched) > len(set(fetched)) > 4
+    for logits in (got, paged, again):
+        assert np.abs(logits - want).max() / np.abs(want).max() <= BROWSER_TOL
+    assert tokens == want_tokens
+
+
+def test_chat_page_in_a_private_window():
+    """A private window (a context with no profile on disk, its storage in memory) whose quota is too small
+    for the model (Chromium grants a private window here 4 GiB, less than a full-size model; the demo needs
+    a quota lowered to 1 MB to be too large) loads the demo from the chat page, says that nothing is kept
+    between visits, and chats."""
+    with serving(create_app([DEMO])) as url, private_window() as ctx:
+        page = open_page(ctx, url + "/")
+        ctx.new_cdp_session(page).send("Storage.overrideQuotaForOrigin", {"origin": url, "quotaSize": 1_000_000})
+        page.goto(url + "/?autoload")
+        page.wait_for_selector("#prompt:not([disabled])", timeout=120_000)
+        note = page.inner_text("#notice")
+        assert "Nothing of" in note and "next visit downloads it again" in note, note
+        page.click("#settings summary")
+        page.fill("#max-tokens", "4")
+        page.fill("#prompt", "Good morrow")
+        page.click("#send")
+        page.wait_for_selector("#send:not([disabled])", timeout=120_000)
+        assert page.inner_text(".msg.assistant").strip()
 
 
 def test_chat_page_streams_tokens():

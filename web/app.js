@@ -80,8 +80,10 @@ const served = new Map();     // manifest URL -> the server's description of the
 // What this model may keep in OPFS: 80 % of what the browser grants this site, less what other models
 // use; undefined when the whole model fits (then nothing is ever evicted).
 async function opfsBudget(model) {
+  if (!navigator.storage?.estimate) return undefined;        // no storage API: the engine keeps the model in memory
   const { quota, usage } = await navigator.storage.estimate();
-  const own = (await webmoe.listCached()).find((c) => c.url === new URL(model.manifest, location.href).href);
+  const cached = await webmoe.listCached().catch(() => []);     // no OPFS (some private windows): nothing cached
+  const own = cached.find((c) => c.url === new URL(model.manifest, location.href).href);
   const budget = Math.floor(0.8 * quota) - (usage - (own?.bytes || 0));
   return budget >= model.bytes ? undefined : Math.max(0, budget);
 }
@@ -111,7 +113,11 @@ async function loadModel(why = "") {
     engine = await webmoe.load(url, options);
     loadedUrl = url;
     localStorage.setItem("webmoe.last", url);
-    notice(why ? `${why}The model was loaded again; the conversation goes on.` : "");
+    const again = why ? `${why}The model was loaded again; the conversation goes on.` : "";
+    // a private window or a full disk: the model runs, but the next visit downloads it again
+    const kept = engine.ephemeral ? `Nothing of ${model.name} is kept in this browser (${engine.ephemeral}): its ` +
+      "experts come from the server as the model needs them, and the next visit downloads it again." : "";
+    notice([again, kept].filter(Boolean).join(" "), !!why);
     $("progress").hidden = true;
     $("status").textContent = `${engine.family} on ${engine.adapter}`;
     $("status").title = engine.description;     // KV cache size and how the expert budget was chosen

@@ -35,11 +35,14 @@ export class Engine {
   // opfsBudgetBytes (with expertsOnDemand: what the model may keep in OPFS; least recently used experts leave),
   // hotExperts (with expertsOnDemand: a share of each layer's routed tokens whose most-used experts, from
   // the package's routing_stats, download with the dense shards), backgroundDownload (with expertsOnDemand: after the load, the experts not yet in OPFS download one at a time
-  // while they fit the budget), onDeviceLost(message) (the GPU device is gone: every later call fails; load the model again)
+  // while they fit the budget), onDeviceLost(message) (the GPU device is gone: every later call fails; load the model again),
+  // storage ("auto" (default): OPFS while the browser lets the model keep what it needs there, else memory
+  // only, said by engine.ephemeral; "opfs": a QuotaError instead; "memory": never store anything)
   static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
                                    memoryCacheBytes, pinnedExperts = [], observeRouting = false,
                                    prefetch, maxBinding, digest, expertsOnDemand = false,
-                                   opfsBudgetBytes, hotExperts = 0, backgroundDownload = false, onDeviceLost } = {}) {
+                                   opfsBudgetBytes, hotExperts = 0, backgroundDownload = false, onDeviceLost,
+                                   storage } = {}) {
     const e = new Engine();
     const report = onProgress || (() => {});
     const gpu = await openDevice({ maxBinding });
@@ -48,7 +51,7 @@ export class Engine {
     // a device lost by anything but unload() (driver reset, GPU process crash, memory reclaimed) is told
     e.device.lost.then((info) => { if (!e.unloaded) onDeviceLost?.(info.message || info.reason || "unknown reason"); });
     const store = await ModelStore.open(manifestUrl, { onProgress: report, memoryBytes: memoryCacheBytes, digest,
-                                                       expertsOnDemand, opfsBudgetBytes, hotExperts });
+                                                       expertsOnDemand, opfsBudgetBytes, hotExperts, storage });
     e.store = store;
     const m = (e.manifest = store.manifest);
     // the kernels compile (each variant once, in parallel) while the shards download
@@ -111,6 +114,7 @@ export class Engine {
     e.tokenRb = new Readback(e.device, 4);
     e.pos = 0;
     if (expertsOnDemand && backgroundDownload) store.fillInBackground();
+    e.ephemeral = store.ephemeral;     // why nothing of the model is kept in the browser (null: OPFS keeps it)
     return e;
   }
 

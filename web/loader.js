@@ -1,13 +1,17 @@
 // Package shards in the Origin Private File System: downloaded once with bounded concurrency, retries and
 // HTTP Range resume, verified by sha256 before they count, re-fetched if they fail their hash later.
 // Layout: OPFS /webmoe/<model id>/{state.json, <shard>, <shard>.part}. state.json marks a model complete
-// only when every shard has been verified.
+// only when every shard has been verified. Where the browser cannot keep the model (no OPFS, as in some
+// private windows; a quota or OPFS budget below its dense shards and one expert; a write the quota refuses),
+// shards are fetched into memory instead, verified the same way, and nothing is stored: the model runs,
+// and is downloaded again on the next visit (`ephemeral` says why).
 
 import { PackageError, QuotaError } from "./errors.js";
 import { readManifest } from "./manifest.js";
 
 export { QuotaError };
 const ROOT = "webmoe";
+const STORAGE_CHOICES = ["auto", "opfs", "memory"];
 
 export async function sha256Hex(data) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
@@ -73,7 +77,9 @@ export class ModelStore {
   // opfsBudgetBytes (with expertsOnDemand: the most this model keeps in OPFS; the least recently used
   // expert shards leave it when a new one arrives, and are fetched again when needed), hotExperts (with
   // expertsOnDemand: fetch with the dense shards each MoE layer's most-used experts covering this share of
-  // its routed tokens, from the package's routing_stats; those that fit the budget)
+  // its routed tokens, from the package's routing_stats; those that fit the budget), storage ("auto": OPFS
+  // while the browser lets this model keep what it needs, else memory only; "opfs": OPFS or a QuotaError;
+  // "memory": never store anything)
   static async open(manifestUrl, options = {}) {
     const s = new ModelStore();
     s.url = new URL(manifestUrl, self.location.href).href;
@@ -88,6 +94,10 @@ export class ModelStore {
     s.roomWaiters = [];
     s.roomQueue = s.stateQueue = Promise.resolve();
     s.retries = options.retries ?? 4;
+    s.storage = options.storage ?? "auto";
+    if (!STORAGE_CHOICES.includes(s.storage)) throw new TypeError(`storage must be one of ${STORAGE_CHOICES.join(", ")}`);
+    s.ephemeral = s.storage === "memory" ? "memory-only storage was asked for" : null;   // why nothing is stored
+    s.held = new Map();                                      // file -> ArrayBuffer fetched for the load, not stored
     s.expertsOnDemand = !!options.expertsOnDemand;
     s.opfsBudget = options.opfsBudgetBytes ?? Infinity;
     if (s.opfsBudget !== Infinity && !s.expertsOnDemand) {
@@ -105,19 +115,30 @@ export class ModelStore {
     s.tiers = { opfs: { reads: 0, bytes: 0, wait_s: 0, evictions: 0 },
                 network: { fetches: 0, bytes: 0, wait_s: 0, failed_sources: 0 } };
     s.id = await modelId(s.url);
-    s.dir = await (await rootDir()).getDirectoryHandle(s.id, { create: true });
-    const old = (await readJson(s.dir, "state.json")) || {};
+    s.dir = null;                                            // the model's OPFS folder, where there is one
+    if (!s.ephemeral) {
+      try {
+        s.dir = await (await rootDir()).getDirectoryHandle(s.id, { create: true });
+      } catch (err) {
+        if (s.storage === "opfs") throw err;
+        s.keepNothing(`this browser gives the page no storage (${err?.message || err})`);
+      }
+    }
+    const old = (s.dir && (await readJson(s.dir, "state.json"))) || {};
     s.state = { url: s.url, name: s.url.split("/").slice(-2, -1)[0], complete: false, verified: old.verified || {},
                 used: old.used || {} };                          // expert shard -> when last read (ms)
     s.entries = new Map(s.manifest.shards.map((e) => [e.file, e]));
     const dense = s.manifest.shards.filter((e) => e.kind !== "expert").reduce((a, e) => a + e.size, 0);
     const largest = Math.max(0, ...s.manifest.shards.filter((e) => e.kind === "expert").map((e) => e.size));
-    if (s.opfsBudget < dense + largest) {
-      throw new QuotaError(`an OPFS budget of ${mb(s.opfsBudget)} cannot hold this model's dense shards and one ` +
-                           `expert (${mb(dense + largest)}). Free space or delete cached models, or ask for a larger budget.`);
+    if (s.opfsBudget < dense + largest && !s.ephemeral) {
+      const why = `an OPFS budget of ${mb(s.opfsBudget)} cannot hold this model's dense shards and one expert ` +
+                  `(${mb(dense + largest)})`;
+      if (s.storage === "opfs") throw new QuotaError(`${why}. Free space or delete cached models, or ask for a larger budget.`);
+      s.keepNothing(why);
     }
-    // the most-used experts (routing_stats) are fetched with the dense shards, within the budget
-    let room = s.opfsBudget - dense;
+    // the most-used experts (routing_stats) are fetched with the dense shards, within the budget (in
+    // memory only: within the memory cache)
+    let room = s.ephemeral ? s.memoryBytes : s.opfsBudget - dense;
     s.hot = new Set();
     for (const { file, size } of hotShards(s.manifest, options.hotExperts || 0)) {
       if (size > room) break;
@@ -127,6 +148,12 @@ export class ModelStore {
     s.status = {};
     s.loaded = 0;
     return s;
+  }
+
+  // From now on shards are fetched into memory and nothing more is written to OPFS (what it already holds
+  // and has verified is still read). `why` is said to the user: the model is downloaded again next visit.
+  keepNothing(why) {
+    this.ephemeral ||= why;
   }
 
   async fileSize(name) {
@@ -147,7 +174,7 @@ export class ModelStore {
   async fetchMissing() {
     const missing = [];
     for (const e of this.manifest.shards) {
-      if (this.state.verified[e.file] === e.sha256 && (await this.fileSize(e.file)) === e.size) {
+      if (this.dir && this.state.verified[e.file] === e.sha256 && (await this.fileSize(e.file)) === e.size) {
         this.status[e.file] = "cached";
         this.loaded += e.size;
       } else if (this.expertsOnDemand && e.kind === "expert" && !this.hot.has(e.file)) {
@@ -165,23 +192,18 @@ export class ModelStore {
     }
     let need = 0;
     for (const e of missing) need += e.size - Math.max(0, await this.fileSize(`${e.file}.part`));
-    if (navigator.storage.persist) await navigator.storage.persist().catch(() => false);
-    const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
-    if (need > quota - usage) throw quotaError(need, quota - usage);
-    try {
-      await writeJson(this.dir, "state.json", this.state);   // not complete while anything is missing
-    } catch (err) {
-      if (err?.name === "QuotaExceededError") throw quotaError(need, 0);   // the estimate was optimistic
-      throw err;
-    }
+    if (!this.ephemeral) await this.checkQuota(need);
     // On the first failure the other downloads finish the shard they hold and take no more; the load
-    // rejects only when none of them still writes to OPFS.
+    // rejects only when none of them still writes to OPFS. Kept in memory only, each shard waits in `held`
+    // for the load to read it once.
     const queue = [...missing];
     let failed = null;
     const worker = async () => {
       while (queue.length && !failed) {
+        const e = queue.shift();
         try {
-          await this.download(queue.shift());
+          const data = await this.download(e);
+          if (this.ephemeral) this.held.set(e.file, data);
         } catch (err) {
           // any write to OPFS may be the one that meets the quota: the same message wherever it happens
           failed ||= err?.name === "QuotaExceededError" ? quotaError(need, 0) : err;
@@ -193,8 +215,27 @@ export class ModelStore {
     await this.saveState();
   }
 
+  // Whether the browser lets this model store `need` more bytes; if not, a QuotaError (storage "opfs") or
+  // memory only from now on. A state.json written first marks the model incomplete while it downloads.
+  async checkQuota(need) {
+    if (navigator.storage.persist) await navigator.storage.persist().catch(() => false);
+    const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
+    let refused = need > quota - usage ? quotaError(need, quota - usage) : null;
+    if (!refused) {
+      try {
+        await writeJson(this.dir, "state.json", this.state);   // not complete while anything is missing
+      } catch (err) {
+        if (err?.name !== "QuotaExceededError") throw err;
+        refused = quotaError(need, 0);                        // the estimate was optimistic
+      }
+    }
+    if (refused && this.storage === "opfs") throw refused;
+    if (refused) this.keepNothing(`this site may store ${mb(Math.max(0, quota - usage))} and the model needs ${mb(need)} more`);
+  }
+
   // Writes state.json (one write at a time); the model is complete when every shard has been verified.
   saveState() {
+    if (this.ephemeral) return Promise.resolve();
     const write = this.stateQueue.then(() => {
       this.state.complete = this.manifest.shards.every((e) => this.state.verified[e.file] === e.sha256);
       return writeJson(this.dir, "state.json", this.state);
@@ -222,60 +263,28 @@ export class ModelStore {
   async fetchShard(e) {
     let lastError;
     for (let attempt = 0; attempt <= this.retries; attempt++) {
-      let writable = null;
       const base = this.source();
       const url = new URL(e.file, base).href;
+      this.status[e.file] = attempt ? "retrying" : "downloading";
       try {
-        // creating the file can already exceed the quota (another download holds the space)
-        const part = await this.dir.getFileHandle(`${e.file}.part`, { create: true });
-        let have = (await part.getFile()).size;
-        if (have > e.size) have = 0;
-        const before = have;
-        if (have < e.size) {
-          this.status[e.file] = attempt ? "retrying" : "downloading";
-          const resp = await fetch(url, { cache: "no-store", headers: have ? { Range: `bytes=${have}-`, "If-Range": `"${e.sha256}"` } : {} });
-          if (resp.status === 200) have = 0;
-          else if (resp.status !== 206 || !(resp.headers.get("Content-Range") || "").startsWith(`bytes ${have}-`)) {
-            throw new Error(`${e.file}: HTTP ${resp.status}`);
-          }
-          writable = await part.createWritable({ keepExistingData: have > 0 });
-          if (have > 0) await writable.seek(have); else await writable.truncate(0);
-          this.loaded -= before - have;
-          const reader = resp.body.getReader();
-          for (;;) {
-            const { done, value } = await reader.read();
-            if (done) break;
-            await writable.write(value);
-            have += value.byteLength;
-            this.loaded += value.byteLength;
-            this.progress();
-          }
-          await writable.close();
-          writable = null;
-        }
-        this.status[e.file] = "verifying";
-        const data = await (await part.getFile()).arrayBuffer();
-        if ((await sha256Hex(data)) !== e.sha256) {
-          await this.dir.removeEntry(`${e.file}.part`);
-          this.loaded -= have;
-          throw new Error(`${e.file}: sha256 mismatch after download`);
-        }
-        await part.move(e.file);
-        this.state.verified[e.file] = e.sha256;
-        this.status[e.file] = "done";
+        const data = this.ephemeral ? await this.fetchIntoMemory(e, url) : await this.fetchIntoOpfs(e, url);
+        this.status[e.file] = this.ephemeral ? "in memory" : "done";
         this.progress();
         return data;
       } catch (err) {
         lastError = err;
         if (err?.name === "QuotaExceededError") {
-          // the estimate was optimistic (or another tab took the space): give up with the same message
-          if (writable) await writable.abort().catch(() => {});
-          await this.dir.removeEntry(`${e.file}.part`).catch(() => {});
-          this.status[e.file] = "error";
-          this.progress();
-          throw quotaError(e.size, 0);
+          // the estimate was optimistic (or another tab took the space): memory only from now on, or (storage
+          // "opfs") give up with the same message wherever it happens
+          if (this.storage === "opfs") {
+            this.status[e.file] = "error";
+            this.progress();
+            throw quotaError(e.size, 0);
+          }
+          this.keepNothing(`the browser refused to store more of the model (${err.message})`);
+          attempt--;
+          continue;
         }
-        if (writable) await writable.close().catch(() => {});   // keep the bytes that arrived, for Range resume
         this.status[e.file] = "retrying";
         this.progress();
         if (this.failing.size < this.sources.length - 1) {
@@ -288,9 +297,86 @@ export class ModelStore {
     }
     this.status[e.file] = "error";
     this.progress();
+    const kept = this.ephemeral ? "" : ": what has arrived is kept and the download resumes";
     throw new PackageError(`could not download ${e.file} from ${this.sources.length > 1 ? "any source" : new URL(this.sources[0]).host} ` +
-                           `(${lastError?.message || lastError}). Check the network connection and load again: ` +
-                           "what has arrived is kept and the download resumes.");
+                           `(${lastError?.message || lastError}). Check the network connection and load again${kept}.`);
+  }
+
+  // One try at a shard into <file>.part, resuming what is there with a Range request, verified, then moved
+  // into place. A QuotaExceededError leaves nothing behind; other failures keep the bytes that arrived.
+  async fetchIntoOpfs(e, url) {
+    let writable = null;
+    try {
+      // creating the file can already exceed the quota (another download holds the space)
+      const part = await this.dir.getFileHandle(`${e.file}.part`, { create: true });
+      let have = (await part.getFile()).size;
+      if (have > e.size) have = 0;
+      const before = have;
+      if (have < e.size) {
+        const resp = await fetch(url, { cache: "no-store", headers: have ? { Range: `bytes=${have}-`, "If-Range": `"${e.sha256}"` } : {} });
+        if (resp.status === 200) have = 0;
+        else if (resp.status !== 206 || !(resp.headers.get("Content-Range") || "").startsWith(`bytes ${have}-`)) {
+          throw new Error(`${e.file}: HTTP ${resp.status}`);
+        }
+        writable = await part.createWritable({ keepExistingData: have > 0 });
+        if (have > 0) await writable.seek(have); else await writable.truncate(0);
+        this.loaded -= before - have;
+        await this.receive(resp, async (chunk) => { await writable.write(chunk); have += chunk.byteLength; });
+        await writable.close();
+        writable = null;
+      }
+      this.status[e.file] = "verifying";
+      const data = await (await part.getFile()).arrayBuffer();
+      if ((await sha256Hex(data)) !== e.sha256) {
+        await this.dir.removeEntry(`${e.file}.part`);
+        this.loaded -= have;
+        throw new Error(`${e.file}: sha256 mismatch after download`);
+      }
+      await part.move(e.file);
+      this.state.verified[e.file] = e.sha256;
+      return data;
+    } catch (err) {
+      if (err?.name === "QuotaExceededError") {
+        if (writable) await writable.abort().catch(() => {});
+        await this.dir.removeEntry(`${e.file}.part`).catch(() => {});
+      } else if (writable) {
+        await writable.close().catch(() => {});                   // keep the bytes that arrived, for Range resume
+      }
+      throw err;
+    }
+  }
+
+  // One try at a shard into memory, verified; nothing is stored.
+  async fetchIntoMemory(e, url) {
+    const resp = await fetch(url, { cache: "no-store" });
+    if (resp.status !== 200) throw new Error(`${e.file}: HTTP ${resp.status}`);
+    const data = new Uint8Array(e.size);
+    let have = 0;
+    try {
+      await this.receive(resp, (chunk) => {
+        if (have + chunk.byteLength > e.size) throw new Error(`${e.file}: more bytes than the manifest says`);
+        data.set(chunk, have);
+        have += chunk.byteLength;
+      });
+      this.status[e.file] = "verifying";
+      if (have !== e.size || (await sha256Hex(data)) !== e.sha256) throw new Error(`${e.file}: sha256 mismatch after download`);
+    } catch (err) {
+      this.loaded -= have;
+      throw err;
+    }
+    return data.buffer;
+  }
+
+  // Feeds a response's body to `sink` chunk by chunk, counting it in the download's progress.
+  async receive(resp, sink) {
+    const reader = resp.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      await sink(value);
+      this.loaded += value.byteLength;
+      this.progress();
+    }
   }
 
   // Before `incoming` is stored: removes the least recently used expert shards from OPFS until the
@@ -356,7 +442,7 @@ export class ModelStore {
   // stops at close(). Shards the router asks for meanwhile join the download of the same file.
   async fillInBackground() {
     for (const e of this.manifest.shards) {
-      if (this.closed) return;
+      if (this.closed || this.ephemeral) return;
       if (this.state.verified[e.file] === e.sha256) continue;
       const stored = this.manifest.shards.reduce((a, s) => a + (this.state.verified[s.file] === s.sha256 ? s.size : 0), 0);
       if (stored + e.size > this.opfsBudget) return;
@@ -405,6 +491,11 @@ export class ModelStore {
     const e = this.entries.get(file);
     if (!e) throw new Error(`shard ${file} is not in the manifest`);
     if (e.kind === "expert") this.state.used[file] = Date.now();
+    const held = this.held.get(file);            // fetched for this load without a place to keep it: read once
+    if (held) {
+      this.held.delete(file);
+      return held;
+    }
     const t0 = performance.now();
     try {
       const data = await (await (await this.dir.getFileHandle(file)).getFile()).arrayBuffer();
@@ -413,7 +504,15 @@ export class ModelStore {
                                          wait_s: this.tiers.opfs.wait_s + (performance.now() - t0) / 1000 });
         return data;
       }
-    } catch { /* missing: fetch below */ }
+    } catch { /* missing (or no OPFS): fetch below */ }
+    if (this.ephemeral) {                        // nothing is stored: the bytes go to the caller only
+      const data = await this.download(e);
+      if (e.kind === "expert") {
+        this.loaded -= e.size;
+        this.status[file] = "on demand";
+      }
+      return data;
+    }
     await this.makeRoom(e);
     try {
       await this.dir.removeEntry(file).catch(() => {});

@@ -10,7 +10,9 @@
 //   engine.unload();                                               // frees its GPU memory
 // load options: onProgress({stage: "download"|"compile"|"upload", ...}), onDeviceLost(message), expertCacheBytes,
 // memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand, opfsBudgetBytes, hotExperts,
-// backgroundDownload
+// backgroundDownload, storage ("auto" | "opfs" | "memory")
+//   engine.ephemeral                                               // null, or why nothing of the model is
+//                                         // kept in the browser (it is fetched again on the next visit)
 //   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
 //   await engine.chat.completions.create({messages, max_tokens, temperature, top_p, seed, stop})
 //                                         // OpenAI's shape: a chat.completion, or with stream: true an

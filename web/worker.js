@@ -23,6 +23,7 @@ const ops = {
     });
     engines.set(handle, { engine, abort: null });
     return { handle, adapter: engine.adapter, family: engine.manifest.family, description: engine.describe(),
+             ephemeral: engine.ephemeral,
              config: engine.manifest.config,
              moe: { ...engine.manifest.moe, expert_layout: undefined } };
   },

@@ -68,3 +68,18 @@ def browser():
             yield ctx
         finally:
             ctx.close()
+
+
+@contextmanager
+def private_window():
+    """A Chromium context with no profile on disk, as a private window is: the browser grants its origins
+    only a small storage quota held in memory."""
+    chromium = playwright().chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    try:
+        ctx = chromium.new_context()
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+    finally:
+        chromium.close()
