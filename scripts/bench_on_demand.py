@@ -11,18 +11,14 @@ load), decode tokens/s after it, and the shard bytes the server sent.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import platform
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
-from webmoe.serve.server import PACKAGES, create_app
-from webmoe.tools.headless import browser, serving
+from webmoe.serve.server import create_app
+from webmoe.tools.headless import Throttle, browser, serving
 
 ROOT = Path(__file__).resolve().parent.parent
-CHUNK = 64 << 10
 
 PAGE = """async ([manifest, options, tokens]) => {
   const t0 = performance.now();
@@ -38,33 +34,6 @@ PAGE = """async ([manifest, options, tokens]) => {
           decode: n > 1 ? (n - 1) / ((end - first) / 1000) : 0, adapter: e.adapter,
           network: (await e.expertStats()).tiers.network};
 }"""
-
-
-class Throttle:
-    """Sends shards (whole files; the runs here never resume) at `rate` bytes/s in all, however many
-    requests share the link, and counts the bytes."""
-
-    def __init__(self, rate: float):
-        self.rate, self.sent = rate, 0
-        self.link_free_at = 0.0          # when the link has sent everything scheduled so far (loop time)
-        self.middleware = web.middleware(lambda request, handler: self.handle(request, handler))
-
-    async def handle(self, request, handler):
-        if not request.path.endswith(".bin"):
-            return await handler(request)
-        sp = next(iter(request.app[PACKAGES].values()))
-        data = (sp.dir / request.path.rsplit("/", 1)[1]).read_bytes()
-        resp = web.StreamResponse(headers={"Content-Length": str(len(data)), "Content-Type": "application/octet-stream"})
-        await resp.prepare(request)
-        loop = asyncio.get_running_loop()
-        for i in range(0, len(data), CHUNK):
-            n = min(CHUNK, len(data) - i)
-            self.link_free_at = max(self.link_free_at, loop.time()) + n / self.rate
-            await asyncio.sleep(self.link_free_at - loop.time())
-            await resp.write(data[i:i + n])
-            self.sent += n
-        await resp.write_eof()
-        return resp
 
 
 MODES = {"full download": {},

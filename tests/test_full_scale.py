@@ -90,3 +90,113 @@ def test_olmoe_full_depth_converts_and_runs(olmoe, dtype):
     assert runs[1.0]["peak_rss"] <= size + runs[1.0]["kv_bytes"] + MARGIN, (runs[1.0]["peak_rss"] >> 20, size >> 20)
     assert runs[0.25]["peak_rss"] < runs[1.0]["peak_rss"]
     assert runs[0.25]["tokens"] == runs[1.0]["tokens"]
+
+
+# --- OLMoE-1B-7B q4 in Chromium (SwiftShader), served over a throttled link ---------------------------------
+
+LINK = 20e6                       # bytes/s: a home connection
+PROMPT = list(range(10, 22))      # 12 tokens
+GREEDY = 16
+NATIVE_REFERENCE = """
+import json, sys, time
+from webmoe import Engine
+prompt, n = json.loads(sys.argv[2]), int(sys.argv[3])
+engine = Engine.load(sys.argv[1], max_seq_len=512, observe_routing=True)
+t = time.perf_counter()
+engine.logits(prompt)
+prefill_s = time.perf_counter() - t
+routed = sum(int((u > 0).sum()) for u in engine.experts.usage.values())
+engine.reset()
+t = time.perf_counter()
+tokens = [tok.id for tok in engine.generate(prompt, max_new_tokens=n, temperature=0)]
+print(json.dumps({"prefill_s": prefill_s, "routed_experts": routed, "tokens": tokens,
+                  "decode_tok_s": (n - 1) / (time.perf_counter() - t - prefill_s)}))
+"""
+BROWSER_RUN = """async ([manifest, options, ids, n]) => {
+  const t0 = performance.now();
+  const webmoe = await import('/web/webmoe.js');
+  const e = await webmoe.load(manifest, options);
+  const load_s = (performance.now() - t0) / 1000;
+  const atLoad = (await e.expertStats()).tiers.network;
+  const run = async (count) => {        // seconds from the prompt to each token, and the tokens
+    const start = performance.now(), stamps = [], tokens = [];
+    for await (const t of e.generate(ids, {maxNewTokens: count, temperature: 0})) {
+      stamps.push((performance.now() - start) / 1000);
+      tokens.push(t.id);
+    }
+    return {stamps, tokens};
+  };
+  const first = await run(n);
+  const again = n > 4 ? await run(n) : null;         // every expert the answer needs is local now
+  const stats = await e.expertStats();
+  const cached = (await webmoe.listCached()).find((c) => c.url === new URL(manifest, location.href).href);
+  return {load_s, atLoad, first, again, tiers: stats.tiers, total: stats.total, ephemeral: e.ephemeral,
+          opfs_bytes: cached ? cached.bytes : 0, adapter: e.adapter};
+}"""
+
+
+def chromium_memory() -> dict:
+    """Peak resident memory (VmHWM, MiB) of the running Chromium's renderer and GPU processes."""
+    peaks = {"renderer": 0, "gpu-process": 0}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except (OSError, ValueError):
+            continue
+        kind = next((a.decode().split("=", 1)[1] for a in cmd if a.startswith(b"--type=")), None)
+        if b"chromium" in cmd[0] and kind in peaks:
+            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+            peaks[kind] = max(peaks[kind], int(hwm.split()[1]) >> 10)
+    return peaks
+
+
+def test_olmoe_q4_in_the_browser_over_a_home_connection(olmoe):
+    """The in-page API loads OLMoE-1B-7B q4 from `webmoe serve`, shards sent at 20 MB/s, experts on demand
+    within an OPFS budget of half the package: the first 16 greedy tokens are the native engine's; the
+    model's OPFS folder stays within its budget; a reload reads the dense shards from OPFS (no network).
+    Prints time to first token beside its target (the routed experts' bytes over the link, times 1.2, plus
+    the native prefill), decode while experts arrive and once they are in, process memory."""
+    from webmoe.serve.server import create_app
+    from webmoe.tools.headless import Throttle, browser, serving
+    pkg = FULL / "olmoe-q4"
+    if not (pkg / "manifest.json").exists():
+        python(CONVERT, olmoe, pkg, "q4")
+    m = json.loads((pkg / "manifest.json").read_text())
+    size = sum(s["size"] for s in m["shards"])
+    expert_bytes = max(s["size"] for s in m["shards"] if s["kind"] == "expert")
+    native = python(NATIVE_REFERENCE, pkg, json.dumps(PROMPT), GREEDY)
+    budget = size // 2
+    options = {"expertsOnDemand": True, "opfsBudgetBytes": budget, "maxSeqLen": 512}
+    throttle = Throttle(LINK)
+    app = create_app([pkg], api=False)
+    app.middlewares.append(throttle.middleware)
+    manifest = f"/models/{pkg.name}/manifest.json"
+    with serving(app) as url, browser() as ctx:
+        page = ctx.new_page()
+        page.goto(url + "/")
+        first = page.evaluate(BROWSER_RUN, [manifest, options, PROMPT, GREEDY])
+        memory = chromium_memory()
+        page.close()
+        page = ctx.new_page()
+        page.goto(url + "/")
+        reload = page.evaluate(BROWSER_RUN, [manifest, options, PROMPT, 2])
+    routed_bytes = native["routed_experts"] * expert_bytes
+    target = 1.2 * routed_bytes / LINK + native["prefill_s"]
+    f, a = first["first"], first["again"]
+    print("FULL_SCALE", json.dumps({
+        "model": "olmoe", "dtype": "q4", "step": "browser, experts on demand, 20 MB/s", "adapter": first["adapter"],
+        "load_s": round(first["load_s"], 1), "ttft_s": round(f["stamps"][0], 1), "ttft_target_s": round(target, 1),
+        "routed_experts": native["routed_experts"], "routed_mb": round(routed_bytes / 1e6),
+        "native_prefill_s": round(native["prefill_s"], 1), "native_decode_tok_s": round(native["decode_tok_s"], 3),
+        "decode_tok_s_arriving": round((len(f["stamps"]) - 1) / (f["stamps"][-1] - f["stamps"][0]), 3),
+        "ttft_s_local": round(a["stamps"][0], 1),
+        "decode_tok_s_local": round((len(a["stamps"]) - 1) / (a["stamps"][-1] - a["stamps"][0]), 3),
+        "network_mb": round(first["tiers"]["network"]["bytes"] / 1e6), "opfs_mib": first["opfs_bytes"] >> 20,
+        "budget_mib": budget >> 20, "renderer_peak_mib": memory["renderer"], "gpu_process_peak_mib": memory["gpu-process"],
+        "hit_rate": first["total"].get("hit_rate"), "reload_load_s": round(reload["load_s"], 1),
+        "reload_network_mb_at_load": round(reload["atLoad"]["bytes"] / 1e6, 1),
+        "reload_ttft_s": round(reload["first"]["stamps"][0], 1)}))
+    assert f["tokens"] == native["tokens"] == a["tokens"]
+    assert first["ephemeral"] is None and first["opfs_bytes"] <= budget + 65536
+    assert reload["atLoad"]["bytes"] == 0 and reload["first"]["tokens"] == native["tokens"][:2]

@@ -11,10 +11,40 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
+from webmoe.serve.server import PACKAGES
+
 CHROMIUM = "/usr/bin/chromium"
+THROTTLE_CHUNK = 64 << 10     # the bytes a throttled link sends at once
 FLAGS = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
          "--use-webgpu-adapter=swiftshader", "--no-sandbox", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+class Throttle:
+    """Sends shards (whole files; the runs here never resume) at `rate` bytes/s in all, however many
+    requests share the link, and counts the bytes."""
+
+    def __init__(self, rate: float):
+        self.rate, self.sent = rate, 0
+        self.link_free_at = 0.0          # when the link has sent everything scheduled so far (loop time)
+        self.middleware = web.middleware(lambda request, handler: self.handle(request, handler))
+
+    async def handle(self, request, handler):
+        if not request.path.endswith(".bin"):
+            return await handler(request)
+        sp = next(iter(request.app[PACKAGES].values()))
+        data = (sp.dir / request.path.rsplit("/", 1)[1]).read_bytes()
+        resp = web.StreamResponse(headers={"Content-Length": str(len(data)), "Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(data), THROTTLE_CHUNK):
+            n = min(THROTTLE_CHUNK, len(data) - i)
+            self.link_free_at = max(self.link_free_at, loop.time()) + n / self.rate
+            await asyncio.sleep(self.link_free_at - loop.time())
+            await resp.write(data[i:i + n])
+            self.sent += n
+        await resp.write_eof()
+        return resp
 
 
 def free_port() -> int:
