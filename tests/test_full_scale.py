@@ -2,9 +2,10 @@
 
     WEBMOE_FULL_DIR=/big/disk pytest -m full_scale tests/test_full_scale.py -s
 
-OLMoE-1B-7B's shapes, every one of its 16 layers (6.9 B parameters, 12.9 GiB of f16), written by
-scripts/full_size_checkpoint.py (kept in WEBMOE_FULL_DIR, default /tmp/webmoe-full, for later runs), are
-converted to q4 and q8 and run natively with every expert resident and with a quarter of them, each step in
+OLMoE-1B-7B's shapes, every one of its 16 layers (6.9 B parameters, 12.9 GiB of f16), and gpt-oss-20b's
+(24 layers, 21 B parameters, experts in MXFP4, 12.8 GiB), written by scripts/full_size_checkpoint.py
+(kept in WEBMOE_FULL_DIR, default /tmp/webmoe-full, for later runs), are converted (OLMoE to q4 and q8,
+gpt-oss with its MXFP4 experts kept) and run natively with every expert resident and with a quarter of them, each step in
 a process of its own so that its peak memory is its own. Checked: the packages load; a load's peak
 resident memory stays within the package, the KV cache and a stated margin; the logits are finite; the
 greedy tokens are the same at both expert budgets (paging never changes the numbers). Each step prints a
@@ -62,27 +63,37 @@ def python(code: str, *args) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def olmoe():
-    ckpt = FULL / "olmoe-hf"
+def checkpoint(family: str) -> Path:
+    """The full-depth checkpoint of `family` in WEBMOE_FULL_DIR, written the first time it is asked for."""
+    ckpt = FULL / f"{family}-hf"
     if not (ckpt / "model.safetensors.index.json").exists():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "full_size_checkpoint.py"), "olmoe", str(ckpt)],
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "full_size_checkpoint.py"), family, str(ckpt)],
                        check=True, timeout=7200)
     return ckpt
 
 
-@pytest.mark.parametrize("dtype", ["q4", "q8"])
-def test_olmoe_full_depth_converts_and_runs(olmoe, dtype):
-    pkg = FULL / f"olmoe-{dtype}"
-    conv = python(CONVERT, olmoe, pkg, dtype)
+@pytest.fixture(scope="module")
+def olmoe():
+    return checkpoint("olmoe")
+
+
+# (family, preset): OLMoE-1B-7B quantised both ways; gpt-oss-20b with the default preset, which keeps its
+# experts in MXFP4 as the checkpoint stores them (f16 elsewhere)
+CASES = [("olmoe", "q4"), ("olmoe", "q8"), ("gpt_oss", "f16")]
+
+
+@pytest.mark.parametrize("family,dtype", CASES, ids=[f"{f}-{d}" for f, d in CASES])
+def test_full_depth_converts_and_runs(family, dtype):
+    pkg = FULL / f"{family}-{dtype}"
+    conv = python(CONVERT, checkpoint(family), pkg, dtype)
     size = sum(s["size"] for s in json.loads((pkg / "manifest.json").read_text())["shards"])
-    print("FULL_SCALE", json.dumps({"model": "olmoe", "dtype": dtype, "step": "convert", "package_bytes": size,
+    print("FULL_SCALE", json.dumps({"model": family, "dtype": dtype, "step": "convert", "package_bytes": size,
                                     "seconds": round(conv["seconds"], 1), "peak_rss_mib": conv["peak_rss"] >> 20,
                                     "read_gb_s": round(conv["bytes_read"] / conv["seconds"] / 1e9, 3)}))
     runs = {}
     for budget in (1.0, 0.25):
         r = runs[budget] = python(RUN, pkg, budget)
-        print("FULL_SCALE", json.dumps({"model": "olmoe", "dtype": dtype, "step": f"run, {budget:.0%} of experts",
+        print("FULL_SCALE", json.dumps({"model": family, "dtype": dtype, "step": f"run, {budget:.0%} of experts",
                                         **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
                                            if k != "experts"}, "peak_rss_mib": r["peak_rss"] >> 20,
                                         "hit_rate": r["experts"].get("hit_rate")}))
