@@ -1,6 +1,7 @@
 """webmoe against llama.cpp's Vulkan backend on the same adapter and the same model, in one table.
 
     .venv/bin/python scripts/bench_llama.py [--formats f16,q8,q4] [--rounds 2] [--peers /tmp/webmoe-peers]
+                                            [--checkpoint HF_DIR] [--prompt 128] [--decode 32]
 
 1. Builds llama.cpp's `llama-bench` and `llama-quantize` with the Vulkan backend from the llama.cpp source
    that PyPI's llama-cpp-python sdist vendors (once per machine, about 10 minutes on 2 cores; needs
@@ -13,6 +14,12 @@
 4. Measures each format `--rounds` times, alternating the engines: llama-bench -p 128 -n 32 -ngl 99 (every
    layer and expert on the adapter) and `webmoe speed` with the same prompt and decode lengths (every
    expert resident), then prints prefill and decode tokens/s of both and webmoe's ratio.
+
+`--checkpoint` measures another Hugging Face checkpoint instead (for example a full-depth one from
+scripts/full_size_checkpoint.py): webmoe converts it as it is; llama.cpp reads a folder of links to its
+weights and config with a SentencePiece tokenizer beside them (trained here, padded to the model's
+vocabulary by llama.cpp's converter), since its converter accepts a byte-level BPE tokenizer only when it
+recognises the tokenizer's pre-tokenizer. The vocabulary's size, and so every tensor, is the checkpoint's.
 
 On a machine without a GPU both run on Mesa lavapipe; WEBMOE_ADAPTER / GGML_VK_VISIBLE_DEVICES pick
 another adapter. Run it on an otherwise idle machine: both engines use every core.
@@ -32,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_CPP_PYTHON = "0.3.36"
-PROMPT, DECODE = 128, 32
+PROMPT, DECODE = 128, 32     # llama-bench's pp128 / tg32
 GGUF_TYPE = {"f16": "f16", "q8": "q8_0", "q4": "Q4_K_M"}    # webmoe format -> the closest llama.cpp type
 BUILD_TOOLS = {"cmake": "cmake", "c++": "g++", "glslc": "glslc", "glslangValidator": "glslang-tools"}
 
@@ -94,7 +101,6 @@ def write_checkpoint(out: Path) -> Path:
     """The Mixtral-shaped bench checkpoint (random weights, fixed seed) with a SentencePiece tokenizer."""
     if (out / "model.safetensors").exists():
         return out
-    import sentencepiece as spm
     import torch
     import transformers as T
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +110,15 @@ def write_checkpoint(out: Path) -> Path:
                              bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     T.MixtralForCausalLM(config).to(torch.float16).save_pretrained(out)
-    # the tokenizer learns from the project's own prose: any English text will do for speed
+    sentencepiece_tokenizer(out)
+    T.LlamaTokenizerFast.from_pretrained(out).save_pretrained(out)     # tokenizer.json for webmoe
+    return out
+
+
+def sentencepiece_tokenizer(out: Path) -> None:
+    """A 512-piece SentencePiece tokenizer (out/tokenizer.model) learnt from the project's own prose: any
+    English text will do for speed."""
+    import sentencepiece as spm
     corpus = out / "corpus.txt"
     corpus.write_text("\n".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]))
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "tokenizer"), vocab_size=512,
@@ -112,27 +126,56 @@ def write_checkpoint(out: Path) -> Path:
                                    unk_id=0, pad_id=-1, minloglevel=2)
     corpus.unlink()
     (out / "tokenizer.vocab").unlink()
-    T.LlamaTokenizerFast.from_pretrained(out).save_pretrained(out)     # tokenizer.json for webmoe
-    return out
 
 
-def gguf(llama: Path, ckpt: Path, fmt: str, work: Path) -> Path:
+def for_llama(ckpt: Path, work: Path) -> Path:
+    """A folder llama.cpp's converter reads for `ckpt`: links to its weights and config, and a SentencePiece
+    tokenizer in place of its own."""
+    view = work / f"{ckpt.name}-for-llama"
+    if (view / "tokenizer.model").exists():
+        return view
+    view.mkdir(parents=True, exist_ok=True)
+    for f in ckpt.iterdir():
+        if not f.name.startswith("tokenizer") and not (view / f.name).exists():
+            (view / f.name).symlink_to(f.resolve())
+    sentencepiece_tokenizer(view)
+    return view
+
+
+# llama.cpp's converter with byte-level BPE vocabularies read as SentencePiece where the folder holds only
+# a tokenizer.model (for_llama): argv as convert_hf_to_gguf.py's
+CONVERT_SHIM = """
+import runpy, sys
+llama = sys.argv.pop(1)
+sys.path[:0] = [llama, llama + "/gguf-py"]
+from conversion.base import TextModel
+TextModel._set_vocab_gpt2 = lambda self: self._set_vocab_sentencepiece()
+sys.argv[0] = llama + "/convert_hf_to_gguf.py"
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def gguf(llama: Path, ckpt: Path, fmt: str, work: Path, keep_f16: bool = True) -> Path:
     """The checkpoint as llama.cpp reads it, in the type closest to webmoe's format `fmt`."""
-    target = work / f"bench-{GGUF_TYPE[fmt]}.gguf"
+    target = work / f"{ckpt.name}-{GGUF_TYPE[fmt]}.gguf"
     if not target.exists():
         if fmt == "q4":      # llama.cpp's converter writes no k-quants: llama-quantize makes them from f16
-            run([llama / "build" / "bin" / "llama-quantize", gguf(llama, ckpt, "f16", work), target, GGUF_TYPE[fmt]],
+            f16 = gguf(llama, ckpt, "f16", work)
+            run([llama / "build" / "bin" / "llama-quantize", f16, target, GGUF_TYPE[fmt]],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if not keep_f16:
+                f16.unlink()             # a full-size f16 GGUF is the checkpoint's size again
         else:
-            run([sys.executable, llama / "convert_hf_to_gguf.py", ckpt, "--outfile", target, "--outtype",
-                 GGUF_TYPE[fmt]], env={**os.environ, "PYTHONPATH": str(llama / "gguf-py")},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            shim = [sys.executable, "-c", CONVERT_SHIM, llama] if (ckpt / "tokenizer.model").exists() and not \
+                (ckpt / "tokenizer.json").exists() else [sys.executable, llama / "convert_hf_to_gguf.py"]
+            run([*shim, ckpt, "--outfile", target, "--outtype", GGUF_TYPE[fmt]],
+                env={**os.environ, "PYTHONPATH": str(llama / "gguf-py")}, stdout=subprocess.DEVNULL)
     return target
 
 
-def llama_bench(llama: Path, model: Path) -> dict:
+def llama_bench(llama: Path, model: Path, prompt: int, decode: int) -> dict:
     env = {**os.environ, "GGML_VK_VISIBLE_DEVICES": os.environ.get("GGML_VK_VISIBLE_DEVICES", "0")}
-    r = run([llama / "build" / "bin" / "llama-bench", "-m", model, "-p", PROMPT, "-n", DECODE, "-r", 1, "-ngl", 99,
+    r = run([llama / "build" / "bin" / "llama-bench", "-m", model, "-p", prompt, "-n", decode, "-r", 1, "-ngl", 99,
              "-t", os.cpu_count(), "-o", "json"], env=env, capture_output=True, text=True)
     rows = json.loads(r.stdout)
     pick = {("prefill" if row["n_prompt"] else "decode"): row["avg_ts"] for row in rows}
@@ -140,8 +183,8 @@ def llama_bench(llama: Path, model: Path) -> dict:
     return {**pick, "device": device[1].strip() if device else "?", "build": rows[0].get("build_commit", "?")}
 
 
-def webmoe_speed(pkg: Path) -> dict:
-    r = run([sys.executable, "-m", "webmoe", "speed", pkg, "--prompt", PROMPT, "--tokens", DECODE, "--repeats", 1,
+def webmoe_speed(pkg: Path, prompt: int, decode: int) -> dict:
+    r = run([sys.executable, "-m", "webmoe", "speed", pkg, "--prompt", prompt, "--tokens", decode, "--repeats", 1,
              "--json", pkg / "speed.json"], capture_output=True, text=True)
     s = json.loads((pkg / "speed.json").read_text())
     return {"prefill": s["prefill"]["median"], "decode": s["decode"]["median"], "device": s["adapter"],
@@ -154,25 +197,32 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="measurements of each engine, alternating")
     ap.add_argument("--peers", type=Path, default=Path(os.environ.get("PEERS", "/tmp/webmoe-peers")))
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-llama")
+    ap.add_argument("--checkpoint", type=Path, help="a Hugging Face checkpoint to measure instead of the bench model")
+    ap.add_argument("--prompt", type=int, default=PROMPT)
+    ap.add_argument("--decode", type=int, default=DECODE)
     args = ap.parse_args()
     formats = args.formats.split(",")
     llama = build_llama(args.peers)
-    ckpt = write_checkpoint(args.work / "checkpoint")
+    ckpt = args.checkpoint.resolve() if args.checkpoint else write_checkpoint(args.work / "checkpoint")
+    llama_ckpt = for_llama(ckpt, args.work) if args.checkpoint else ckpt
+    name = ckpt.name if args.checkpoint else "bench"
     rows = []
     for fmt in formats:
-        model = gguf(llama, ckpt, fmt, args.work)
-        pkg = args.work / f"webmoe-{fmt}"
+        model = gguf(llama, llama_ckpt, fmt, args.work, keep_f16="f16" in formats)
+        pkg = args.work / f"webmoe-{name}-{fmt}"
         if not (pkg / "manifest.json").exists():
             run([sys.executable, "-m", "webmoe", "convert", ckpt, pkg, "--dtype", fmt, "--force"],
                 stdout=subprocess.DEVNULL)
         for i in range(args.rounds):
-            peer, ours = llama_bench(llama, model), webmoe_speed(pkg)
+            peer = llama_bench(llama, model, args.prompt, args.decode)
+            ours = webmoe_speed(pkg, args.prompt, args.decode)
             rows.append({"format": fmt, "round": i + 1, "llama": peer, "webmoe": ours})
-            print(f"{fmt} round {i + 1}: llama.cpp pp{PROMPT} {peer['prefill']:.2f} tg{DECODE} {peer['decode']:.2f}; "
+            print(f"{fmt} round {i + 1}: llama.cpp pp{args.prompt} {peer['prefill']:.2f} tg{args.decode} {peer['decode']:.2f}; "
                   f"webmoe {ours['prefill']:.2f} / {ours['decode']:.2f}", file=sys.stderr)
     first = rows[0]
-    print(f"Mixtral-shaped bench model (72 M parameters, 8 experts top-2, every expert resident); prompt {PROMPT}, "
-          f"decode {DECODE}; llama.cpp (build {first['llama']['build']}, from the llama-cpp-python {LLAMA_CPP_PYTHON} sdist) on "
+    what = (f"{ckpt.name} ({json.loads((ckpt / 'config.json').read_text()).get('model_type')})" if args.checkpoint
+            else "Mixtral-shaped bench model (72 M parameters, 8 experts top-2)")
+    print(f"{what}, every expert resident; prompt {args.prompt}, decode {args.decode}; llama.cpp (build {first['llama']['build']}, from the llama-cpp-python {LLAMA_CPP_PYTHON} sdist) on "
           f"{first['llama']['device']}; webmoe on {first['webmoe']['device']}; {platform.machine()}, "
           f"{os.cpu_count()} cores")
     print("| format (llama.cpp type) | round | llama.cpp prefill | webmoe prefill | ratio | llama.cpp decode | "
