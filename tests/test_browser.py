@@ -438,6 +438,28 @@ def test_opfs_budget_smaller_than_the_model(tmp_path):
         assert np.abs(logits - want).max() / np.abs(want).max() <= BROWSER_TOL
 
 
+def test_the_link_serves_needed_shards_before_those_fetched_ahead():
+    """web/transfers.js, the queue every shard transfer waits in: with two at once, transfers ahead of need
+    (predictions, background filling) wait behind needed ones whatever their arrival order; a waiting one
+    that becomes needed moves up; one dropped before it starts rejects with Dropped and frees nothing it did
+    not hold; a needed transfer is never dropped."""
+    with serving(create_app([DEMO])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        order = page.evaluate("""async () => {
+          const { TransferQueue } = await import('/web/transfers.js');
+          const q = new TransferQueue(2), order = [];
+          const go = (f, ahead) => q.enter(f, ahead).then(() => order.push(f), (e) => order.push(`${f} ${e.name}`));
+          const tick = () => new Promise((r) => setTimeout(r, 0));
+          go('a', false); go('b', false); go('p1', true); go('p2', true); go('n1', false); go('p3', true);
+          await tick();
+          q.need('p3'); q.drop('p2'); q.drop('n1');
+          await tick();
+          for (let i = 0; i < 3; i++) { q.done(); await tick(); }
+          return order;
+        }""")
+    assert order == ["a", "b", "p2 Dropped", "n1", "p3", "p1"]
+
+
 def test_a_failing_mirror_is_skipped(tmp_path, packages):
     """The package names two mirrors; its own server refuses every shard and the first mirror serves wrong
     bytes: each shard is tried there, refused or found to fail its sha256, and comes from the second

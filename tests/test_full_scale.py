@@ -150,13 +150,13 @@ def chromium_memory() -> dict:
     """Peak resident memory (VmHWM, MiB) of the running Chromium's renderer and GPU processes."""
     peaks = {"renderer": 0, "gpu-process": 0}
     for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        try:       # Chromium's child processes rewrite their command line as one space-separated string
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
             status = (proc / "status").read_text()
         except (OSError, ValueError):
             continue
-        kind = next((a.decode().split("=", 1)[1] for a in cmd if a.startswith(b"--type=")), None)
-        if b"chromium" in cmd[0] and kind in peaks:
+        kind = next((a.split("=", 1)[1] for a in cmd if a.startswith("--type=")), None)
+        if cmd and "chromium" in cmd[0] and kind in peaks:
             hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
             peaks[kind] = max(peaks[kind], int(hwm.split()[1]) >> 10)
     return peaks

@@ -164,6 +164,7 @@ export class Engine {
       cache.stats[seg.layer].wait_s += (performance.now() - t0) / 1000;
       const chosen = routed.subarray(0, ids.length * this.topK);
       cache.record(seg.layer, chosen);
+      if (predict) cache.fetchAhead(predict[2], routed.subarray(ids.length * this.topK));
       for await (const batch of cache.batches(seg.layer, chosen)) {
         encoder = this.device.createCommandEncoder();
         ex.encodeRange(encoder, env, seg.start, seg.stop, cache.banksOf(seg.layer, batch), cache.bankEnv);

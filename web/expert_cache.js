@@ -205,8 +205,11 @@ export class ExpertCache {
       st.needed_after_prediction += need.length;
     }
     const resident = (e) => this.resident.has(`${layer}_${e}`);
+    const shardOf = (e) => this.manifest.experts[`${layer}_${e}`].shard;
+    // predicted experts the router did not choose give the link back to those it did, unless already under way
+    if (predicted) for (const e of predicted) if (!need.includes(e)) this.store.drop(shardOf(e));
     // the missing experts' shards are read (or fetched) all at once, not one after another as they upload
-    for (const e of need) if (!resident(e)) this.store.warm(this.manifest.experts[`${layer}_${e}`].shard);
+    for (const e of need) if (!resident(e)) this.store.warm(shardOf(e));
     let pending = [...need.filter(resident), ...need.filter((e) => !resident(e))];   // hits first
     while (pending.length) {
       const t0 = performance.now();
@@ -241,6 +244,16 @@ export class ExpertCache {
     this.inUse = new Set();
   }
 
+  // Starts fetching the shards of experts predicted for a later layer that are neither resident nor local,
+  // as soon as the prediction is read back: their transfers wait behind the experts needed now, so the link
+  // goes on to them the moment those have arrived (prefetch() uploads them once this layer's experts run).
+  fetchAhead(layer, experts) {
+    for (const e of new Set(experts)) {
+      const shard = this.manifest.experts[`${layer}_${e}`].shard;
+      if (!this.resident.has(`${layer}_${e}`) && !this.store.isLocal(shard)) this.store.warm(shard, { ahead: true });
+    }
+  }
+
   // Loads experts predicted for a layer's next pass into free or least recently used slots. Those whose
   // shard must come over the network are only started (the fetch goes on while the GPU works; the layer's
   // pass uploads them), so a prediction never waits for the network.
@@ -260,7 +273,7 @@ export class ExpertCache {
       }
       const shard = this.manifest.experts[key].shard;
       if (!this.store.isLocal(shard)) {
-        this.store.warm(shard);
+        this.store.warm(shard, { ahead: true });
         continue;
       }
       const slots = this.takeSlots();

@@ -8,6 +8,7 @@
 
 import { PackageError, QuotaError } from "./errors.js";
 import { readManifest } from "./manifest.js";
+import { TransferQueue } from "./transfers.js";
 
 export { QuotaError };
 const ROOT = "webmoe";
@@ -85,6 +86,8 @@ export class ModelStore {
     s.url = new URL(manifestUrl, self.location.href).href;
     s.onProgress = options.onProgress || (() => {});
     s.concurrency = options.concurrency || 4;
+    s.transfers = new TransferQueue(s.concurrency);          // the link: needed shards before those fetched ahead
+    s.ahead = new Set();                                     // files being read ahead of need (prefetch, filling)
     s.memoryBytes = options.memoryBytes ?? 256 * 2 ** 20;   // in-memory LRU of verified shard bytes (paging)
     s.memory = new Map();                                    // file -> ArrayBuffer, oldest first
     s.memoryUsed = 0;
@@ -265,34 +268,48 @@ export class ModelStore {
     for (let attempt = 0; attempt <= this.retries; attempt++) {
       const base = this.source();
       const url = new URL(e.file, base).href;
-      this.status[e.file] = attempt ? "retrying" : "downloading";
       try {
-        const data = this.ephemeral ? await this.fetchIntoMemory(e, url) : await this.fetchIntoOpfs(e, url);
+        await this.transfers.enter(e.file, this.ahead.has(e.file));
+      } catch (err) {                                              // Dropped: nobody wants it any more
+        this.status[e.file] = "on demand";
+        this.progress();
+        throw err;
+      }
+      this.status[e.file] = attempt ? "retrying" : "downloading";
+      let data = null;
+      let failure = null;
+      try {
+        data = this.ephemeral ? await this.fetchIntoMemory(e, url) : await this.fetchIntoOpfs(e, url);
+      } catch (err) {
+        failure = err;
+      } finally {
+        this.transfers.done();
+      }
+      if (!failure) {
         this.status[e.file] = this.ephemeral ? "in memory" : "done";
         this.progress();
         return data;
-      } catch (err) {
-        lastError = err;
-        if (err?.name === "QuotaExceededError") {
-          // the estimate was optimistic (or another tab took the space): memory only from now on, or (storage
-          // "opfs") give up with the same message wherever it happens
-          if (this.storage === "opfs") {
-            this.status[e.file] = "error";
-            this.progress();
-            throw quotaError(e.size, 0);
-          }
-          this.keepNothing(`the browser refused to store more of the model (${err.message})`);
-          attempt--;
-          continue;
+      }
+      lastError = failure;
+      if (failure?.name === "QuotaExceededError") {
+        // the estimate was optimistic (or another tab took the space): memory only from now on, or (storage
+        // "opfs") give up with the same message wherever it happens
+        if (this.storage === "opfs") {
+          this.status[e.file] = "error";
+          this.progress();
+          throw quotaError(e.size, 0);
         }
-        this.status[e.file] = "retrying";
-        this.progress();
-        if (this.failing.size < this.sources.length - 1) {
-          this.failing.add(base);                                 // the next source, at once
-          attempt--;
-        } else {
-          await sleep(200 * 2 ** attempt);
-        }
+        this.keepNothing(`the browser refused to store more of the model (${failure.message})`);
+        attempt--;
+        continue;
+      }
+      this.status[e.file] = "retrying";
+      this.progress();
+      if (this.failing.size < this.sources.length - 1) {
+        this.failing.add(base);                                 // the next source, at once
+        attempt--;
+      } else {
+        await sleep(200 * 2 ** attempt);
       }
     }
     this.status[e.file] = "error";
@@ -434,8 +451,20 @@ export class ModelStore {
 
   // Starts reading a shard into the in-memory LRU (from OPFS, else the network) without waiting for it: a
   // later shard() of the same file joins the read. Failures are left for that shard() to meet again.
-  warm(file) {
-    if (!this.memory.has(file)) this.shard(file, { memo: true }).catch(() => {});
+  // ahead: the shard is wanted ahead of need (a prediction): its transfer waits behind needed ones, and
+  // drop() can cancel it before it starts.
+  warm(file, { ahead = false } = {}) {
+    if (!this.memory.has(file)) this.shard(file, { memo: true, ahead }).catch(() => {});
+  }
+
+  // A shard warmed ahead of need turned out not to be needed: its transfer, if it has not started, is dropped.
+  drop(file) {
+    if (this.ahead.has(file)) this.transfers.drop(file);
+  }
+
+  // The shard is needed now: a read of it under way ahead of need is promoted.
+  needNow(file) {
+    if (this.ahead.delete(file)) this.transfers.need(file);
   }
 
   // Downloads the expert shards that are not in OPFS, one at a time, while the model fits its OPFS budget;
@@ -446,6 +475,7 @@ export class ModelStore {
       if (this.state.verified[e.file] === e.sha256) continue;
       const stored = this.manifest.shards.reduce((a, s) => a + (this.state.verified[s.file] === s.sha256 ? s.size : 0), 0);
       if (stored + e.size > this.opfsBudget) return;
+      if (!this.reading.has(e.file)) this.ahead.add(e.file);
       await this.read(e.file).catch(() => {});
     }
   }
@@ -456,7 +486,9 @@ export class ModelStore {
 
   // The verified bytes of a shard, from the in-memory LRU (memo: true keeps them there), else OPFS, else
   // HTTP. A shard that fails its hash in OPFS is deleted and fetched again.
-  async shard(file, { memo = false } = {}) {
+  async shard(file, { memo = false, ahead = false } = {}) {
+    if (!ahead) this.needNow(file);
+    else if (!this.reading.has(file) && !this.memory.has(file)) this.ahead.add(file);
     if (this.memory.has(file)) {
       const data = this.memory.get(file);
       this.memory.delete(file);
@@ -482,7 +514,10 @@ export class ModelStore {
   // One read per file at a time: reads of a file already being read (or downloaded) join it.
   read(file) {
     if (!this.reading.has(file)) {
-      this.reading.set(file, this.readOnce(file).finally(() => this.reading.delete(file)));
+      this.reading.set(file, this.readOnce(file).finally(() => {
+        this.reading.delete(file);
+        this.ahead.delete(file);
+      }));
     }
     return this.reading.get(file);
   }
