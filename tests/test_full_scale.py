@@ -205,7 +205,8 @@ def test_olmoe_q4_in_the_browser_over_a_home_connection(olmoe):
         "decode_tok_s_local": round((len(a["stamps"]) - 1) / (a["stamps"][-1] - a["stamps"][0]), 3),
         "network_mb": round(first["tiers"]["network"]["bytes"] / 1e6), "opfs_mib": first["opfs_bytes"] >> 20,
         "budget_mib": budget >> 20, "renderer_peak_mib": memory["renderer"], "gpu_process_peak_mib": memory["gpu-process"],
-        "hit_rate": first["total"].get("hit_rate"), "reload_load_s": round(reload["load_s"], 1),
+        "hit_rate": first["total"].get("hit_rate"), "prediction_precision": first["total"].get("precision"),
+        "prediction_recall": first["total"].get("recall"), "reload_load_s": round(reload["load_s"], 1),
         "reload_network_mb_at_load": round(reload["atLoad"]["bytes"] / 1e6, 1),
         "reload_ttft_s": round(reload["first"]["stamps"][0], 1)}))
     assert f["tokens"] == native["tokens"] == a["tokens"]
