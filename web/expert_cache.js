@@ -247,8 +247,12 @@ export class ExpertCache {
   // Starts fetching the shards of experts predicted for a later layer that are neither resident nor local,
   // as soon as the prediction is read back: their transfers wait behind the experts needed now, so the link
   // goes on to them the moment those have arrived (prefetch() uploads them once this layer's experts run).
+  // Most-predicted first (the experts the most tokens are predicted to choose): when the router's choice
+  // arrives, the transfers still waiting are the least likely ones, and those it did not choose are dropped.
   fetchAhead(layer, experts) {
-    for (const e of new Set(experts)) {
+    const votes = new Map();
+    for (const e of experts) votes.set(e, (votes.get(e) || 0) + 1);
+    for (const [e] of [...votes].sort((a, b) => b[1] - a[1] || a[0] - b[0])) {
       const shard = this.manifest.experts[`${layer}_${e}`].shard;
       if (!this.resident.has(`${layer}_${e}`) && !this.store.isLocal(shard)) this.store.warm(shard, { ahead: true });
     }

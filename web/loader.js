@@ -116,7 +116,7 @@ export class ModelStore {
     s.failing = new Set();
     // per tier below the GPU: shard reads that OPFS served and fetches the network served
     s.tiers = { opfs: { reads: 0, bytes: 0, wait_s: 0, evictions: 0 },
-                network: { fetches: 0, bytes: 0, wait_s: 0, failed_sources: 0 } };
+                network: { fetches: 0, bytes: 0, wait_s: 0, failed_sources: 0, dropped: 0 } };
     s.id = await modelId(s.url);
     s.dir = null;                                            // the model's OPFS folder, where there is one
     if (!s.ephemeral) {
@@ -268,8 +268,9 @@ export class ModelStore {
     for (let attempt = 0; attempt <= this.retries; attempt++) {
       const base = this.source();
       const url = new URL(e.file, base).href;
+      let link;
       try {
-        await this.transfers.enter(e.file, this.ahead.has(e.file));
+        link = await this.transfers.enter(e.file, this.ahead.has(e.file));
       } catch (err) {                                              // Dropped: nobody wants it any more
         this.status[e.file] = "on demand";
         this.progress();
@@ -279,11 +280,18 @@ export class ModelStore {
       let data = null;
       let failure = null;
       try {
-        data = this.ephemeral ? await this.fetchIntoMemory(e, url) : await this.fetchIntoOpfs(e, url);
+        data = this.ephemeral ? await this.fetchIntoMemory(e, url, link.signal)
+                              : await this.fetchIntoOpfs(e, url, link.signal);
       } catch (err) {
         failure = err;
       } finally {
-        this.transfers.done();
+        link.done();
+      }
+      if (failure && link.signal.aborted) {                        // dropped under way: what arrived is kept
+        this.tiers.network.dropped++;
+        this.status[e.file] = "on demand";
+        this.progress();
+        throw link.signal.reason;
       }
       if (!failure) {
         this.status[e.file] = this.ephemeral ? "in memory" : "done";
@@ -321,7 +329,7 @@ export class ModelStore {
 
   // One try at a shard into <file>.part, resuming what is there with a Range request, verified, then moved
   // into place. A QuotaExceededError leaves nothing behind; other failures keep the bytes that arrived.
-  async fetchIntoOpfs(e, url) {
+  async fetchIntoOpfs(e, url, signal) {
     let writable = null;
     try {
       // creating the file can already exceed the quota (another download holds the space)
@@ -330,7 +338,8 @@ export class ModelStore {
       if (have > e.size) have = 0;
       const before = have;
       if (have < e.size) {
-        const resp = await fetch(url, { cache: "no-store", headers: have ? { Range: `bytes=${have}-`, "If-Range": `"${e.sha256}"` } : {} });
+        const resp = await fetch(url, { cache: "no-store", signal,
+                                        headers: have ? { Range: `bytes=${have}-`, "If-Range": `"${e.sha256}"` } : {} });
         if (resp.status === 200) have = 0;
         else if (resp.status !== 206 || !(resp.headers.get("Content-Range") || "").startsWith(`bytes ${have}-`)) {
           throw new Error(`${e.file}: HTTP ${resp.status}`);
@@ -364,8 +373,8 @@ export class ModelStore {
   }
 
   // One try at a shard into memory, verified; nothing is stored.
-  async fetchIntoMemory(e, url) {
-    const resp = await fetch(url, { cache: "no-store" });
+  async fetchIntoMemory(e, url, signal) {
+    const resp = await fetch(url, { cache: "no-store", signal });
     if (resp.status !== 200) throw new Error(`${e.file}: HTTP ${resp.status}`);
     const data = new Uint8Array(e.size);
     let have = 0;

@@ -1,8 +1,8 @@
 // The network link's queue: at most `limit` shard transfers at once, those the model needs now before those
 // fetched ahead of need (the next layer's predicted experts, background filling), each kind in arrival
-// order. A transfer ahead of need that has not started when nobody wants it any more is dropped, so that a
-// wrong prediction never holds the link while a needed expert waits. (Native twin: none; the native engine
-// reads its package from disk.)
+// order. A transfer ahead of need that nobody wants any more is dropped, waiting or under way (its fetch is
+// aborted through the signal enter() gave), so that a wrong prediction never holds the link while a needed
+// expert waits. (Native twin: none; the native engine reads its package from disk.)
 
 export class Dropped extends Error { name = "Dropped"; }
 
@@ -11,10 +11,12 @@ export class TransferQueue {
     this.limit = limit;
     this.active = 0;
     this.waiting = [];          // {file, ahead, start, drop}, in arrival order
+    this.running = new Set();   // {file, ahead, abort}: transfers under way
   }
 
-  // Resolves when a transfer of `file` may start (the caller calls done() when it ends); rejects with
-  // Dropped if it was ahead of need and drop(file) came first.
+  // Resolves, when a transfer of `file` may start, to {signal, done}: the fetch's AbortSignal (aborted when
+  // the transfer is dropped under way) and done(), to call when it ends. Rejects with Dropped if it was
+  // ahead of need and drop(file) came before it started.
   enter(file, ahead) {
     return new Promise((start, drop) => {
       this.waiting.push({ file, ahead, start, drop });
@@ -22,31 +24,28 @@ export class TransferQueue {
     });
   }
 
-  done() {
-    this.active--;
-    this.pump();
-  }
-
-  // A waiting transfer of `file` is needed now.
+  // A transfer of `file`, waiting or under way, is needed now.
   need(file) {
-    for (const w of this.waiting) if (w.file === file) w.ahead = false;
+    for (const w of [...this.waiting, ...this.running]) if (w.file === file) w.ahead = false;
   }
 
-  // Drops the waiting transfers of `file` that are ahead of need.
+  // Drops the transfers of `file` that are ahead of need: those waiting reject, those under way are aborted.
   drop(file) {
     this.waiting = this.waiting.filter((w) => {
       if (w.file !== file || !w.ahead) return true;
       w.drop(new Dropped(`${file}: fetched ahead of need, and no longer wanted`));
       return false;
     });
+    for (const r of this.running) if (r.file === file && r.ahead) r.abort.abort(new Dropped(`${file}: no longer wanted`));
   }
 
   pump() {
-    while (this.active < this.limit && this.waiting.length) {
+    while (this.running.size < this.limit && this.waiting.length) {
       const needed = this.waiting.findIndex((w) => !w.ahead);
       const [w] = this.waiting.splice(needed < 0 ? 0 : needed, 1);
-      this.active++;
-      w.start();
+      const r = { file: w.file, ahead: w.ahead, abort: new AbortController() };
+      this.running.add(r);
+      w.start({ signal: r.abort.signal, done: () => { this.running.delete(r); this.pump(); } });
     }
   }
 }
