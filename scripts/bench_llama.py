@@ -184,8 +184,8 @@ def llama_bench(llama: Path, model: Path, prompt: int, decode: int) -> dict:
 
 
 def webmoe_speed(pkg: Path, prompt: int, decode: int) -> dict:
-    r = run([sys.executable, "-m", "webmoe", "speed", pkg, "--prompt", prompt, "--tokens", decode, "--repeats", 1,
-             "--json", pkg / "speed.json"], capture_output=True, text=True)
+    run([sys.executable, "-m", "webmoe", "speed", pkg, "--prompt", prompt, "--tokens", decode, "--repeats", 1,
+         "--json", pkg / "speed.json"], capture_output=True, text=True)
     s = json.loads((pkg / "speed.json").read_text())
     return {"prefill": s["prefill"]["median"], "decode": s["decode"]["median"], "device": s["adapter"],
             "share": s["bandwidth_share"], "bandwidth": s["bandwidth"]}
@@ -222,7 +222,8 @@ def main() -> int:
     first = rows[0]
     what = (f"{ckpt.name} ({json.loads((ckpt / 'config.json').read_text()).get('model_type')})" if args.checkpoint
             else "Mixtral-shaped bench model (72 M parameters, 8 experts top-2)")
-    print(f"{what}, every expert resident; prompt {args.prompt}, decode {args.decode}; llama.cpp (build {first['llama']['build']}, from the llama-cpp-python {LLAMA_CPP_PYTHON} sdist) on "
+    print(f"{what}, every expert resident; prompt {args.prompt}, decode {args.decode}; llama.cpp (build "
+          f"{first['llama']['build']}, from the llama-cpp-python {LLAMA_CPP_PYTHON} sdist) on "
           f"{first['llama']['device']}; webmoe on {first['webmoe']['device']}; {platform.machine()}, "
           f"{os.cpu_count()} cores")
     print("| format (llama.cpp type) | round | llama.cpp prefill | webmoe prefill | ratio | llama.cpp decode | "

@@ -9,7 +9,6 @@ export class Dropped extends Error { name = "Dropped"; }
 export class TransferQueue {
   constructor(limit) {
     this.limit = limit;
-    this.active = 0;
     this.waiting = [];          // {file, ahead, start, drop}, in arrival order
     this.running = new Set();   // {file, ahead, abort}: transfers under way
   }
