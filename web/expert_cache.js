@@ -249,6 +249,7 @@ export class ExpertCache {
   // goes on to them the moment those have arrived (prefetch() uploads them once this layer's experts run).
   // Most-predicted first (the experts the most tokens are predicted to choose): when the router's choice
   // arrives, the transfers still waiting are the least likely ones, and those it did not choose are dropped.
+  // (Browser only: natively the shards are on disk, and prefetch() reads them at once.)
   fetchAhead(layer, experts) {
     const votes = new Map();
     for (const e of experts) votes.set(e, (votes.get(e) || 0) + 1);
