@@ -260,8 +260,8 @@ export class ExpertCache {
   }
 
   // Loads experts predicted for a layer's next pass into free or least recently used slots. Those whose
-  // shard must come over the network are only started (the fetch goes on while the GPU works; the layer's
-  // pass uploads them), so a prediction never waits for the network.
+  // shard must come over the network were started by fetchAhead() (the fetch goes on while the GPU works;
+  // the layer's pass uploads them), so a prediction never waits for the network.
   async prefetch(layer, experts) {
     const t0 = performance.now();
     const want = [...new Set(experts)].sort((a, b) => a - b);
@@ -276,11 +276,7 @@ export class ExpertCache {
         this.resident.set(key, slot);
         continue;
       }
-      const shard = this.manifest.experts[key].shard;
-      if (!this.store.isLocal(shard)) {
-        this.store.warm(shard, { ahead: true });
-        continue;
-      }
+      if (!this.store.isLocal(this.manifest.experts[key].shard)) continue;
       const slots = this.takeSlots();
       if (slots == null) break;
       await this.upload(key, slots);

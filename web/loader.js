@@ -252,8 +252,8 @@ export class ModelStore {
     return this.sources.find((u) => !this.failing.has(u)) ?? this.sources[0];
   }
 
-  // Downloads one shard into <file>.part (resuming what is there), verifies it, moves it into place.
-  // Any source serves any shard: it is checked against its sha256 whatever its origin.
+  // Downloads one shard (into OPFS, or into memory when nothing is kept), verified, counted in the network
+  // tier. Any source serves any shard: it is checked against its sha256 whatever its origin.
   async download(e) {
     const t0 = performance.now();
     const data = await this.fetchShard(e);
@@ -466,9 +466,9 @@ export class ModelStore {
     if (!this.memory.has(file)) this.shard(file, { memo: true, ahead }).catch(() => {});
   }
 
-  // A shard warmed ahead of need turned out not to be needed: its transfer, if it has not started, is dropped.
+  // A shard warmed ahead of need turned out not to be needed: its transfer is dropped, waiting or under way.
   drop(file) {
-    if (this.ahead.has(file)) this.transfers.drop(file);
+    this.transfers.drop(file);
   }
 
   // The shard is needed now: a read of it under way ahead of need is promoted.
@@ -484,8 +484,7 @@ export class ModelStore {
       if (this.state.verified[e.file] === e.sha256) continue;
       const stored = this.manifest.shards.reduce((a, s) => a + (this.state.verified[s.file] === s.sha256 ? s.size : 0), 0);
       if (stored + e.size > this.opfsBudget) return;
-      if (!this.reading.has(e.file)) this.ahead.add(e.file);
-      await this.read(e.file).catch(() => {});
+      await this.read(e.file, { ahead: true }).catch(() => {});
     }
   }
 
@@ -496,8 +495,6 @@ export class ModelStore {
   // The verified bytes of a shard, from the in-memory LRU (memo: true keeps them there), else OPFS, else
   // HTTP. A shard that fails its hash in OPFS is deleted and fetched again.
   async shard(file, { memo = false, ahead = false } = {}) {
-    if (!ahead) this.needNow(file);
-    else if (!this.reading.has(file) && !this.memory.has(file)) this.ahead.add(file);
     if (this.memory.has(file)) {
       const data = this.memory.get(file);
       this.memory.delete(file);
@@ -505,7 +502,7 @@ export class ModelStore {
       this.memoryCounts.hits++;
       return data;
     }
-    const data = await this.read(file);
+    const data = await this.read(file, { ahead });
     if (memo && !this.memory.has(file)) {        // (a read of the same file that ran alongside may have put it there)
       this.memoryCounts.misses++;
       this.memory.set(file, data);
@@ -520,9 +517,13 @@ export class ModelStore {
     return data;
   }
 
-  // One read per file at a time: reads of a file already being read (or downloaded) join it.
-  read(file) {
+  // One read per file at a time: reads of a file already being read (or downloaded) join it. ahead: this
+  // read is wanted ahead of need (its transfer waits behind needed ones, and drop() can cancel it); a read
+  // started ahead of need is promoted when a caller that needs it joins.
+  read(file, { ahead = false } = {}) {
+    if (!ahead) this.needNow(file);
     if (!this.reading.has(file)) {
+      if (ahead) this.ahead.add(file);
       this.reading.set(file, this.readOnce(file).finally(() => {
         this.reading.delete(file);
         this.ahead.delete(file);
