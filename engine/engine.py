@@ -108,6 +108,19 @@ class Engine:
     def adapter(self) -> str:
         return self.gpu.description
 
+    def close(self) -> None:
+        """Gives back the engine's GPU memory and its device's polling thread now; the engine cannot run
+        afterwards. (wgpu-py's device refers to itself, so without close() they wait for Python's cyclic
+        collector: a server that swaps models held every old device until the collector ran.)"""
+        self.gpu.device.destroy()
+        self.package.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # --- forward --------------------------------------------------------------------------------------
 
     def _check_ids(self, ids) -> np.ndarray:

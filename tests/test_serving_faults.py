@@ -3,6 +3,7 @@ its batch alone and never sees another's data; admission keeps its word (free sl
 are all usable, a client that leaves frees its place at once, /stats accounts for every request); the
 statistics sit behind the keys, other origins cannot drive the API, the body limit is the documented
 one, admin swaps come only from the package roots, and feedback counts one vote per completion and key."""
+import gc
 import http.client
 import json
 import shutil
@@ -287,3 +288,29 @@ def test_feedback_counts_one_vote_per_completion_and_key(pkg, tmp_path):
         assert status == 400 and len(text) < 400 and "xxxx" not in text
         status, _, text = raw(url, "POST", "/v1/feedback", {"id": "chatcmpl-nope", "positive": True}, auth)
         assert status == 404
+
+
+def poll_threads() -> int:
+    """wgpu's polling threads: one per GPU device alive."""
+    return sum(type(t).__name__ == "PollThread" for t in threading.enumerate())
+
+
+def test_a_swapped_out_model_gives_its_device_back_at_once(pkg, tmp_path):
+    """wgpu-py's device refers to itself, so a dropped engine's device (its GPU memory, its polling thread)
+    waited for Python's cyclic collector. With the collector off: the old version's device is gone once
+    its last request ends, and every device is gone once the server stops."""
+    root = tmp_path / "root"
+    good = shutil.copytree(pkg, root / "v2")
+    admin = {"Authorization": "Bearer admin"}
+    gc.disable()
+    try:
+        before = poll_threads()
+        with serving(create_app([pkg], admin_keys=("admin",), package_roots=[root])) as url:
+            answer = client(url).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
+            assert answer.choices[0].message.content is not None and poll_threads() == before + 1
+            status, _, text = raw(url, "PUT", "/admin/models/tiny", {"path": str(good)}, admin)
+            assert status == 200, text
+            wait_for(lambda: poll_threads() == before + 1, timeout=10)
+        assert poll_threads() == before
+    finally:
+        gc.enable()

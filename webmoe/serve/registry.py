@@ -123,6 +123,11 @@ class Registry:
             used -= v.bytes
             print(f"webmoe: unloaded {v.path.name} (memory budget)", flush=True)
 
+    async def close(self, app=None) -> None:
+        """Unloads every engine: the server is stopping (aiohttp's on_cleanup, after the last request)."""
+        for version in [*self.versions.values(), *self.retired]:
+            self.unload(version)
+
     @staticmethod
     def unload(version: Version) -> None:
         if version.worker is not None:

@@ -148,6 +148,7 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
                             memory_budget, max_batch, pin_hot_share, routing, package_roots)
         add_api_routes(app, registry, Routes(routes or []), admin=bool(admin_keys))
         app[REGISTRY] = registry
+        app.on_cleanup.append(registry.close)
     return app
 
 

@@ -74,8 +74,10 @@ def serving(app: web.Application):
         yield f"http://127.0.0.1:{port}"
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(30)  # its threads end
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
+        loop.close()
 
 
 _playwright = None
