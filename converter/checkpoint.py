@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from webmoe.engine.strict_json import check_schema, parse_json
+from webmoe.format.strict_json import check_schema, parse_json
 
 from .errors import ConversionError
 from .safetensors_file import SafetensorsFile, open_regular

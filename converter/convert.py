@@ -10,6 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from webmoe.format.expert_layout import expert_layout
+
 from .checkpoint import Checkpoint
 from .errors import ConversionError
 from .expert_encoding import expert_encoder
@@ -18,7 +20,7 @@ from .model_plan import build_plan, package_tensors
 from .plan import DEFAULT_MAX_BINDING, parts_of
 from .tokenizer_info import tokenizer_files, tokenizer_info
 from .weight_dtypes import weight_dtypes
-from .writer import PackageWriter, expert_layout
+from .writer import PackageWriter
 
 BLOCK_BYTES = 16 << 20           # dense tensors are read and written in row blocks of about this many f32 bytes
 
@@ -56,11 +58,11 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     native = family.native_expert_format(ckpt)
     if native and not (part_dtypes or {}).get("experts"):
         dtypes["experts"] = native
-    layout = expert_layout(family.expert_shapes(), dtypes["experts"], max_binding)
     tensors = package_tensors(family, ckpt, dtypes)      # name -> (shape, storage format): what is written
     try:
+        layout = expert_layout(family.expert_shapes(), dtypes["experts"], max_binding)
         plan = build_plan(family, ckpt, tensors, dtypes["experts"], max_binding=max_binding)
-    except ValueError as e:                     # a dimension the kernels do not support
+    except ValueError as e:                     # a dimension the kernels or the bindings do not support
         raise ConversionError(str(e)) from None
 
     n_expert_params = sum(math.prod(s) for s in family.expert_shapes().values())

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from webmoe.format.expert_layout import expert_layout
+
 from .checkpoint import Checkpoint
 from .families import family_for
 from .families.base import DecoderFamily
 from .plan import DEFAULT_MAX_BINDING, Plan
 from .weight_dtypes import weight_dtypes
-from .writer import expert_layout
 
 
 def storage_dtype(shape: tuple[int, ...], keep_f32: bool, dtype: str) -> str:

@@ -22,7 +22,7 @@ Tensors larger than `max_binding` (the storage binding every WebGPU adapter gran
 converter is told otherwise) are split by rows into package tensors `NAME.partI`; `splits` states the
 parts and each step that reads such a tensor becomes one step per part, so no binding exceeds the limit.
 Routed experts whose slot would exceed it are cut along their intermediate dimension into `pieces` (see
-writer.expert_layout): the expert FFN is the sum of its pieces' FFNs.
+format/expert_layout.py): the expert FFN is the sum of its pieces' FFNs.
 
 Besides `buffers` and `steps` the plan holds:
     moe_layers  per MoE layer: the router-logits and router steps, the buffer of the chosen expert ids,
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 
-from .quant import encoded_size, fmt
+from webmoe.format.weight_formats import encoded_size, fmt
 
 # provided by the runtime's expert cache: the slab (one of its banks per dispatch), the bank's slot range
 # (a uniform vec4<u32>: first slot, slot count, first expert, experts) and the slot table [layers, E, pieces]
@@ -112,7 +112,7 @@ def parts_of(splits: dict, name: str, shape) -> list[dict]:
 class Plan:
     def __init__(self, tensors: dict[str, tuple[tuple[int, ...], str]], geometry: dict | None = None,
                  max_binding: int = DEFAULT_MAX_BINDING):
-        """tensors: tensor name -> (shape, format of converter/quant.py), before splitting. geometry: per-kernel
+        """tensors: tensor name -> (shape, format of format/weight_formats.py), before splitting. geometry: per-kernel
         overrides of GEOMETRY (tests use it to show that kernels and dispatches follow one source).
         max_binding: the largest tensor part or expert slot the plan lets a step bind."""
         self.max_binding = max_binding

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from webmoe.engine.strict_json import parse_json
+from webmoe.format.strict_json import parse_json
 
 from .errors import ConversionError
 

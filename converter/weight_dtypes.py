@@ -1,10 +1,11 @@
-"""Which format (converter/quant.py) each part of a model's weight matrices is stored in. `--dtype` names
+"""Which format (format/weight_formats.py) each part of a model's weight matrices is stored in. `--dtype` names
 a preset; `--experts-dtype` and its siblings change one part. Norms, biases, routers and gates stay f32
 whatever is chosen (routing decisions are sensitive, and those tensors are small)."""
 from __future__ import annotations
 
+from webmoe.format.weight_formats import FORMATS
+
 from .errors import ConversionError
-from .quant import FORMATS
 
 # routed experts; dense feed-forward layers and shared experts; attention projections; the token
 # embedding (also the LM head when the two are tied); an untied LM head

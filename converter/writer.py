@@ -10,77 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from webmoe.engine.errors import PackageError
-from webmoe.engine.manifest import FORMAT_VERSION, read_manifest, seal_manifest
+from webmoe.format.errors import PackageError
+from webmoe.format.expert_layout import pad
+from webmoe.format.manifest import write_manifest
+from webmoe.format.weight_formats import encoded_size, fmt
 
 from .errors import ConversionError
-from .quant import encode, encoded_size, fmt
+from .quant import encode
 
-ALIGN = 256                      # byte alignment of every tensor in a shard (GPU copy offsets)
-PIECE_QUANTUM = {"mxfp4": 32}    # an expert's pieces cut down's columns on whole MXFP4 blocks (32 values)
 DENSE_SHARD_BYTES = 64 << 20     # dense shards are cut at about this size
-
-
-def pad(n: int) -> int:
-    return -n % ALIGN
-
-
-def _slot_layout(shapes: dict[str, tuple[int, ...]], dtype: str) -> dict:
-    """Every part starts on a block boundary of the format, so that its element offset is a whole number
-    of blocks (shaders/weights.wgsl decodes by element index): on an ALIGN boundary for f32 and f16,
-    whose blocks are one word, and on a block for the block formats (68 or 148 bytes)."""
-    f = fmt(dtype)
-    block_bytes = 4 * f.words
-    align = ALIGN if f.words == 1 else block_bytes
-    layout, off = {}, 0
-    for role, shape in shapes.items():
-        part_dtype = dtype if len(shape) == 2 else "f32"
-        size = encoded_size(shape, part_dtype)
-        layout[role] = {"offset": off, "size": size, "shape": list(shape), "dtype": part_dtype,
-                        "elem_offset": off // block_bytes * f.block, "word_offset": off // 4}
-        off += -(-size // align) * align
-    layout["slot_bytes"] = off
-    layout["slot_elems"] = off // block_bytes * f.block
-    layout["dtype"] = dtype
-    return layout
-
-
-def piece_shapes(shapes: dict[str, tuple[int, ...]], rows: int) -> dict[str, tuple[int, ...]]:
-    """The parts of one piece holding `rows` rows of the intermediate dimension: gate, up (and their
-    biases) by rows, down by columns; down's bias is whole in every piece (zero after the first)."""
-    out = {}
-    for role, shape in shapes.items():
-        if role == "down":
-            out[role] = (shape[0], rows)
-        elif role == "down_bias":
-            out[role] = shape
-        else:
-            out[role] = (rows, *shape[1:])
-    return out
-
-
-def expert_layout(shapes: dict[str, tuple[int, ...]], dtype: str, max_binding: int = 128 << 20) -> dict:
-    """Byte layout of one expert's slot: each part on a block boundary (_slot_layout). Matrices (2-D) are
-    stored in `dtype` and addressed by element offset; 1-D parts (biases) stay f32 and are addressed by
-    32-bit word offset.
-    An expert whose slot would exceed max_binding is cut into `pieces` along its intermediate dimension
-    (`piece_rows` rows each, the last maybe fewer), each piece a slot of this layout; its shard holds the
-    pieces one after another."""
-    I = shapes["gate"][0]
-    quantum = PIECE_QUANTUM.get(dtype, 1)
-    rows = I
-    while True:
-        layout = _slot_layout(piece_shapes(shapes, rows), dtype)
-        if layout["slot_bytes"] <= max_binding and layout["slot_elems"] < 2**32:    # kernels index it with u32
-            break
-        if rows <= quantum:
-            raise ConversionError(f"{quantum} row(s) of an expert exceed a {max_binding}-byte binding")
-        smaller = -(-I // (-(-I // rows) + 1))       # the next larger number of pieces ...
-        rows = max(quantum, min(smaller // quantum * quantum, rows - quantum))   # ... on whole quanta
-    layout["pieces"] = -(-I // rows)
-    layout["piece_rows"] = rows
-    layout["expert_bytes"] = layout["pieces"] * layout["slot_bytes"]
-    return layout
 
 
 def expert_pieces(parts: dict[str, np.ndarray], layout: dict) -> list[dict[str, np.ndarray]]:
@@ -259,18 +197,12 @@ class PackageWriter:
     def finish(self, manifest: dict) -> Path:
         if self._dense is not None:
             self._close_dense()
-        manifest = {**manifest, "format": "rdrr", "format_version": FORMAT_VERSION, "tensors": self.tensors,
-                    "experts": self.experts, "shards": self.shards}
-        raw = seal_manifest(manifest)
+        manifest = {**manifest, "tensors": self.tensors, "experts": self.experts, "shards": self.shards}
         try:                       # what every loader checks, before the package appears: never one it refuses
-            read_manifest(raw)
+            write_manifest(self.tmp / "manifest.json", manifest)
         except PackageError as e:
             raise ConversionError(f"the package's manifest would not load, so nothing was written ({e}); "
                                   "this is a converter bug, please report it") from None
-        with open(self.tmp / "manifest.json", "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
         old = None
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"

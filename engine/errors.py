@@ -1,9 +1,10 @@
 """The errors the engine raises for bad input or an unusable machine, each with a message for the user.
-Every class lives here (web/errors.js is the browser's twin, name for name)."""
+Every class lives here but PackageError, the package format's (format/errors.py); web/errors.js is the
+browser's twin, name for name."""
+from webmoe.format.errors import PackageError
 
-
-class PackageError(ValueError):
-    """The package is malformed, corrupt, of another format version, or needs what the adapter lacks."""
+__all__ = ["PackageError", "PlanError", "ShaderError", "ExpertCacheError", "PromptError", "DeviceError",
+           "USER_ERRORS"]
 
 
 class PlanError(ValueError):

@@ -1,7 +1,7 @@
 """GPU residency of routed experts: resident experts live in the slots of a slab and a slot table
 [num_layers, E, pieces] maps (layer, expert, piece) -> slot, which the grouped expert kernels read. A
 slot's layout equals one piece of the expert's shard (most experts are one piece; see
-converter/writer.expert_layout), so loading an expert is one copy per piece of its (memory-mapped) shard.
+format/expert_layout.py), so loading an expert is one copy per piece of its (memory-mapped) shard.
 The slab is as many buffers (banks) as the budget needs, each at most one storage binding; the expert
 kernels run once per bank that holds an expert the layer needs.
 

@@ -1,4 +1,4 @@
-"""Opens an RDRR package directory: reads its manifest strictly (engine/manifest.py: version, its own
+"""Opens an RDRR package directory: reads its manifest strictly (format/manifest.py: version, its own
 sha256, schema, cross-references) and serves tensor and expert bytes from the shards, checked against
 their sha256 every time they are read from disk. Only regular files are opened, and no read is larger
 than the manifest says the file is."""
@@ -9,8 +9,8 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import PackageError
-from .manifest import FORMAT_VERSION, MAX_MANIFEST_BYTES, read_manifest
+from webmoe.format.errors import PackageError
+from webmoe.format.manifest import FORMAT_VERSION, MAX_MANIFEST_BYTES, read_manifest
 
 __all__ = ["Package", "PackageError", "FORMAT_VERSION", "read_regular_file"]
 

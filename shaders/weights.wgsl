@@ -1,6 +1,6 @@
 // Weight decoding, included by every kernel that reads a weight buffer `w: array<vec4<u32>>`.
 // A weight format is a sequence of blocks of W_BLOCK elements in W_BLOCK_WORDS 32-bit words
-// (converter/quant.py writes them and states each layout). Two ways to read, both decoding in registers:
+// (format/weight_formats.py states each layout, converter/quant.py writes them). Two ways to read, both decoding in registers:
 //   w_at(i)    element i (an element index, not a word index), for any i;
 //   w_step(i)  elements i .. i + W_STEP - 1 for i a multiple of W_STEP, as W_STEP / 8 Vec8: f32 and f16
 //              eight at a time (two or one 16-byte loads), the block formats 32 at a time (the codes of

@@ -12,7 +12,7 @@ from webmoe.engine.executor import STORAGE, Executor, Readback, padded
 
 
 def to_words(a: np.ndarray, dtype: str) -> np.ndarray:
-    """numpy array -> the 32-bit words the kernels read: u32, or a weight format of converter/quant.py."""
+    """numpy array -> the 32-bit words the kernels read: u32, or a weight format of format/weight_formats.py (encoded by converter/quant.py)."""
     if dtype == "u32":
         return np.ascontiguousarray(a, dtype=np.uint32).reshape(-1)
     return np.frombuffer(encode(a, dtype), np.uint32)

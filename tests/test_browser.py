@@ -18,7 +18,7 @@ from parity import TOLERANCE
 from test_mixtral import CONFIGS, mixtral
 from webmoe.converter.convert import convert
 from webmoe import Engine
-from webmoe.engine.manifest import seal_manifest
+from webmoe.format.manifest import seal_manifest
 from webmoe.serve.server import PACKAGE_CORS, PACKAGES, create_app
 from webmoe.tiny_models import save_checkpoint
 
@@ -836,7 +836,7 @@ def test_sampled_tokens_and_statistics_match_native():
           const webmoe = await import('/web/webmoe.js');
           try { await webmoe.load('/old/manifest.json'); return null; } catch (e) { return [e.name, e.message]; }
         }""")
-    from webmoe.engine.manifest import PackageError, read_manifest
+    from webmoe.format.manifest import PackageError, read_manifest
     with pytest.raises(PackageError) as native_err:
         read_manifest(old.encode())
     assert err == ["PackageError", str(native_err.value)]
@@ -846,7 +846,7 @@ def test_browser_checks_the_manifest_digest_and_schema():
     """The page refuses a manifest with one changed byte (its own sha256) with the native message, and a
     sealed but malformed one (a boolean as a size) by schemas/manifest.schema.json; the right one loads
     only under its pinned digest."""
-    from webmoe.engine.manifest import PackageError, read_manifest, seal_manifest
+    from webmoe.format.manifest import PackageError, read_manifest, seal_manifest
     raw = (DEMO / "manifest.json").read_bytes()
     changed = raw.replace(b'"hidden_size": 192', b'"hidden_size": 193')
     m = json.loads(raw)

@@ -16,7 +16,7 @@ from test_bad_input import copy_ckpt, edit_config, good_ckpt, good_pkg  # noqa: 
 from webmoe.converter.convert import convert
 from webmoe.converter.errors import ConversionError
 from webmoe.converter.safetensors_file import SafetensorsFile
-from webmoe.engine.manifest import seal_manifest
+from webmoe.format.manifest import seal_manifest
 from webmoe.engine.package import Package, PackageError
 from webmoe.serve.api_errors import ApiError
 from webmoe.serve.api_requests import parse_chat

@@ -395,7 +395,9 @@ def silu(v):
 def build_slab(parts_per_expert, slot_of, layer, E, L, wdtype, max_binding=1 << 27):
     """Slab words as the writer lays out an expert's pieces (writer.expert_pieces), piece p of expert e in
     slot slot_of[(layer * E + e) * pieces + p]. Returns (slab words, layout)."""
-    from webmoe.converter.writer import encode, expert_layout, expert_pieces
+    from webmoe.converter.quant import encode
+    from webmoe.converter.writer import expert_pieces
+    from webmoe.format.expert_layout import expert_layout
     layout = expert_layout({k: v.shape for k, v in parts_per_expert[0].items()}, wdtype, max_binding)
     P = layout["pieces"]
     slab = bytearray(L * E * P * layout["slot_bytes"])
@@ -448,7 +450,7 @@ def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_bin
     topw = rng.random((T, K)).astype(np.float32)
     parts = [{"gate": gate[e], "up": up[e], "down": down[e],
               **({"gate_bias": gb[e], "up_bias": ub[e], "down_bias": db[e]} if gpt_oss else {})} for e in range(E)]
-    from webmoe.converter.writer import expert_layout
+    from webmoe.format.expert_layout import expert_layout
     P = expert_layout({k: v.shape for k, v in parts[0].items()}, wdtype, max_binding)["pieces"]
     assert (P > 1) == (max_binding < 1 << 27)
     slot_of = rng.permutation(L * E * P).astype(np.uint32)        # [L, E, P]
@@ -491,7 +493,7 @@ def test_experts_outside_the_bound_bank_are_skipped(gpu):
     T, K, E, H, I = 3, 1, 2, 8, 6
     ids = np.zeros((T, K), np.uint32)
     act0 = np.full((T * K, I), 7.0, np.float32)
-    from webmoe.converter.writer import expert_layout
+    from webmoe.format.expert_layout import expert_layout
     layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, "f32")
     inputs = {"x": rand(T, H), "experts": rand(2 * layout["slot_elems"]), "expert_slots": np.array([0, 1], np.uint32),
               "expert_bank": np.array([1, 1, 0, E], np.uint32),
@@ -572,7 +574,7 @@ def run_window(gpu, ids: np.ndarray, E: int, H: int, I: int, wdtype: str, window
     """Random experts in slots 0..E-1, pairs routed by ids [T, K], the expert kernels run over one bank
     whose window is experts window[0] .. window[0] + window[1]: (y [T*K, H], the stored experts, x)."""
     T, K = ids.shape
-    from webmoe.converter.writer import expert_layout
+    from webmoe.format.expert_layout import expert_layout
     layout = expert_layout({"gate": (I, H), "up": (I, H), "down": (H, I)}, wdtype)
     x, gate, up, down = rand(T, H), rand(E, I, H), rand(E, I, H), rand(E, H, I)
     parts = [{"gate": gate[e], "up": up[e], "down": down[e]} for e in range(E)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from webmoe.engine.manifest import seal_manifest
+from webmoe.format.manifest import seal_manifest
 from webmoe.engine.package import FORMAT_VERSION, Package, PackageError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from webmoe.converter.errors import ConversionError
 from webmoe.converter.safetensors_file import SafetensorsFile
 from webmoe.engine.constraint import Constraint, GrammarTokens
-from webmoe.engine.manifest import read_manifest, seal_manifest
+from webmoe.format.manifest import read_manifest, seal_manifest
 from webmoe.engine.package import PackageError
 from webmoe.serve.api_errors import ApiError
 from webmoe.serve.api_requests import parse_chat, parse_completion

@@ -12,7 +12,8 @@ from transformers.integrations.mxfp4 import _convert_moe_packed_tensors
 
 from webmoe.converter.errors import ConversionError
 from webmoe.converter.mxfp4 import MxBlocks
-from webmoe.converter.quant import FORMATS, decode, encode, encoded_size
+from webmoe.converter.quant import decode, encode
+from webmoe.format.weight_formats import FORMATS, encoded_size
 from webmoe.converter.writer import whole_blocks
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -7,17 +7,12 @@
 // and is downloaded again on the next visit (`ephemeral` says why).
 
 import { PackageError, QuotaError } from "./errors.js";
-import { readManifest } from "./manifest.js";
+import { readManifest, sha256Hex } from "./manifest.js";
 import { TransferQueue } from "./transfers.js";
 
 export { QuotaError };
 const ROOT = "webmoe";
 const STORAGE_CHOICES = ["auto", "opfs", "memory"];
-
-export async function sha256Hex(data) {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 async function rootDir() {
   if (!navigator.storage?.getDirectory) throw new Error("this browser has no Origin Private File System");

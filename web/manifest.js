@@ -1,19 +1,19 @@
-// Reads manifest.json as engine/manifest.py does: the version, the manifest's own sha256 (which covers every
+// Reads manifest.json as format/manifest.py does: the version, the manifest's own sha256 (which covers every
 // byte of the package through the shards' sha256), then the structure: schemas/manifest.schema.json (with
-// @cfworker/json-schema, as the native engine does with jsonschema), then the cross-references.
+// @cfworker/json-schema, as the native engine does with jsonschema), then the cross-references. The format
+// version is the schema's (served with the page), stated nowhere else.
 import { Validator } from "../vendor/json-schema/index.js";
 import { PackageError } from "./errors.js";
 
-export const FORMAT_VERSION = 8;   // the one format this webmoe reads (converter/writer.py writes it)
 const ZERO = "0".repeat(64);
 const SEAL = /"manifest_sha256": "([0-9a-f]{64})"/g;
 
-async function sha256Hex(data) {
+export async function sha256Hex(data) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-// [the sha256 the bytes state, the sha256 they have] of a sealed manifest (engine/manifest.py).
+// [the sha256 the bytes state, the sha256 they have] of a sealed manifest (format/manifest.py).
 export async function manifestDigest(text) {
   const stated = [...text.matchAll(SEAL)].map((m) => m[1]);
   if (stated.length !== 1) {
@@ -34,7 +34,7 @@ export async function readManifest(raw, digest = null) {
     throw new PackageError(`manifest.json is not valid JSON: ${e.message}`);
   }
   if (!isDict(m)) throw new PackageError("malformed manifest.json: expected a JSON object");
-  checkVersion(m);
+  checkVersion(m, await formatVersion());
   const [stated, actual] = await manifestDigest(text);
   if (stated !== actual) {
     throw new PackageError(`manifest.json was changed after conversion: its bytes have sha256 ${actual}, it states ` +
@@ -47,15 +47,26 @@ export async function readManifest(raw, digest = null) {
   return validateManifest(m);
 }
 
+const schemas = new Map();      // name -> schemas/NAME.schema.json, fetched once
 const validators = new Map();
+
+export async function schema(name) {
+  if (!schemas.has(name)) {
+    const r = await fetch(new URL(`../schemas/${name}.schema.json`, import.meta.url));
+    if (!r.ok) throw new PackageError(`schema ${name}: HTTP ${r.status}`);
+    schemas.set(name, await r.json());
+  }
+  return schemas.get(name);
+}
+
+// The one format this webmoe reads: the manifest schema's format_version.
+export async function formatVersion() {
+  return (await schema("manifest")).properties.format_version.const;
+}
 
 // Throws a PackageError naming where `value` first breaks schemas/NAME.schema.json.
 export async function checkSchema(value, name, what) {
-  if (!validators.has(name)) {
-    const r = await fetch(new URL(`../schemas/${name}.schema.json`, import.meta.url));
-    if (!r.ok) throw new PackageError(`schema ${name}: HTTP ${r.status}`);
-    validators.set(name, new Validator(await r.json(), "2020-12", true));
-  }
+  if (!validators.has(name)) validators.set(name, new Validator(await schema(name), "2020-12", true));
   const result = validators.get(name).validate(value);
   if (!result.valid) {
     const e = result.errors[result.errors.length - 1];
@@ -64,14 +75,14 @@ export async function checkSchema(value, name, what) {
   }
 }
 
-export function checkVersion(m) {
+export function checkVersion(m, version) {
   if (m.format !== "rdrr") throw new PackageError(`manifest.json is not an RDRR package (format '${String(m.format).slice(0, 64)}')`);
   if (!isInt(m.format_version)) throw new PackageError("malformed manifest.json: format_version is not an integer");
-  if (m.format_version > FORMAT_VERSION) {
-    throw new PackageError(`package format ${m.format_version} is newer than this webmoe (reads ${FORMAT_VERSION}); upgrade webmoe`);
+  if (m.format_version > version) {
+    throw new PackageError(`package format ${m.format_version} is newer than this webmoe (reads ${version}); upgrade webmoe`);
   }
-  if (m.format_version < FORMAT_VERSION) {
-    throw new PackageError(`package format ${m.format_version} is older than this webmoe reads (${FORMAT_VERSION}); ` +
+  if (m.format_version < version) {
+    throw new PackageError(`package format ${m.format_version} is older than this webmoe reads (${version}); ` +
                            "convert the checkpoint again with `webmoe convert`");
   }
 }
@@ -80,7 +91,7 @@ const isInt = (v) => Number.isInteger(v);
 const isDict = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 
 // The cross-references between shards, tensors, experts and the plan (after the schema), as
-// engine/manifest.py checks them, with the same messages.
+// format/manifest.py checks them, with the same messages.
 export function validateManifest(m) {
   const files = new Map();
   for (const s of m.shards) {

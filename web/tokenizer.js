@@ -3,7 +3,7 @@
 import { Tokenizer } from "../vendor/tokenizers.mjs";
 import { Template } from "../vendor/jinja.js";
 import { PromptError } from "./errors.js";
-import { sha256Hex } from "./loader.js";
+import { sha256Hex } from "./manifest.js";
 
 export class TextTokenizer {
   static async load(manifestUrl, manifest) {

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import webmoe
-from webmoe.converter.quant import FORMATS
+from webmoe.format.weight_formats import FORMATS
 from webmoe.converter.weight_dtypes import PRESETS
 
 
@@ -64,7 +64,7 @@ def _grammar(args) -> str | None:
     if not (args.json or args.json_schema):
         return None
     from webmoe.engine.constraint import json_grammar
-    from webmoe.engine.strict_json import parse_json
+    from webmoe.format.strict_json import parse_json
     schema = None
     if args.json_schema:
         try:

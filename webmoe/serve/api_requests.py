@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from webmoe.engine.constraint import json_grammar
 from webmoe.engine.errors import PromptError
-from webmoe.engine.strict_json import check_schema, parse_json
+from webmoe.format.strict_json import check_schema, parse_json
 
 from .api_errors import ApiError
 

@@ -30,7 +30,7 @@ from webmoe.engine.engine import Engine
 from webmoe.engine.errors import USER_ERRORS
 from webmoe.engine.generation import GenerationConfig
 from webmoe.engine.routing import describe_routing
-from webmoe.engine.strict_json import parse_json
+from webmoe.format.strict_json import parse_json
 
 from .admission import ClientGone
 from .api_errors import TYPES, ApiError

@@ -3,7 +3,6 @@ are chosen together, exported as JSON and drawn as a heatmap."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -51,17 +50,12 @@ def into_package(report: dict, path) -> str:
     """Writes the report's expert usage into the package's manifest as `routing_stats` (what a browser
     load's `hotExperts` reads) and seals it again; returns the manifest's new sha256. The shards are
     untouched; the manifest is replaced atomically."""
-    from webmoe.engine.manifest import manifest_digest, read_manifest, seal_manifest
+    from webmoe.format.manifest import read_manifest, write_manifest
     target = Path(path) / "manifest.json"
     manifest = read_manifest(target.read_bytes())
     manifest["routing_stats"] = {"prompts": report["prompts"], "tokens": report["tokens"],
                                  "usage": {layer: r["usage"] for layer, r in report["layers"].items()}}
-    raw = seal_manifest(manifest)
-    read_manifest(raw)                              # what every loader will check
-    tmp = target.with_name(f".manifest.json.{os.getpid()}")
-    tmp.write_bytes(raw)
-    os.replace(tmp, target)
-    return manifest_digest(raw)[1]
+    return write_manifest(target, manifest)
 
 
 def write(report: dict, out_dir: Path) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""manifest.json: sealed by the converter with its own sha256, read back strictly (twin: web/manifest.js).
+"""manifest.json: sealed with its own sha256 when written, read back strictly (twin: web/manifest.js).
 
 The manifest states `manifest_sha256`: the sha256 of its own bytes with that value written as 64 zeros.
 Every other byte of a package is covered by a shard's sha256, which the manifest states, so checking the
@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from pathlib import Path
 
 from .errors import PackageError
-from .strict_json import check_schema, parse_json
+from .strict_json import check_schema, parse_json, schema
 
-FORMAT_VERSION = 8          # the one format this webmoe writes and reads
-# 8: the sampler starts with sample_mask, a grammar's token mask (io token_mask); 7: per-token positions and
-# cache rows; 6: aligned vec4 weight reads; 5: quantised weights;
-# 4: the manifest states its own sha256, tokenizer files are shards, the sampler is a list of steps;
-# 3: tensors split by rows, experts in pieces, banked slab, latent MLA cache; 2: the plan states structure
+# The one format this webmoe writes and reads, stated once: the schema's format_version (its description
+# gives the history); the browser reads the same schema.
+FORMAT_VERSION = schema("manifest")["properties"]["format_version"]["const"]
 MAX_MANIFEST_BYTES = 256 << 20
 _ZERO = "0" * 64
 _SEAL = re.compile(rb'"manifest_sha256": "([0-9a-f]{64})"')
@@ -34,6 +34,22 @@ def seal_manifest(manifest: dict) -> bytes:
         raise ValueError("a manifest may name manifest_sha256 only once")
     digest = hashlib.sha256(body).hexdigest()
     return _SEAL.sub(f'"manifest_sha256": "{digest}"'.encode(), body)
+
+
+def write_manifest(path: Path, manifest: dict) -> str:
+    """Writes `manifest` (stamped with this format and its version, sealed) to `path`, replacing what was
+    there atomically, and returns its sha256. Raises PackageError, writing nothing, where every loader would
+    refuse it."""
+    raw = seal_manifest({**manifest, "format": "rdrr", "format_version": FORMAT_VERSION})
+    read_manifest(raw)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(raw)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return manifest_digest(raw)[1]
 
 
 def manifest_digest(raw: bytes) -> tuple[str, str]:

@@ -51,11 +51,17 @@ _Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_
 
 
 @lru_cache(maxsize=None)
+def schema(name: str) -> dict:
+    """schemas/NAME.schema.json (checked as a schema once)."""
+    value = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
+    _Validator.check_schema(value)
+    return value
+
+
+@lru_cache(maxsize=None)
 def schema_validator(name: str):
     """The validator of schemas/NAME.schema.json."""
-    schema = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
-    _Validator.check_schema(schema)
-    return _Validator(schema)
+    return _Validator(schema(name))
 
 
 def check_schema(value, name: str, what: str, error) -> None:
