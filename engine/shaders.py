@@ -3,7 +3,8 @@
 The preprocessor (documented in shaders/README.md, implemented again in web/ for the browser) knows these
 directives, each on a line of its own:
     //!include FILE          the text of shaders/FILE, once per kernel
-    //!if NAME  /  //!if !NAME  /  //!else  /  //!endif     keep lines when NAME is (not) among the defines
+    //!if NAME  /  //!if !NAME  /  //!elif NAME  /  //!elif !NAME  /  //!else  /  //!endif
+                             keep the lines of the first branch whose NAME is (not) among the defines
     //!const NAME           becomes `const NAME: u32 = <value>u;` with the value the plan step gives
                              (kernel geometry: converter/plan.py GEOMETRY is its one source)
 """
@@ -43,24 +44,31 @@ def preprocess(name: str, defines: frozenset[str], consts: dict[str, int] | None
     declared: set[str] = set()
     out: list[str] = []
     included: set[str] = set()
-    keep: list[bool] = []  # one entry per open //!if: whether its current branch is kept
+    # one entry per open //!if: [whether its current branch is kept, whether any of its branches was]
+    keep: list[list[bool]] = []
+    opened: list[str] = []              # where each open //!if is, for the error of one left open
+
+    def holds(cond: str) -> bool:
+        return (cond.lstrip("!") in defines) != cond.startswith("!")
 
     def emit(file: str) -> None:
         for line_no, line in enumerate(read(file).splitlines(), 1):
             directive = line.strip()
             if directive.startswith("//!if "):
-                cond = directive[6:].strip()
-                want = not cond.startswith("!")
-                keep.append((cond.lstrip("!") in defines) == want)
-            elif directive == "//!else":
+                taken = holds(directive[6:].strip())
+                keep.append([taken, taken])
+                opened.append(f"{file}:{line_no}")
+            elif directive.startswith("//!elif ") or directive == "//!else":
                 if not keep:
-                    raise ShaderError(f"{file}:{line_no}: //!else without //!if")
-                keep[-1] = not keep[-1]
+                    raise ShaderError(f"{file}:{line_no}: {directive.split()[0]} without //!if")
+                branch = not keep[-1][1] and (directive == "//!else" or holds(directive[8:].strip()))
+                keep[-1] = [branch, keep[-1][1] or branch]
             elif directive == "//!endif":
                 if not keep:
                     raise ShaderError(f"{file}:{line_no}: //!endif without //!if")
                 keep.pop()
-            elif not all(keep):
+                opened.pop()
+            elif not all(kept for kept, _ in keep):
                 continue
             elif directive.startswith("//!const "):
                 const = directive[9:].strip()
@@ -80,7 +88,7 @@ def preprocess(name: str, defines: frozenset[str], consts: dict[str, int] | None
 
     emit(f"{name}.wgsl")
     if keep:
-        raise ShaderError(f"{name}.wgsl: unterminated //!if")
+        raise ShaderError(f"{opened[-1]}: unterminated //!if")
     if set(consts) - declared:
         raise ShaderError(f"{name}.wgsl declares no constant {sorted(set(consts) - declared)}")
     return "\n".join(out) + "\n"

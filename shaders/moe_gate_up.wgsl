@@ -9,17 +9,8 @@
 struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, pieces: u32, piece: u32, slot_elems: u32,
                 gate_off: u32, up_off: u32, gate_bias_off: u32, up_bias_off: u32, alpha: f32, limit: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;        // one bank of the expert slab
-@group(0) @binding(3) var<storage, read> slots: array<u32>;          // [layers, E, pieces] -> slot
-@group(0) @binding(4) var<storage, read> expert_offsets: array<u32>; // [E + 1]
-@group(0) @binding(5) var<storage, read> pair_order: array<u32>;     // [pairs]
+//!include moe_expert.wgsl
 @group(0) @binding(6) var<storage, read_write> act: array<f32>;      // [pairs, I]
-@group(0) @binding(7) var<uniform> bank: vec4<u32>;                // first slot, slots, first expert, experts
-@group(0) @binding(8) var<storage, read> active_experts: array<u32>; // [E + 1 + E] (moe_gather)
-//!include weights.wgsl
-//!include row_group.wgsl
-//!include moe_tile.wgsl
 
 //!const ROWS
 

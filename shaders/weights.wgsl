@@ -33,8 +33,7 @@ fn w_step(i: u32) -> array<Vec8, 1> {
     return array(Vec8(vec4(unpack2x16float(q.x), unpack2x16float(q.y)),
                       vec4(unpack2x16float(q.z), unpack2x16float(q.w))));
 }
-//!else
-//!if W_Q8
+//!elif W_Q8
 // 64 int8 values in words 0-15, then one word of two f16 scales (one per 32 values)
 const W_BLOCK: u32 = 64u;
 const W_BLOCK_WORDS: u32 = 17u;
@@ -62,8 +61,7 @@ fn w_step(i: u32) -> array<Vec8, 4> {
     }
     return out;
 }
-//!else
-//!if W_Q4
+//!elif W_Q4
 // 256 4-bit values in words 0-31, 8-bit scales of the 8 sub-blocks in words 32-33, 8-bit minimums in
 // 34-35, f16 d and dmin in word 36: value = d * scale[s] * q - dmin * min[s]
 const W_BLOCK: u32 = 256u;
@@ -94,8 +92,7 @@ fn w_step(i: u32) -> array<Vec8, 4> {
     }
     return out;
 }
-//!else
-//!if W_MXFP4
+//!elif W_MXFP4
 // 4 OCP MXFP4 blocks: 128 e2m1 codes in words 0-15 (low nibble first), the blocks' E8M0 exponents in word 16
 const W_BLOCK: u32 = 128u;
 const W_BLOCK_WORDS: u32 = 17u;
@@ -138,9 +135,6 @@ const W_STEP: u32 = 8u;
 fn w_step(i: u32) -> array<Vec8, 1> {
     return array(Vec8(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u])));
 }
-//!endif
-//!endif
-//!endif
 //!endif
 
 // The word where element `i` starts, for `i` a multiple of W_BLOCK (the start of a tensor in a slot).

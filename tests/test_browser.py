@@ -15,6 +15,7 @@ from transformers import MixtralForCausalLM
 
 from browser import GREEDY, LOAD, LOGITS, browser, open_page, private_window, serving
 from parity import TOLERANCE
+from shader_cases import CASES as SHADER_CASES, FILES as SHADER_FILES
 from test_mixtral import CONFIGS, mixtral
 from webmoe.converter.convert import convert
 from webmoe import Engine
@@ -465,6 +466,26 @@ def test_the_link_serves_needed_shards_before_those_fetched_ahead():
     assert r["aborted"] == {"a": False, "x": "Dropped"}
 
 
+def test_the_preprocessor_twins_agree():
+    """web/shaders.js keeps and refuses what engine/shaders.py does (tests/shader_cases.py, whose expected
+    texts test_shaders.py checks natively), with the same messages."""
+    with serving(create_app([DEMO])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        got = page.evaluate("""async ([files, cases]) => {
+          const { ShaderLibrary } = await import('/web/shaders.js');
+          const lib = new ShaderLibrary(new URL('/shaders/', location.href));
+          for (const [name, text] of Object.entries(files)) lib.files.set(name, Promise.resolve(text));
+          const out = [];
+          for (const [kernel, defines, consts] of cases) {
+            try { out.push(await lib.preprocess(kernel, new Set(defines), consts)); }
+            catch (e) { out.push(`${e.name}: ${e.message}`); }
+          }
+          return out;
+        }""", [SHADER_FILES, [c[:3] for c in SHADER_CASES]])
+    expected = [e.replace("error: ", "ShaderError: ", 1) for *_, e in SHADER_CASES]
+    assert got == expected
+
+
 def test_a_failing_mirror_is_skipped(tmp_path, packages):
     """The package names two mirrors; its own server refuses every shard and the first mirror serves wrong
     bytes: each shard is tried there, refused or found to fail its sha256, and comes from the second
@@ -843,8 +864,9 @@ def test_sampled_tokens_and_statistics_match_native():
 
 
 def test_browser_checks_the_manifest_digest_and_schema():
-    """The page refuses a manifest with one changed byte (its own sha256) with the native message, and a
-    sealed but malformed one (a boolean as a size) by schemas/manifest.schema.json; the right one loads
+    """The page refuses a manifest with one changed byte (its own sha256) with the native message, a sealed
+    but malformed one (a boolean as a size) by schemas/manifest.schema.json, and one of a newer format
+    version (the page reads its own from the served schema) with the native message; the right one loads
     only under its pinned digest."""
     from webmoe.format.manifest import PackageError, read_manifest, seal_manifest
     raw = (DEMO / "manifest.json").read_bytes()
@@ -859,6 +881,9 @@ def test_browser_checks_the_manifest_digest_and_schema():
     m = json.loads(raw)
     m["config"]["num_layers"] = 99                                    # the config stating what the plan does not
     misstated = seal_manifest(m)
+    m = json.loads(raw)
+    m["format_version"] += 1                                          # the version read from the served schema
+    newer = seal_manifest(m)
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.route("**/changed/manifest.json", lambda route: route.fulfill(body=changed, content_type="application/json"))
@@ -866,11 +891,13 @@ def test_browser_checks_the_manifest_digest_and_schema():
         page.route("**/crossed/manifest.json", lambda route: route.fulfill(body=crossed, content_type="application/json"))
         page.route("**/misstated/manifest.json", lambda route: route.fulfill(body=misstated,
                                                                              content_type="application/json"))
+        page.route("**/newer/manifest.json", lambda route: route.fulfill(body=newer, content_type="application/json"))
         errors = page.evaluate("""async ([good, digest]) => {
           const webmoe = await import('/web/webmoe.js');
           const out = [];
           for (const [u, d] of [['/changed/manifest.json', null], ['/sealed/manifest.json', null], [good, '0'.repeat(64)],
-                                ['/crossed/manifest.json', null], ['/misstated/manifest.json', null]]) {
+                                ['/crossed/manifest.json', null], ['/misstated/manifest.json', null],
+                                ['/newer/manifest.json', null]]) {
             try { await webmoe.load(u, {digest: d}); out.push(null); } catch (e) { out.push([e.name, e.message]); }
           }
           return out;
@@ -886,3 +913,6 @@ def test_browser_checks_the_manifest_digest_and_schema():
     with pytest.raises(PackageError, match="config.num_layers is 99, but the plan has 4") as native:
         read_manifest(misstated)
     assert errors[4] == ["PackageError", str(native.value)]
+    with pytest.raises(PackageError, match="is newer than this webmoe") as native:
+        read_manifest(newer)
+    assert errors[5] == ["PackageError", str(native.value)]

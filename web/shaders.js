@@ -1,5 +1,5 @@
 // Loads kernels from /shaders/ and applies the same preprocessor as engine/shaders.py:
-//   //!include FILE    //!if NAME    //!if !NAME    //!else    //!endif
+//   //!include FILE    //!if NAME    //!if !NAME    //!elif NAME    //!elif !NAME    //!else    //!endif
 //   //!const NAME      -> `const NAME: u32 = <value>u;` from the plan step's consts (kernel geometry)
 // then reads the kernel's interface: binding index by variable name, and the Params struct fields.
 import { ShaderError } from "./errors.js";
@@ -35,27 +35,35 @@ export class ShaderLibrary {
     const declared = new Set();
     const out = [];
     const included = new Set();
-    const keep = [];
+    const keep = [];       // one entry per open //!if: [whether its current branch is kept, whether any was]
+    const opened = [];     // where each open //!if is, for the error of one left open
+    const holds = (cond) => defines.has(cond.replace(/^!/, "")) !== cond.startsWith("!");
     const emit = async (file) => {
       const lines = (await this.file(file)).split("\n");
-      for (const line of lines) {
+      if (lines.at(-1) === "") lines.pop();        // as Python's splitlines: no line after the last newline
+      for (const [i, line] of lines.entries()) {
+        const at = `${file}:${i + 1}`;
         const d = line.trim();
         if (d.startsWith("//!if ")) {
-          const cond = d.slice(6).trim();
-          keep.push(defines.has(cond.replace(/^!/, "")) === !cond.startsWith("!"));
-        } else if (d === "//!else") {
-          if (!keep.length) throw new ShaderError(`${file}: //!else without //!if`);
-          keep[keep.length - 1] = !keep[keep.length - 1];
+          const taken = holds(d.slice(6).trim());
+          keep.push([taken, taken]);
+          opened.push(at);
+        } else if (d.startsWith("//!elif ") || d === "//!else") {
+          if (!keep.length) throw new ShaderError(`${at}: ${d.split(/\s+/)[0]} without //!if`);
+          const [, any] = keep[keep.length - 1];
+          const branch = !any && (d === "//!else" || holds(d.slice(8).trim()));
+          keep[keep.length - 1] = [branch, any || branch];
         } else if (d === "//!endif") {
-          if (!keep.length) throw new ShaderError(`${file}: //!endif without //!if`);
+          if (!keep.length) throw new ShaderError(`${at}: //!endif without //!if`);
           keep.pop();
-        } else if (!keep.every(Boolean)) {
+          opened.pop();
+        } else if (!keep.every(([kept]) => kept)) {
           continue;
         } else if (d.startsWith("//!const ")) {
           const name = d.slice(9).trim();
           const value = consts[name];
           if (!(Number.isInteger(value) && value > 0 && value < 2 ** 31)) {
-            throw new ShaderError(`${file}: constant ${name} needs a positive integer from the plan, got ${value}`);
+            throw new ShaderError(`${at}: constant ${name} needs a positive integer from the plan, got ${value}`);
           }
           declared.add(name);
           out.push(`const ${name}: u32 = ${value}u;`);
@@ -71,9 +79,9 @@ export class ShaderLibrary {
       }
     };
     await emit(`${name}.wgsl`);
-    if (keep.length) throw new ShaderError(`${name}.wgsl: unterminated //!if`);
+    if (keep.length) throw new ShaderError(`${opened.at(-1)}: unterminated //!if`);
     const extra = Object.keys(consts).filter((c) => !declared.has(c));
-    if (extra.length) throw new ShaderError(`${name}.wgsl declares no constant ${extra}`);
+    if (extra.length) throw new ShaderError(`${name}.wgsl declares no constant [${extra.sort().map((c) => `'${c}'`).join(", ")}]`);
     return out.join("\n") + "\n";
   }
 
