@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import PromptError
-from .generation import Decoding, GenerationConfig, SplitMix64, Token, logprobs, sample_step, token_budget
+from .generation import Decoding, GenerationConfig, Sampling, SplitMix64, Token, logprobs, sample_step, token_budget
 
 
 @dataclass(eq=False)
@@ -125,7 +125,7 @@ class BatchDecoder:
                 self._retire(s)
         return produced
 
-    def _decode(self, seqs: list[Sequence], sampling: list[tuple], want: bool) -> list:
+    def _decode(self, seqs: list[Sequence], sampling: list[Sampling], want: bool) -> list:
         """One pass for all rows; should it fail, each row alone (with the same sampling inputs, so the same
         tokens, and rewriting the same KV cache rows), so that only the rows at fault fail: a failed row's
         entry is its exception."""

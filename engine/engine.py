@@ -8,9 +8,10 @@ import numpy as np
 from .device import Gpu, open_gpu
 from .executor import STORAGE, Executor, Readback, padded
 from .expert_cache import ExpertCache, expert_segments
-from .generation import GenerationConfig, Generator, Token  # noqa: F401  (Token is part of this API)
+from .generation import GREEDY, GenerationConfig, Generator, Sampling, Token  # noqa: F401  (Token: this API's)
 from .host_pins import HostPins
 from .memory import Budget, gib, package_budget
+from .options import EngineOptions
 from .package import Package
 from .prefetch import predictor_plan
 from .resources import check_resources, plan_bytes
@@ -19,40 +20,39 @@ from .tokenizer import PromptError, TextTokenizer
 
 
 class Engine:
-    def __init__(self, package: Package, gpu: Gpu, max_seq_len: int | None = None, chunk_tokens: int = 64,
-                 expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-                 prefetch: bool = False, max_batch: int = 1, host_pinned_experts=(), routing: str = "model"):
-        self.package, self.gpu = package, gpu
+    def __init__(self, package: Package, gpu: Gpu, options: EngineOptions = EngineOptions()):
+        self.package, self.gpu, self.options = package, gpu, options
         cfg = package.config
         self.vocab_size = cfg["vocab_size"]
-        self.max_seq_len = min(max_seq_len or 4096, cfg["max_position_embeddings"])
-        self.chunk = max(1, min(chunk_tokens, self.max_seq_len))
-        if not 1 <= max_batch <= self.chunk:
+        self.max_seq_len = min(options.max_seq_len or 4096, cfg["max_position_embeddings"])
+        self.chunk = min(options.chunk_tokens, self.max_seq_len)
+        max_batch = options.max_batch
+        if max_batch > self.chunk:
             raise PromptError(f"max_batch must lie in [1, {self.chunk}] (the chunk of tokens one pass runs)")
         self.max_batch = max_batch          # sequences that can decode together, each in its own KV cache rows
         rows = self.max_seq_len * max_batch                    # KV cache rows: slot b holds rows b * L ..
         self.tokenizer = TextTokenizer(package)
-        plan = apply_routing(package.manifest["plan"], routing)
-        self.routing = describe_routing(routing)
+        plan = apply_routing(package.manifest["plan"], options.routing)
+        self.routing = describe_routing(options.routing)
         self.io = plan["io"]                      # the buffers of token ids, places, logits and the sampled token
         check_resources(plan, gpu.max_binding, self.chunk, rows)
         self.memory = plan_bytes(plan, self.chunk, rows)       # buffers, kv_cache, kv_per_token
-        if expert_cache_bytes is None:
+        if options.expert_cache_bytes is None:
             budget = package_budget(plan, gpu.is_cpu, self.chunk, rows)
         else:
-            budget = Budget(expert_cache_bytes, f"{gib(expert_cache_bytes)} asked for")
+            budget = Budget(options.expert_cache_bytes, f"{gib(options.expert_cache_bytes)} asked for")
         device = gpu.device
         self.weights = {}
         for name, t in package.manifest["tensors"].items():
             buf = device.create_buffer(size=padded(t["size"]), usage=STORAGE, label=name)
             gpu.upload(buf, 0, package.tensor_bytes(name))
             self.weights[name] = buf
-        pins = HostPins(package, [tuple(k) for k in host_pinned_experts]) if host_pinned_experts else None
-        self.experts = ExpertCache(gpu, package, budget, pinned_experts, observe_routing, pins)
+        pins = HostPins(package, list(options.host_pinned_experts)) if options.host_pinned_experts else None
+        self.experts = ExpertCache(gpu, package, budget, options.pinned_experts, options.observe_routing, pins)
         self.segments = expert_segments(plan)
         self._route_rb = Readback(device, 2 * self.chunk * package.moe["top_k"] * 4)
         self.executor = Executor(gpu, plan, self.weights, self.experts.buffers, {"T": self.chunk, "S": rows})
-        self.prefetch = prefetch and self.experts.paging and len(self.segments) > 1   # something to predict
+        self.prefetch = options.prefetch and self.experts.paging and len(self.segments) > 1   # something to predict
         self._predict = {}
         if self.prefetch:
             moe = package.moe
@@ -69,27 +69,13 @@ class Engine:
         self.profiler = None   # an engine/profiler.py Profiler times every dispatch (webmoe speed --profile)
 
     @classmethod
-    def load(cls, path, adapter: str | None = None, max_seq_len: int | None = None, chunk_tokens: int = 64,
-             expert_cache_bytes: int | None = None, pinned_experts=(), observe_routing: bool = False,
-             prefetch: bool = False, max_binding: int | None = None, digest: str | None = None,
-             max_batch: int = 1, host_pinned_experts=(), routing: str = "model") -> "Engine":
-        """Opens a package and uploads it. `adapter` picks a WebGPU adapter by name (else WEBMOE_ADAPTER,
-        else the best one found); `max_seq_len` bounds the KV cache; `chunk_tokens` is the prefill chunk.
-        `expert_cache_bytes` is the GPU budget for routed experts (default: what the adapter and the
-        machine can hold, see engine/memory.py); `pinned_experts` lists (layer, expert) pairs never
-        evicted; `observe_routing` records which experts every token chooses (engine.experts.usage,
-        .coactivation); `prefetch` (when paging) loads each next MoE layer's predicted experts ahead of
-        need; `max_binding` lowers the storage binding limit the engine keeps to (tests); `digest` pins the
-        sha256 the package's manifest must have (`webmoe info` prints it), which covers every byte;
-        `max_batch` sequences can decode together (engine/batch.py), each with max_seq_len KV cache rows;
-        `host_pinned_experts` (layer, expert) pairs are held in host memory, locked where permitted, and
-        paged in from there (engine/host_pins.py; hot_experts() picks them from routing statistics);
-        `routing` runs another routing rule than the trained one, for experiments (engine/routing.py: top1,
-        hash, capacity:F), which changes the model's output."""
-        package = Package(path, digest)
-        gpu = open_gpu(adapter, max_binding)
-        return cls(package, gpu, max_seq_len, chunk_tokens, expert_cache_bytes, pinned_experts, observe_routing,
-                   prefetch, max_batch, host_pinned_experts, routing)
+    def load(cls, path, options: EngineOptions | None = None, **changes) -> "Engine":
+        """Opens a package and uploads it, with `options` (engine/options.py: EngineOptions, every field
+        optional) and any of its fields given by name: Engine.load(path, max_batch=8)."""
+        options = (options or EngineOptions()).but(**changes)
+        package = Package(path, options.digest)
+        gpu = open_gpu(options.adapter, options.max_binding)
+        return cls(package, gpu, options)
 
     def describe(self) -> str:
         """One line on what was loaded where, for a tool to print (the library prints nothing)."""
@@ -212,12 +198,10 @@ class Engine:
         self.reset()
         return self.extend(token_ids)
 
-    def step(self, token_ids, temperature: float = 0.0, top_p: float = 1.0, u: float = 0.0, mask=None,
-             return_logits: bool = False):
+    def step(self, token_ids, sampling: Sampling = GREEDY, return_logits: bool = False):
         """Appends tokens to the sequence and samples the next token on the GPU from the last one's
-        logits; the only read-back is the token id (with return_logits, also those logits, before any
-        mask: (id, [vocab])). u in [0, 1) drives the sampling; mask: a grammar's token_mask row
-        ([ceil(vocab / 32)] u32, engine/constraint.py) or None."""
+        logits (engine/generation.py's Sampling; greedy by default); the only read-back is the token id
+        (with return_logits, also those logits, before any mask: (id, [vocab]))."""
         ids = self._check_ids(token_ids)
         self._room(len(ids))
         device = self.gpu.device
@@ -227,14 +211,14 @@ class Engine:
             encoder = self._forward(chunk, len(chunk) - 1, 1 if last else 0)
             if not last:
                 device.queue.submit([encoder.finish()])
-        return self._sample(encoder, [(temperature, top_p, u, mask)], return_logits)[0]
+        return self._sample(encoder, [sampling], return_logits)[0]
 
     # --- several sequences (engine/batch.py drives these) ----------------------------------------------
 
     def _places(self, slot: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return positions, slot * self.max_seq_len + positions
 
-    def prefill(self, slot: int, token_ids, pos0: int, sampling: tuple, return_logits: bool = False):
+    def prefill(self, slot: int, token_ids, pos0: int, sampling: Sampling, return_logits: bool = False):
         """Appends tokens to the sequence in KV cache slot `slot` (positions pos0 ..) and samples the next
         token from the last one's logits, as step() does for the engine's own sequence."""
         ids = self._check_ids(token_ids)
@@ -251,10 +235,10 @@ class Engine:
                 device.queue.submit([encoder.finish()])
         return self._sample(encoder, [sampling], return_logits)[0]
 
-    def decode(self, rows: list[tuple[int, int, int]], sampling: list[tuple], return_logits: bool = False) -> list:
-        """One forward pass for several sequences, a token each: rows [(token, position, slot)], sampling
-        [(temperature, top_p, u, mask)] per row (mask: as step() takes it). Returns the next token of each
-        (with return_logits, (token, logits [vocab]) pairs)."""
+    def decode(self, rows: list[tuple[int, int, int]], sampling: list[Sampling],
+               return_logits: bool = False) -> list:
+        """One forward pass for several sequences, a token each: rows [(token, position, slot)], a Sampling
+        per row. Returns the next token of each (with return_logits, (token, logits [vocab]) pairs)."""
         if not 0 < len(rows) <= self.max_batch or len({slot for _, _, slot in rows}) != len(rows):
             raise PromptError(f"a decode pass takes 1 to {self.max_batch} rows of distinct slots")
         ids = self._check_ids([t for t, _, _ in rows])
@@ -265,7 +249,7 @@ class Engine:
         encoder = self._forward(ids, 0, len(rows), (positions, slots * self.max_seq_len + positions))
         return self._sample(encoder, sampling, return_logits)
 
-    def _sample(self, encoder, sampling: list[tuple], return_logits: bool) -> list:
+    def _sample(self, encoder, sampling: list[Sampling], return_logits: bool) -> list:
         """Samples logits rows 0 .. B on the GPU (row b by sampler b, after its mask when it has one),
         reads back the B tokens."""
         B, V = len(sampling), self.vocab_size
@@ -273,12 +257,12 @@ class Engine:
         if return_logits:             # before the samplers, which work in the logits buffer
             encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["logits"]], 0, self._logits_rb.buffer, 0,
                                           B * V * 4)
-        for b, (temperature, top_p, u, mask) in enumerate(sampling):
-            if mask is not None:      # queued writes land before the submit below
+        for b, s in enumerate(sampling):
+            if s.mask is not None:    # queued writes land before the submit below
                 device.queue.write_buffer(self.executor.buffers[self.io["token_mask"]], b * self._mask_words * 4,
-                                          self._mask_row(mask))
-            self.samplers[b].encode(encoder, {"temperature": temperature, "top_p": top_p, "u": u,
-                                              "masked": int(mask is not None)}, profiler=self.profiler)
+                                          self._mask_row(s.mask))
+            self.samplers[b].encode(encoder, {"temperature": s.temperature, "top_p": s.top_p, "u": s.u,
+                                              "masked": int(s.mask is not None)}, profiler=self.profiler)
             encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["token"]], 0, self._token_rb.buffer, 4 * b, 4)
         device.queue.submit([encoder.finish()])
         tokens = np.frombuffer(self._token_rb.read(4 * B), np.uint32).tolist()

@@ -1,5 +1,6 @@
 """The plan interpreter: allocates the plan's buffers, compiles each step's kernel once, and runs the
-steps for given runtime variables (T, pos, ...). Knows no model family; see converter/plan.py.
+steps for given runtime variables (the plan's `variables`: T, logit_row0, n_logits, the sampler's,
+bank_experts). Knows no model family; see converter/plan.py.
 
 A runtime buffer may be a list of banks (the expert slab and its bank ranges): a step that binds one gets
 a bind group per bank and is dispatched once per bank asked for."""

@@ -38,6 +38,18 @@ class Token:
     top_logprobs: list[tuple[int, float]] | None = None  # the most likely ids and their log p, best first
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """What the GPU sampler needs for one token (web/generation.js builds the same object)."""
+    temperature: float = 0.0      # 0: greedy
+    top_p: float = 1.0
+    u: float = 0.0                # uniform in [0, 1): drives the draw
+    mask: np.ndarray | None = None    # a grammar's token_mask row ([ceil(vocab / 32)] u32), or None
+
+
+GREEDY = Sampling()
+
+
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 128
@@ -109,10 +121,10 @@ class Decoding:
         self.done = budget <= 0
         self.finish_reason: str | None = "length" if self.done else None
 
-    def sampling(self, u: float) -> tuple:
-        """(temperature, top_p, u, mask): the sampler's inputs; mask is the grammar's token_mask row or None."""
+    def sampling(self, u: float) -> Sampling:
+        """The sampler's inputs for the next token; the mask is the grammar's token_mask row or None."""
         mask = self.constraint.mask() if self.constraint else None
-        return float(self.config.temperature), float(self.config.top_p), u, mask
+        return Sampling(float(self.config.temperature), float(self.config.top_p), u, mask)
 
     def push(self, token: int, probs: dict) -> Token:
         cfg = self.config
@@ -143,7 +155,7 @@ def token_budget(config: GenerationConfig, max_seq_len: int, prompt_tokens: int)
     return min(config.max_new_tokens, max_seq_len - prompt_tokens + 1)
 
 
-def sample_step(config: GenerationConfig, sampling: tuple, run) -> tuple[int, dict]:
+def sample_step(config: GenerationConfig, sampling: Sampling, run) -> tuple[int, dict]:
     """run(sampling, return_logits) -> token or (token, logits), sampling as Decoding.sampling gives it:
     the token and its Token's log-probability fields when the config asks for them."""
     if config.logprobs is None:
@@ -170,7 +182,7 @@ class Generator:
         ids = self.prompt_ids
         while not decoding.done:
             token, probs = sample_step(cfg, decoding.sampling(float(self.rng.random())),
-                                       lambda sampling, logits: engine.step(ids, *sampling, return_logits=logits))
+                                       lambda sampling, logits: engine.step(ids, sampling, return_logits=logits))
             ids = np.array([token], np.uint32)
             self.completion_tokens += 1
             out = decoding.push(token, probs)

@@ -486,6 +486,39 @@ def test_the_preprocessor_twins_agree():
     assert got == expected
 
 
+def test_engine_options_are_checked_once_by_name():
+    """Both runtimes take their options as one object checked before anything loads: an unknown name is a
+    TypeError naming it, a bad value a PromptError naming the field (web/options.js, engine/options.py);
+    pinned experts the model lacks are refused with the same message."""
+    from webmoe.engine.errors import ExpertCacheError, PromptError
+    with serving(create_app([DEMO])) as url, browser() as ctx:
+        page = open_page(ctx, url + "/")
+        got = page.evaluate("""async (manifest) => {
+          const { Engine } = await import('/web/engine.js');
+          const out = [];
+          for (const o of [{maxSeqlen: 5}, {chunkTokens: 0}, {storage: 'disk'}, {pinnedExperts: [[0]]}]) {
+            try { await Engine.load('/models/none/manifest.json', o); out.push(null); }
+            catch (e) { out.push(`${e.name}: ${e.message}`); }
+          }
+          const webmoe = await import('/web/webmoe.js');
+          try { await webmoe.load(manifest, {pinnedExperts: [[3, 1], [0, 99]]}); out.push(null); }
+          catch (e) { out.push(`${e.name}: ${e.message}`); }
+          return out;
+        }""", manifest_url(DEMO))
+    with pytest.raises(ExpertCacheError) as native:
+        Engine.load(DEMO, pinned_experts=[(3, 1), (0, 99)])
+    assert got.pop() == f"ExpertCacheError: {native.value}"
+    assert got == ["TypeError: no engine option maxSeqlen", "PromptError: chunkTokens must be an integer of at least 1, not 0",
+                   "PromptError: storage must be one of auto, opfs, memory",
+                   "PromptError: pinnedExperts must be [layer, expert] pairs of non-negative integers"]
+    with pytest.raises(TypeError, match="no engine option max_seqlen"):
+        Engine.load(DEMO, max_seqlen=5)
+    with pytest.raises(PromptError, match="chunk_tokens must be an integer of at least 1, not 0"):
+        Engine.load(DEMO, chunk_tokens=0)
+    with pytest.raises(PromptError, match="pinned_experts must be"):
+        Engine.load(DEMO, pinned_experts=[(0,)])
+
+
 def test_a_failing_mirror_is_skipped(tmp_path, packages):
     """The package names two mirrors; its own server refuses every shard and the first mirror serves wrong
     bytes: each shard is tried there, refused or found to fail its sha256, and comes from the second

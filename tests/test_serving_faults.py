@@ -102,7 +102,7 @@ def test_a_failing_request_leaves_the_batch_alone(pkg, engine, monkeypatch, capf
         decode = Engine.decode
 
         def faulty(self, rows, sampling, return_logits=False):
-            if any(s[3] is not None for s in sampling):        # a row under a grammar's mask
+            if any(s.mask is not None for s in sampling):        # a row under a grammar's mask
                 raise RuntimeError("injected device fault: secret internals")
             return decode(self, rows, sampling, return_logits)
         monkeypatch.setattr(Engine, "decode", faulty)

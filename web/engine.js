@@ -5,6 +5,7 @@ import { ExpertCache, expertSegments } from "./expert_cache.js";
 import { Executor, STORAGE, compileSteps, padded } from "./executor.js";
 import { GenerationConfig, Generator } from "./generation.js";
 import { ModelStore } from "./loader.js";
+import { engineOptions } from "./options.js";
 import { predictorPlan } from "./prefetch.js";
 import { checkResources, planBytes } from "./resources.js";
 import { ShaderLibrary } from "./shaders.js";
@@ -24,45 +25,31 @@ class Readback {
 }
 
 export class Engine {
-  // options: onProgress (stages of the load, as they advance: {stage: "download", loaded, total, shards},
-  // {stage: "compile", done, total} kernel variants, {stage: "upload", loaded, total} bytes), maxSeqLen, chunkTokens, expertCacheBytes (GPU budget for routed experts),
-  // memoryCacheBytes (in-memory LRU of expert shards when paging), pinnedExperts [[layer, expert]],
-  // observeRouting (read back routing even when every expert is resident, for usage statistics),
-  // prefetch (when paging: load each next MoE layer's predicted experts ahead of need, or start fetching them
-  // when they are not in OPFS; on by default with expertsOnDemand), maxBinding (lowers
-  // the storage binding limit the engine keeps to; tests), digest (the manifest's sha256 to pin),
-  // expertsOnDemand (download the dense shards only; fetch each expert when the router first chooses it),
-  // opfsBudgetBytes (with expertsOnDemand: what the model may keep in OPFS; least recently used experts leave),
-  // hotExperts (with expertsOnDemand: a share of each layer's routed tokens whose most-used experts, from
-  // the package's routing_stats, download with the dense shards), backgroundDownload (with expertsOnDemand: after the load, the experts not yet in OPFS download one at a time
-  // while they fit the budget), onDeviceLost(message) (the GPU device is gone: every later call fails; load the model again),
-  // storage ("auto" (default): OPFS while the browser lets the model keep what it needs there, else memory
-  // only, said by engine.ephemeral; "opfs": a QuotaError instead; "memory": never store anything)
-  static async load(manifestUrl, { onProgress, maxSeqLen = 2048, chunkTokens = 64, shaderBase, expertCacheBytes,
-                                   memoryCacheBytes, pinnedExperts = [], observeRouting = false,
-                                   prefetch, maxBinding, digest, expertsOnDemand = false,
-                                   opfsBudgetBytes, hotExperts = 0, backgroundDownload = false, onDeviceLost,
-                                   storage } = {}) {
+  // options: web/options.js's fields (engineOptions checks them once)
+  static async load(manifestUrl, given = {}) {
+    const o = engineOptions(given);
     const e = new Engine();
-    const report = onProgress || (() => {});
-    const gpu = await openDevice({ maxBinding });
+    const report = o.onProgress || (() => {});
+    const gpu = await openDevice({ maxBinding: o.maxBinding });
     e.device = gpu.device;
     e.adapter = gpu.description;
     // a device lost by anything but unload() (driver reset, GPU process crash, memory reclaimed) is told
-    e.device.lost.then((info) => { if (!e.unloaded) onDeviceLost?.(info.message || info.reason || "unknown reason"); });
-    const store = await ModelStore.open(manifestUrl, { onProgress: report, memoryBytes: memoryCacheBytes, digest,
-                                                       expertsOnDemand, opfsBudgetBytes, hotExperts, storage });
+    e.device.lost.then((info) => { if (!e.unloaded) o.onDeviceLost?.(info.message || info.reason || "unknown reason"); });
+    const store = await ModelStore.open(manifestUrl, {
+      onProgress: report, memoryBytes: o.memoryCacheBytes, digest: o.digest,
+      expertsOnDemand: o.expertsOnDemand, opfsBudgetBytes: o.opfsBudgetBytes, hotExperts: o.hotExperts,
+      storage: o.storage });
     e.store = store;
     const m = (e.manifest = store.manifest);
     // the kernels compile (each variant once, in parallel) while the shards download
-    const shaders = new ShaderLibrary(shaderBase || new URL("../shaders/", import.meta.url));
+    const shaders = new ShaderLibrary(o.shaderBase || new URL("../shaders/", import.meta.url));
     const compiled = compileSteps(gpu, [...m.plan.steps, ...m.plan.sampler], shaders,
                                   (done, total) => report({ stage: "compile", done, total }));
     compiled.catch(() => {});          // awaited below; a failure is reported there, after the download's
     await store.fetchMissing();
     e.vocab = m.config.vocab_size;
-    e.maxSeqLen = Math.min(maxSeqLen, m.config.max_position_embeddings);
-    e.chunk = Math.max(1, Math.min(chunkTokens, e.maxSeqLen));
+    e.maxSeqLen = Math.min(o.maxSeqLen, m.config.max_position_embeddings);
+    e.chunk = Math.min(o.chunkTokens, e.maxSeqLen);
     e.tokenizer = await TextTokenizer.load(store.url, m);
     e.io = m.plan.io;             // the buffers of token ids, logits and the sampled token
     checkResources(m.plan, gpu.maxBinding, e.chunk, e.maxSeqLen);
@@ -93,8 +80,8 @@ export class Engine {
       uploaded(data.byteLength);
     }
     e.experts = await ExpertCache.create(gpu, m, store, {
-      budgetBytes: expertCacheBytes, pinned: pinnedExperts, observe: observeRouting, onDemand: expertsOnDemand,
-      onUpload: uploaded });
+      budgetBytes: o.expertCacheBytes, pinned: o.pinnedExperts, observe: o.observeRouting,
+      onDemand: o.expertsOnDemand, onUpload: uploaded });
     e.segments = expertSegments(m.plan);
     e.topK = m.moe.top_k;
     const runtime = e.experts.buffers;
@@ -105,7 +92,7 @@ export class Engine {
     e.logitsRb = new Readback(e.device, e.chunk * e.vocab * 4);
     e.routeRb = new Readback(e.device, 2 * e.chunk * e.topK * 4);
     e.predict = new Map();
-    if ((prefetch ?? expertsOnDemand) && e.experts.paging && e.segments.length > 1) {
+    if ((o.prefetch ?? o.expertsOnDemand) && e.experts.paging && e.segments.length > 1) {
       const p = predictorPlan(m.plan, m.moe.num_experts, e.topK);
       e.predict = p.ranges;
       e.predictor = await Executor.create(gpu, p.plan, e.executor.buffers, new Map(),
@@ -113,7 +100,7 @@ export class Engine {
     }
     e.tokenRb = new Readback(e.device, 4);
     e.pos = 0;
-    if (expertsOnDemand && backgroundDownload) store.fillInBackground();
+    if (o.expertsOnDemand && o.backgroundDownload) store.fillInBackground();
     e.ephemeral = store.ephemeral;     // why nothing of the model is kept in the browser (null: OPFS keeps it)
     return e;
   }

@@ -1,7 +1,8 @@
 // The plan interpreter, the browser twin of engine/executor.py: allocates the plan's buffers, compiles
-// each step's kernel once, and records the steps for given runtime variables (T, pos, ...). A runtime
-// buffer may be an array of banks (the expert slab and its bank ranges): a step that binds one gets a bind
-// group per bank and is dispatched once per bank asked for.
+// each step's kernel once, and records the steps for given runtime variables (the plan's `variables`: T,
+// logit_row0, n_logits, the sampler's, bank_experts). A runtime buffer may be an array of banks (the expert
+// slab and its bank ranges): a step that binds one gets a bind group per bank and is dispatched once per
+// bank asked for.
 import { PlanError } from "./errors.js";
 import { evaluate, isDynamic } from "./expr.js";
 import { variantKey } from "./shaders.js";

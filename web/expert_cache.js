@@ -58,6 +58,11 @@ export class ExpertCache {
     c.paging = c.capacity < total || onDemand;
     c.observe = observe;
     c.pinned = new Set(pinned.map(([l, e]) => `${l}_${e}`));
+    const bad = pinned.filter(([l, e]) => !c.layers.includes(l) || !(e >= 0 && e < c.E))
+      .sort(([a, b], [x, y]) => a - x || b - y);
+    if (bad.length) {
+      throw new ExpertCacheError(`pinned experts [${bad.map(([l, e]) => `(${l}, ${e})`).join(", ")}] do not exist in this model`);
+    }
     if (c.paging && c.pinned.size >= c.capacity) {
       throw new ExpertCacheError(`${c.pinned.size} pinned experts leave no free slot in a cache of ${c.capacity}`);
     }

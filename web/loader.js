@@ -12,7 +12,6 @@ import { TransferQueue } from "./transfers.js";
 
 export { QuotaError };
 const ROOT = "webmoe";
-const STORAGE_CHOICES = ["auto", "opfs", "memory"];
 
 async function rootDir() {
   if (!navigator.storage?.getDirectory) throw new Error("this browser has no Origin Private File System");
@@ -93,7 +92,6 @@ export class ModelStore {
     s.roomQueue = s.stateQueue = Promise.resolve();
     s.retries = options.retries ?? 4;
     s.storage = options.storage ?? "auto";
-    if (!STORAGE_CHOICES.includes(s.storage)) throw new TypeError(`storage must be one of ${STORAGE_CHOICES.join(", ")}`);
     s.ephemeral = s.storage === "memory" ? "memory-only storage was asked for" : null;   // why nothing is stored
     s.held = new Map();                                      // file -> ArrayBuffer fetched for the load, not stored
     s.expertsOnDemand = !!options.expertsOnDemand;

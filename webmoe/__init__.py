@@ -4,7 +4,7 @@
     engine = Engine.load("demo/shakespeare-moe")
 """
 __version__ = "0.2.0"
-__all__ = ["Engine", "__version__"]
+__all__ = ["Engine", "EngineOptions", "__version__"]
 
 
 def __getattr__(name):
@@ -12,4 +12,7 @@ def __getattr__(name):
     if name == "Engine":
         from webmoe.engine.engine import Engine
         return Engine
+    if name == "EngineOptions":
+        from webmoe.engine.options import EngineOptions
+        return EngineOptions
     raise AttributeError(f"module 'webmoe' has no attribute {name!r}")

@@ -45,10 +45,10 @@ def _convert(args) -> int:
 
 
 def _run(args) -> int:
-    from webmoe import Engine
+    from webmoe import Engine, EngineOptions
     grammar = _grammar(args)                  # a bad schema stops before the model loads
-    engine = Engine.load(args.package, adapter=args.adapter, max_seq_len=args.max_seq_len,
-                         expert_cache_bytes=_mib(args.expert_cache_mb), routing=args.routing)
+    engine = Engine.load(args.package, EngineOptions(adapter=args.adapter, max_seq_len=args.max_seq_len,
+                                                     expert_cache_bytes=_mib(args.expert_cache_mb), routing=args.routing))
     print(f"webmoe: {engine.describe()}", file=sys.stderr)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     for token in engine.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -79,6 +79,8 @@ def _grammar(args) -> str | None:
 
 def _serve(args) -> int:
     import os
+    from webmoe.engine.options import EngineOptions
+    from webmoe.serve.options import ServeOptions
     from webmoe.serve.server import serve
     # keys from the environment keep them out of the process list
     keys = tuple(args.api_key or ()) + tuple(k for k in os.environ.get("WEBMOE_API_KEYS", "").split(",") if k)
@@ -90,12 +92,14 @@ def _serve(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     routing = dict(spec.partition("=")[::2] for spec in args.routing or ())
-    serve(args.package, host=args.host, port=args.port, api=not args.no_api, adapter=args.adapter,
-          expert_cache_bytes=_mib(args.expert_cache_mb), api_keys=keys, cors_origins=tuple(args.cors_origin or ()),
-          admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait}, admin_keys=admin,
-          memory_budget=_mib(args.memory_budget_mb), routes=routes, max_batch=args.max_batch,
-          pin_hot_share=args.pin_hot_experts, routing=routing,
-          package_roots=None if args.package_root is None else [Path(r) for r in args.package_root])
+    options = ServeOptions(
+        engine=EngineOptions(adapter=args.adapter, expert_cache_bytes=_mib(args.expert_cache_mb),
+                             max_batch=args.max_batch),
+        api=not args.no_api, api_keys=keys, cors_origins=tuple(args.cors_origin or ()), admin_keys=admin,
+        admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait},
+        memory_budget=_mib(args.memory_budget_mb), routes=tuple(routes), pin_hot_share=args.pin_hot_experts,
+        routing=routing, package_roots=None if args.package_root is None else tuple(Path(r) for r in args.package_root))
+    serve(args.package, options, host=args.host, port=args.port)
     return 0
 
 

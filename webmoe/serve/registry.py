@@ -20,6 +20,7 @@ from webmoe.engine.routing import parse_routing
 from .admission import Admission
 from .api_errors import ApiError
 from .batching import BatchWorker
+from .options import ServeOptions
 
 
 @dataclass(eq=False)
@@ -43,28 +44,27 @@ def read_version(path: Path) -> Version:
 
 
 class Registry:
-    def __init__(self, dirs: dict[str, Path], adapter: str | None = None, expert_cache_bytes: int | None = None,
-                 admission: dict | None = None, memory_budget: int | None = None, max_batch: int = 8,
-                 pin_hot_share: float = 0.0, routing: dict[str, str] | None = None,
-                 package_roots: list[Path] | None = None):
-        """max_batch: sequences each engine decodes together; as many requests run at once per name (more
-        wait in its Admission queue), whichever version serves them. pin_hot_share: hold in host memory each
-        layer's most-used experts covering this share of its tokens (the package's routing statistics).
-        routing: name -> a routing strategy other than the trained one (engine/routing.py), for experiments.
-        package_roots: the folders a swap may take packages from (default: the served packages' parents)."""
-        roots = package_roots if package_roots is not None else [Path(p).parent for p in dirs.values()]
+    def __init__(self, dirs: dict[str, Path], options: ServeOptions = ServeOptions()):
+        """options.engine.max_batch: sequences each engine decodes together; as many requests run at once per
+        name (more wait in its Admission queue), whichever version serves them. options.pin_hot_share: hold
+        in host memory each layer's most-used experts covering this share of its tokens (the package's
+        routing statistics). options.routing: name -> a routing rule other than the trained one, for
+        experiments. options.package_roots: the folders a swap may take packages from (default: the served
+        packages' parents)."""
+        roots = options.package_roots if options.package_roots is not None else [Path(p).parent for p in dirs.values()]
         self.package_roots = sorted({Path(r).resolve() for r in roots})
-        self.adapter, self.expert_cache_bytes, self.memory_budget = adapter, expert_cache_bytes, memory_budget
-        self.max_batch, self.pin_hot_share = max_batch, pin_hot_share
+        self.engine_options, self.memory_budget = options.engine, options.memory_budget
+        self.pin_hot_share = options.pin_hot_share
         self.versions = {name: read_version(path) for name, path in dirs.items()}
-        self.routing = dict(routing or {})
+        self.routing = dict(options.routing)
         unknown = set(self.routing) - set(dirs)
         if unknown:
             raise ValueError(f"routing for {', '.join(sorted(unknown))}: not a served model")
         for name, spec in self.routing.items():
             parse_routing(spec)
             self.versions[name].routing = spec
-        self.admission = {name: Admission(**{"running": max_batch, **(admission or {})}) for name in dirs}
+        self.admission = {name: Admission(**{"running": options.engine.max_batch, **options.admission})
+                          for name in dirs}
         self.retired: list[Version] = []           # swapped out, still in use
         self.swaps = 0
 
@@ -97,10 +97,8 @@ class Registry:
             if version.engine is None:
                 await self.make_room(version)
                 try:
-                    version.engine = await asyncio.to_thread(
-                        Engine.load, version.path, self.adapter, expert_cache_bytes=self.expert_cache_bytes,
-                        max_batch=self.max_batch, host_pinned_experts=hot_experts(version.manifest, self.pin_hot_share),
-                        routing=version.routing)
+                    version.engine = await asyncio.to_thread(Engine.load, version.path, self.engine_options.but(
+                        host_pinned_experts=hot_experts(version.manifest, self.pin_hot_share), routing=version.routing))
                 except USER_ERRORS as e:
                     raise ApiError(f"{version.path.name} cannot be loaded: {e}", status) from None
                 version.worker = BatchWorker(version.engine)

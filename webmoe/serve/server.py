@@ -27,6 +27,7 @@ from .api_access import install_access, is_loopback
 from .api_errors import openai_errors
 from .api_requests import MAX_REQUEST_BYTES
 from .openai_api import add_routes as add_api_routes
+from .options import ServeOptions
 from .registry import Registry
 from .routes import Routes
 
@@ -58,21 +59,11 @@ class ServedPackage:
                 "bytes": self.size, "dense_bytes": self.dense_size, "dtype": m["dtype"]}
 
 
-def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = True,
-               adapter: str | None = None, expert_cache_bytes: int | None = None, api_keys: tuple[str, ...] = (),
-               cors_origins: tuple[str, ...] = (), admission: dict | None = None, admin_keys: tuple[str, ...] = (),
-               memory_budget: int | None = None, routes: list | None = None, max_batch: int = 8,
-               pin_hot_share: float = 0.0, routing: dict[str, str] | None = None,
-               package_roots: list[Path] | None = None, loopback_only: bool = False) -> web.Application:
-    """api_keys: keys the /v1 API asks for (none: open); cors_origins: origins whose pages may call it;
-    admission: the queue's settings per model (running, max_waiting, max_wait_s); admin_keys: enable the
-    registry's hot swap (PUT /admin/models/NAME) for these keys; memory_budget: bytes of packages whose
-    engines may stay loaded at once; routes: A/B routes (routes.Route) over the served models; max_batch:
-    sequences each engine decodes together (continuous batching); pin_hot_share: each layer's most-used
-    experts covering this share of its tokens held in host memory (engine/host_pins.py); routing: model name
-    -> a routing strategy other than its trained one (engine/routing.py), which changes its output;
-    package_roots: the folders whose packages a hot swap may serve (default: the served packages' parents);
-    loopback_only: the server listens on a loopback address (api_access.py: refuses other Host names)."""
+def create_app(package_dirs: list[Path], options: ServeOptions | None = None, web_dir: Path = WEB_DIR,
+               **changes) -> web.Application:
+    """The server's application: the web app, the packages and (options.api) the OpenAI-compatible API.
+    options: webmoe/serve/options.py's ServeOptions, and any of its fields (or its engine's) by name."""
+    options = (options or ServeOptions()).but(**changes)
     packages: dict[str, ServedPackage] = {}
     for d in package_dirs:
         sp = ServedPackage(Path(d))
@@ -142,11 +133,10 @@ def create_app(package_dirs: list[Path], web_dir: Path = WEB_DIR, api: bool = Tr
     app.router.add_get("/models", models)
     app.router.add_get("/models/{model}/{file}", model_file)
     app.router.add_route("OPTIONS", "/models/{model}/{file}", model_file_preflight)
-    if api:
-        install_access(app, api_keys, cors_origins, admin_keys, loopback_only)
-        registry = Registry({name: sp.dir for name, sp in packages.items()}, adapter, expert_cache_bytes, admission,
-                            memory_budget, max_batch, pin_hot_share, routing, package_roots)
-        add_api_routes(app, registry, Routes(routes or []), admin=bool(admin_keys))
+    if options.api:
+        install_access(app, options.api_keys, options.cors_origins, options.admin_keys, options.loopback_only)
+        registry = Registry({name: sp.dir for name, sp in packages.items()}, options)
+        add_api_routes(app, registry, Routes(list(options.routes)), admin=bool(options.admin_keys))
         app[REGISTRY] = registry
         app.on_cleanup.append(registry.close)
     return app
@@ -158,8 +148,7 @@ PACKAGE_CORS = {"Access-Control-Allow-Origin": "*",
                 "Access-Control-Expose-Headers": "Content-Range, Content-Length, ETag, Accept-Ranges"}
 
 
-def serve(package_dirs: list[Path], host: str = "127.0.0.1", port: int = 8080, api: bool = True, **options) -> None:
-    """options: create_app's."""
-    app = create_app(package_dirs, api=api, loopback_only=is_loopback(host), **options)
+def serve(package_dirs: list[Path], options: ServeOptions, host: str = "127.0.0.1", port: int = 8080) -> None:
+    app = create_app(package_dirs, options.but(loopback_only=is_loopback(host)))
     print(f"webmoe: serving {', '.join(app[PACKAGES])} — open http://{host}:{port}/", flush=True)
     web.run_app(app, host=host, port=port, print=None)

@@ -25,7 +25,7 @@ def run_budget(path, budget: int | None, tokens: int, adapter: str | None, prefe
     token = 0
     t0 = time.perf_counter()
     for _ in range(tokens):
-        token = engine.step([token], temperature=0.0)
+        token = engine.step([token])
     decode_s = time.perf_counter() - t0
     after = cache.report()["total"]
     lookups = after["lookups"] - before["lookups"]
