@@ -1,4 +1,5 @@
-"""Batched decoding: several sequences share each forward pass. Every sequence holds a slot of the
+"""The decoder, for one sequence or many: several sequences share each forward pass, and a Generator
+(Engine.generate) is a batch of one. Every sequence holds a slot of the
 engine's KV cache (rows slot * max_seq_len ..); add() prefills a new one into a free slot and samples its
 first token, step() decodes the next token of every active sequence in one pass — the router, the grouped
 expert kernels and the scatter-add already work on many tokens, so an expert chosen by several sequences
@@ -157,3 +158,32 @@ class BatchDecoder:
     def _retire(self, seq: Sequence) -> None:
         self.active.remove(seq)
         self.free.append(seq.slot)
+
+
+class Generator:
+    """Engine.generate's result, a batch of one: iterate it for Tokens. Afterwards finish_reason is "stop"
+    (end-of-sequence token, stop string or complete grammar) or "length", and prompt_tokens /
+    completion_tokens count the tokens. A failure of the sequence is raised."""
+
+    def __init__(self, engine, config: GenerationConfig, prompt_ids):
+        self.engine, self.config, self.prompt_ids = engine, config, prompt_ids
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+
+    def __iter__(self):
+        batch = BatchDecoder(self.engine)
+        seq = batch.add(list(map(int, self.prompt_ids)), self.config)
+        self.finish_reason = seq.finish_reason
+        for token in list(seq.tokens):             # the first, sampled with the prefill
+            yield self._counted(seq, token)
+        while batch.active:
+            [(_, token)] = batch.step()
+            if token is None:
+                raise seq.failure
+            yield self._counted(seq, token)
+
+    def _counted(self, seq: Sequence, token: Token) -> Token:
+        self.completion_tokens += 1
+        self.finish_reason = seq.finish_reason or "length"
+        return token

@@ -8,7 +8,8 @@ import numpy as np
 from .device import Gpu, open_gpu
 from .executor import STORAGE, Executor, Readback, padded
 from .expert_cache import ExpertCache, expert_segments
-from .generation import GREEDY, GenerationConfig, Generator, Sampling, Token  # noqa: F401  (Token: this API's)
+from .batch import Generator
+from .generation import GREEDY, GenerationConfig, Sampling, Token  # noqa: F401  (Token: this API's)
 from .host_pins import HostPins
 from .memory import Budget, gib, package_budget
 from .options import EngineOptions
@@ -65,7 +66,6 @@ class Engine:
         self._mask_words = plan["buffers"][self.io["token_mask"]]["shape"][1]   # u32 words of a token_mask row
         self._logits_rb = Readback(device, self.chunk * self.vocab_size * 4)
         self._token_rb = Readback(device, 4 * max_batch)
-        self.pos = 0    # tokens held in the KV cache
         self.profiler = None   # an engine/profiler.py Profiler times every dispatch (webmoe speed --profile)
 
     @classmethod
@@ -119,17 +119,12 @@ class Engine:
             raise PromptError(f"{arr.size} tokens exceed the maximum sequence length {self.max_seq_len}")
         return arr.astype(np.uint32)
 
-    def _forward(self, ids: np.ndarray, logit_row0: int, n_logits: int, places=None):
-        """Runs ids (one chunk); returns an encoder holding the last commands, not submitted, for the caller
-        to add its read-back to. places: (positions, cache_rows) [T] u32 of each token; by default the
-        sequence's next positions from self.pos, which then advances. While every expert is resident this is
-        one submission with no read-back; with paging, each MoE layer reads back its chosen experts, which
-        are made resident (in batches if they do not all fit) before its expert kernels run."""
+    def _forward(self, ids: np.ndarray, places: tuple[np.ndarray, np.ndarray], logit_row0: int, n_logits: int):
+        """Runs ids (one chunk) at places (positions, cache_rows) [T] u32; returns an encoder holding the last
+        commands, not submitted, for the caller to add its read-back to. While every expert is resident
+        this is one submission with no read-back; with paging, each MoE layer reads back its chosen
+        experts, which are made resident (in batches if they do not all fit) before its expert kernels run."""
         device, ex = self.gpu.device, self.executor
-        if places is None:
-            at = np.arange(self.pos, self.pos + len(ids), dtype=np.uint32)
-            places = (at, at)
-            self.pos += len(ids)
         device.queue.write_buffer(ex.buffers[self.io["ids"]], 0, ids)
         device.queue.write_buffer(ex.buffers[self.io["positions"]], 0, np.ascontiguousarray(places[0], np.uint32))
         device.queue.write_buffer(ex.buffers[self.io["cache_rows"]], 0, np.ascontiguousarray(places[1], np.uint32))
@@ -170,70 +165,53 @@ class Engine:
         ex.encode_range(encoder, env, done, len(ex.steps), profiler=self.profiler)
         return encoder
 
-    def reset(self) -> None:
-        """Forgets the sequence held in the KV cache."""
-        self.pos = 0
+    def _places(self, slot: int, pos0: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions pos0 .. pos0 + n of the sequence in KV slot `slot`, and their cache rows."""
+        if not 0 <= slot < self.max_batch:
+            raise PromptError(f"KV slot {slot} is outside [0, {self.max_batch})")
+        if pos0 < 0 or pos0 + n > self.max_seq_len:
+            raise PromptError(f"{pos0 + n} tokens exceed the maximum sequence length {self.max_seq_len}")
+        at = np.arange(pos0, pos0 + n, dtype=np.uint32)
+        return at, slot * self.max_seq_len + at
 
-    def _room(self, n: int) -> None:
-        if self.pos + n > self.max_seq_len:
-            raise PromptError(f"{self.pos + n} tokens exceed the maximum sequence length {self.max_seq_len}")
-
-    def extend(self, token_ids) -> np.ndarray:
-        """Appends tokens to the sequence in the KV cache; returns their logits [n, vocab]."""
-        ids = self._check_ids(token_ids)
-        self._room(len(ids))
-        device = self.gpu.device
-        out = []
-        for start in range(0, len(ids), self.chunk):
-            chunk = ids[start:start + self.chunk]
-            encoder = self._forward(chunk, 0, len(chunk))
-            size = len(chunk) * self.vocab_size * 4
-            encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["logits"]], 0, self._logits_rb.buffer, 0, size)
-            device.queue.submit([encoder.finish()])
-            out.append(np.frombuffer(self._logits_rb.read(size), np.float32).reshape(len(chunk), self.vocab_size))
-        return np.concatenate(out)
-
-    def logits(self, token_ids) -> np.ndarray:
-        """Logits [T, vocab] of a fresh sequence."""
-        self.reset()
-        return self.extend(token_ids)
-
-    def step(self, token_ids, sampling: Sampling = GREEDY, return_logits: bool = False):
-        """Appends tokens to the sequence and samples the next token on the GPU from the last one's
-        logits (engine/generation.py's Sampling; greedy by default); the only read-back is the token id
-        (with return_logits, also those logits, before any mask: (id, [vocab]))."""
-        ids = self._check_ids(token_ids)
-        self._room(len(ids))
-        device = self.gpu.device
+    def _chunks(self, slot: int, ids: np.ndarray, pos0: int, every_logit: bool):
+        """The one chunk loop: runs ids into KV slot `slot` at positions pos0 .., a chunk per pass. every_logit:
+        returns the logits of every token [n, vocab]; else the last pass's encoder, not submitted, with the
+        last token's logits in row 0 (for the sampler)."""
+        device, out = self.gpu.device, []
         for start in range(0, len(ids), self.chunk):
             chunk = ids[start:start + self.chunk]
             last = start + self.chunk >= len(ids)
-            encoder = self._forward(chunk, len(chunk) - 1, 1 if last else 0)
+            places = self._places(slot, pos0 + start, len(chunk))
+            if every_logit:
+                encoder = self._forward(chunk, places, 0, len(chunk))
+                size = len(chunk) * self.vocab_size * 4
+                encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["logits"]], 0, self._logits_rb.buffer, 0,
+                                              size)
+                device.queue.submit([encoder.finish()])
+                out.append(np.frombuffer(self._logits_rb.read(size), np.float32).reshape(len(chunk), self.vocab_size))
+                continue
+            encoder = self._forward(chunk, places, len(chunk) - 1, 1 if last else 0)
             if not last:
                 device.queue.submit([encoder.finish()])
-        return self._sample(encoder, [sampling], return_logits)[0]
+        return np.concatenate(out) if every_logit else encoder
 
-    # --- several sequences (engine/batch.py drives these) ----------------------------------------------
-
-    def _places(self, slot: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return positions, slot * self.max_seq_len + positions
-
-    def prefill(self, slot: int, token_ids, pos0: int, sampling: Sampling, return_logits: bool = False):
-        """Appends tokens to the sequence in KV cache slot `slot` (positions pos0 ..) and samples the next
-        token from the last one's logits, as step() does for the engine's own sequence."""
+    def logits(self, token_ids, pos0: int = 0, slot: int = 0) -> np.ndarray:
+        """Logits [T, vocab] of token_ids placed at positions pos0 .. of the sequence in KV slot `slot` (pos0 =
+        0: a fresh sequence; later positions attend to what that slot's earlier calls left)."""
         ids = self._check_ids(token_ids)
-        if not 0 <= slot < self.max_batch or pos0 + len(ids) > self.max_seq_len:
-            raise PromptError(f"slot {slot} position {pos0 + len(ids)}: outside [0, {self.max_batch}) x "
-                              f"[0, {self.max_seq_len}]")
-        device = self.gpu.device
-        for start in range(0, len(ids), self.chunk):
-            chunk = ids[start:start + self.chunk]
-            last = start + self.chunk >= len(ids)
-            at = np.arange(pos0 + start, pos0 + start + len(chunk), dtype=np.uint32)
-            encoder = self._forward(chunk, len(chunk) - 1, 1 if last else 0, self._places(slot, at))
-            if not last:
-                device.queue.submit([encoder.finish()])
-        return self._sample(encoder, [sampling], return_logits)[0]
+        self._places(slot, pos0, len(ids))
+        return self._chunks(slot, ids, pos0, every_logit=True)
+
+    # --- decoding (engine/batch.py's BatchDecoder drives these, for one sequence or many) -------------
+
+    def prefill(self, slot: int, token_ids, pos0: int, sampling: Sampling = GREEDY, return_logits: bool = False):
+        """Appends tokens to the sequence in KV slot `slot` (positions pos0 ..) and samples the next token on
+        the GPU from the last one's logits; the only read-back is the token id (with return_logits, also
+        those logits, before any mask: (id, [vocab]))."""
+        ids = self._check_ids(token_ids)
+        self._places(slot, pos0, len(ids))
+        return self._sample(self._chunks(slot, ids, pos0, every_logit=False), [sampling], return_logits)[0]
 
     def decode(self, rows: list[tuple[int, int, int]], sampling: list[Sampling],
                return_logits: bool = False) -> list:
@@ -246,7 +224,7 @@ class Engine:
         slots = np.array([s for _, _, s in rows], np.uint32)
         if positions.max() >= self.max_seq_len or slots.max() >= self.max_batch:
             raise PromptError("a decode row lies outside the KV cache")
-        encoder = self._forward(ids, 0, len(rows), (positions, slots * self.max_seq_len + positions))
+        encoder = self._forward(ids, (positions, slots * self.max_seq_len + positions), 0, len(rows))
         return self._sample(encoder, sampling, return_logits)
 
     def _sample(self, encoder, sampling: list[Sampling], return_logits: bool) -> list:
@@ -290,7 +268,6 @@ class Engine:
         when the grammar is complete. The returned Generator also tells finish_reason and token counts
         once iterated."""
         config = GenerationConfig(max_new_tokens, temperature, top_p, seed, stop, logprobs, grammar)
-        self.reset()
         return Generator(self, config, self.prompt_ids(prompt))
 
     def prompt_ids(self, prompt) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""The decoding loop: prefill, then one token at a time with the KV cache, stop conditions and
-incremental detokenisation with stop strings held back until they are ruled out. web/generation.js is
-its twin: the same generator, so a seed samples the same tokens natively and in the browser."""
+"""What decoding a sequence needs besides the forward pass (engine/batch.py's decoder runs it): the
+sampling settings, the seeded generator, stop conditions and incremental detokenisation with stop strings
+held back until they are ruled out. web/generation.js is its twin, so a seed samples the same tokens
+natively and in the browser."""
 from __future__ import annotations
 
 import secrets
@@ -162,29 +163,3 @@ def sample_step(config: GenerationConfig, sampling: Sampling, run) -> tuple[int,
         return run(sampling, False), {}
     token, logits = run(sampling, True)
     return token, logprobs(logits, token, config.logprobs)
-
-
-class Generator:
-    """Iterate it for Tokens; afterwards finish_reason is "stop" (end-of-sequence token or stop string)
-    or "length", and prompt_tokens / completion_tokens count the tokens."""
-
-    def __init__(self, engine, config: GenerationConfig, prompt_ids: np.ndarray):
-        self.engine, self.config, self.prompt_ids = engine, config, prompt_ids
-        self.rng = SplitMix64(config.seed)
-        self.prompt_tokens = len(prompt_ids)
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-
-    def __iter__(self):
-        engine, cfg = self.engine, self.config
-        decoding = Decoding(engine.tokenizer, cfg, token_budget(cfg, engine.max_seq_len, len(self.prompt_ids)))
-        self.finish_reason = decoding.finish_reason
-        ids = self.prompt_ids
-        while not decoding.done:
-            token, probs = sample_step(cfg, decoding.sampling(float(self.rng.random())),
-                                       lambda sampling, logits: engine.step(ids, sampling, return_logits=logits))
-            ids = np.array([token], np.uint32)
-            self.completion_tokens += 1
-            out = decoding.push(token, probs)
-            self.finish_reason = decoding.finish_reason or "length"
-            yield out

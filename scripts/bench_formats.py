@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 from webmoe import Engine
 from webmoe.converter.convert import convert
 from webmoe.converter.quant import decode
+from webmoe.engine.generation import GREEDY
 from webmoe.engine.package import Package
 from webmoe.tools.perplexity import perplexity
 from webmoe.tools.summary import parameter_counts
@@ -83,11 +84,10 @@ def decode_speed(engine: Engine) -> list[float]:
     prompt = list(range(3, 3 + PROMPT))
     out = []
     for _ in range(REPEATS):
-        engine.reset()
-        token = engine.step(prompt)
+        token = engine.prefill(0, prompt, 0)
         t0 = time.perf_counter()
-        for _ in range(DECODE):
-            token = engine.step([token])
+        for i in range(DECODE):
+            [token] = engine.decode([(token, len(prompt) + i, 0)], [GREEDY])
         out.append(DECODE / (time.perf_counter() - t0))
     return out
 

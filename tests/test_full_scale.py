@@ -121,7 +121,6 @@ t = time.perf_counter()
 engine.logits(prompt)
 prefill_s = time.perf_counter() - t
 routed = sum(int((u > 0).sum()) for u in engine.experts.usage.values())
-engine.reset()
 tokens, stamps = [], []
 for tok in engine.generate(prompt, max_new_tokens=n, temperature=0):
     tokens.append(tok.id)

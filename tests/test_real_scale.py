@@ -18,6 +18,7 @@ import transformers as tf
 
 from parity import assert_logits_close, reference_logits
 from webmoe import Engine
+from webmoe.engine.generation import GREEDY
 from webmoe.converter.model_plan import plan_from_config
 from webmoe.tiny_models import save_checkpoint
 
@@ -115,8 +116,8 @@ def test_real_dimensions_match_transformers(tmp_path, family, dtype):
         err = float(np.median(per_token))
     del ref
     token, t0 = ids[-1], time.perf_counter()
-    for _ in range(4):
-        token = engine.step([token])
+    for i in range(4):
+        [token] = engine.decode([(token, len(ids) + i, 0)], [GREEDY])
     decode = 4 / (time.perf_counter() - t0)
     pkg_bytes = sum(s["size"] for s in engine.package.manifest["shards"])
     figures = {"family": family, "dtype": dtype, "copies": source, "layers": config.num_hidden_layers,

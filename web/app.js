@@ -1,4 +1,5 @@
 // The chat page: picks a served model, loads it into the worker with progress, streams replies.
+import { mib } from "./units.js";
 import * as webmoe from "./webmoe.js";
 
 const $ = (id) => document.getElementById(id);
@@ -11,7 +12,6 @@ function notice(text, error = false) {
   $("notice").className = error ? "notice error" : "notice";
 }
 
-const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 async function refreshCached() {
   const list = $("cached");

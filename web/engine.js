@@ -3,13 +3,15 @@ import { openDevice } from "./device.js";
 import { PromptError } from "./errors.js";
 import { ExpertCache, expertSegments } from "./expert_cache.js";
 import { Executor, STORAGE, compileSteps, padded } from "./executor.js";
-import { GenerationConfig, Generator } from "./generation.js";
+import { Generator } from "./batch.js";
+import { GenerationConfig } from "./generation.js";
 import { ModelStore } from "./loader.js";
 import { engineOptions } from "./options.js";
 import { predictorPlan } from "./prefetch.js";
 import { checkResources, planBytes } from "./resources.js";
 import { ShaderLibrary } from "./shaders.js";
 import { TextTokenizer } from "./tokenizer.js";
+import { gib } from "./units.js";
 
 class Readback {
   constructor(device, size) {
@@ -99,7 +101,7 @@ export class Engine {
                                           { T: e.chunk, S: e.maxSeqLen }, shaders);
     }
     e.tokenRb = new Readback(e.device, 4);
-    e.pos = 0;
+    e.maxBatch = 1;          // KV slots: the browser decodes one sequence (engine.py's max_batch)
     if (o.expertsOnDemand && o.backgroundDownload) store.fillInBackground();
     e.ephemeral = store.ephemeral;     // why nothing of the model is kept in the browser (null: OPFS keeps it)
     return e;
@@ -110,21 +112,30 @@ export class Engine {
     if (!ids.length || ![...ids].every((i) => Number.isInteger(i) && i >= 0 && i < this.vocab)) {
       throw new PromptError(`token ids must lie in [0, ${this.vocab})`);
     }
-    if (this.pos + ids.length > this.maxSeqLen) {
-      throw new PromptError(`${this.pos + ids.length} tokens exceed the maximum sequence length ${this.maxSeqLen}`);
+    if (ids.length > this.maxSeqLen) {
+      throw new PromptError(`${ids.length} tokens exceed the maximum sequence length ${this.maxSeqLen}`);
     }
     return Uint32Array.from(ids);
   }
 
-  // Runs one chunk at this.pos; returns an encoder with the last commands, not submitted. With paging (or
-  // observed routing) each MoE layer's chosen experts are read back and made resident before its experts run.
-  async forward(ids, logitRow0, nLogits) {
+  // Positions pos0 .. pos0 + n of the sequence in KV slot `slot`, and their cache rows.
+  places(slot, pos0, n) {
+    if (!(slot >= 0 && slot < this.maxBatch)) throw new PromptError(`KV slot ${slot} is outside [0, ${this.maxBatch})`);
+    if (pos0 < 0 || pos0 + n > this.maxSeqLen) {
+      throw new PromptError(`${pos0 + n} tokens exceed the maximum sequence length ${this.maxSeqLen}`);
+    }
+    const positions = Uint32Array.from({ length: n }, (_, t) => pos0 + t);
+    return { positions, rows: positions.map((p) => slot * this.maxSeqLen + p) };
+  }
+
+  // Runs one chunk at places ({positions, rows}); returns an encoder with the last commands, not submitted.
+  // With paging (or observed routing) each MoE layer's chosen experts are read back and made resident
+  // before its experts run.
+  async forward(ids, places, logitRow0, nLogits) {
     const ex = this.executor;
-    // one sequence at cache rows 0..: each token's position is also its cache row
-    const at = Uint32Array.from(ids, (_, t) => this.pos + t);
     this.device.queue.writeBuffer(ex.buffers.get(this.io.ids), 0, ids);
-    this.device.queue.writeBuffer(ex.buffers.get(this.io.positions), 0, at);
-    this.device.queue.writeBuffer(ex.buffers.get(this.io.cache_rows), 0, at);
+    this.device.queue.writeBuffer(ex.buffers.get(this.io.positions), 0, places.positions);
+    this.device.queue.writeBuffer(ex.buffers.get(this.io.cache_rows), 0, places.rows);
     const env = { T: ids.length, logit_row0: logitRow0, n_logits: nLogits };
     ex.writeParams(env);
     if (this.predictor) this.predictor.writeParams(env);
@@ -161,7 +172,6 @@ export class Engine {
       encoder = this.device.createCommandEncoder();
     }
     ex.encodeRange(encoder, env, done, ex.steps.length);
-    this.pos += ids.length;
     return encoder;
   }
 
@@ -172,11 +182,7 @@ export class Engine {
   // One line on what was loaded where (the twin of Engine.describe() natively).
   describe() {
     const m = this.memory;
-    return `${this.manifest.family} on ${this.adapter}; KV cache ${(m.kv_cache / 2 ** 20).toFixed(1)} MiB for ${this.maxSeqLen} tokens (${m.kv_per_token} bytes per token); ${this.experts.describe()}`;
-  }
-
-  reset() {
-    this.pos = 0;
+    return `${this.manifest.family} on ${this.adapter}; KV cache ${gib(m.kv_cache)} for ${this.maxSeqLen} tokens (${m.kv_per_token} bytes per token); ${this.experts.describe()}`;
   }
 
   // Frees the engine's GPU memory at once (the device is destroyed; the engine cannot be used after).
@@ -186,47 +192,71 @@ export class Engine {
     this.device.destroy();
   }
 
-  // Appends tokens to the KV cache; returns their logits as a Float32Array [n * vocab].
-  async extend(tokenIds) {
-    const ids = this.checkIds(tokenIds);
-    const out = new Float32Array(ids.length * this.vocab);
-    for (let s = 0; s < ids.length; s += this.chunk) {
-      const chunk = ids.subarray(s, s + this.chunk);
-      const enc = await this.forward(chunk, 0, chunk.length);
-      const size = chunk.length * this.vocab * 4;
-      enc.copyBufferToBuffer(this.executor.buffers.get(this.io.logits), 0, this.logitsRb.buffer, 0, size);
-      this.device.queue.submit([enc.finish()]);
-      out.set(new Float32Array(await this.logitsRb.read(size)), s * this.vocab);
-    }
-    return out;
-  }
-
-  async logits(tokenIds) {
-    this.reset();
-    return this.extend(tokenIds);
-  }
-
-  // Appends tokens and samples the next one on the GPU; reads back only its id.
-  async step(tokenIds, temperature = 0, topP = 1, u = 0) {
-    const ids = this.checkIds(tokenIds);
+  // The one chunk loop: runs ids into KV slot `slot` at positions pos0 .., a chunk per pass. everyLogit:
+  // returns the logits of every token (Float32Array [n * vocab]); else the last pass's encoder, not
+  // submitted, with the last token's logits in row 0 (for the sampler).
+  async chunks(slot, ids, pos0, everyLogit) {
+    const out = everyLogit ? new Float32Array(ids.length * this.vocab) : null;
     let enc;
     for (let s = 0; s < ids.length; s += this.chunk) {
       const chunk = ids.subarray(s, s + this.chunk);
       const last = s + this.chunk >= ids.length;
-      enc = await this.forward(chunk, chunk.length - 1, last ? 1 : 0);
+      const places = this.places(slot, pos0 + s, chunk.length);
+      if (everyLogit) {
+        enc = await this.forward(chunk, places, 0, chunk.length);
+        const size = chunk.length * this.vocab * 4;
+        enc.copyBufferToBuffer(this.executor.buffers.get(this.io.logits), 0, this.logitsRb.buffer, 0, size);
+        this.device.queue.submit([enc.finish()]);
+        out.set(new Float32Array(await this.logitsRb.read(size)), s * this.vocab);
+        continue;
+      }
+      enc = await this.forward(chunk, places, chunk.length - 1, last ? 1 : 0);
       if (!last) this.device.queue.submit([enc.finish()]);
     }
+    return everyLogit ? out : enc;
+  }
+
+  // Logits (Float32Array [n * vocab]) of tokenIds placed at positions pos0 .. of the sequence in KV slot
+  // `slot` (pos0 = 0: a fresh sequence).
+  async logits(tokenIds, pos0 = 0, slot = 0) {
+    const ids = this.checkIds(tokenIds);
+    this.places(slot, pos0, ids.length);
+    return this.chunks(slot, ids, pos0, true);
+  }
+
+  // Appends tokens to the sequence in KV slot `slot` (positions pos0 ..) and samples the next token on the
+  // GPU from the last one's logits; reads back only its id.
+  async prefill(slot, tokenIds, pos0, sampling) {
+    const ids = this.checkIds(tokenIds);
+    this.places(slot, pos0, ids.length);
+    return (await this.sample(await this.chunks(slot, ids, pos0, false), [sampling]))[0];
+  }
+
+  // One forward pass for the sequences of rows [[token, position, slot]], a token each, with a sampling
+  // ({temperature, topP, u}) per row; returns the next token of each.
+  async decode(rows, sampling) {
+    if (!(rows.length > 0 && rows.length <= this.maxBatch) || new Set(rows.map(([, , s]) => s)).size !== rows.length) {
+      throw new PromptError(`a decode pass takes 1 to ${this.maxBatch} rows of distinct slots`);
+    }
+    const ids = this.checkIds(rows.map(([t]) => t));
+    const places = { positions: Uint32Array.from(rows, ([, p]) => p), rows: Uint32Array.from(rows, ([, p, s]) => s * this.maxSeqLen + p) };
+    if (rows.some(([, p, s]) => p >= this.maxSeqLen || s >= this.maxBatch)) throw new PromptError("a decode row lies outside the KV cache");
+    return this.sample(await this.forward(ids, places, 0, rows.length), sampling);
+  }
+
+  // Samples logits row 0 on the GPU and reads back the token (one row: the browser decodes one sequence).
+  async sample(enc, sampling) {
+    const [{ temperature, topP, u }] = sampling;
     this.sampler.encode(enc, { temperature, top_p: topP, u, masked: 0 });   // grammars are native only (engine/constraint.py)
     enc.copyBufferToBuffer(this.executor.buffers.get(this.io.token), 0, this.tokenRb.buffer, 0, 4);
     this.device.queue.submit([enc.finish()]);
-    return new Uint32Array(await this.tokenRb.read(4))[0];
+    return [new Uint32Array(await this.tokenRb.read(4))[0]];
   }
 
   // A Generator (for await ... of it) of {id, text} per new token. prompt: text, token ids or chat messages.
   // options: maxNewTokens, temperature (0 = greedy), topP, seed, stop, signal (an AbortSignal that ends it).
   generate(prompt, { signal, ...options } = {}) {
     const config = new GenerationConfig(options);
-    this.reset();
     return new Generator(this, config, this.checkIds(this.tokenizer.promptIds(prompt)), signal);
   }
 }

@@ -4,6 +4,7 @@
 // statistics. Expert bytes come from the ModelStore (memory, OPFS, HTTP).
 import { ExpertCacheError } from "./errors.js";
 import { STORAGE, padded } from "./executor.js";
+import { gib } from "./units.js";
 
 export const NO_SLOT = 0xffffffff;
 const MAX_ELEMENTS = 2 ** 32 - 1;     // of one bank, as the kernels index it
@@ -16,7 +17,6 @@ export function expertSegments(plan) {
 
 const FIELDS = ["lookups", "hits", "misses", "evictions", "bytes_uploaded", "wait_s", "prefetched", "predicted",
                 "predicted_used", "needed_after_prediction"];
-const gib = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
 
 export class ExpertCache {
   // gpu: openDevice()'s result. budgetBytes: the GPU budget for routed experts; by default every expert is

@@ -1,6 +1,7 @@
-// The decoding loop, the twin of engine/generation.py: one token at a time with the KV cache, stop
-// conditions, incremental detokenisation with stop strings held back until they are ruled out, and the
-// same seeded generator, so a seed samples the same tokens natively and in the browser.
+// What decoding a sequence needs besides the forward pass (web/batch.js's decoder runs it), the twin of
+// engine/generation.py: the sampling settings, the seeded generator, stop conditions and incremental
+// detokenisation with stop strings held back until they are ruled out, so a seed samples the same tokens
+// natively and in the browser.
 import { PromptError } from "./errors.js";
 import { StreamDecoder } from "./tokenizer.js";
 
@@ -64,6 +65,11 @@ export class Decoding {
     this.finishReason = this.done ? "length" : null;
   }
 
+  // The sampler's inputs for the next token (engine/generation.py's Sampling; grammars are native only).
+  sampling(u) {
+    return { temperature: this.config.temperature, topP: this.config.topP, u };
+  }
+
   push(token) {
     const cfg = this.config;
     this.count++;
@@ -90,31 +96,4 @@ export class Decoding {
 // New tokens a sequence may have: asked for, and what its KV cache leaves room for.
 export function tokenBudget(config, maxSeqLen, promptTokens) {
   return Math.min(config.maxNewTokens, maxSeqLen - promptTokens + 1);
-}
-
-// Iterate it (for await) for {id, text}; afterwards finishReason is "stop" (end-of-sequence token or stop
-// string) or "length", and promptTokens / completionTokens count the tokens. signal (an AbortSignal) ends it.
-export class Generator {
-  constructor(engine, config, promptIds, signal = null) {
-    Object.assign(this, { engine, config, promptIds, signal });
-    this.rng = new SplitMix64(config.seed);
-    this.promptTokens = promptIds.length;
-    this.completionTokens = 0;
-    this.finishReason = null;
-  }
-
-  async *[Symbol.asyncIterator]() {
-    const { engine, config: cfg } = this;
-    const decoding = new Decoding(engine.tokenizer, cfg, tokenBudget(cfg, engine.maxSeqLen, this.promptIds.length));
-    this.finishReason = decoding.finishReason;
-    let ids = this.promptIds;
-    while (!decoding.done && !this.signal?.aborted) {
-      const token = await engine.step(ids, cfg.temperature, cfg.topP, this.rng.random());
-      ids = [token];
-      this.completionTokens++;
-      const out = decoding.push(token);
-      this.finishReason = decoding.finishReason || "length";
-      yield out;
-    }
-  }
 }

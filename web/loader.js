@@ -1,6 +1,7 @@
-// Package shards in the Origin Private File System: downloaded once with bounded concurrency, retries and
-// HTTP Range resume, verified by sha256 before they count, re-fetched if they fail their hash later.
-// Layout: OPFS /webmoe/<model id>/{state.json, <shard>, <shard>.part}. state.json marks a model complete
+// A model's shards for the engine: kept in the Origin Private File System (opfs.js) within an OPFS budget,
+// fetched when missing (shard_fetch.js: mirrors, retries, Range resume, the link's queue), held in memory
+// while paging (memory_cache.js), verified by sha256 before they count and re-fetched if they fail their
+// hash later. Layout: OPFS /webmoe/<model id>/{state.json, <shard>, <shard>.part}. state.json marks a model complete
 // only when every shard has been verified. Where the browser cannot keep the model (no OPFS, as in some
 // private windows; a quota or OPFS budget below its dense shards and one expert; a write the quota refuses),
 // shards are fetched into memory instead, verified the same way, and nothing is stored: the model runs,
@@ -8,61 +9,13 @@
 
 import { PackageError, QuotaError } from "./errors.js";
 import { readManifest, sha256Hex } from "./manifest.js";
-import { TransferQueue } from "./transfers.js";
+import { MemoryCache } from "./memory_cache.js";
+import { fileSize, modelId, readJson, rootDir, writeJson } from "./opfs.js";
+import { ShardFetcher } from "./shard_fetch.js";
+import { mib } from "./units.js";
 
 export { QuotaError };
-const ROOT = "webmoe";
-
-async function rootDir() {
-  if (!navigator.storage?.getDirectory) throw new Error("this browser has no Origin Private File System");
-  return (await navigator.storage.getDirectory()).getDirectoryHandle(ROOT, { create: true });
-}
-
-export async function modelId(manifestUrl) {
-  return (await sha256Hex(new TextEncoder().encode(manifestUrl))).slice(0, 16);
-}
-
-async function readJson(dir, name) {
-  try {
-    return JSON.parse(await (await (await dir.getFileHandle(name)).getFile()).text());
-  } catch {
-    return null;
-  }
-}
-
-async function writeJson(dir, name, value) {
-  const w = await (await dir.getFileHandle(name, { create: true })).createWritable();
-  await w.write(JSON.stringify(value));
-  await w.close();   // createWritable writes a swap file: the old state stays until close() succeeds
-}
-
-async function dirBytes(dir) {
-  let n = 0;
-  for await (const [, h] of dir.entries()) {
-    if (h.kind !== "file") continue;
-    // another tab (or the browser's swap files of a writable) may remove a file while we count
-    n += await h.getFile().then((f) => f.size, (err) => { if (err?.name === "NotFoundError") return 0; throw err; });
-  }
-  return n;
-}
-
-// [{id, url, name, bytes, complete}] for every model in OPFS.
-export async function listCached() {
-  const root = await rootDir();
-  const out = [];
-  for await (const [id, h] of root.entries()) {
-    if (h.kind !== "directory") continue;
-    const state = (await readJson(h, "state.json")) || {};
-    out.push({ id, url: state.url || null, name: state.name || id, bytes: await dirBytes(h), complete: !!state.complete });
-  }
-  return out;
-}
-
-export async function deleteCached(id) {
-  await (await rootDir()).removeEntry(id, { recursive: true });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export { deleteCached, listCached } from "./opfs.js";
 
 export class ModelStore {
   // Reads and checks the manifest and what OPFS holds; fetchMissing() then downloads what the load needs.
@@ -80,17 +33,12 @@ export class ModelStore {
     s.url = new URL(manifestUrl, self.location.href).href;
     s.onProgress = options.onProgress || (() => {});
     s.concurrency = options.concurrency || 4;
-    s.transfers = new TransferQueue(s.concurrency);          // the link: needed shards before those fetched ahead
     s.ahead = new Set();                                     // files being read ahead of need (prefetch, filling)
-    s.memoryBytes = options.memoryBytes ?? 256 * 2 ** 20;   // in-memory LRU of verified shard bytes (paging)
-    s.memory = new Map();                                    // file -> ArrayBuffer, oldest first
-    s.memoryUsed = 0;
-    s.memoryCounts = { hits: 0, misses: 0, evictions: 0 };
+    s.memory = new MemoryCache(options.memoryBytes ?? 256 * 2 ** 20);   // verified shard bytes (paging)
     s.reading = new Map();                                   // file -> Promise<ArrayBuffer> of a read under way
     s.reserved = 0;                                          // bytes of downloads under way (OPFS budget)
     s.roomWaiters = [];
     s.roomQueue = s.stateQueue = Promise.resolve();
-    s.retries = options.retries ?? 4;
     s.storage = options.storage ?? "auto";
     s.ephemeral = s.storage === "memory" ? "memory-only storage was asked for" : null;   // why nothing is stored
     s.held = new Map();                                      // file -> ArrayBuffer fetched for the load, not stored
@@ -105,11 +53,12 @@ export class ModelStore {
     s.manifest = await readManifest(new Uint8Array(await r.arrayBuffer()), options.digest);
     // where shards come from: the manifest's folder, then the package's mirrors, in order; a source that
     // fails (HTTP error, network error, wrong bytes) is skipped for the rest of the load
-    s.sources = [new URL(".", s.url).href, ...(s.manifest.mirrors || [])];
-    s.failing = new Set();
-    // per tier below the GPU: shard reads that OPFS served and fetches the network served
-    s.tiers = { opfs: { reads: 0, bytes: 0, wait_s: 0, evictions: 0 },
-                network: { fetches: 0, bytes: 0, wait_s: 0, failed_sources: 0, dropped: 0 } };
+    s.fetcher = new ShardFetcher({
+      sources: [new URL(".", s.url).href, ...(s.manifest.mirrors || [])], retries: options.retries ?? 4,
+      concurrency: s.concurrency,
+      onStatus: (file, status, tell = true) => { s.status[file] = status; if (tell) s.progress(); },
+      onBytes: (n) => { s.loaded += n; s.progress(); } });
+    s.opfs = { reads: 0, bytes: 0, wait_s: 0, evictions: 0 };   // shard reads that OPFS served
     s.id = await modelId(s.url);
     s.dir = null;                                            // the model's OPFS folder, where there is one
     if (!s.ephemeral) {
@@ -127,14 +76,14 @@ export class ModelStore {
     const dense = s.manifest.shards.filter((e) => e.kind !== "expert").reduce((a, e) => a + e.size, 0);
     const largest = Math.max(0, ...s.manifest.shards.filter((e) => e.kind === "expert").map((e) => e.size));
     if (s.opfsBudget < dense + largest && !s.ephemeral) {
-      const why = `an OPFS budget of ${mb(s.opfsBudget)} cannot hold this model's dense shards and one expert ` +
-                  `(${mb(dense + largest)})`;
+      const why = `an OPFS budget of ${mib(s.opfsBudget)} cannot hold this model's dense shards and one expert ` +
+                  `(${mib(dense + largest)})`;
       if (s.storage === "opfs") throw new QuotaError(`${why}. Free space or delete cached models, or ask for a larger budget.`);
       s.keepNothing(why);
     }
     // the most-used experts (routing_stats) are fetched with the dense shards, within the budget (in
     // memory only: within the memory cache)
-    let room = s.ephemeral ? s.memoryBytes : s.opfsBudget - dense;
+    let room = s.ephemeral ? s.memory.budget : s.opfsBudget - dense;
     s.hot = new Set();
     for (const { file, size } of hotShards(s.manifest, options.hotExperts || 0)) {
       if (size > room) break;
@@ -152,14 +101,6 @@ export class ModelStore {
     this.ephemeral ||= why;
   }
 
-  async fileSize(name) {
-    try {
-      return (await (await this.dir.getFileHandle(name)).getFile()).size;
-    } catch {
-      return -1;
-    }
-  }
-
   // total: the bytes of the shards this load needs now (experts left on demand count once they are asked for)
   progress() {
     const total = this.manifest.shards.reduce((a, e) => a + (this.status[e.file] === "on demand" ? 0 : e.size), 0);
@@ -170,7 +111,7 @@ export class ModelStore {
   async fetchMissing() {
     const missing = [];
     for (const e of this.manifest.shards) {
-      if (this.dir && this.state.verified[e.file] === e.sha256 && (await this.fileSize(e.file)) === e.size) {
+      if (this.dir && this.state.verified[e.file] === e.sha256 && (await fileSize(this.dir, e.file)) === e.size) {
         this.status[e.file] = "cached";
         this.loaded += e.size;
       } else if (this.expertsOnDemand && e.kind === "expert" && !this.hot.has(e.file)) {
@@ -187,7 +128,7 @@ export class ModelStore {
       return;
     }
     let need = 0;
-    for (const e of missing) need += e.size - Math.max(0, await this.fileSize(`${e.file}.part`));
+    for (const e of missing) need += e.size - Math.max(0, this.dir ? await fileSize(this.dir, `${e.file}.part`) : 0);
     if (!this.ephemeral) await this.checkQuota(need);
     // On the first failure the other downloads finish the shard they hold and take no more; the load
     // rejects only when none of them still writes to OPFS. Kept in memory only, each shard waits in `held`
@@ -226,7 +167,7 @@ export class ModelStore {
       }
     }
     if (refused && this.storage === "opfs") throw refused;
-    if (refused) this.keepNothing(`this site may store ${mb(Math.max(0, quota - usage))} and the model needs ${mb(need)} more`);
+    if (refused) this.keepNothing(`this site may store ${mib(Math.max(0, quota - usage))} and the model needs ${mib(need)} more`);
   }
 
   // Writes state.json (one write at a time); the model is complete when every shard has been verified.
@@ -240,162 +181,18 @@ export class ModelStore {
     return write;
   }
 
-  // The first source not known to fail (all failing: the first one again, so retries go on).
-  source() {
-    return this.sources.find((u) => !this.failing.has(u)) ?? this.sources[0];
-  }
-
-  // Downloads one shard (into OPFS, or into memory when nothing is kept), verified, counted in the network
-  // tier. Any source serves any shard: it is checked against its sha256 whatever its origin.
+  // Downloads one shard, verified: into OPFS, or into memory when nothing is kept (a write the quota
+  // refuses: memory only from now on, or with storage "opfs" a QuotaError). Any source serves any shard.
   async download(e) {
-    const t0 = performance.now();
-    const data = await this.fetchShard(e);
-    const net = this.tiers.network;
-    Object.assign(net, { fetches: net.fetches + 1, bytes: net.bytes + e.size,
-                         wait_s: net.wait_s + (performance.now() - t0) / 1000, failed_sources: this.failing.size });
+    const { data, kept } = await this.fetcher.fetch(e, {
+      ahead: () => this.ahead.has(e.file),
+      place: () => (this.ephemeral ? null : this.dir),
+      onQuota: (err) => {
+        if (this.storage === "opfs") throw quotaError(e.size, 0);
+        this.keepNothing(`the browser refused to store more of the model (${err.message})`);
+      } });
+    if (kept) this.state.verified[e.file] = e.sha256;
     return data;
-  }
-
-  async fetchShard(e) {
-    let lastError;
-    for (let attempt = 0; attempt <= this.retries; attempt++) {
-      const base = this.source();
-      const url = new URL(e.file, base).href;
-      let link;
-      try {
-        link = await this.transfers.enter(e.file, this.ahead.has(e.file));
-      } catch (err) {                                              // Dropped: nobody wants it any more
-        this.status[e.file] = "on demand";
-        this.progress();
-        throw err;
-      }
-      this.status[e.file] = attempt ? "retrying" : "downloading";
-      let data = null;
-      let failure = null;
-      try {
-        data = this.ephemeral ? await this.fetchIntoMemory(e, url, link.signal)
-                              : await this.fetchIntoOpfs(e, url, link.signal);
-      } catch (err) {
-        failure = err;
-      } finally {
-        link.done();
-      }
-      if (failure && link.signal.aborted) {                        // dropped under way: what arrived is kept
-        this.tiers.network.dropped++;
-        this.status[e.file] = "on demand";
-        this.progress();
-        throw link.signal.reason;
-      }
-      if (!failure) {
-        this.status[e.file] = this.ephemeral ? "in memory" : "done";
-        this.progress();
-        return data;
-      }
-      lastError = failure;
-      if (failure?.name === "QuotaExceededError") {
-        // the estimate was optimistic (or another tab took the space): memory only from now on, or (storage
-        // "opfs") give up with the same message wherever it happens
-        if (this.storage === "opfs") {
-          this.status[e.file] = "error";
-          this.progress();
-          throw quotaError(e.size, 0);
-        }
-        this.keepNothing(`the browser refused to store more of the model (${failure.message})`);
-        attempt--;
-        continue;
-      }
-      this.status[e.file] = "retrying";
-      this.progress();
-      if (this.failing.size < this.sources.length - 1) {
-        this.failing.add(base);                                 // the next source, at once
-        attempt--;
-      } else {
-        await sleep(200 * 2 ** attempt);
-      }
-    }
-    this.status[e.file] = "error";
-    this.progress();
-    const kept = this.ephemeral ? "" : ": what has arrived is kept and the download resumes";
-    throw new PackageError(`could not download ${e.file} from ${this.sources.length > 1 ? "any source" : new URL(this.sources[0]).host} ` +
-                           `(${lastError?.message || lastError}). Check the network connection and load again${kept}.`);
-  }
-
-  // One try at a shard into <file>.part, resuming what is there with a Range request, verified, then moved
-  // into place. A QuotaExceededError leaves nothing behind; other failures keep the bytes that arrived.
-  async fetchIntoOpfs(e, url, signal) {
-    let writable = null;
-    try {
-      // creating the file can already exceed the quota (another download holds the space)
-      const part = await this.dir.getFileHandle(`${e.file}.part`, { create: true });
-      let have = (await part.getFile()).size;
-      if (have > e.size) have = 0;
-      const before = have;
-      if (have < e.size) {
-        const resp = await fetch(url, { cache: "no-store", signal,
-                                        headers: have ? { Range: `bytes=${have}-`, "If-Range": `"${e.sha256}"` } : {} });
-        if (resp.status === 200) have = 0;
-        else if (resp.status !== 206 || !(resp.headers.get("Content-Range") || "").startsWith(`bytes ${have}-`)) {
-          throw new Error(`${e.file}: HTTP ${resp.status}`);
-        }
-        writable = await part.createWritable({ keepExistingData: have > 0 });
-        if (have > 0) await writable.seek(have); else await writable.truncate(0);
-        this.loaded -= before - have;
-        await this.receive(resp, async (chunk) => { await writable.write(chunk); have += chunk.byteLength; });
-        await writable.close();
-        writable = null;
-      }
-      this.status[e.file] = "verifying";
-      const data = await (await part.getFile()).arrayBuffer();
-      if ((await sha256Hex(data)) !== e.sha256) {
-        await this.dir.removeEntry(`${e.file}.part`);
-        this.loaded -= have;
-        throw new Error(`${e.file}: sha256 mismatch after download`);
-      }
-      await part.move(e.file);
-      this.state.verified[e.file] = e.sha256;
-      return data;
-    } catch (err) {
-      if (err?.name === "QuotaExceededError") {
-        if (writable) await writable.abort().catch(() => {});
-        await this.dir.removeEntry(`${e.file}.part`).catch(() => {});
-      } else if (writable) {
-        await writable.close().catch(() => {});                   // keep the bytes that arrived, for Range resume
-      }
-      throw err;
-    }
-  }
-
-  // One try at a shard into memory, verified; nothing is stored.
-  async fetchIntoMemory(e, url, signal) {
-    const resp = await fetch(url, { cache: "no-store", signal });
-    if (resp.status !== 200) throw new Error(`${e.file}: HTTP ${resp.status}`);
-    const data = new Uint8Array(e.size);
-    let have = 0;
-    try {
-      await this.receive(resp, (chunk) => {
-        if (have + chunk.byteLength > e.size) throw new Error(`${e.file}: more bytes than the manifest says`);
-        data.set(chunk, have);
-        have += chunk.byteLength;
-      });
-      this.status[e.file] = "verifying";
-      if (have !== e.size || (await sha256Hex(data)) !== e.sha256) throw new Error(`${e.file}: sha256 mismatch after download`);
-    } catch (err) {
-      this.loaded -= have;
-      throw err;
-    }
-    return data.buffer;
-  }
-
-  // Feeds a response's body to `sink` chunk by chunk, counting it in the download's progress.
-  async receive(resp, sink) {
-    const reader = resp.body.getReader();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) return;
-      await sink(value);
-      this.loaded += value.byteLength;
-      this.progress();
-    }
   }
 
   // Before `incoming` is stored: removes the least recently used expert shards from OPFS until the
@@ -421,7 +218,7 @@ export class ModelStore {
         bytes -= e.size;
         this.loaded -= e.size;
         this.status[e.file] = "on demand";
-        this.tiers.opfs.evictions++;
+        this.opfs.evictions++;
       }
       if (bytes <= this.opfsBudget || this.reserved === 0) break;
       await new Promise((resolve) => this.roomWaiters.push(resolve));      // a download under way ends
@@ -436,13 +233,13 @@ export class ModelStore {
   }
 
   memoryStats() {
-    return { ...this.memoryCounts, bytes: this.memoryUsed, budget: this.memoryBytes, files: this.memory.size };
+    return this.memory.stats();
   }
 
-  // {opfs: {reads, bytes, wait_s, evictions}, network: {fetches, bytes, wait_s, failed_sources}}
+  // {opfs: {reads, bytes, wait_s, evictions}, network: {fetches, bytes, wait_s, failed_sources, dropped}}
   tierStats() {
     const round = (t) => ({ ...t, wait_s: Math.round(t.wait_s * 1e6) / 1e6 });
-    return { opfs: round(this.tiers.opfs), network: round(this.tiers.network) };
+    return { opfs: round(this.opfs), network: round(this.fetcher.network) };
   }
 
   // Whether a shard's bytes are in memory or OPFS (reading it needs no network).
@@ -461,12 +258,12 @@ export class ModelStore {
 
   // A shard warmed ahead of need turned out not to be needed: its transfer is dropped, waiting or under way.
   drop(file) {
-    this.transfers.drop(file);
+    this.fetcher.drop(file);
   }
 
   // The shard is needed now: a read of it under way ahead of need is promoted.
   needNow(file) {
-    if (this.ahead.delete(file)) this.transfers.need(file);
+    if (this.ahead.delete(file)) this.fetcher.need(file);
   }
 
   // Downloads the expert shards that are not in OPFS, one at a time, while the model fits its OPFS budget;
@@ -488,25 +285,10 @@ export class ModelStore {
   // The verified bytes of a shard, from the in-memory LRU (memo: true keeps them there), else OPFS, else
   // HTTP. A shard that fails its hash in OPFS is deleted and fetched again.
   async shard(file, { memo = false, ahead = false } = {}) {
-    if (this.memory.has(file)) {
-      const data = this.memory.get(file);
-      this.memory.delete(file);
-      this.memory.set(file, data);
-      this.memoryCounts.hits++;
-      return data;
-    }
+    const hit = this.memory.touch(file);
+    if (hit) return hit;
     const data = await this.read(file, { ahead });
-    if (memo && !this.memory.has(file)) {        // (a read of the same file that ran alongside may have put it there)
-      this.memoryCounts.misses++;
-      this.memory.set(file, data);
-      this.memoryUsed += data.byteLength;
-      for (const [old, buf] of this.memory) {
-        if (this.memoryUsed <= this.memoryBytes || old === file) break;
-        this.memory.delete(old);
-        this.memoryUsed -= buf.byteLength;
-        this.memoryCounts.evictions++;
-      }
-    }
+    if (memo) this.memory.put(file, data);       // (a read of the same file alongside may have put it there)
     return data;
   }
 
@@ -538,8 +320,8 @@ export class ModelStore {
     try {
       const data = await (await (await this.dir.getFileHandle(file)).getFile()).arrayBuffer();
       if ((await sha256Hex(data)) === e.sha256) {
-        Object.assign(this.tiers.opfs, { reads: this.tiers.opfs.reads + 1, bytes: this.tiers.opfs.bytes + e.size,
-                                         wait_s: this.tiers.opfs.wait_s + (performance.now() - t0) / 1000 });
+        Object.assign(this.opfs, { reads: this.opfs.reads + 1, bytes: this.opfs.bytes + e.size,
+                                   wait_s: this.opfs.wait_s + (performance.now() - t0) / 1000 });
         return data;
       }
     } catch { /* missing (or no OPFS): fetch below */ }
@@ -588,10 +370,6 @@ export function hotShards(manifest, share) {
 }
 
 function quotaError(need, free) {
-  return new QuotaError(`Not enough browser storage for this model: it needs ${mb(need)} more than this site ` +
-                        `may use (${mb(Math.max(0, free))} free). Free space or delete cached models.`);
-}
-
-function mb(n) {
-  return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  return new QuotaError(`Not enough browser storage for this model: it needs ${mib(need)} more than this site ` +
+                        `may use (${mib(Math.max(0, free))} free). Free space or delete cached models.`);
 }

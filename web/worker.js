@@ -2,7 +2,7 @@
 // Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stats"|"stop"|"unload"|"list"|"delete", handle
 // (the engine load returned), ...}; out: {id, ...}, and {event: "device-lost", handle, message} unasked.
 import { Engine } from "./engine.js";
-import { deleteCached, listCached } from "./loader.js";
+import { deleteCached, listCached } from "./opfs.js";
 
 // a page may load several models (or load while another load runs): each engine has a handle
 const engines = new Map();     // handle -> {engine, abort}

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from webmoe.engine.engine import Engine
+from webmoe.engine.generation import GREEDY
 from webmoe.engine.package import Package
 
 PROMPT_TOKENS = 32
@@ -19,13 +20,13 @@ def run_budget(path, budget: int | None, tokens: int, adapter: str | None, prefe
     cache = engine.experts
     prompt = np.random.default_rng(seed).integers(0, engine.vocab_size, PROMPT_TOKENS).tolist()
     t0 = time.perf_counter()
-    engine.step(prompt)                               # prefill, and the first token
+    engine.prefill(0, prompt, 0)                      # prefill, and the first token
     prefill_s = time.perf_counter() - t0
     before = cache.report()["total"]
     token = 0
     t0 = time.perf_counter()
-    for _ in range(tokens):
-        token = engine.step([token])
+    for i in range(tokens):
+        [token] = engine.decode([(token, len(prompt) + i, 0)], [GREEDY])
     decode_s = time.perf_counter() - t0
     after = cache.report()["total"]
     lookups = after["lookups"] - before["lookups"]

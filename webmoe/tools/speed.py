@@ -19,6 +19,7 @@ import wgpu
 
 from webmoe.engine.engine import Engine
 from webmoe.engine.executor import STORAGE, Readback
+from webmoe.engine.generation import GREEDY
 from webmoe.engine.profiler import Profiler
 from webmoe.engine.shaders import load_kernel
 
@@ -94,15 +95,14 @@ def measure(path, prompt: int = 128, tokens: int = 32, repeats: int = 3, adapter
     engine = Engine.load(path, adapter=adapter, max_seq_len=prompt + tokens + 1)
     ids = np.random.default_rng(seed).integers(0, engine.vocab_size, prompt).tolist()
     prefill, decode = [], []
-    engine.step(ids[:8])                              # compiles and warms every pipeline
+    engine.prefill(0, ids[:8], 0)                     # compiles and warms every pipeline
     for _ in range(repeats):
-        engine.reset()
         t0 = time.perf_counter()
-        token = engine.step(ids)
+        token = engine.prefill(0, ids, 0)
         prefill.append(prompt / (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        for _ in range(tokens):
-            token = engine.step([token])
+        for i in range(tokens):
+            [token] = engine.decode([(token, prompt + i, 0)], [GREEDY])
         decode.append(tokens / (time.perf_counter() - t0))
     patterns = stream_bandwidth(engine.gpu)
     bandwidth = max(patterns.values())
@@ -125,13 +125,12 @@ def profile_run(engine: Engine, ids: list[int], tokens: int) -> dict[str, list[d
     out = {}
     engine.profiler = Profiler(engine.gpu.device)
     try:
-        engine.reset()
-        token = engine.step(ids)
+        token = engine.prefill(0, ids, 0)
         engine.profiler.collect()
         out["prefill"] = _by_role(engine.profiler.seconds, kernels, 1)
         engine.profiler.seconds = {}
-        for _ in range(tokens):
-            token = engine.step([token])
+        for i in range(tokens):
+            [token] = engine.decode([(token, len(ids) + i, 0)], [GREEDY])
             engine.profiler.collect()
         out["decode"] = _by_role(engine.profiler.seconds, kernels, tokens)
     finally:
