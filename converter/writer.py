@@ -12,7 +12,7 @@ import numpy as np
 
 from webmoe.format.errors import PackageError
 from webmoe.format.expert_layout import pad
-from webmoe.format.manifest import write_manifest
+from webmoe.format.manifest import FORMAT_VERSION, write_manifest
 from webmoe.format.weight_formats import encoded_size, fmt
 
 from .errors import ConversionError
@@ -197,7 +197,8 @@ class PackageWriter:
     def finish(self, manifest: dict) -> Path:
         if self._dense is not None:
             self._close_dense()
-        manifest = {**manifest, "tensors": self.tensors, "experts": self.experts, "shards": self.shards}
+        manifest = {**manifest, "format": "rdrr", "format_version": FORMAT_VERSION, "tensors": self.tensors,
+                    "experts": self.experts, "shards": self.shards}       # the key order of every package so far
         try:                       # what every loader checks, before the package appears: never one it refuses
             write_manifest(self.tmp / "manifest.json", manifest)
         except PackageError as e:

@@ -12,6 +12,7 @@ from .batch import Generator
 from .generation import GREEDY, GenerationConfig, Sampling, Token  # noqa: F401  (Token: this API's)
 from .host_pins import HostPins
 from .memory import Budget, gib, package_budget
+from .errors import OptionError
 from .options import EngineOptions
 from .package import Package
 from .prefetch import predictor_plan
@@ -29,7 +30,7 @@ class Engine:
         self.chunk = min(options.chunk_tokens, self.max_seq_len)
         max_batch = options.max_batch
         if max_batch > self.chunk:
-            raise PromptError(f"max_batch must lie in [1, {self.chunk}] (the chunk of tokens one pass runs)")
+            raise OptionError(f"max_batch must lie in [1, {self.chunk}] (the chunk of tokens one pass runs)")
         self.max_batch = max_batch          # sequences that can decode together, each in its own KV cache rows
         rows = self.max_seq_len * max_batch                    # KV cache rows: slot b holds rows b * L ..
         self.tokenizer = TextTokenizer(package)

@@ -3,8 +3,8 @@ Every class lives here but PackageError, the package format's (format/errors.py)
 browser's twin, name for name."""
 from webmoe.format.errors import PackageError
 
-__all__ = ["PackageError", "PlanError", "ShaderError", "ExpertCacheError", "PromptError", "DeviceError",
-           "USER_ERRORS"]
+__all__ = ["PackageError", "PlanError", "ShaderError", "ExpertCacheError", "PromptError", "OptionError",
+           "DeviceError", "USER_ERRORS"]
 
 
 class PlanError(ValueError):
@@ -23,8 +23,13 @@ class PromptError(ValueError):
     """A prompt, token ids or generation settings are not acceptable."""
 
 
+class OptionError(ValueError):
+    """An engine or server option (engine/options.py, a routing rule) is not acceptable: the operator's
+    setting, not a request's."""
+
+
 class DeviceError(RuntimeError):
     """No usable WebGPU adapter."""
 
 
-USER_ERRORS = (DeviceError, PlanError, ExpertCacheError, PackageError, ShaderError, PromptError)
+USER_ERRORS = (DeviceError, PlanError, ExpertCacheError, PackageError, ShaderError, PromptError, OptionError)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from .errors import PromptError
+from .errors import OptionError
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class EngineOptions:
             if v is None and allow_none:
                 return
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
-                raise PromptError(f"{name} must be an integer of at least {low}, not {v!r}")
+                raise OptionError(f"{name} must be an integer of at least {low}, not {v!r}")
         whole("max_seq_len", 1, allow_none=True)
         whole("chunk_tokens", 1)
         whole("expert_cache_bytes", 0, allow_none=True)
@@ -37,7 +37,7 @@ class EngineOptions:
         for name in ("pinned_experts", "host_pinned_experts"):
             pairs = tuple(tuple(p) for p in getattr(self, name))
             if not all(len(p) == 2 and all(isinstance(i, int) and i >= 0 for i in p) for p in pairs):
-                raise PromptError(f"{name} must be (layer, expert) pairs of non-negative integers")
+                raise OptionError(f"{name} must be (layer, expert) pairs of non-negative integers")
             object.__setattr__(self, name, pairs)
 
     def but(self, **changes) -> "EngineOptions":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 
-from .errors import PromptError
+from .errors import OptionError
 
 STRATEGIES = {"model": 0, "top1": 1, "hash": 2, "capacity": 3}
 
@@ -22,7 +22,7 @@ STRATEGIES = {"model": 0, "top1": 1, "hash": 2, "capacity": 3}
 def parse_routing(spec: str) -> tuple[str, float | None]:
     name, _, arg = spec.partition(":")
     if name not in STRATEGIES or (name == "capacity") != bool(arg):
-        raise PromptError(f"routing {spec!r}: one of model, top1, hash, capacity:FACTOR")
+        raise OptionError(f"routing {spec!r}: one of model, top1, hash, capacity:FACTOR")
     if name != "capacity":
         return name, None
     try:
@@ -30,7 +30,7 @@ def parse_routing(spec: str) -> tuple[str, float | None]:
     except ValueError:
         factor = -1.0
     if not (0 < factor <= 64 and math.isfinite(factor)):
-        raise PromptError(f"routing {spec!r}: the capacity factor must be a number in (0, 64]")
+        raise OptionError(f"routing {spec!r}: the capacity factor must be a number in (0, 64]")
     return name, factor
 
 
@@ -53,7 +53,7 @@ def apply_routing(plan: dict, spec: str) -> dict:
         step = plan["steps"][rec["router_step"]]
         params = step["params"]
         if params["scoring"] not in (0, 1):
-            raise PromptError(f"routing {spec!r} needs softmax or sigmoid router scoring; this model's router "
+            raise OptionError(f"routing {spec!r} needs softmax or sigmoid router scoring; this model's router "
                               "routes only as trained")
         params["strategy"] = STRATEGIES[name]
         if name == "capacity":      # ceil(factor * T * K / E), as the plan's [var, mul, div] expression

@@ -26,8 +26,8 @@ import torch
 import transformers as tf
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from webmoe.tiny_models import CHATML, make_tokenizer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))     # the tests' tiny-model helpers
+from tiny_models import CHATML, make_tokenizer  # noqa: E402
 
 # the public checkpoints' configs (the fields that shape the model), as their config.json state them
 MODELS = {

@@ -12,9 +12,10 @@ from pathlib import Path
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 from webmoe.converter.convert import convert
-from webmoe.tiny_models import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))            # the tests' tiny-model helpers
+from tiny_models import save_checkpoint  # noqa: E402
 
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "out" / "synthetic-qwen3-moe"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 from webmoe.converter.convert import convert
 from webmoe import Engine
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from transformers import MixtralForCausalLM
 
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 from test_mixtral import mixtral
 from webmoe.converter.convert import convert
 from webmoe import Engine

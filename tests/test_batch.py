@@ -7,7 +7,7 @@ import pytest
 
 from webmoe import Engine
 from webmoe.engine.batch import BatchDecoder
-from webmoe.engine.errors import PromptError
+from webmoe.engine.errors import OptionError, PromptError
 from webmoe.engine.generation import GenerationConfig
 
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "shakespeare-moe"
@@ -75,9 +75,9 @@ def test_slots_are_bounded():
         batch.add("C", GenerationConfig(max_new_tokens=5))
     batch.cancel(a)
     assert not batch.full and len(batch.active) == 1
-    with pytest.raises(PromptError, match="max_batch must be an integer of at least 1, not 0"):
+    with pytest.raises(OptionError, match="max_batch must be an integer of at least 1, not 0"):
         Engine.load(DEMO, max_batch=0)
-    with pytest.raises(PromptError, match=r"max_batch must lie in \[1, 64\]"):
+    with pytest.raises(OptionError, match=r"max_batch must lie in \[1, 64\]"):
         Engine.load(DEMO, max_batch=65)
 
 

@@ -54,7 +54,7 @@ def test_block_formats_cut_and_paged_at_a_lowered_limit(tmp_path, preset, parts)
     logits exactly; the logits stay near the f32 package's."""
     from webmoe import Engine
     from webmoe.converter.convert import convert
-    from webmoe.tiny_models import save_checkpoint
+    from tiny_models import save_checkpoint
     from test_families import qwen3
     model_cls, config = qwen3(mlp_only_layers=[1], moe_intermediate_size=96)   # 3 MXFP4 pieces of 32 rows
     limit = 4 << 10          # 4-bit experts are small: a lower limit still cuts them

@@ -21,7 +21,7 @@ from webmoe.converter.convert import convert
 from webmoe import Engine
 from webmoe.format.manifest import seal_manifest
 from webmoe.serve.server import PACKAGE_CORS, PACKAGES, create_app
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "shakespeare-moe"
@@ -488,9 +488,9 @@ def test_the_preprocessor_twins_agree():
 
 def test_engine_options_are_checked_once_by_name():
     """Both runtimes take their options as one object checked before anything loads: an unknown name is a
-    TypeError naming it, a bad value a PromptError naming the field (web/options.js, engine/options.py);
+    TypeError naming it, a bad value an OptionError naming the field (web/options.js, engine/options.py);
     pinned experts the model lacks are refused with the same message."""
-    from webmoe.engine.errors import ExpertCacheError, PromptError
+    from webmoe.engine.errors import ExpertCacheError, OptionError
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         got = page.evaluate("""async (manifest) => {
@@ -508,14 +508,14 @@ def test_engine_options_are_checked_once_by_name():
     with pytest.raises(ExpertCacheError) as native:
         Engine.load(DEMO, pinned_experts=[(3, 1), (0, 99)])
     assert got.pop() == f"ExpertCacheError: {native.value}"
-    assert got == ["TypeError: no engine option maxSeqlen", "PromptError: chunkTokens must be an integer of at least 1, not 0",
-                   "PromptError: storage must be one of auto, opfs, memory",
-                   "PromptError: pinnedExperts must be [layer, expert] pairs of non-negative integers"]
+    assert got == ["TypeError: no engine option maxSeqlen", "OptionError: chunkTokens must be an integer of at least 1, not 0",
+                   "OptionError: storage must be one of auto, opfs, memory",
+                   "OptionError: pinnedExperts must be [layer, expert] pairs of non-negative integers"]
     with pytest.raises(TypeError, match="no engine option max_seqlen"):
         Engine.load(DEMO, max_seqlen=5)
-    with pytest.raises(PromptError, match="chunk_tokens must be an integer of at least 1, not 0"):
+    with pytest.raises(OptionError, match="chunk_tokens must be an integer of at least 1, not 0"):
         Engine.load(DEMO, chunk_tokens=0)
-    with pytest.raises(PromptError, match="pinned_experts must be"):
+    with pytest.raises(OptionError, match="pinned_experts must be"):
         Engine.load(DEMO, pinned_experts=[(0,)])
 
 

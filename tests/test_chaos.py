@@ -30,7 +30,7 @@ from webmoe.converter.convert import convert
 from webmoe.engine import constraint
 from webmoe.engine.errors import PromptError
 from webmoe.serve.server import REGISTRY, create_app
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 
 ADMIN = {"Authorization": "Bearer admin"}
 PROMPTS = [[{"role": "user", "content": f"Chaos request {i}: " + "word " * (i % 7)}] for i in range(12)]

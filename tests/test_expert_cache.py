@@ -11,7 +11,7 @@ from test_mixtral import CONFIGS
 from webmoe.converter.convert import convert
 from webmoe import Engine
 from webmoe.engine.expert_cache import ExpertCacheError
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_routing_strategies_change_the_output_and_say_so(tmp_path):
     """Another routing rule than the trained one runs the whole model (the demo, top-1 / hash / capacity)
     and changes its logits, and the engine says so; the trained rule is the default; bad specs and models
     whose router cannot take a strategy are clear errors."""
-    from webmoe.engine.errors import PromptError
+    from webmoe.engine.errors import OptionError
     demo = Path(__file__).resolve().parent.parent / "demo" / "shakespeare-moe"
     ids = list(range(3, 30))
     trained = Engine.load(demo)
@@ -186,11 +186,11 @@ def test_routing_strategies_change_the_output_and_say_so(tmp_path):
         got = engine.logits(ids)
         assert np.isfinite(got).all() and np.abs(got - base).max() > 1e-3, spec
     np.testing.assert_array_equal(Engine.load(demo, routing="capacity:64").logits(ids), base)   # room for all
-    with pytest.raises(PromptError, match="one of model, top1, hash, capacity:FACTOR"):
+    with pytest.raises(OptionError, match="one of model, top1, hash, capacity:FACTOR"):
         Engine.load(demo, routing="random")
     from test_families import CASES
-    from webmoe.tiny_models import save_checkpoint
+    from tiny_models import save_checkpoint
     model_cls, config = CASES["phimoe"]
     pkg = convert(save_checkpoint(model_cls, config, tmp_path / "ckpt"), tmp_path / "phi", dtype="f32", progress=False)
-    with pytest.raises(PromptError, match="routes only as trained"):
+    with pytest.raises(OptionError, match="routes only as trained"):
         Engine.load(pkg, routing="top1")

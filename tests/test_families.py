@@ -143,7 +143,7 @@ def test_gpt_oss_mxfp4_experts(tmp_path):
     from transformers.integrations.mxfp4 import convert_moe_packed_tensors
     from webmoe.converter.convert import convert
     from webmoe import Engine
-    from webmoe.tiny_models import save_checkpoint
+    from tiny_models import save_checkpoint
 
     model_cls, config = gpt_oss()
     ckpt = save_checkpoint(model_cls, config, tmp_path / "ckpt")

@@ -10,7 +10,7 @@ from test_mixtral import CONFIGS
 from webmoe.converter.convert import convert
 from webmoe import Engine
 from webmoe.serve.server import create_app
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 
 MESSAGES = [{"role": "user", "content": "Beautiful is better than ugly."}]
 

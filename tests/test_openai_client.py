@@ -22,7 +22,7 @@ from webmoe import Engine
 from webmoe.converter.convert import convert
 from webmoe.engine.constraint import json_grammar
 from webmoe.serve.server import create_app
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 
 KEY = "sk-test-key"
 ORIGIN = "http://allowed.example"

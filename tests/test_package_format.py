@@ -79,3 +79,20 @@ def test_routing_stats_written_by_analyze_are_checked(tmp_path):
         (pkg / "manifest.json").write_bytes(seal_manifest({**m, "routing_stats": {**stats, "usage": bad}}))
         with pytest.raises(PackageError, match="routing_stats.usage needs a count per expert"):
             Package(pkg)
+
+
+def test_conversion_is_reproducible(tmp_path):
+    """The same checkpoint converts to the same bytes whatever Python's hash seed: a set's order once put
+    gpt-oss's attention biases in another order each run, and the manifest's sha256 with them."""
+    import os
+    from test_families import CASES
+    from tiny_models import save_checkpoint
+    model_cls, config = CASES["gpt_oss"]
+    ckpt = save_checkpoint(model_cls, config, tmp_path / "ckpt")
+    packages = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"pkg-{seed}"
+        subprocess.run([sys.executable, "-m", "webmoe", "convert", str(ckpt), str(out), "--dtype", "f16"],
+                       env={**os.environ, "PYTHONHASHSEED": seed}, check=True, capture_output=True)
+        packages.append({p.name: p.read_bytes() for p in out.iterdir()})
+    assert packages[0] == packages[1] == packages[2]

@@ -40,7 +40,7 @@ def test_plan_matches_snapshot(family):
 def test_plan_from_config_equals_the_converted_package(tmp_path):
     """The converter writes exactly the plan a config alone gives (mixtral here)."""
     from webmoe.converter.convert import convert
-    from webmoe.tiny_models import save_checkpoint
+    from tiny_models import save_checkpoint
     from transformers import MixtralConfig, MixtralForCausalLM
     config = json.loads((SNAPSHOTS / "mixtral.config.json").read_text())
     ckpt = save_checkpoint(MixtralForCausalLM, MixtralConfig(**config), tmp_path / "ckpt")

@@ -173,7 +173,7 @@ def test_experts_encoded_by_worker_processes_are_the_bytes_encoded_here(tmp_path
     from test_mixtral import mixtral
     from webmoe.converter import expert_encoding
     from webmoe.converter.convert import convert
-    from webmoe.tiny_models import save_checkpoint
+    from tiny_models import save_checkpoint
     ckpt = save_checkpoint(MixtralForCausalLM, mixtral(num_local_experts=8), tmp_path / "ckpt")
     shards, pool = {}, expert_encoding.ProcessPoolExecutor
     monkeypatch.setattr(expert_encoding, "workers", lambda: 2)          # whatever this machine has

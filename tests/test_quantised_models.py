@@ -12,7 +12,7 @@ from test_families import CASES
 from test_mixtral import CONFIGS as MIXTRAL
 from webmoe import Engine
 from webmoe.converter.convert import convert
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 
 # Per token, max |logit - f16 logit| / max |f16 logit|. These random tiny models route chaotically: a
 # weight change of 0.5 % flips some top-k choices, and a flipped token differs by the scale of its logits

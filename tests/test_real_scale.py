@@ -20,7 +20,7 @@ from parity import assert_logits_close, reference_logits
 from webmoe import Engine
 from webmoe.engine.generation import GREEDY
 from webmoe.converter.model_plan import plan_from_config
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 
 NO_IDS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
 LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 4096,

@@ -11,7 +11,7 @@ from browser import serving
 from test_mixtral import CONFIGS
 from webmoe.converter.convert import convert
 from webmoe.serve.server import create_app
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 
 
 @pytest.fixture(scope="module")

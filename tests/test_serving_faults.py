@@ -23,7 +23,7 @@ from webmoe.converter.convert import convert
 from webmoe.engine import constraint
 from webmoe.engine.errors import PromptError
 from webmoe.serve.server import create_app
-from webmoe.tiny_models import save_checkpoint
+from tiny_models import save_checkpoint
 
 KEY = "sk-faults"
 MESSAGES = [{"role": "user", "content": "Beautiful is better than ugly."}]

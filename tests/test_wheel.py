@@ -44,12 +44,16 @@ def test_wheel_holds_the_web_app_and_kernels(installed):
                           capture_output=True, text=True, cwd=cwd, check=True).stdout.split()
     web_dir, shader_dir = Path(site[0]), Path(site[1])
     assert ROOT not in web_dir.parents                      # the installed copy, not the checkout
-    for f in ("index.html", "app.js", "engine.js", "generation.js", "errors.js", "vendor/tokenizers.mjs",
+    for f in ("index.html", "app.js", "engine.js", "batch.js", "options.js", "opfs.js", "shard_fetch.js",
+              "memory_cache.js", "units.js", "generation.js", "errors.js", "vendor/tokenizers.mjs",
               "vendor/jinja.js", "vendor/json-schema/index.js", "vendor/json-schema/validate.js"):
         assert (web_dir / f).is_file(), f
     assert (shader_dir.parent / "schemas" / "manifest.schema.json").is_file()
     assert not (web_dir / "node_modules").exists()
-    assert (shader_dir / "matmul.wgsl").is_file()
+    assert (shader_dir / "matmul.wgsl").is_file() and (shader_dir / "moe_expert.wgsl").is_file()
+    package = shader_dir.parent
+    assert (package / "format" / "manifest.py").is_file()
+    assert not (package / "tiny_models.py").exists()        # a test helper, not the product
     r = run(bin_dir, cwd, "--version")
     assert r.returncode == 0 and r.stdout.startswith("webmoe ")
 

@@ -1,7 +1,7 @@
 // How the browser engine is loaded and run, as one object checked once (engine/options.py is the native
 // twin; the table in docs/web.md says which fields only one runtime has, and why). Engine.load and
-// webmoe.load take it; an unknown name is a TypeError, a bad value a PromptError naming the field.
-import { PromptError } from "./errors.js";
+// webmoe.load take it; an unknown name is a TypeError, a bad value an OptionError naming the field.
+import { OptionError } from "./errors.js";
 
 const DEFAULTS = Object.freeze({
   maxSeqLen: 2048,            // KV cache rows (at most the model's max_position_embeddings)
@@ -31,7 +31,7 @@ export function engineOptions(given = {}) {
   for (const [k, v] of Object.entries(given)) if (v !== undefined && v !== null) o[k] = v;
   const whole = (k, low) => {
     if (o[k] !== null && !(Number.isInteger(o[k]) && o[k] >= low)) {
-      throw new PromptError(`${k} must be an integer of at least ${low}, not ${String(o[k]).slice(0, 40)}`);
+      throw new OptionError(`${k} must be an integer of at least ${low}, not ${String(o[k]).slice(0, 40)}`);
     }
   };
   whole("maxSeqLen", 1);
@@ -41,20 +41,20 @@ export function engineOptions(given = {}) {
   whole("maxBinding", 1);
   whole("opfsBudgetBytes", 0);
   for (const k of ["observeRouting", "expertsOnDemand", "backgroundDownload"]) {
-    if (typeof o[k] !== "boolean") throw new PromptError(`${k} must be true or false`);
+    if (typeof o[k] !== "boolean") throw new OptionError(`${k} must be true or false`);
   }
-  if (o.prefetch !== null && typeof o.prefetch !== "boolean") throw new PromptError("prefetch must be true or false");
+  if (o.prefetch !== null && typeof o.prefetch !== "boolean") throw new OptionError("prefetch must be true or false");
   if (!(typeof o.hotExperts === "number" && o.hotExperts >= 0 && o.hotExperts <= 1)) {
-    throw new PromptError("hotExperts must be a share in [0, 1]");
+    throw new OptionError("hotExperts must be a share in [0, 1]");
   }
-  if (!STORAGE.includes(o.storage)) throw new PromptError(`storage must be one of ${STORAGE.join(", ")}`);
+  if (!STORAGE.includes(o.storage)) throw new OptionError(`storage must be one of ${STORAGE.join(", ")}`);
   if (!Array.isArray(o.pinnedExperts) ||
       !o.pinnedExperts.every((p) => Array.isArray(p) && p.length === 2 && p.every((i) => Number.isInteger(i) && i >= 0))) {
-    throw new PromptError("pinnedExperts must be [layer, expert] pairs of non-negative integers");
+    throw new OptionError("pinnedExperts must be [layer, expert] pairs of non-negative integers");
   }
-  if (o.digest !== null && typeof o.digest !== "string") throw new PromptError("digest must be a sha256 in hex");
+  if (o.digest !== null && typeof o.digest !== "string") throw new OptionError("digest must be a sha256 in hex");
   for (const k of ["onProgress", "onDeviceLost"]) {
-    if (o[k] !== null && typeof o[k] !== "function") throw new PromptError(`${k} must be a function`);
+    if (o[k] !== null && typeof o[k] !== "function") throw new OptionError(`${k} must be a function`);
   }
   return Object.freeze(o);
 }

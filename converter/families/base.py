@@ -218,7 +218,8 @@ class DecoderFamily:
         out = {self.attn["q"].format(l=l): (qd, H), self.attn["k"].format(l=l): (kvd, H),
                self.attn["v"].format(l=l): (kvd, H), self.attn["o"].format(l=l): (H, qd)}
         bias_size = {"q": qd, "k": kvd, "v": kvd, "o": H}
-        for part in self.attention_bias_parts(self.config):
+        biased = self.attention_bias_parts(self.config)
+        for part in (p for p in "qkvo" if p in biased):      # in this order: a set's order changes run to run
             out[self.attn_bias[part].format(l=l)] = (bias_size[part],)
         if self.qk_norm == "head":
             out.update({self.q_norm.format(l=l): (d.head_dim,), self.k_norm.format(l=l): (d.head_dim,)})

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webmoe.engine.engine import Engine
-from webmoe.engine.errors import USER_ERRORS
+from webmoe.engine.errors import USER_ERRORS, OptionError
 from webmoe.engine.host_pins import hot_experts
 from webmoe.engine.package import Package
 from webmoe.engine.routing import parse_routing
@@ -59,7 +59,7 @@ class Registry:
         self.routing = dict(options.routing)
         unknown = set(self.routing) - set(dirs)
         if unknown:
-            raise ValueError(f"routing for {', '.join(sorted(unknown))}: not a served model")
+            raise OptionError(f"routing for {', '.join(sorted(unknown))}: not a served model")
         for name, spec in self.routing.items():
             parse_routing(spec)
             self.versions[name].routing = spec

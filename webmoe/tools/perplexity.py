@@ -1,5 +1,5 @@
 """`webmoe perplexity`: how well a package predicts a text, the measure by which weight formats are
-compared (scripts/bench_formats.py). The text is tokenised whole and cut into windows of `window` tokens;
+compared (benchmarks/bench_formats.py). The text is tokenised whole and cut into windows of `window` tokens;
 each window is one forward pass from an empty cache, and every token after a window's first is scored.
 perplexity = exp(mean negative log-likelihood over the scored tokens)."""
 from __future__ import annotations

@@ -3,7 +3,7 @@ chat completion; prints aggregate tokens/s and time to first token (p50, p99) fo
 against a server that decodes one request at a time (--max-batch 1, the server before batching), in the
 same run.
 
-    .venv/bin/python scripts/bench_serving.py [PACKAGE] [--streams 1,4,16,64] [--tokens 32] [--max-batch 16]
+    .venv/bin/python benchmarks/bench_serving.py [PACKAGE] [--streams 1,4,16,64] [--tokens 32] [--max-batch 16]
 """
 from __future__ import annotations
 

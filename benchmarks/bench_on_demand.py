@@ -2,7 +2,7 @@
 served by `webmoe serve` behind a middleware that sends shards at a fixed rate, and each run starts with
 an empty browser profile (nothing in OPFS).
 
-    .venv/bin/python scripts/bench_on_demand.py [PACKAGE] [--rates 2,8] [--tokens 16]
+    .venv/bin/python benchmarks/bench_on_demand.py [PACKAGE] [--rates 2,8] [--tokens 16]
 
 Prints, per rate and mode (full download; experts on demand; on demand with the next layer's predicted
 experts fetched while the current one runs): time to load, time to the first token (from the start of the

@@ -1,6 +1,6 @@
 """webmoe against llama.cpp's Vulkan backend on the same adapter and the same model, in one table.
 
-    .venv/bin/python scripts/bench_llama.py [--formats f16,q8,q4] [--rounds 2] [--peers /tmp/webmoe-peers]
+    .venv/bin/python benchmarks/bench_llama.py [--formats f16,q8,q4] [--rounds 2] [--peers /tmp/webmoe-peers]
                                             [--checkpoint HF_DIR] [--prompt 128] [--decode 32]
 
 1. Builds llama.cpp's `llama-bench` and `llama-quantize` with the Vulkan backend from the llama.cpp source

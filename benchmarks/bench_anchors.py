@@ -6,7 +6,7 @@
 - registry reads per second while versions are swapped (seed 000: 18.9 M reads/s): Registry.get in the
   event loop, alone and with a concurrent task swapping the model between two versions.
 
-    .venv/bin/python scripts/bench_anchors.py [--tokens 64,512,2048] [--seconds 2]
+    .venv/bin/python benchmarks/bench_anchors.py [--tokens 64,512,2048] [--seconds 2]
 """
 from __future__ import annotations
 

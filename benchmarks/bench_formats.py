@@ -6,7 +6,7 @@ like scripts/train_demo.py fetches its data): English of Shakespeare's time that
 was trained on Shakespeare's plays and short modern dialogues). The demo package is f16, so its f32
 conversion holds the same values: the f32 row measures the f32 kernels, not better weights.
 
-    .venv/bin/python scripts/bench_formats.py [--books Ruth,Jonah] [--no-browser]
+    .venv/bin/python benchmarks/bench_formats.py [--books Ruth,Jonah] [--no-browser]
 """
 from __future__ import annotations
 
