@@ -18,6 +18,10 @@ VENDOR = {"tokenizers.mjs": "@huggingface/tokenizers/dist/tokenizers.mjs",
 
 class build_py(_build_py):
     def run(self):
+        if not self.editable_mode:
+            # a clean copy: setuptools only adds to build/lib, so a module deleted from the source (the tests'
+            # tiny_models.py, once in webmoe/) would still ship from an earlier build's leftovers
+            shutil.rmtree(Path(self.build_lib) / "webmoe", ignore_errors=True)
         super().run()
         if self.editable_mode:
             return

@@ -5,7 +5,7 @@ A step names a kernel in shaders/, its preprocessor defines, its geometry consta
 into the kernel by the preprocessor's //!const directive), what each of the kernel's bindings is bound to
 (a plan buffer, a package tensor, or a runtime buffer such as the expert slab), the fields of its
 `Params` uniform and its workgroup counts (and `repeat`, when it is dispatched several times in a row).
-Sizes that depend on the call are plan expressions (engine/expr.py): an int, a variable, or
+Sizes that depend on the call are plan expressions (format/expr.py): an int, a variable, or
 [var, mul, div] = ceil(var * mul / div). Runtime variables:
     T           tokens in this forward call (<= the runtime's chunk size)
     (positions and cache_rows: plan buffers the runtime writes, a value per token)

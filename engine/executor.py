@@ -11,8 +11,9 @@ import math
 import numpy as np
 import wgpu
 
+from webmoe.format.expr import evaluate, variables
+
 from .device import Gpu
-from .expr import evaluate, variables
 from .shaders import load_kernel
 from .errors import PlanError
 

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from .errors import PackageError
+from .expr import variables
 from .strict_json import check_schema, parse_json, schema
 
 # The one format this webmoe writes and reads, stated once: the schema's format_version (its description
@@ -155,6 +156,12 @@ def validate_plan(plan: dict) -> None:
     for role in ("ids", "positions", "cache_rows", "logits", "token"):
         if plan["io"][role] not in buffers:
             raise PackageError(f"malformed plan: io.{role} names no plan buffer")
+    declared = set(plan["variables"])
+    for step in [*steps, *plan["sampler"]]:
+        used = set().union(*(variables(e) for e in [*step["dispatch"], *step["params"].values()]))
+        if used - declared:
+            raise PackageError(f"malformed plan: step {step.get('label') or step['kernel']} uses "
+                               f"{', '.join(sorted(used - declared))}, which the plan's variables do not declare")
     n = len(steps)
     for rec in plan["moe_layers"]:
         ok = rec["topk_ids"] in buffers and rec["router_input"] in buffers

@@ -898,7 +898,8 @@ def test_sampled_tokens_and_statistics_match_native():
 def test_browser_checks_the_manifest_digest_and_schema():
     """The page refuses a manifest with one changed byte (its own sha256) with the native message, a sealed
     but malformed one (a boolean as a size) by schemas/manifest.schema.json, and one of a newer format
-    version (the page reads its own from the served schema) with the native message; the right one loads
+    version (the page reads its own from the served schema) or with a step reading a variable the plan does
+    not declare, with the native messages; the right one loads
     only under its pinned digest."""
     from webmoe.format.manifest import PackageError, read_manifest, seal_manifest
     raw = (DEMO / "manifest.json").read_bytes()
@@ -916,6 +917,9 @@ def test_browser_checks_the_manifest_digest_and_schema():
     m = json.loads(raw)
     m["format_version"] += 1                                          # the version read from the served schema
     newer = seal_manifest(m)
+    m = json.loads(raw)
+    m["plan"]["steps"][3]["dispatch"][2] = "pos"                     # a variable format 7 removed
+    undeclared = seal_manifest(m)
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.route("**/changed/manifest.json", lambda route: route.fulfill(body=changed, content_type="application/json"))
@@ -924,12 +928,14 @@ def test_browser_checks_the_manifest_digest_and_schema():
         page.route("**/misstated/manifest.json", lambda route: route.fulfill(body=misstated,
                                                                              content_type="application/json"))
         page.route("**/newer/manifest.json", lambda route: route.fulfill(body=newer, content_type="application/json"))
+        page.route("**/undeclared/manifest.json", lambda route: route.fulfill(body=undeclared,
+                                                                              content_type="application/json"))
         errors = page.evaluate("""async ([good, digest]) => {
           const webmoe = await import('/web/webmoe.js');
           const out = [];
           for (const [u, d] of [['/changed/manifest.json', null], ['/sealed/manifest.json', null], [good, '0'.repeat(64)],
                                 ['/crossed/manifest.json', null], ['/misstated/manifest.json', null],
-                                ['/newer/manifest.json', null]]) {
+                                ['/newer/manifest.json', null], ['/undeclared/manifest.json', null]]) {
             try { await webmoe.load(u, {digest: d}); out.push(null); } catch (e) { out.push([e.name, e.message]); }
           }
           return out;
@@ -948,3 +954,6 @@ def test_browser_checks_the_manifest_digest_and_schema():
     with pytest.raises(PackageError, match="is newer than this webmoe") as native:
         read_manifest(newer)
     assert errors[5] == ["PackageError", str(native.value)]
+    with pytest.raises(PackageError, match="uses pos, which the plan's variables do not declare") as native:
+        read_manifest(undeclared)
+    assert errors[6] == ["PackageError", str(native.value)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from webmoe.engine.expr import evaluate, variables
+from webmoe.format.expr import evaluate, variables
 from webmoe.engine.package import Package
 
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "shakespeare-moe"

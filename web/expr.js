@@ -1,4 +1,4 @@
-// Plan expressions, as in engine/expr.py: a number, a variable name, [name, mul, div] = ceil(v * mul / div),
+// Plan expressions, as in format/expr.py: a number, a variable name, [name, mul, div] = ceil(v * mul / div),
 // or {min: [a, b]}, the smaller of two expressions.
 export function evaluate(expr, env) {
   if (typeof expr === "number") return expr;
@@ -14,6 +14,14 @@ export function evaluate(expr, env) {
     return Math.min(evaluate(expr.min[0], env), evaluate(expr.min[1], env));
   }
   throw new Error(`bad plan expression ${JSON.stringify(expr)}`);
+}
+
+// The variables an expression reads (format/expr.py's variables()).
+export function variables(expr) {
+  if (typeof expr === "string") return new Set([expr]);
+  if (Array.isArray(expr)) return new Set([expr[0]]);
+  if (expr !== null && typeof expr === "object") return new Set((expr.min || []).flatMap((e) => [...variables(e)]));
+  return new Set();
 }
 
 export function isDynamic(expr) {

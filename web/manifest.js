@@ -4,6 +4,7 @@
 // version is the schema's (served with the page), stated nowhere else.
 import { Validator } from "../vendor/json-schema/index.js";
 import { PackageError } from "./errors.js";
+import { variables } from "./expr.js";
 
 const ZERO = "0".repeat(64);
 const SEAL = /"manifest_sha256": "([0-9a-f]{64})"/g;
@@ -163,6 +164,15 @@ export function validatePlan(plan) {
   const { steps, buffers } = plan;
   for (const role of ["ids", "positions", "cache_rows", "logits", "token"]) {
     if (!(plan.io[role] in buffers)) throw new PackageError(`malformed plan: io.${role} names no plan buffer`);
+  }
+  const declared = new Set(plan.variables);
+  for (const step of [...steps, ...plan.sampler]) {
+    const used = new Set([...step.dispatch, ...Object.values(step.params)].flatMap((e) => [...variables(e)]));
+    const undeclared = [...used].filter((v) => !declared.has(v)).sort();
+    if (undeclared.length) {
+      throw new PackageError(`malformed plan: step ${step.label || step.kernel} uses ${undeclared.join(", ")}, ` +
+                             "which the plan's variables do not declare");
+    }
   }
   for (const rec of plan.moe_layers) {
     const ok = rec.topk_ids in buffers && rec.router_input in buffers;

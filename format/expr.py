@@ -1,4 +1,5 @@
-"""Plan expressions: sizes that depend on the call (tokens T, start position pos, ...).
+"""Plan expressions: sizes and parameters that depend on the call (the plan's `variables`: tokens T, the
+sampler's settings, a bank's experts, ...).
 
 An expression is an int, a variable name, [name, mul, div] meaning ceil(vars[name] * mul / div), or
 {"min": [a, b]}, the smaller of two expressions. The browser runtime (web/expr.js) evaluates the same forms.
