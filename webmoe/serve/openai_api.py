@@ -161,7 +161,7 @@ class Choices:
         return {**out, "text": token.text if token else ""}
 
 
-def add_routes(app: web.Application, registry: Registry, routes: Routes | None = None, admin: bool = False) -> None:
+def add_endpoints(app: web.Application, registry: Registry, routes: Routes | None = None, admin: bool = False) -> None:
     """routes: A/B routes over the registry's models; admin: also PUT /admin/models/{name} {"path": PACKAGE},
     a hot swap (behind the admin keys)."""
     routes = routes or Routes()

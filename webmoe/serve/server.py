@@ -26,7 +26,7 @@ from .http_files import confined, file_sha256, hashed_file, static_file
 from .api_access import install_access, is_loopback
 from .api_errors import openai_errors
 from .api_requests import MAX_REQUEST_BYTES
-from .openai_api import add_routes as add_api_routes
+from .openai_api import add_endpoints
 from .options import ServeOptions
 from .registry import Registry
 from .routes import Routes
@@ -136,7 +136,7 @@ def create_app(package_dirs: list[Path], options: ServeOptions | None = None, we
     if options.api:
         install_access(app, options.api_keys, options.cors_origins, options.admin_keys, options.loopback_only)
         registry = Registry({name: sp.dir for name, sp in packages.items()}, options)
-        add_api_routes(app, registry, Routes(list(options.routes)), admin=bool(options.admin_keys))
+        add_endpoints(app, registry, Routes(list(options.routes)), admin=bool(options.admin_keys))
         app[REGISTRY] = registry
         app.on_cleanup.append(registry.close)
     return app
