@@ -1,6 +1,5 @@
 """Tiny Mixtral models built by transformers -> webmoe convert -> the native engine, against transformers."""
 import json
-import warnings
 
 import numpy as np
 import pytest

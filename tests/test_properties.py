@@ -5,7 +5,6 @@ CI runs a bounded number of examples; `python scripts/fuzz.py` runs many more an
 import json
 import os
 from collections import Counter
-import shutil
 import struct
 import tempfile
 from pathlib import Path
