@@ -1,7 +1,7 @@
 """The decoder, for one sequence or many: several sequences share each forward pass, and a Generator
-(Engine.generate) is a batch of one. Every sequence holds a slot of the
-engine's KV cache (rows slot * max_seq_len ..); add() prefills a new one into a free slot and samples its
-first token, step() decodes the next token of every active sequence in one pass — the router, the grouped
+(Engine.generate) is a batch of one. Every sequence holds a slot of the engine's KV cache (rows
+slot * max_seq_len ..); add() prefills a new one into a free slot and samples its first token, step()
+decodes the next token of every active sequence in one pass — the router, the grouped
 expert kernels and the scatter-add already work on many tokens, so an expert chosen by several sequences
 is read once. A sequence gets the tokens it would get alone (the same sampler and seeded random numbers
 in the same order; logits within ~1e-6 of a single token's pass, since the matrix kernels add a tile of
