@@ -935,8 +935,8 @@ def test_browser_checks_the_manifest_digest_and_schema():
           const out = [];
           for (const [u, d] of [['/changed/manifest.json', null], ['/sealed/manifest.json', null], [good, '0'.repeat(64)],
                                 ['/crossed/manifest.json', null], ['/misstated/manifest.json', null],
-                                ['/newer/manifest.json', null], ['/undeclared/manifest.json', null]]) {
-            try { await webmoe.load(u, {digest: d}); out.push(null); } catch (e) { out.push([e.name, e.message]); }
+                                ['/newer/manifest.json', null], ['/undeclared/manifest.json', null], [good, digest]]) {
+            try { (await webmoe.load(u, {digest: d})).unload(); out.push(null); } catch (e) { out.push([e.name, e.message]); }
           }
           return out;
         }""", [manifest_url(DEMO), digest])
@@ -957,3 +957,8 @@ def test_browser_checks_the_manifest_digest_and_schema():
     with pytest.raises(PackageError, match="uses pos, which the plan's variables do not declare") as native:
         read_manifest(undeclared)
     assert errors[6] == ["PackageError", str(native.value)]
+    assert errors[7] is None                                          # its own digest pinned: it loads
+    with pytest.raises(PackageError) as native:
+        Engine.load(DEMO, digest="0" * 64)
+    assert str(native.value) == errors[2][1]
+    Engine.load(DEMO, digest=digest).close()
