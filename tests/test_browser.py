@@ -656,13 +656,25 @@ def test_chat_page_streams_tokens():
         page.click("#settings summary")
         page.fill("#max-tokens", "6")
         page.fill("#prompt", "Good morrow, how are you?")
+        # every text the reply's bubble shows, and when: streamed, it grows token by token while Send is
+        # still disabled; a page that wrote the whole reply at the end would show one text
+        page.evaluate("""() => {
+          window.shown = [];
+          new MutationObserver(() => {
+            const b = document.querySelector('.msg.assistant');
+            if (b && b.textContent && b.textContent !== window.shown.at(-1)?.text) {
+              window.shown.push({text: b.textContent, busy: document.querySelector('#send').disabled});
+            }
+          }).observe(document.querySelector('#log'), {subtree: true, childList: true, characterData: true});
+        }""")
         page.click("#send")
         page.wait_for_selector(".msg.assistant")
-        # tokens arrive while generating: the bubble grows before the Send button comes back
-        page.wait_for_function("document.querySelector('.msg.assistant').textContent.length > 0")
         page.wait_for_selector("#send:not([disabled])", timeout=120_000)
         reply = page.inner_text(".msg.assistant")
         assert reply.strip()
+        shown = page.evaluate("window.shown")
+        assert len(shown) >= 3 and all(s["busy"] for s in shown), shown                 # several texts, mid-reply
+        assert all(b["text"].startswith(a["text"]) for a, b in zip(shown, shown[1:])), shown   # each grows the last
         status = page.inner_text("#status")
         assert "tokens/s" in status and int(status.split()[0]) <= 6, status      # the Max tokens setting
         # the live expert heatmap: a header of expert numbers, one row per MoE layer, one cell per expert
