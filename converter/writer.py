@@ -12,7 +12,7 @@ import numpy as np
 
 from webmoe.format.errors import PackageError
 from webmoe.format.expert_layout import pad
-from webmoe.format.manifest import FORMAT_VERSION, write_manifest
+from webmoe.format.manifest import FORMAT_NAME, stamped, write_manifest
 from webmoe.format.weight_formats import encoded_size, fmt
 
 from .errors import ConversionError
@@ -100,7 +100,7 @@ def is_package(path: Path) -> bool:
         m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
-    return path.is_dir() and not path.is_symlink() and isinstance(m, dict) and m.get("format") == "rdrr"
+    return path.is_dir() and not path.is_symlink() and isinstance(m, dict) and m.get("format") == FORMAT_NAME
 
 
 def check_target(out: Path, force: bool, source: Path | None) -> None:
@@ -197,8 +197,8 @@ class PackageWriter:
     def finish(self, manifest: dict) -> Path:
         if self._dense is not None:
             self._close_dense()
-        manifest = {**manifest, "format": "rdrr", "format_version": FORMAT_VERSION, "tensors": self.tensors,
-                    "experts": self.experts, "shards": self.shards}       # the key order of every package so far
+        manifest = {**stamped(manifest), "tensors": self.tensors, "experts": self.experts,   # the key order of
+                    "shards": self.shards}                                                # every package so far
         try:                       # what every loader checks, before the package appears: never one it refuses
             write_manifest(self.tmp / "manifest.json", manifest)
         except PackageError as e:

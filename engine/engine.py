@@ -5,20 +5,20 @@ import time
 
 import numpy as np
 
+from .batch import Generator
 from .device import Gpu, open_gpu
+from .errors import OptionError, PromptError
 from .executor import STORAGE, Executor, Readback, padded
 from .expert_cache import ExpertCache, expert_segments
-from .batch import Generator
 from .generation import GREEDY, GenerationConfig, Sampling, Token  # noqa: F401  (Token: this API's)
 from .host_pins import HostPins
 from .memory import Budget, gib, package_budget
-from .errors import OptionError
 from .options import EngineOptions
 from .package import Package
 from .prefetch import predictor_plan
 from .resources import check_resources, plan_bytes
 from .routing import apply_routing, describe_routing
-from .tokenizer import PromptError, TextTokenizer
+from .tokenizer import TextTokenizer
 
 
 class Engine:
@@ -179,6 +179,7 @@ class Engine:
         """The one chunk loop: runs ids into KV slot `slot` at positions pos0 .., a chunk per pass. every_logit:
         returns the logits of every token [n, vocab]; else the last pass's encoder, not submitted, with the
         last token's logits in row 0 (for the sampler)."""
+        self._places(slot, pos0, len(ids))       # the whole range, before any chunk runs
         device, out = self.gpu.device, []
         for start in range(0, len(ids), self.chunk):
             chunk = ids[start:start + self.chunk]
@@ -200,9 +201,7 @@ class Engine:
     def logits(self, token_ids, pos0: int = 0, slot: int = 0) -> np.ndarray:
         """Logits [T, vocab] of token_ids placed at positions pos0 .. of the sequence in KV slot `slot` (pos0 =
         0: a fresh sequence; later positions attend to what that slot's earlier calls left)."""
-        ids = self._check_ids(token_ids)
-        self._places(slot, pos0, len(ids))
-        return self._chunks(slot, ids, pos0, every_logit=True)
+        return self._chunks(slot, self._check_ids(token_ids), pos0, every_logit=True)
 
     # --- decoding (engine/batch.py's BatchDecoder drives these, for one sequence or many) -------------
 
@@ -210,9 +209,8 @@ class Engine:
         """Appends tokens to the sequence in KV slot `slot` (positions pos0 ..) and samples the next token on
         the GPU from the last one's logits; the only read-back is the token id (with return_logits, also
         those logits, before any mask: (id, [vocab]))."""
-        ids = self._check_ids(token_ids)
-        self._places(slot, pos0, len(ids))
-        return self._sample(self._chunks(slot, ids, pos0, every_logit=False), [sampling], return_logits)[0]
+        encoder = self._chunks(slot, self._check_ids(token_ids), pos0, every_logit=False)
+        return self._sample(encoder, [sampling], return_logits)[0]
 
     def decode(self, rows: list[tuple[int, int, int]], sampling: list[Sampling],
                return_logits: bool = False) -> list:

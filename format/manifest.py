@@ -20,8 +20,9 @@ from .errors import PackageError
 from .expr import variables
 from .strict_json import check_schema, parse_json, schema
 
-# The one format this webmoe writes and reads, stated once: the schema's format_version (its description
-# gives the history); the browser reads the same schema.
+# The one format this webmoe writes and reads, stated once: the schema's format and format_version (its
+# description gives the history); the browser reads the same schema.
+FORMAT_NAME = schema("manifest")["properties"]["format"]["const"]
 FORMAT_VERSION = schema("manifest")["properties"]["format_version"]["const"]
 MAX_MANIFEST_BYTES = 256 << 20
 _ZERO = "0" * 64
@@ -37,11 +38,16 @@ def seal_manifest(manifest: dict) -> bytes:
     return _SEAL.sub(f'"manifest_sha256": "{digest}"'.encode(), body)
 
 
+def stamped(manifest: dict) -> dict:
+    """The manifest stating this format and its version (where it already names them, in their place)."""
+    return {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+
+
 def write_manifest(path: Path, manifest: dict) -> str:
     """Writes `manifest` (stamped with this format and its version, sealed) to `path`, replacing what was
     there atomically, and returns its sha256. Raises PackageError, writing nothing, where every loader would
     refuse it."""
-    raw = seal_manifest({**manifest, "format": "rdrr", "format_version": FORMAT_VERSION})
+    raw = seal_manifest(stamped(manifest))
     read_manifest(raw)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -79,7 +85,7 @@ def read_manifest(raw: bytes, digest: str | None = None) -> dict:
 
 
 def check_version(m: dict) -> None:
-    if m.get("format") != "rdrr":
+    if m.get("format") != FORMAT_NAME:
         raise PackageError(f"manifest.json is not an RDRR package (format {str(m.get('format'))[:64]!r})")
     version = m.get("format_version")
     if not (isinstance(version, int) and not isinstance(version, bool)):

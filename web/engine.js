@@ -196,6 +196,7 @@ export class Engine {
   // returns the logits of every token (Float32Array [n * vocab]); else the last pass's encoder, not
   // submitted, with the last token's logits in row 0 (for the sampler).
   async chunks(slot, ids, pos0, everyLogit) {
+    this.places(slot, pos0, ids.length);     // the whole range, before any chunk runs
     const out = everyLogit ? new Float32Array(ids.length * this.vocab) : null;
     let enc;
     for (let s = 0; s < ids.length; s += this.chunk) {
@@ -219,17 +220,14 @@ export class Engine {
   // Logits (Float32Array [n * vocab]) of tokenIds placed at positions pos0 .. of the sequence in KV slot
   // `slot` (pos0 = 0: a fresh sequence).
   async logits(tokenIds, pos0 = 0, slot = 0) {
-    const ids = this.checkIds(tokenIds);
-    this.places(slot, pos0, ids.length);
-    return this.chunks(slot, ids, pos0, true);
+    return this.chunks(slot, this.checkIds(tokenIds), pos0, true);
   }
 
   // Appends tokens to the sequence in KV slot `slot` (positions pos0 ..) and samples the next token on the
   // GPU from the last one's logits; reads back only its id.
   async prefill(slot, tokenIds, pos0, sampling) {
-    const ids = this.checkIds(tokenIds);
-    this.places(slot, pos0, ids.length);
-    return (await this.sample(await this.chunks(slot, ids, pos0, false), [sampling]))[0];
+    const enc = await this.chunks(slot, this.checkIds(tokenIds), pos0, false);
+    return (await this.sample(enc, [sampling]))[0];
   }
 
   // One forward pass for the sequences of rows [[token, position, slot]], a token each, with a sampling

@@ -35,7 +35,7 @@ export async function readManifest(raw, digest = null) {
     throw new PackageError(`manifest.json is not valid JSON: ${e.message}`);
   }
   if (!isDict(m)) throw new PackageError("malformed manifest.json: expected a JSON object");
-  checkVersion(m, await formatVersion());
+  checkVersion(m, await formatOf());
   const [stated, actual] = await manifestDigest(text);
   if (stated !== actual) {
     throw new PackageError(`manifest.json was changed after conversion: its bytes have sha256 ${actual}, it states ` +
@@ -60,9 +60,10 @@ export async function schema(name) {
   return schemas.get(name);
 }
 
-// The one format this webmoe reads: the manifest schema's format_version.
-export async function formatVersion() {
-  return (await schema("manifest")).properties.format_version.const;
+// The one format this webmoe reads: the manifest schema's format and format_version.
+export async function formatOf() {
+  const { format, format_version: version } = (await schema("manifest")).properties;
+  return { name: format.const, version: version.const };
 }
 
 // Throws a PackageError naming where `value` first breaks schemas/NAME.schema.json.
@@ -76,8 +77,8 @@ export async function checkSchema(value, name, what) {
   }
 }
 
-export function checkVersion(m, version) {
-  if (m.format !== "rdrr") throw new PackageError(`manifest.json is not an RDRR package (format '${String(m.format).slice(0, 64)}')`);
+export function checkVersion(m, { name, version }) {
+  if (m.format !== name) throw new PackageError(`manifest.json is not an RDRR package (format '${String(m.format).slice(0, 64)}')`);
   if (!isInt(m.format_version)) throw new PackageError("malformed manifest.json: format_version is not an integer");
   if (m.format_version > version) {
     throw new PackageError(`package format ${m.format_version} is newer than this webmoe (reads ${version}); upgrade webmoe`);

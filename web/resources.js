@@ -1,13 +1,13 @@
 // What a package's plan needs of an adapter (plan.resources, written by the converter), checked once at
 // load before anything is allocated. The twin of engine/resources.py.
 import { ExpertCacheError, PackageError, PlanError } from "./errors.js";
+import { mib } from "./units.js";
 
 // A plan buffer's bytes: resource is {T: bytes per chunk token} | {S: per position} | {fixed: n}.
 export function bufferBytes(resource, dims) {
   return Object.entries(resource).reduce((a, [k, v]) => a + (k === "fixed" ? v : v * dims[k]), 0);
 }
 
-const mib = (n) => (n / 2 ** 20).toFixed(1);
 
 // Bytes the plan's buffers take for a chunk of T tokens and S positions: all of them, and the KV cache (the
 // buffers sized by position).
@@ -22,11 +22,11 @@ export function checkResources(plan, maxBinding, T, S) {
   const big = r.largest_tensor;
   const hint = `; the package was cut for ${r.max_binding / 2 ** 20} MiB bindings: convert it with --max-binding ${maxBinding}`;
   if (big.bytes > maxBinding) {
-    throw new PackageError(`tensor ${big.name} (${mib(big.bytes)} MiB) exceeds this adapter's storage binding limit of ${mib(maxBinding)} MiB${hint}`);
+    throw new PackageError(`tensor ${big.name} (${mib(big.bytes)}) exceeds this adapter's storage binding limit of ${mib(maxBinding)}${hint}`);
   }
   const slot = r.experts.slot_bytes;
   if (slot > maxBinding) {
-    throw new ExpertCacheError(`one expert slot (${mib(slot)} MiB) exceeds this adapter's storage binding limit of ${mib(maxBinding)} MiB${hint}`);
+    throw new ExpertCacheError(`one expert slot (${mib(slot)}) exceeds this adapter's storage binding limit of ${mib(maxBinding)}${hint}`);
   }
   for (const [name, res] of Object.entries(r.buffers)) {
     const size = bufferBytes(res, { T, S });
