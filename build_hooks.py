@@ -1,6 +1,7 @@
-"""Build step for wheels: copies the browser runtime's npm modules (@huggingface/tokenizers,
-@huggingface/jinja, @cfworker/json-schema) from web/node_modules into the wheel's webmoe/web/vendor/, so an installed webmoe
-serves a complete chat page without npm. Editable installs serve them from web/node_modules instead."""
+"""Build step for wheels: builds the browser runtime (web/build.mjs: the npm package's modules, with the
+kernels, schemas and npm dependencies inline) into web/dist/ before the package data is copied, so an
+installed webmoe serves a complete chat page without npm. Editable installs serve web/dist/ as
+./setup.sh builds it."""
 from __future__ import annotations
 
 import shutil
@@ -10,10 +11,12 @@ from pathlib import Path
 from setuptools.command.build_py import build_py as _build_py
 
 ROOT = Path(__file__).resolve().parent
-# the file names the page imports (web/tokenizer.js) -> where npm puts them
-VENDOR = {"tokenizers.mjs": "@huggingface/tokenizers/dist/tokenizers.mjs",
-          "jinja.js": "@huggingface/jinja/dist/index.js",
-          "json-schema/": "@cfworker/json-schema/dist/esm/"}              # a folder: its .js modules
+WEB = ROOT / "web"
+BUILT = ("dist/standalone/webmoe.js", "dist/standalone/worker.js")      # what the chat page runs
+
+
+def npm(*args: str) -> None:
+    subprocess.run(["npm", *args, "--no-audit", "--no-fund", "--loglevel=error"], cwd=WEB, check=True)
 
 
 class build_py(_build_py):
@@ -22,21 +25,11 @@ class build_py(_build_py):
             # a clean copy: setuptools only adds to build/lib, so a module deleted from the source (the tests'
             # tiny_models.py, once in webmoe/) would still ship from an earlier build's leftovers
             shutil.rmtree(Path(self.build_lib) / "webmoe", ignore_errors=True)
+            if shutil.which("npm") is not None:
+                if not (WEB / "node_modules" / "esbuild").is_dir():
+                    npm("ci")
+                npm("run", "build")              # always from the sources being packaged, never a stale dist/
+            elif not all((WEB / f).is_file() for f in BUILT):
+                raise SystemExit("webmoe build: web/dist is missing and npm is not installed; run ./setup.sh "
+                                 "(npm ci and npm run build in web/) before building a wheel")
         super().run()
-        if self.editable_mode:
-            return
-        modules = ROOT / "web" / "node_modules"
-        if not all((modules / rel).exists() for rel in VENDOR.values()):
-            if shutil.which("npm") is None:
-                raise SystemExit("webmoe build: web/node_modules is missing and npm is not installed; run "
-                                 "`npm ci` in web/ (./setup.sh does) before building a wheel")
-            subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=ROOT / "web", check=True)
-        out = Path(self.build_lib) / "webmoe" / "web" / "vendor"
-        out.mkdir(parents=True, exist_ok=True)
-        for name, rel in VENDOR.items():
-            if name.endswith("/"):
-                (out / name).mkdir(exist_ok=True)
-                for f in (modules / rel).glob("*.js"):
-                    shutil.copyfile(f, out / name / f.name)
-            else:
-                shutil.copyfile(modules / rel, out / name)

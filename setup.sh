@@ -3,7 +3,7 @@
 #   ./setup.sh demo    the main job: serve the chat app with the bundled demo model, print the URL
 #   ./setup.sh test    the test suite (what CI runs)
 # Installs: Mesa lavapipe (software Vulkan, so WebGPU works without a GPU), Chromium and Node/npm (browser
-# tests, the web app's npm dependencies), a .venv with webmoe and its test extras (pytest, playwright,
+# tests, the browser runtime's npm dependencies and build), a .venv with webmoe and its test extras (pytest, playwright,
 # transformers and the CPU build of torch 2.13.0 as the reference).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,10 +31,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ ! -d web/node_modules/@huggingface/tokenizers ] || [ web/package-lock.json -nt web/node_modules ]; then
-  echo "setup: installing the web app's npm dependencies" >&2
+if [ ! -d web/node_modules/esbuild ] || [ web/package-lock.json -nt web/node_modules ]; then
+  echo "setup: installing the browser runtime's npm dependencies and build tools" >&2
   (cd web && npm ci --no-audit --no-fund --loglevel=error)
 fi
+(cd web && npm run --silent build)      # web/dist: the npm package's modules, which the chat page runs
 
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/webmoe-xdg-$(id -u)}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PAGE = """async ([manifest, options, tokens]) => {
   const t0 = performance.now();
-  const webmoe = await import('/web/webmoe.js');
+  const webmoe = await import('/web/dist/standalone/webmoe.js');
   const e = await webmoe.load(manifest, options);
   const loaded = performance.now();
   let first = 0, n = 0;

@@ -11,6 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from webmoe.format.expert_layout import expert_layout
+from webmoe.format.hub import CHECKPOINT_FILES, REPO_ID, HubError, hub_uri, snapshot
 
 from .checkpoint import Checkpoint
 from .errors import ConversionError
@@ -27,7 +28,8 @@ BLOCK_BYTES = 16 << 20           # dense tensors are read and written in row blo
 
 def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progress: bool | None = None,
             max_binding: int = DEFAULT_MAX_BINDING, stats: dict | None = None,
-            part_dtypes: dict[str, str | None] | None = None, mirrors: tuple[str, ...] = ()) -> Path:
+            part_dtypes: dict[str, str | None] | None = None, mirrors: tuple[str, ...] = (),
+            revision: str | None = None) -> Path:
     """Writes the package; returns its path. dtype: a preset of weight_dtypes.PRESETS; part_dtypes:
     {part: format} for the parts that differ from it (experts, ffn, attention, embed, head). Experts a
     checkpoint stores in a format the kernels read (GPT-OSS's MXFP4) stay in it unless part_dtypes
@@ -35,7 +37,9 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
     (WebGPU's default storage binding size unless a test lowers it). mirrors: http(s) base URLs that
     also serve the package's files (the browser fetches a shard from the next one when one fails; every
     shard is checked against its sha256 wherever it comes from). stats, if given, receives
-    bytes_read, bytes_written and seconds."""
+    bytes_read, bytes_written and seconds. src: a checkpoint directory, or a Hub repository (ORG/REPO or
+    hf://ORG/REPO[@REVISION]; revision: a branch, tag or commit) downloaded with huggingface_hub
+    (format/hub.py)."""
     t_start = time.perf_counter()
     dtypes = weight_dtypes(dtype, part_dtypes)
     bad = [m for m in mirrors if not re.fullmatch(r"https?://\S+", m) or len(m) > 2048]
@@ -43,7 +47,7 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
         raise ConversionError(f"--mirror takes up to 16 distinct http(s) URLs; got {list(mirrors)}")
     if max_binding < 1024:
         raise ConversionError(f"--max-binding must be at least 1024 bytes, got {max_binding}")
-    ckpt = Checkpoint(src)
+    ckpt = Checkpoint(checkpoint_dir(src, revision))
     family = family_for(ckpt.config)
     d, moe = family.dims, family.moe
     ckpt.check_layer_count(d.num_layers)
@@ -132,3 +136,22 @@ def _row_blocks(ckpt: Checkpoint, name: str, shape, row0: int, rows: int):
     step = max(1, BLOCK_BYTES // (4 * width))
     for r in range(row0, row0 + rows, step):
         yield ckpt.read_rows(name, r, min(r + step, row0 + rows))
+
+
+def checkpoint_dir(src, revision: str | None = None) -> Path:
+    """The checkpoint's folder: src itself, or the Hub repository src names (ORG/REPO where no such folder
+    exists, or hf://ORG/REPO[@REVISION]) as downloaded into the Hub cache."""
+    hub = hub_uri(src)
+    if hub is None and not Path(src).exists() and REPO_ID.match(str(src)):
+        hub = (str(src), None)
+    if hub is None:
+        if revision:
+            raise ConversionError(f"--revision is for a Hub repository; {src} is a folder")
+        return Path(src)
+    repo, rev = hub
+    if rev and revision and rev != revision:
+        raise ConversionError(f"{src} names revision {rev} and --revision {revision}: give one")
+    try:
+        return snapshot(repo, revision or rev, CHECKPOINT_FILES)
+    except HubError as e:
+        raise ConversionError(str(e)) from None

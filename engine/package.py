@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 from webmoe.format.errors import PackageError
+from webmoe.format.hub import HubError, hub_uri, snapshot
 from webmoe.format.manifest import FORMAT_VERSION, MAX_MANIFEST_BYTES, read_manifest
 
 __all__ = ["Package", "PackageError", "FORMAT_VERSION", "read_regular_file"]
@@ -41,7 +42,15 @@ def read_regular_file(path: Path, size: int, what: str) -> bytearray:
 
 class Package:
     def __init__(self, path, digest: str | None = None):
-        """`digest`: the sha256 the package's manifest must have (what `webmoe info` prints), to pin a version."""
+        """path: the package's folder or manifest, or a Hub repository holding a package,
+        hf://ORG/REPO[@REVISION] (format/hub.py: downloaded into the Hub cache). `digest`: the sha256 the
+        package's manifest must have (what `webmoe info` prints), to pin a version."""
+        try:
+            hub = hub_uri(path)
+            if hub is not None:
+                path = snapshot(*hub)
+        except HubError as e:
+            raise PackageError(str(e)) from None
         self.dir = Path(path)
         mpath = self.dir / "manifest.json" if self.dir.is_dir() else self.dir
         if mpath.name == "manifest.json" and mpath.parent != self.dir:

@@ -12,7 +12,7 @@ def open_page(ctx, url: str):
 
 
 LOAD = """async ([manifest, options]) => {
-  const webmoe = await import('/web/webmoe.js');
+  const webmoe = await import('/web/dist/standalone/webmoe.js');
   window.engine = await webmoe.load(manifest, options || {});
   const e = window.engine;
   return {adapter: e.adapter, family: e.family, description: e.description, ephemeral: e.ephemeral};

@@ -199,10 +199,10 @@ def test_browser_matches_native_on_the_demo_model():
           return n;
         }""")
         assert 5 <= count < 40, count
-        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        cached = page.evaluate("async () => (await import('/web/dist/standalone/webmoe.js')).listCached()")
         assert len(cached) == 1 and cached[0]["complete"]
-        page.evaluate("async ([id]) => (await import('/web/webmoe.js')).deleteCached(id)", [cached[0]["id"]])
-        assert page.evaluate("async () => (await import('/web/webmoe.js')).listCached()") == []
+        page.evaluate("async ([id]) => (await import('/web/dist/standalone/webmoe.js')).deleteCached(id)", [cached[0]["id"]])
+        assert page.evaluate("async () => (await import('/web/dist/standalone/webmoe.js')).listCached()") == []
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
@@ -219,7 +219,7 @@ def test_expert_paging_from_opfs_matches_native(packages, prefetch):
     with serving(create_app([pkg])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.evaluate("""async ([m, gpu, mem, prefetch]) => {
-          const webmoe = await import('/web/webmoe.js');
+          const webmoe = await import('/web/dist/standalone/webmoe.js');
           window.engine = await webmoe.load(m, {expertCacheBytes: gpu, memoryCacheBytes: mem, prefetch});
         }""", [manifest_url(pkg), slot, 3 * slot, prefetch])
         np.testing.assert_allclose(browser_logits(page, ids), ref, rtol=0, atol=BROWSER_TOL * np.abs(ref).max())
@@ -288,7 +288,7 @@ def test_opfs_cache_second_load_corruption_and_resume(packages):
         again = rec.shard_requests()[len(first):]
         assert sorted(p.rsplit("/", 1)[1] for p, _ in again) == ["expert-L000-E002.bin", "expert-L001-E000.bin"]
         np.testing.assert_allclose(browser_logits(page, ids), native, atol=BROWSER_TOL * np.abs(native).max())
-        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        cached = page.evaluate("async () => (await import('/web/dist/standalone/webmoe.js')).listCached()")
         assert len(cached) == 1 and cached[0]["complete"] and cached[0]["bytes"] >= sum(s["size"] for s in m["shards"])
 
 
@@ -317,14 +317,14 @@ def test_experts_on_demand(tmp_path):
         got = browser_logits(page, ids)
         fetched = [Path(p).name for p, _ in rec.shard_requests()][len(at_load):]
         assert sorted(fetched) == sorted(routed)              # each routed expert once, no other
-        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        cached = page.evaluate("async () => (await import('/web/dist/standalone/webmoe.js')).listCached()")
         assert len(cached) == 1 and not cached[0]["complete"]
         # the next load, allowed to fill OPFS in the background, fetches the rest once each
         page.close()
         page = open_page(ctx, url + "/")
         page.evaluate(LOAD, [manifest_url(pkg), {"expertsOnDemand": True, "backgroundDownload": True}])
         for _ in range(240):
-            if page.evaluate("async () => (await (await import('/web/webmoe.js')).listCached())[0].complete"):
+            if page.evaluate("async () => (await (await import('/web/dist/standalone/webmoe.js')).listCached())[0].complete"):
                 break
             time.sleep(0.5)
         else:
@@ -415,7 +415,7 @@ def test_opfs_budget_smaller_than_the_model(tmp_path):
     with serving(app_with(rec, pkg)) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         err = page.evaluate("""async ([m, budget]) => {
-          try { await (await import('/web/webmoe.js')).load(m, {expertsOnDemand: true, opfsBudgetBytes: budget,
+          try { await (await import('/web/dist/standalone/webmoe.js')).load(m, {expertsOnDemand: true, opfsBudgetBytes: budget,
                                                                  storage: 'opfs'}); }
           catch (e) { return e.message; }
         }""", [manifest_url(pkg), dense])
@@ -424,7 +424,7 @@ def test_opfs_budget_smaller_than_the_model(tmp_path):
                                                  "memoryCacheBytes": 0, "expertCacheBytes": 4 * expert}])
         got = browser_logits(page, ids)
         again = browser_logits(page, ids)
-        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        cached = page.evaluate("async () => (await import('/web/dist/standalone/webmoe.js')).listCached()")
         tiers = page.evaluate("async () => (await window.engine.expertStats()).tiers")
     fetched = [Path(p).name for p, _ in rec.shard_requests() if "expert-" in p]
     shards = {s["file"]: s["size"] for s in m["shards"]}
@@ -494,13 +494,12 @@ def test_engine_options_are_checked_once_by_name():
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         got = page.evaluate("""async (manifest) => {
-          const { Engine } = await import('/web/engine.js');
+          const webmoe = await import('/web/dist/standalone/webmoe.js');
           const out = [];
           for (const o of [{maxSeqlen: 5}, {chunkTokens: 0}, {storage: 'disk'}, {pinnedExperts: [[0]]}]) {
-            try { await Engine.load('/models/none/manifest.json', o); out.push(null); }
+            try { await webmoe.load('/models/none/manifest.json', o); out.push(null); }
             catch (e) { out.push(`${e.name}: ${e.message}`); }
           }
-          const webmoe = await import('/web/webmoe.js');
           try { await webmoe.load(manifest, {pinnedExperts: [[3, 1], [0, 99]]}); out.push(null); }
           catch (e) { out.push(`${e.name}: ${e.message}`); }
           return out;
@@ -552,16 +551,16 @@ def test_quota_too_small_gives_a_clear_message(packages):
         cdp = ctx.new_cdp_session(page)
         cdp.send("Storage.overrideQuotaForOrigin", {"origin": url, "quotaSize": 200_000})
         err = page.evaluate("""async ([m]) => {
-          try { await (await import('/web/webmoe.js')).load(m, {storage: 'opfs'}); return null; }
+          try { await (await import('/web/dist/standalone/webmoe.js')).load(m, {storage: 'opfs'}); return null; }
           catch (e) { return e.message; }
         }""", [manifest_url(pkg)])
         assert err and err.startswith("Not enough browser storage for this model"), err
-        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        cached = page.evaluate("async () => (await import('/web/dist/standalone/webmoe.js')).listCached()")
         assert [c["complete"] for c in cached] == [False]
         # with the quota back, the same load completes from what is there
         cdp.send("Storage.overrideQuotaForOrigin", {"origin": url})
         assert page.evaluate(LOAD, [manifest_url(pkg), {"storage": "opfs"}])["family"] == "mixtral"
-        cached = page.evaluate("async () => (await import('/web/webmoe.js')).listCached()")
+        cached = page.evaluate("async () => (await import('/web/dist/standalone/webmoe.js')).listCached()")
         assert [c["complete"] for c in cached] == [True]
 
 
@@ -827,21 +826,21 @@ def test_page_layout_at_phone_width_and_as_the_sidebar_grows(packages):
 
 
 def test_missing_module_gives_a_clear_message(packages):
-    """With the page's npm modules missing (served as 404), loading ends in a message that says what
+    """With the runtime's worker module missing (served as 404), loading ends in a message that says what
     happened and what to do, instead of waiting forever."""
     @web.middleware
-    async def no_vendor(request, handler):
-        if request.path.startswith("/vendor/"):
+    async def no_worker(request, handler):
+        if request.path.endswith("/worker.js"):
             raise web.HTTPNotFound()
         return await handler(request)
     app = create_app([packages["gqa-top2-f32"]])
-    app.middlewares.append(no_vendor)
+    app.middlewares.append(no_worker)
     with serving(app) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.click("#load")
         page.wait_for_selector("#notice.error", timeout=60_000)
         text = page.inner_text("#notice")
-    assert "worker could not start" in text and "webmoe serve" in text, text
+    assert "worker could not start" in text and "worker.js is served beside webmoe.js" in text, text
 
 
 def test_network_failure_gives_a_clear_message(packages):
@@ -881,7 +880,7 @@ def test_sampled_tokens_and_statistics_match_native():
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.evaluate("""async ([manifest]) => {
-          const webmoe = await import('/web/webmoe.js');
+          const webmoe = await import('/web/dist/standalone/webmoe.js');
           window.engine = await webmoe.load(manifest, {observeRouting: true});
         }""", [manifest_url(DEMO)])
         got = page.evaluate("""async ([p, s]) => {
@@ -898,7 +897,7 @@ def test_sampled_tokens_and_statistics_match_native():
         assert sorted(stats["total"]) == sorted(want["total"])
         page.route("**/old/manifest.json", lambda route: route.fulfill(body=old, content_type="application/json"))
         err = page.evaluate("""async () => {
-          const webmoe = await import('/web/webmoe.js');
+          const webmoe = await import('/web/dist/standalone/webmoe.js');
           try { await webmoe.load('/old/manifest.json'); return null; } catch (e) { return [e.name, e.message]; }
         }""")
     from webmoe.format.manifest import PackageError, read_manifest
@@ -943,7 +942,7 @@ def test_browser_checks_the_manifest_digest_and_schema():
         page.route("**/undeclared/manifest.json", lambda route: route.fulfill(body=undeclared,
                                                                               content_type="application/json"))
         errors = page.evaluate("""async ([good, digest]) => {
-          const webmoe = await import('/web/webmoe.js');
+          const webmoe = await import('/web/dist/standalone/webmoe.js');
           const out = [];
           for (const [u, d] of [['/changed/manifest.json', null], ['/sealed/manifest.json', null], [good, '0'.repeat(64)],
                                 ['/crossed/manifest.json', null], ['/misstated/manifest.json', null],

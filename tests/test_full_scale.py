@@ -130,7 +130,7 @@ print(json.dumps({"prefill_s": prefill_s, "routed_experts": routed, "tokens": to
 """
 BROWSER_RUN = """async ([manifest, options, ids, n]) => {
   const t0 = performance.now();
-  const webmoe = await import('/web/webmoe.js');
+  const webmoe = await import('/web/dist/standalone/webmoe.js');
   const e = await webmoe.load(manifest, options);
   const load_s = (performance.now() - t0) / 1000;
   const atLoad = (await e.expertStats()).tiers.network;

@@ -1,6 +1,6 @@
 // The chat page: picks a served model, loads it into the worker with progress, streams replies.
 import { mib } from "./units.js";
-import * as webmoe from "./webmoe.js";
+import * as webmoe from "./dist/standalone/webmoe.js";     // the npm package's build (web/build.mjs)
 
 const $ = (id) => document.getElementById(id);
 let engine = null;

@@ -44,7 +44,7 @@ export class Engine {
     e.store = store;
     const m = (e.manifest = store.manifest);
     // the kernels compile (each variant once, in parallel) while the shards download
-    const shaders = new ShaderLibrary(o.shaderBase || new URL("../shaders/", import.meta.url));
+    const shaders = new ShaderLibrary(o.shaderBase);
     const compiled = compileSteps(gpu, [...m.plan.steps, ...m.plan.sampler], shaders,
                                   (done, total) => report({ stage: "compile", done, total }));
     compiled.catch(() => {});          // awaited below; a failure is reported there, after the download's

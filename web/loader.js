@@ -47,7 +47,13 @@ export class ModelStore {
     if (s.opfsBudget !== Infinity && !s.expertsOnDemand) {
       throw new QuotaError("an OPFS budget needs expertsOnDemand: a full download keeps every shard");
     }
-    const r = await fetch(s.url, { cache: "no-cache" });
+    let r;
+    try {
+      r = await fetch(s.url, { cache: "no-cache" });
+    } catch (err) {      // offline, refused, or another origin that sends no CORS header
+      throw new PackageError(`could not fetch the manifest ${s.url} (${err?.message || err}): check the address and the ` +
+                             "network; a package on another origin must be served with Access-Control-Allow-Origin");
+    }
     if (!r.ok) throw new PackageError(`manifest ${s.url}: HTTP ${r.status}`);
     // before anything is stored or downloaded
     s.manifest = await readManifest(new Uint8Array(await r.arrayBuffer()), options.digest);

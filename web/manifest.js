@@ -2,7 +2,8 @@
 // byte of the package through the shards' sha256), then the structure: schemas/manifest.schema.json (with
 // @cfworker/json-schema, as the native engine does with jsonschema), then the cross-references. The format
 // version is the schema's (served with the page), stated nowhere else.
-import { Validator } from "../vendor/json-schema/index.js";
+import { Validator } from "@cfworker/json-schema";
+import { schemaJson } from "./assets.js";
 import { PackageError } from "./errors.js";
 import { variables } from "./expr.js";
 
@@ -48,15 +49,11 @@ export async function readManifest(raw, digest = null) {
   return validateManifest(m);
 }
 
-const schemas = new Map();      // name -> schemas/NAME.schema.json, fetched once
+const schemas = new Map();      // name -> schemas/NAME.schema.json, read once
 const validators = new Map();
 
 export async function schema(name) {
-  if (!schemas.has(name)) {
-    const r = await fetch(new URL(`../schemas/${name}.schema.json`, import.meta.url));
-    if (!r.ok) throw new PackageError(`schema ${name}: HTTP ${r.status}`);
-    schemas.set(name, await r.json());
-  }
+  if (!schemas.has(name)) schemas.set(name, schemaJson(name));
   return schemas.get(name);
 }
 

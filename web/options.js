@@ -18,7 +18,7 @@ const DEFAULTS = Object.freeze({
   hotExperts: 0,              // with expertsOnDemand: a share of each layer's routed tokens whose most-used experts come with the dense shards
   backgroundDownload: false,  // with expertsOnDemand: after the load, fetch the experts still missing while they fit
   storage: "auto",            // "auto": OPFS while the browser lets the model keep what it needs, else memory only; "opfs"; "memory"
-  shaderBase: null,           // where the kernels are served (default: ../shaders/ beside this module)
+  shaderBase: null,           // a URL to read the kernels from (default: those this build carries)
   onProgress: null,           // (stage) => void: {stage: "download" | "compile" | "upload", ...} as the load advances
   onDeviceLost: null,         // (message) => void: the GPU device is gone; load the model again
 });

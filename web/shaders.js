@@ -1,7 +1,8 @@
-// Loads kernels from /shaders/ and applies the same preprocessor as engine/shaders.py:
+// Reads kernels (assets.js: bundled, or shaders/ beside web/; or from a base URL) and applies the same preprocessor as engine/shaders.py:
 //   //!include FILE    //!if NAME    //!if !NAME    //!elif NAME    //!elif !NAME    //!else    //!endif
 //   //!const NAME      -> `const NAME: u32 = <value>u;` from the plan step's consts (kernel geometry)
 // then reads the kernel's interface: binding index by variable name, and the Params struct fields.
+import { kernelSource } from "./assets.js";
 import { ShaderError } from "./errors.js";
 
 const BINDING = /@binding\((\d+)\)\s*var<([\w\s,]+)>\s*(\w+)/g;
@@ -16,14 +17,14 @@ export function variantKey(name, defines, consts) {
 
 export class ShaderLibrary {
   constructor(baseUrl) {
-    this.baseUrl = baseUrl;     // e.g. new URL("/shaders/", location.href)
+    this.baseUrl = baseUrl;     // null: the kernels this build carries (assets.js); else e.g. new URL("/shaders/", location.href)
     this.files = new Map();     // file -> Promise<text>
     this.kernels = new Map();   // name|defines -> Promise<kernel>
   }
 
   file(name) {
     if (!this.files.has(name)) {
-      this.files.set(name, fetch(new URL(name, this.baseUrl)).then((r) => {
+      this.files.set(name, !this.baseUrl ? kernelSource(name) : fetch(new URL(name, this.baseUrl)).then((r) => {
         if (!r.ok) throw new ShaderError(`kernel source ${name}: HTTP ${r.status}`);
         return r.text();
       }));

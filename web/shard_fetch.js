@@ -14,6 +14,7 @@ export class ShardFetcher {
   constructor({ sources, retries = 4, concurrency = 4, onStatus, onBytes }) {
     Object.assign(this, { sources, retries, onStatus, onBytes });
     this.failing = new Set();
+    this.wholeOnly = new Set();         // sources whose Range requests failed: whole files from them
     this.transfers = new TransferQueue(concurrency);
     this.network = { fetches: 0, bytes: 0, wait_s: 0, failed_sources: 0, dropped: 0 };
   }
@@ -63,7 +64,8 @@ export class ShardFetcher {
       let data = null;
       let failure = null;
       try {
-        data = dir ? await this.intoOpfs(e, dir, url, link.signal) : await this.intoMemory(e, url, link.signal);
+        data = dir ? await this.intoOpfs(e, dir, url, link.signal, !this.wholeOnly.has(base))
+                   : await this.intoMemory(e, url, link.signal);
       } catch (err) {
         failure = err;
       } finally {
@@ -79,6 +81,13 @@ export class ShardFetcher {
         return { data, kept: !!dir };
       }
       lastError = failure;
+      if (failure?.resumed && failure.name === "TypeError" && !this.wholeOnly.has(base)) {
+        // a network error on a Range request: a host on another origin may refuse the header (CORS); this
+        // source sends whole files from now on (what arrived is kept until the new copy replaces it)
+        this.wholeOnly.add(base);
+        attempt--;
+        continue;
+      }
       if (failure?.name === "QuotaExceededError") {
         try {
           onQuota(failure);
@@ -103,20 +112,23 @@ export class ShardFetcher {
                            `(${lastError?.message || lastError}). Check the network connection and load again${kept}.`);
   }
 
-  // One try at a shard into <file>.part in `dir`, resuming what is there with a Range request, verified,
-  // then moved into place. A QuotaExceededError leaves nothing behind; other failures keep the bytes that
-  // arrived.
-  async intoOpfs(e, dir, url, signal) {
+  // One try at a shard into <file>.part in `dir`, resuming what is there with a Range request (when `resume`),
+  // verified, then moved into place. A host that answers a Range request with the whole file (200) is
+  // written from the start; a shard that changed on the host fails its sha256 and is fetched again. A
+  // QuotaExceededError leaves nothing behind; other failures keep the bytes that arrived.
+  async intoOpfs(e, dir, url, signal, resume = true) {
     let writable = null;
     try {
       // creating the file can already exceed the quota (another download holds the space)
       const part = await dir.getFileHandle(`${e.file}.part`, { create: true });
       let have = (await part.getFile()).size;
-      if (have > e.size) have = 0;
       const before = have;
+      if (have > e.size || !resume) have = 0;
       if (have < e.size) {
-        const resp = await fetch(url, { cache: "no-store", signal,
-                                        headers: have ? { Range: `bytes=${have}-`, "If-Range": `"${e.sha256}"` } : {} });
+        // Range only (no If-Range: it is no CORS-safelisted header, so another origin would need to allow it)
+        const ranged = have > 0;
+        const resp = await fetch(url, { cache: "no-store", signal, headers: ranged ? { Range: `bytes=${have}-` } : {} })
+          .catch((err) => { if (ranged && err) err.resumed = true; throw err; });
         if (resp.status === 200) have = 0;
         else if (resp.status !== 206 || !(resp.headers.get("Content-Range") || "").startsWith(`bytes ${have}-`)) {
           throw new Error(`${e.file}: HTTP ${resp.status}`);

@@ -1,8 +1,8 @@
 // Text <-> ids with the package's tokenizer.json (@huggingface/tokenizers) and chat templates
 // (@huggingface/jinja), mirroring engine/tokenizer.py.
-import { Tokenizer } from "../vendor/tokenizers.mjs";
-import { Template } from "../vendor/jinja.js";
-import { PromptError } from "./errors.js";
+import { Template } from "@huggingface/jinja";
+import { Tokenizer } from "@huggingface/tokenizers";
+import { PackageError, PromptError } from "./errors.js";
 import { sha256Hex } from "./manifest.js";
 
 export class TextTokenizer {
@@ -15,7 +15,7 @@ export class TextTokenizer {
       const entry = shards.get(name);
       const r = entry ? await fetch(new URL(name, manifestUrl)) : null;
       if (!r?.ok) {
-        if (required) throw new Error(`tokenizer file ${name}: ${r ? `HTTP ${r.status}` : "not in the manifest"}`);
+        if (required) throw new PackageError(`tokenizer file ${name}: ${r ? `HTTP ${r.status}` : "not in the manifest"}`);
         return {};
       }
       const bytes = new Uint8Array(await r.arrayBuffer());

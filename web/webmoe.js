@@ -1,35 +1,53 @@
-// webmoe in the browser: the public API. The engine runs in a Web Worker (worker.js).
+// webmoe in the browser: the public API (npm: `webmoe`). The engine runs in a Web Worker (worker.js).
 //
-//   import * as webmoe from "/web/webmoe.js";
-//   const engine = await webmoe.load("/models/NAME/manifest.json", { onProgress });
+//   import * as webmoe from "webmoe";
+//   const engine = await webmoe.load("https://host/models/NAME/" or "hf://ORG/REPO@REV", { onProgress });
 //   const ids = await engine.tokenize("text" or messages);        // as the native tokenizer encodes it
 //   const logits = await engine.logits([1, 2, 3]);               // Float32Array [T * vocab]
 //   for await (const t of engine.generate(messages, { maxNewTokens: 64, temperature: 0.7 })) ...
 //   engine.stop();                                                 // ends a running generate()
 //   await engine.expertStats();                                    // cache hits, misses, uploads, usage
-//   engine.unload();                                               // frees its GPU memory
-// load options: onProgress({stage: "download"|"compile"|"upload", ...}), onDeviceLost(message), expertCacheBytes,
+//   await engine.unload();                                         // frees its GPU memory
+// load options: onProgress({stage: "download"|"compile"|"upload", ...}), onDeviceLost(message), worker (a
+// Worker the app made that imports "webmoe/worker"), and the engine's options (options.js): expertCacheBytes,
 // memoryCacheBytes, pinnedExperts, observeRouting, maxSeqLen, expertsOnDemand, opfsBudgetBytes, hotExperts,
-// backgroundDownload, storage ("auto" | "opfs" | "memory")
+// backgroundDownload, storage ("auto" | "opfs" | "memory"), digest
 //   engine.ephemeral                                               // null, or why nothing of the model is
 //                                         // kept in the browser (it is fetched again on the next visit)
 //   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
-//   await engine.chat.completions.create({messages, max_tokens, temperature, top_p, seed, stop})
+//   await engine.chat.completions.create({messages, max_tokens, temperature, top_p, seed, stop, stream,
+//                                         stream_options})
 //                                         // OpenAI's shape: a chat.completion, or with stream: true an
-//                                         // async iterator of chat.completion.chunk objects
+//                                         // async iterator of chat.completion.chunk objects; usage.extra has
+//                                         // prefill_tokens_per_s and decode_tokens_per_s
+// Errors are the classes errors.js exports, each with a `code`.
+import { WorkerError, revive } from "./errors.js";
+import { env, manifestUrl } from "./hub.js";
+
+export { env };
+export * from "./errors.js";
 
 let seq = 0;
 
+// The engine's worker: beside this module (a bundler finds it by this very expression and bundles it), or,
+// when this module was imported from another origin (a CDN), started from a same-origin blob that imports it.
+function startWorker() {
+  const url = new URL("./worker.js", import.meta.url);
+  if (url.origin === self.location.origin) return new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  const blob = new Blob([`import ${JSON.stringify(url.href)};`], { type: "text/javascript" });
+  return new Worker(URL.createObjectURL(blob), { type: "module" });
+}
+
 class WorkerClient {
-  constructor() {
-    this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  constructor(worker) {
+    this.worker = worker;
     this.pending = new Map();
     // a worker whose modules fail to load never answers: fail every call with what happened instead
     this.worker.onerror = (ev) => {
       ev.preventDefault?.();
-      this.broken = new Error("webmoe's worker could not start" + (ev.message ? ` (${ev.message})` : "") +
-                              ": one of its modules failed to load. Serve the page with `webmoe serve`, which " +
-                              "also sends the npm modules it needs, or reinstall them (npm ci in web/).");
+      this.broken = new WorkerError("webmoe's worker could not start" + (ev.message ? ` (${ev.message})` : "") +
+                                    ": its module failed to load. Check that worker.js is served beside webmoe.js " +
+                                    "(a bundler emits it), or from a CDN that sends Access-Control-Allow-Origin.");
       for (const p of this.pending.values()) p.reject(this.broken);
       this.pending.clear();
     };
@@ -46,11 +64,8 @@ class WorkerClient {
       if (data.token) p.onToken?.(data.token);
       if (data.done) {
         this.pending.delete(data.id);
-        if (data.error) {
-          const err = new Error(data.error);
-          err.name = data.name || "Error";
-          p.reject(err);
-        } else p.resolve(data.result);
+        if (data.error) p.reject(revive(data.name, data.error));
+        else p.resolve(data.result);
       }
     };
   }
@@ -64,6 +79,7 @@ class WorkerClient {
     });
   }
 }
+
 
 class BrowserEngine {
   constructor(client, info) {
@@ -123,13 +139,25 @@ class BrowserEngine {
 
 // engine.chat.completions.create, as OpenAI's clients call it (and as `webmoe serve`'s /v1 answers): the
 // request's sampling fields map to generate()'s options; unknown fields are refused, not ignored.
-const CHAT_FIELDS = new Set(["messages", "model", "stream", "max_tokens", "max_completion_tokens", "temperature",
-                             "top_p", "seed", "stop"]);
+const CHAT_FIELDS = new Set(["messages", "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+                             "temperature", "top_p", "seed", "stop"]);
+
+// OpenAI's usage, and in `extra` the speeds WebLLM reports: prompt tokens over the time to the first token,
+// and the tokens after the first over the time after it.
+function usageOf(stats) {
+  const { promptTokens: p, completionTokens: c, prefillSeconds, decodeSeconds } = stats;
+  return { prompt_tokens: p, completion_tokens: c, total_tokens: p + c,
+           extra: { prefill_tokens_per_s: prefillSeconds > 0 ? p / prefillSeconds : null,
+                    decode_tokens_per_s: c > 1 && decodeSeconds > 0 ? (c - 1) / decodeSeconds : null,
+                    time_to_first_token_s: prefillSeconds } };
+}
 
 function chatCompletion(engine, request) {
   const unknown = Object.keys(request || {}).filter((k) => !CHAT_FIELDS.has(k));
   if (unknown.length) return Promise.reject(new TypeError(`unsupported chat completion fields: ${unknown.join(", ")}`));
   const { messages, stream = false, stop } = request;
+  const includeUsage = !!request.stream_options?.include_usage;
+  if (request.stream_options != null && !stream) return Promise.reject(new TypeError("stream_options needs stream: true"));
   const options = { maxNewTokens: request.max_completion_tokens ?? request.max_tokens ?? 256,
                     temperature: request.temperature ?? 1, topP: request.top_p ?? 1, seed: request.seed,
                     stop: stop == null ? [] : [].concat(stop) };
@@ -138,37 +166,45 @@ function chatCompletion(engine, request) {
   const model = engine.family;
   const chunk = (delta, finish = null) => ({ id, object: "chat.completion.chunk", created, model,
                                              choices: [{ index: 0, delta, finish_reason: finish }] });
-  const usage = () => ({ prompt_tokens: engine.lastStats.promptTokens, completion_tokens: engine.lastStats.completionTokens,
-                         total_tokens: engine.lastStats.promptTokens + engine.lastStats.completionTokens });
   if (stream) {
     return (async function* () {
       yield chunk({ role: "assistant", content: "" });
       for await (const t of engine.generate(messages, options)) yield chunk({ content: t.text });
       yield chunk({}, engine.lastStats.finishReason);
+      // as OpenAI: with include_usage, one more chunk with no choices and the usage
+      if (includeUsage) yield { id, object: "chat.completion.chunk", created, model, choices: [], usage: usageOf(engine.lastStats) };
     })();
   }
   return (async () => {
     let text = "";
     for await (const t of engine.generate(messages, options)) text += t.text;
-    return { id, object: "chat.completion", created, model, usage: usage(),
+    return { id, object: "chat.completion", created, model, usage: usageOf(engine.lastStats),
              choices: [{ index: 0, message: { role: "assistant", content: text }, finish_reason: engine.lastStats.finishReason }] };
   })();
 }
 
+// One client per worker: the module's own (started on first use) or one the app passes as `worker`.
 let shared = null;
-const client = () => (shared ||= new WorkerClient());
-
-export async function load(manifestUrl, { onProgress, onDeviceLost, ...options } = {}) {
-  const url = new URL(manifestUrl, location.href).href;
-  const info = await client().call("load", { manifestUrl: url, options }, { onProgress });
-  if (onDeviceLost) client().lostListeners.set(info.handle, onDeviceLost);
-  return new BrowserEngine(client(), info);
+const clients = new WeakMap();
+function client(worker) {
+  if (!worker) return (shared ||= new WorkerClient(startWorker()));
+  if (!clients.has(worker)) clients.set(worker, new WorkerClient(worker));
+  return clients.get(worker);
 }
 
-export async function listCached() {
-  return (await client().call("list")).models;
+// source: a manifest's URL, its folder's URL, or hf://ORG/REPO[@REVISION] (hub.js).
+export async function load(source, { onProgress, onDeviceLost, worker, ...options } = {}) {
+  const url = manifestUrl(source, self.location.href);
+  const c = client(worker);
+  const info = await c.call("load", { manifestUrl: url, options }, { onProgress });
+  if (onDeviceLost) c.lostListeners.set(info.handle, onDeviceLost);
+  return new BrowserEngine(c, info);
 }
 
-export async function deleteCached(id) {
-  await client().call("delete", { modelId: id });
+export async function listCached({ worker } = {}) {
+  return (await client(worker).call("list")).models;
+}
+
+export async function deleteCached(id, { worker } = {}) {
+  await client(worker).call("delete", { modelId: id });
 }

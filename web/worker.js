@@ -1,4 +1,5 @@
-// The engine's home: a dedicated worker, so the page stays responsive while the GPU works.
+// The engine's home: a dedicated worker, so the page stays responsive while the GPU works. An app that
+// owns its worker imports this module there (`import "webmoe/worker"`) and passes the Worker to load().
 // Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stats"|"stop"|"unload"|"list"|"delete", handle
 // (the engine load returned), ...}; out: {id, ...}, and {event: "device-lost", handle, message} unasked.
 import { Engine } from "./engine.js";
@@ -40,13 +41,17 @@ const ops = {
     slot.abort = new AbortController();
     let n = 0;
     const t0 = performance.now();
+    let first = null;           // when the first token was ready: prefill's end
     const run = engine.generate(prompt, { ...options, signal: slot.abort.signal });
     for await (const token of run) {
       n++;
+      first ??= performance.now();
       postMessage({ id, token: engine.experts.readsRouting ? { ...token, usage: engine.experts.usage } : token });
     }
-    return { tokens: n, seconds: (performance.now() - t0) / 1000, finishReason: run.finishReason,
-             promptTokens: run.promptTokens, completionTokens: run.completionTokens };
+    const end = performance.now();
+    return { tokens: n, seconds: (end - t0) / 1000, finishReason: run.finishReason,
+             promptTokens: run.promptTokens, completionTokens: run.completionTokens,
+             prefillSeconds: ((first ?? end) - t0) / 1000, decodeSeconds: (end - (first ?? end)) / 1000 };
   },
   async stats({ handle }) {
     return { stats: get(handle).engine.expertStats() };

@@ -36,7 +36,7 @@ def _convert(args) -> int:
     stats: dict = {}
     parts = {part: getattr(args, f"{part}_dtype") for part in PARTS}
     out = convert(args.src, args.out, dtype=args.dtype, force=args.force, max_binding=args.max_binding, stats=stats,
-                  part_dtypes=parts, mirrors=tuple(args.mirror))
+                  part_dtypes=parts, mirrors=tuple(args.mirror), revision=args.revision)
     secs = max(stats["seconds"], 1e-9)
     print(f"wrote {out}: read {stats['bytes_read'] / 1e9:.2f} GB, wrote {stats['bytes_written'] / 1e9:.2f} GB in "
           f"{secs:.1f} s ({stats['bytes_read'] / 1e9 / secs:.2f} GB/s read, {stats['bytes_written'] / 1e9 / secs:.2f} GB/s "
@@ -209,7 +209,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="Hugging Face checkpoint directory -> RDRR package")
-    c.add_argument("src", help="directory with config.json, *.safetensors and tokenizer.json")
+    c.add_argument("src", help="directory with config.json, *.safetensors and tokenizer.json, or a Hugging Face Hub "
+                               "repository holding them (ORG/REPO or hf://ORG/REPO[@REVISION]; HF_HOME, "
+                               "HF_ENDPOINT and HF_HUB_OFFLINE apply)")
     c.add_argument("out", help="package directory to write (written atomically)")
     c.add_argument("--dtype", choices=list(PRESETS), default="f16",
                    help="weight format preset: f32, f16, q8 (8-bit blocks), q4 (4-bit experts and feed-forward "
@@ -218,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
                        ("ffn", "dense feed-forward layers and shared experts"), ("attention", "attention projections"),
                        ("embed", "the token embedding (and the LM head when tied)"), ("head", "an untied LM head")):
         c.add_argument(f"--{part}-dtype", choices=list(FORMATS), default=None, help=f"format of {what}")
+    c.add_argument("--revision", default=None, help="with a Hub repository: the branch, tag or commit (default main)")
     c.add_argument("--force", action="store_true",
                    help="replace OUT if it is a webmoe package (never the checkpoint or a folder holding it)")
     c.add_argument("--max-binding", type=int, default=128 << 20, metavar="BYTES",

@@ -1,11 +1,10 @@
 """`webmoe serve`: the chat app, the shared kernels and RDRR packages over HTTP (aiohttp).
 
     /                        the chat page (web/index.html)
-    /web/FILE                the browser runtime (ES modules)
+    /web/FILE                the chat page's files; /web/dist/standalone/webmoe.js is the browser runtime as
+                             the npm package builds it (web/build.mjs: kernels, schemas, npm modules inline);
+                             in a source checkout also its unbuilt ES modules
     /shaders/NAME.wgsl       the kernels, the same files the native engine reads
-    /vendor/tokenizers.mjs   @huggingface/tokenizers and @huggingface/jinja: vendored into a built wheel
-    /vendor/jinja.js         (webmoe/web/vendor/), else from web/node_modules in a source checkout;
-    /vendor/json-schema/FILE @cfworker/json-schema's ES modules, likewise
     /schemas/NAME.schema.json  the JSON Schemas both runtimes check input against
     /models                  JSON list of the served packages
     /models/NAME/FILE        package files: only those the manifest names, with Range and sha256 ETags
@@ -33,9 +32,6 @@ from .routes import Routes
 
 PACKAGES = web.AppKey("packages", dict)
 REGISTRY = web.AppKey("registry", Registry)          # the API's models (absent with api=False)
-VENDOR = {"tokenizers.mjs": "@huggingface/tokenizers/dist/tokenizers.mjs",    # as build_hooks.py copies them
-          "jinja.js": "@huggingface/jinja/dist/index.js",
-          "json-schema/": "@cfworker/json-schema/dist/esm/"}                # a folder of modules
 
 
 class ServedPackage:
@@ -70,33 +66,23 @@ def create_app(package_dirs: list[Path], options: ServeOptions | None = None, we
         if sp.name in packages:
             raise ValueError(f"two packages are named {sp.name!r}")
         packages[sp.name] = sp
-    web_root, modules, vendored = web_dir.resolve(), (web_dir / "node_modules").resolve(), (web_dir / "vendor").resolve()
+    web_root, modules = web_dir.resolve(), (web_dir / "node_modules").resolve()
 
     async def index(request):
         return static_file(web_root / "index.html")
 
     async def web_file(request):
         path = confined(web_root, request.match_info["path"])
-        if path is None or path.is_relative_to(modules) or path.is_relative_to(vendored) or path.suffix == ".py":
+        if path is None or path.is_relative_to(modules) or path.suffix == ".py":
             raise web.HTTPNotFound()
+        if path.is_relative_to(web_root / "dist") and not (web_root / "dist").is_dir():
+            raise web.HTTPNotFound(text="the browser runtime is not built: run ./setup.sh (npm run build in web/)")
         return static_file(path)
 
     async def shader(request):
         path = confined(SHADER_DIR, request.match_info["name"])
         if path is None or path.suffix != ".wgsl":
             raise web.HTTPNotFound()
-        return static_file(path)
-
-    async def vendor(request):
-        name = request.match_info["name"]
-        folder = name.split("/")[0] + "/" if "/" in name else None
-        if name not in VENDOR and folder not in VENDOR:
-            raise web.HTTPNotFound()
-        path = confined(vendored, name)
-        if path is None or not path.is_file():
-            path = confined(modules, VENDOR[name] if name in VENDOR else VENDOR[folder] + name[len(folder):])
-        if path is None or not path.is_file():
-            raise web.HTTPNotFound(text="npm dependencies missing: run ./setup.sh (npm ci in web/)")
         return static_file(path)
 
     async def schema(request):
@@ -128,7 +114,6 @@ def create_app(package_dirs: list[Path], options: ServeOptions | None = None, we
     app.router.add_get("/", index)
     app.router.add_get("/web/{path:.+}", web_file)
     app.router.add_get("/shaders/{name}", shader)
-    app.router.add_get("/vendor/{name:[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?}", vendor)
     app.router.add_get("/schemas/{name}", schema)
     app.router.add_get("/models", models)
     app.router.add_get("/models/{model}/{file}", model_file)

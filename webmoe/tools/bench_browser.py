@@ -10,7 +10,7 @@ from webmoe.engine.package import Package
 from webmoe.serve.server import create_app
 
 PAGE_RUN = """async ([manifest, budget, prefetch, tokens]) => {
-  const webmoe = await import('/web/webmoe.js');
+  const webmoe = await import('/web/dist/standalone/webmoe.js');
   const e = await webmoe.load(manifest, {expertCacheBytes: budget, prefetch});
   const vocab = e.config.vocab_size;
   const prompt = Array.from({length: 32}, (_, i) => (i * 7919 + 13) % vocab);
