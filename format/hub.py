@@ -46,7 +46,7 @@ def snapshot(repo: str, revision: str | None = None, allow_patterns: list[str] |
         return Path(snapshot_download(repo, revision=revision, cache_dir=cache, allow_patterns=allow_patterns,
                                       local_files_only=offline, endpoint=os.environ.get("HF_ENDPOINT") or None))
     except RevisionNotFoundError:
-        raise HubError(f"the Hub repository {repo} has no revision {revision}") from None
+        raise HubError(f"the Hub repository {repo} has no revision {revision or 'main'}") from None
     except RepositoryNotFoundError:
         raise HubError(f"no Hub repository {repo} (or it is private: set HF_TOKEN)") from None
     except LocalEntryNotFoundError:

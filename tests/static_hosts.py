@@ -1,7 +1,8 @@
 """HTTP hosts that are not `webmoe serve`, for the tests of the npm package and of packages as static folders:
 a plain static file server (no Range: whole files only; CORS optional, like a CDN; paths that redirect), and a
 host laid out as the Hugging Face Hub lays repositories out (/ORG/REPO/resolve/REVISION/FILE answered with a
-redirect to a CDN path, /api/models/ORG/REPO/revision/REVISION for huggingface_hub's snapshot_download)."""
+redirect to a CDN path; /api/models/ORG/REPO/revision/REVISION and .../tree/REVISION, which huggingface_hub's
+snapshot_download asks first)."""
 from __future__ import annotations
 
 import hashlib
@@ -88,6 +89,8 @@ def hub_app(repos: dict[str, dict[str, Path]], log: list | None = None) -> web.A
 
     def find(request):
         key = (f"{request.match_info['org']}/{request.match_info['repo']}", request.match_info["rev"])
+        if key[0] not in repos:
+            raise web.HTTPNotFound(headers={**CORS, "X-Error-Code": "RepoNotFound"}, text="Repository Not Found")
         if key not in commits:
             raise web.HTTPNotFound(headers={**CORS, "X-Error-Code": "RevisionNotFound"}, text="Revision Not Found")
         return commits[key]
@@ -100,8 +103,12 @@ def hub_app(repos: dict[str, dict[str, Path]], log: list | None = None) -> web.A
         if path is None or not path.is_file():
             raise web.HTTPNotFound(headers={**CORS, "X-Error-Code": "EntryNotFound"}, text="Entry not found")
         etag = '"' + hashlib.sha256(path.read_bytes()).hexdigest() + '"'
-        cdn = f"/cdn/{commit}/{request.match_info['org']}/{request.match_info['repo']}/{request.match_info['file']}"
-        raise web.HTTPFound(cdn, headers={**CORS, "X-Repo-Commit": commit, "ETag": etag, "X-Linked-Etag": etag,
+        # to another host, as the Hub's to its CDN (this server as "localhost"): huggingface_hub follows
+        # redirects within a host on its HEAD request and reads the commit and ETag of one that leaves it
+        # from the redirect itself; a browser meets a redirect to another origin
+        cdn = request.url.with_host("localhost" if request.url.host != "localhost" else "127.0.0.1").with_path(f"/cdn/{commit}/{request.match_info['org']}/{request.match_info['repo']}/"
+                                    f"{request.match_info['file']}")
+        raise web.HTTPFound(str(cdn), headers={**CORS, "X-Repo-Commit": commit, "ETag": etag, "X-Linked-Etag": etag,
                                           "X-Linked-Size": str(path.stat().st_size)})
 
     async def cdn(request):
@@ -121,8 +128,15 @@ def hub_app(repos: dict[str, dict[str, Path]], log: list | None = None) -> web.A
         return web.json_response({"id": repo, "modelId": repo, "sha": commit,
                                   "siblings": [{"rfilename": f} for f in files]}, headers=CORS)
 
+    async def tree(request):                 # a revision's files, one page (no Link header: the last page)
+        commit, folder = find(request)
+        return web.json_response([{"type": "file", "path": f.relative_to(folder).as_posix(), "size": f.stat().st_size,
+                                   "oid": hashlib.sha1(f.read_bytes()).hexdigest()}
+                                  for f in sorted(folder.rglob("*")) if f.is_file()], headers=CORS)
+
     app = web.Application()
     app.router.add_get("/api/models/{org}/{repo}/revision/{rev}", revision)
+    app.router.add_get("/api/models/{org}/{repo}/tree/{rev}", tree)
     app.router.add_get("/{org}/{repo}/resolve/{rev}/{file:.+}", resolve)
     app.router.add_get("/cdn/{commit}/{org}/{repo}/{file:.+}", cdn)
     return app

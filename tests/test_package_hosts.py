@@ -44,11 +44,13 @@ def page_site(tmp_path_factory):
     return site
 
 
-LOAD_AND_LOGITS = """async ([source, ids, remoteHost, options]) => {
+LOAD_AND_LOGITS = """async ([source, ids, remoteHost, options, ownWorker]) => {
   const webmoe = await import('/web/dist/webmoe.js');
   if (remoteHost) webmoe.env.remoteHost = remoteHost;
   try {
-    const engine = await webmoe.load(source, options || {});
+    // an app's own worker: a module worker whose script is the package's worker module
+    const worker = ownWorker ? (window.appWorker = new Worker('/web/dist/worker.js', {type: 'module'})) : undefined;
+    const engine = await webmoe.load(source, {...(options || {}), worker});
     const logits = Array.from(await engine.logits(ids));
     const out = {family: engine.family, logits};
     await engine.unload();
@@ -112,3 +114,16 @@ def test_hub_repositories_by_revision(page_site, small):
     assert any(p == "/webmoe/shakespeare-moe/resolve/small/manifest.json" for _, p, _ in log)
     assert missing["error"].startswith("PackageError package_error: manifest ") and "HTTP 404" in missing["error"]
     assert bad["error"].startswith("TypeError undefined: not a Hub repository: hf://not a repo")
+
+
+def test_an_app_owned_worker(page_site):
+    """load(source, {worker}) runs the engine in the app's worker (the page's module starts none of its own),
+    and listCached({worker}) asks that worker."""
+    with static_host(page_site) as site, static_host(DEMO.parent, cors=True) as cdn, browser() as ctx:
+        page = open_page(ctx, site + "/")
+        r = page.evaluate(LOAD_AND_LOGITS, [f"{cdn}/{DEMO.name}/", IDS, None, {"storage": "opfs"}, True])
+        cached = page.evaluate("""async () => (await import('/web/dist/webmoe.js')).listCached({worker: window.appWorker})""")
+        workers = page.evaluate("() => performance.getEntriesByType('resource').filter((e) => e.name.endsWith('worker.js')).length")
+    check(r, DEMO)
+    assert [c["complete"] for c in cached] == [True]
+    assert workers == 1                                 # the app's, not a second one of webmoe's

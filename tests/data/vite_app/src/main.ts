@@ -8,7 +8,9 @@ const params = new URLSearchParams(location.search);
 
 async function main(): Promise<void> {
   const stages = new Set<LoadProgress["stage"]>();
+  const t0 = performance.now();
   const engine = await webmoe.load(params.get("model")!, { onProgress: (p) => stages.add(p.stage), storage: "memory" });
+  const loadSeconds = (performance.now() - t0) / 1000;
   const messages = [{ role: "user" as const, content: params.get("prompt") ?? "Hello" }];
   const reply: ChatCompletion = await engine.chat.completions.create({ messages, max_tokens: 16, temperature: 0 });
   let streamed = "";
@@ -27,7 +29,8 @@ async function main(): Promise<void> {
   }
   await engine.unload();
   out.dataset.result = JSON.stringify({ text: reply.choices[0].message.content, streamed, usage: reply.usage, streamUsage,
-                                        stages: [...stages], missing, adapter: engine.adapter });
+                                        stages: [...stages], missing, adapter: engine.adapter,
+                                        loadSeconds });
 }
 
 main().catch((err: Error) => { out.dataset.result = JSON.stringify({ error: `${err.name}: ${err.message}` }); });
