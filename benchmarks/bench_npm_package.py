@@ -77,10 +77,11 @@ def main() -> int:
         shutil.copytree(APP, app)
         tools = json.loads((WEB / "package.json").read_text())["devDependencies"]
         (app / "package.json").write_text(json.dumps({
-            "name": "an-app", "private": True, "type": "module", "dependencies": {"webmoe": f"file:{tgz}"},
+            "name": "an-app", "private": True, "type": "module", "scripts": {"build": "vite build"},
+            "dependencies": {"webmoe": f"file:{tgz}"},
             "devDependencies": {"vite": tools["vite"]}}))
         npm(app, "install", "--prefer-offline")
-        npm(app, "exec", "--", "vite", "build")
+        npm(app, "run", "build")
         mods = app / "node_modules"
         installed = {n: folder_bytes(mods / n) for n in ("webmoe", "@huggingface/tokenizers", "@huggingface/jinja",
                                                         "@cfworker/json-schema")}

@@ -31,9 +31,14 @@ let seq = 0;
 
 // The engine's worker: beside this module (a bundler finds it by this very expression and bundles it), or,
 // when this module was imported from another origin (a CDN), started from a same-origin blob that imports it.
+// The second URL is built from a variable: a bundler copies the file a literal `new URL("...", import.meta.url)`
+// names as an asset, which would ship the worker twice.
+const WORKER = "./worker.js";
 function startWorker() {
-  const url = new URL("./worker.js", import.meta.url);
-  if (url.origin === self.location.origin) return new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  if (new URL(import.meta.url).origin === self.location.origin) {
+    return new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  }
+  const url = new URL(WORKER, import.meta.url);
   const blob = new Blob([`import ${JSON.stringify(url.href)};`], { type: "text/javascript" });
   return new Worker(URL.createObjectURL(blob), { type: "module" });
 }
