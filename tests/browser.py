@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from webmoe.tools.headless import CHROMIUM, FLAGS, browser, playwright, private_window, serving  # noqa: F401
 
+BROWSER_TOL = 1e-3   # max abs logit difference browser vs native, relative to the largest logit
+
 
 def open_page(ctx, url: str):
     page = ctx.new_page()

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from transformers import MixtralForCausalLM
 
-from browser import GREEDY, LOAD, LOGITS, browser, open_page, private_window, serving
+from browser import BROWSER_TOL, GREEDY, LOAD, LOGITS, browser, open_page, private_window, serving
 from parity import TOLERANCE
 from shader_cases import CASES as SHADER_CASES, FILES as SHADER_FILES
 from test_mixtral import CONFIGS, mixtral
@@ -26,7 +26,6 @@ from tiny_models import save_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "shakespeare-moe"
 SCREENSHOTS = ROOT / "out" / "screenshots"
-BROWSER_TOL = 1e-3   # max abs logit difference browser vs native, relative to the largest logit
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,6 @@ DEMO = ROOT / "demo" / "shakespeare-moe"
 APP = Path(__file__).resolve().parent / "data" / "vite_app"
 PROMPT = "Speak, Romeo."
 
-pytestmark = pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed (./setup.sh installs it)")
-
 
 def npm(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     r = subprocess.run(["npm", *args, "--no-audit", "--no-fund", "--loglevel=error"], cwd=cwd, capture_output=True,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from transformers import MixtralForCausalLM
 
-from browser import LOGITS, browser, open_page
+from browser import BROWSER_TOL, browser, open_page
 from static_hosts import hub_host, static_host
 from test_mixtral import mixtral
 from tiny_models import save_checkpoint
@@ -22,7 +22,6 @@ from webmoe.engine import Engine
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "shakespeare-moe"
 IDS = [5, 77, 300, 12, 9, 250]
-BROWSER_TOL = 1e-3   # as test_browser.py: max abs logit difference browser vs native, relative to the largest
 
 
 @pytest.fixture(scope="module")
