@@ -12,7 +12,7 @@ from setuptools.command.build_py import build_py as _build_py
 
 ROOT = Path(__file__).resolve().parent
 WEB = ROOT / "web"
-BUILT = ("dist/standalone/webmoe.js", "dist/standalone/worker.js")      # what the chat page runs
+BUILT = ("dist/standalone/webmoe.js", "dist/standalone/worker.js", "dist/xgrammar.js")    # what the chat page runs
 
 
 def npm(*args: str) -> None:

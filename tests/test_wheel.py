@@ -1,6 +1,7 @@
 """A built wheel is a complete product: installed into a fresh virtual environment outside the
 repository, `webmoe serve` serves a chat page that loads the demo model and answers in headless
 Chromium; optional features say what to install before doing any work."""
+import json
 import os
 import socket
 import subprocess
@@ -44,7 +45,8 @@ def test_wheel_holds_the_web_app_and_kernels(installed):
                           capture_output=True, text=True, cwd=cwd, check=True).stdout.split()
     web_dir, shader_dir = Path(site[0]), Path(site[1])
     assert ROOT not in web_dir.parents                      # the installed copy, not the checkout
-    for f in ("index.html", "app.js", "units.js", "style.css", "dist/standalone/webmoe.js", "dist/standalone/worker.js"):
+    for f in ("index.html", "app.js", "units.js", "style.css", "dist/standalone/webmoe.js", "dist/standalone/worker.js",
+              "dist/xgrammar.js"):
         assert (web_dir / f).is_file(), f
     # the runtime as the npm package builds it: the sources it was built from, not a copy of their imports
     worker = (web_dir / "dist" / "standalone" / "worker.js").read_text()
@@ -102,6 +104,15 @@ def test_installed_server_chats_in_chromium(installed):
             page.wait_for_selector("#send:not([disabled])", timeout=180_000)
             assert page.locator("#notice.error").count() == 0
             assert len(page.locator(".msg.assistant").text_content()) > 0
+            # structured output from the installed copy: its worker loads the grammar library the wheel ships
+            answer = page.evaluate("""async () => {
+              const webmoe = await import('/web/dist/standalone/webmoe.js');
+              const engine = await webmoe.load('/models/shakespeare-moe/manifest.json');
+              const c = await engine.chat.completions.create({messages: [{role: 'user', content: 'Answer in JSON.'}],
+                max_tokens: 60, temperature: 0, response_format: {type: 'json_object'}});
+              return c.choices[0].message.content;
+            }""")
+            assert isinstance(json.loads(answer), dict)
     finally:
         server.terminate()
         server.wait(30)

@@ -17,3 +17,8 @@ export async function schemaJson(name) {
   if (!r.ok) throw new PackageError(`schema ${name}: HTTP ${r.status}`);
   return r.json();
 }
+
+// Where constraint.js finds XGrammar: dist/xgrammar.js (build.mjs builds it from @mlc-ai/web-xgrammar).
+export function grammarLibraryUrl() {
+  return new URL("./dist/xgrammar.js", import.meta.url);
+}

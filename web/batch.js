@@ -31,16 +31,15 @@ export class BatchDecoder {
   async add(ids, config) {
     const engine = this.engine;
     if (!this.free.length) throw new PromptError(`all ${engine.maxBatch} sequences of the batch are in use`);
-    const seq = new Sequence(this.free.pop(), config, ids.length,
-                             new Decoding(engine.tokenizer, config, tokenBudget(config, engine.maxSeqLen, ids.length)),
-                             new SplitMix64(config.seed));
+    const decoding = await Decoding.create(engine.tokenizer, config, tokenBudget(config, engine.maxSeqLen, ids.length));
+    const seq = new Sequence(this.free.pop(), config, ids.length, decoding, new SplitMix64(config.seed));
     this.active.push(seq);
     if (seq.done) {                                // nothing to generate
       this.retire(seq);
       return seq;
     }
     try {
-      const token = await engine.prefill(seq.slot, ids, 0, seq.decoding.sampling(seq.rng.random()));
+      const token = await engine.prefill(seq.slot, ids, 0, await seq.decoding.sampling(seq.rng.random()));
       seq.pos = ids.length;
       seq.last = token;
       seq.tokens.push(seq.decoding.push(token));
@@ -55,12 +54,24 @@ export class BatchDecoder {
   // The next token of every active sequence, from one forward pass: [[seq, token], ...].
   async step() {
     const seqs = [...this.active];
-    const sampling = seqs.map((s) => s.decoding.sampling(s.rng.random()));
-    const tokens = await this.engine.decode(seqs.map((s) => [s.last, s.pos, s.slot]), sampling);
+    let tokens;
+    try {
+      const sampling = await Promise.all(seqs.map((s) => s.decoding.sampling(s.rng.random())));
+      tokens = await this.engine.decode(seqs.map((s) => [s.last, s.pos, s.slot]), sampling);
+    } catch (e) {
+      for (const s of seqs) this.retire(s);
+      throw e;
+    }
     return seqs.map((s, i) => {
       s.pos += 1;
       s.last = tokens[i];
-      const token = s.decoding.push(tokens[i]);
+      let token;
+      try {
+        token = s.decoding.push(tokens[i]);
+      } catch (e) {
+        this.retire(s);
+        throw e;
+      }
       s.tokens.push(token);
       if (s.done) this.retire(s);
       return [s, token];
@@ -76,8 +87,10 @@ export class BatchDecoder {
   }
 
   retire(seq) {
+    if (!this.active.includes(seq)) return;
     this.active.splice(this.active.indexOf(seq), 1);
     this.free.push(seq.slot);
+    seq.decoding.constraint?.dispose();     // the grammar's state lives in XGrammar's WebAssembly memory
   }
 }
 
@@ -97,10 +110,14 @@ export class Generator {
     const batch = new BatchDecoder(this.engine);
     const seq = await batch.add(this.promptIds, this.config);
     this.finishReason = seq.finishReason;
-    for (const token of [...seq.tokens]) yield this.counted(seq, token);
-    while (batch.active.length && !this.signal?.aborted) {
-      const [[, token]] = await batch.step();
-      yield this.counted(seq, token);
+    try {
+      for (const token of [...seq.tokens]) yield this.counted(seq, token);
+      while (batch.active.length && !this.signal?.aborted) {
+        const [[, token]] = await batch.step();
+        yield this.counted(seq, token);
+      }
+    } finally {
+      batch.retire(seq);        // stopped early or failed: its slot and grammar state are freed too
     }
   }
 

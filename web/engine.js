@@ -54,6 +54,7 @@ export class Engine {
     e.chunk = Math.min(o.chunkTokens, e.maxSeqLen);
     e.tokenizer = await TextTokenizer.load(store.url, m);
     e.io = m.plan.io;             // the buffers of token ids, logits and the sampled token
+    e.maskWords = m.plan.buffers[e.io.token_mask].shape[1];     // u32 words of a token_mask row
     checkResources(m.plan, gpu.maxBinding, e.chunk, e.maxSeqLen);
     e.memory = planBytes(m.plan, e.chunk, e.maxSeqLen);     // buffers, kv_cache, kv_per_token
 
@@ -242,17 +243,27 @@ export class Engine {
     return this.sample(await this.forward(ids, places, 0, rows.length), sampling);
   }
 
-  // Samples logits row 0 on the GPU and reads back the token (one row: the browser decodes one sequence).
+  // Samples logits row 0 on the GPU (after its grammar's mask when it has one) and reads back the token (one
+  // row: the browser decodes one sequence).
   async sample(enc, sampling) {
-    const [{ temperature, topP, u }] = sampling;
-    this.sampler.encode(enc, { temperature, top_p: topP, u, masked: 0 });   // grammars are native only (engine/constraint.py)
+    const [{ temperature, topP, u, mask }] = sampling;
+    if (mask) this.device.queue.writeBuffer(this.executor.buffers.get(this.io.token_mask), 0, this.maskRow(mask));
+    this.sampler.encode(enc, { temperature, top_p: topP, u, masked: mask ? 1 : 0 });
     enc.copyBufferToBuffer(this.executor.buffers.get(this.io.token), 0, this.tokenRb.buffer, 0, 4);
     this.device.queue.submit([enc.finish()]);
     return [new Uint32Array(await this.tokenRb.read(4))[0]];
   }
 
+  maskRow(mask) {
+    if (!(mask instanceof Uint32Array) || mask.length !== this.maskWords) {
+      throw new PromptError(`a token mask has ${this.maskWords} u32 words (one bit per token), not ${mask?.length}`);
+    }
+    return mask;
+  }
+
   // A Generator (for await ... of it) of {id, text} per new token. prompt: text, token ids or chat messages.
-  // options: maxNewTokens, temperature (0 = greedy), topP, seed, stop, signal (an AbortSignal that ends it).
+  // options: maxNewTokens, temperature (0 = greedy), topP, seed, stop, grammar (constraint.js's
+  // jsonGrammar(schema)), signal (an AbortSignal that ends it).
   generate(prompt, { signal, ...options } = {}) {
     const config = new GenerationConfig(options);
     return new Generator(this, config, this.checkIds(this.tokenizer.promptIds(prompt)), signal);

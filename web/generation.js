@@ -2,6 +2,7 @@
 // engine/generation.py: the sampling settings, the seeded generator, stop conditions and incremental
 // detokenisation with stop strings held back until they are ruled out, so a seed samples the same tokens
 // natively and in the browser.
+import { checkGrammar, Constraint } from "./constraint.js";
 import { PromptError } from "./errors.js";
 import { StreamDecoder } from "./tokenizer.js";
 
@@ -25,7 +26,8 @@ export class SplitMix64 {
 }
 
 export class GenerationConfig {
-  constructor({ maxNewTokens = 128, temperature = 0, topP = 1, seed = null, stop = null } = {}) {
+  // grammar: what constraint.js's jsonGrammar(schema) returns; the text must match it
+  constructor({ maxNewTokens = 128, temperature = 0, topP = 1, seed = null, stop = null, grammar = null } = {}) {
     if (!(Number.isInteger(maxNewTokens) && maxNewTokens >= 0)) throw new PromptError("maxNewTokens must be a non-negative integer");
     if (!(temperature >= 0 && temperature <= 100)) throw new PromptError("temperature must lie in [0, 100]");
     if (!(topP > 0 && topP <= 1)) throw new PromptError("topP must lie in (0, 1]");
@@ -34,7 +36,8 @@ export class GenerationConfig {
     if (!Array.isArray(stops) || !stops.every((s) => typeof s === "string")) {
       throw new PromptError("stop must be a string or a list of strings");
     }
-    Object.assign(this, { maxNewTokens, temperature, topP, seed, stop: stops.filter(Boolean) });
+    if (grammar != null) checkGrammar(grammar);
+    Object.assign(this, { maxNewTokens, temperature, topP, seed, stop: stops.filter(Boolean), grammar });
   }
 }
 
@@ -53,11 +56,17 @@ export function pendingStop(text, stops) {
 }
 
 // One sequence's new tokens as text, the twin of engine/generation.py's Decoding: end-of-sequence, stop
-// strings (held back until ruled out), the token budget. push() takes each sampled token and returns its
-// {id, text}; done and finishReason tell when the sequence ends.
+// strings (held back until ruled out), the token budget, the grammar. push() takes each sampled token and
+// returns its {id, text}; done and finishReason tell when the sequence ends ("stop": end-of-sequence token,
+// stop string or a complete grammar; "length"). Decoding.create makes one (the grammar's compiler is async).
 export class Decoding {
-  constructor(tokenizer, config, budget) {
-    Object.assign(this, { tokenizer, config, budget });
+  static async create(tokenizer, config, budget) {
+    const constraint = config.grammar ? await Constraint.create(await tokenizer.grammarTokens(), config.grammar) : null;
+    return new Decoding(tokenizer, config, budget, constraint);
+  }
+
+  constructor(tokenizer, config, budget, constraint = null) {
+    Object.assign(this, { tokenizer, config, budget, constraint });
     this.decoder = new StreamDecoder(tokenizer);
     this.emitted = 0;
     this.count = 0;
@@ -65,15 +74,17 @@ export class Decoding {
     this.finishReason = this.done ? "length" : null;
   }
 
-  // The sampler's inputs for the next token (engine/generation.py's Sampling; grammars are native only).
-  sampling(u) {
-    return { temperature: this.config.temperature, topP: this.config.topP, u };
+  // The sampler's inputs for the next token (engine/generation.py's Sampling): mask is the grammar's
+  // token_mask row (Uint32Array) or null.
+  async sampling(u) {
+    const mask = this.constraint ? await this.constraint.mask() : null;
+    return { temperature: this.config.temperature, topP: this.config.topP, u, mask };
   }
 
   push(token) {
     const cfg = this.config;
     this.count++;
-    const last = this.count >= this.budget;
+    this.constraint?.push(token);
     if (this.tokenizer.eos.has(token)) {
       Object.assign(this, { done: true, finishReason: "stop" });
       return { id: token, text: this.decoder.text.slice(this.emitted) };   // a pending stop prefix is text now
@@ -85,10 +96,12 @@ export class Decoding {
       Object.assign(this, { done: true, finishReason: "stop" });
       return { id: token, text: text.slice(this.emitted, Math.min(...hits)) };
     }
+    const complete = this.constraint?.done ?? false;      // the grammar admits nothing more
+    const last = complete || this.count >= this.budget;
     const safe = last ? text.length : text.length - pendingStop(text, cfg.stop);
     const out = { id: token, text: text.slice(this.emitted, Math.max(this.emitted, safe)) };
     this.emitted = Math.max(this.emitted, safe);
-    if (last) Object.assign(this, { done: true, finishReason: "length" });
+    if (last) Object.assign(this, { done: true, finishReason: complete ? "stop" : "length" });
     return out;
   }
 }

@@ -63,15 +63,24 @@ export async function formatOf() {
   return { name: format.const, version: version.const };
 }
 
+// Where `value` first breaks schemas/NAME.schema.json (or the schema of its top-level `property`), as
+// "PLACE: WHAT", or null when it does not.
+export async function schemaError(value, name, property = null) {
+  const key = property ? `${name}#${property}` : name;
+  if (!validators.has(key)) {
+    const whole = await schema(name);
+    validators.set(key, new Validator(property ? whole.properties[property] : whole, "2020-12", true));
+  }
+  const result = validators.get(key).validate(value);
+  if (result.valid) return null;
+  const e = result.errors[result.errors.length - 1];
+  return `${e.instanceLocation.replace(/^#\/?/, "") || "the top level"}: ${e.error.slice(0, 300)}`;
+}
+
 // Throws a PackageError naming where `value` first breaks schemas/NAME.schema.json.
 export async function checkSchema(value, name, what) {
-  if (!validators.has(name)) validators.set(name, new Validator(await schema(name), "2020-12", true));
-  const result = validators.get(name).validate(value);
-  if (!result.valid) {
-    const e = result.errors[result.errors.length - 1];
-    const where = e.instanceLocation.replace(/^#\/?/, "") || "the top level";
-    throw new PackageError(`malformed ${what} at ${where}: ${e.error.slice(0, 300)}`);
-  }
+  const error = await schemaError(value, name);
+  if (error) throw new PackageError(`malformed ${what} at ${error}`);
 }
 
 export function checkVersion(m, { name, version }) {

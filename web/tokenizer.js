@@ -2,6 +2,7 @@
 // (@huggingface/jinja), mirroring engine/tokenizer.py.
 import { Template } from "@huggingface/jinja";
 import { Tokenizer } from "@huggingface/tokenizers";
+import { GrammarTokens } from "./constraint.js";
 import { PackageError, PromptError } from "./errors.js";
 import { sha256Hex } from "./manifest.js";
 
@@ -23,11 +24,23 @@ export class TextTokenizer {
       return JSON.parse(new TextDecoder().decode(bytes));
     };
     const [json, config] = await Promise.all([get(info.file, true), get("tokenizer_config.json", false)]);
+    t.json = json;
+    t.vocabSize = manifest.config.vocab_size;
     t.tok = new Tokenizer(json, config);
     t.specialTokens = info.special_tokens || {};
     t.eos = new Set(info.eos_token_ids || []);
     t.template = info.chat_template ? new Template(info.chat_template) : null;
     return t;
+  }
+
+  // The vocabulary as constrained decoding sees it (constraint.js), built the first time it is asked for.
+  grammarTokens() {
+    const eosFirst = [...this.eos].slice(0, 1);
+    this._grammarTokens ||= GrammarTokens.create(this.json, this.vocabSize, eosFirst).catch((e) => {
+      this._grammarTokens = null;
+      throw e;
+    });
+    return this._grammarTokens;
   }
 
   encode(text, addSpecialTokens = true) {

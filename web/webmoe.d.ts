@@ -52,6 +52,12 @@ export interface LoadOptions {
   shaderBase?: string | URL;
 }
 
+/** OpenAI's response_format: the answer is JSON (any object, or matching the schema), by constrained decoding. */
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object" }
+  | { type: "json_schema"; json_schema: { name: string; description?: string; schema?: Record<string, unknown>; strict?: boolean | null } };
+
 export interface GenerateOptions {
   maxNewTokens?: number;
   /** 0: greedy. */
@@ -59,6 +65,7 @@ export interface GenerateOptions {
   topP?: number;
   seed?: number;
   stop?: string[];
+  responseFormat?: ResponseFormat;
 }
 
 export interface Token { id: number; text: string; }
@@ -74,6 +81,7 @@ export interface ChatCompletionRequest {
   stop?: string | string[];
   stream?: boolean;
   stream_options?: { include_usage?: boolean };
+  response_format?: ResponseFormat;
 }
 
 export type FinishReason = "stop" | "length";

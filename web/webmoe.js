@@ -5,6 +5,9 @@
 //   const ids = await engine.tokenize("text" or messages);        // as the native tokenizer encodes it
 //   const logits = await engine.logits([1, 2, 3]);               // Float32Array [T * vocab]
 //   for await (const t of engine.generate(messages, { maxNewTokens: 64, temperature: 0.7 })) ...
+//                                         // options also: topP, seed, stop, responseFormat (OpenAI's
+//                                         // response_format: {type: "json_object"} or {type: "json_schema",
+//                                         // json_schema: {name, schema}}: the text is JSON that matches it)
 //   engine.stop();                                                 // ends a running generate()
 //   await engine.expertStats();                                    // cache hits, misses, uploads, usage
 //   await engine.unload();                                         // frees its GPU memory
@@ -16,7 +19,7 @@
 //                                         // kept in the browser (it is fetched again on the next visit)
 //   await webmoe.listCached(); await webmoe.deleteCached(id);      // models kept in OPFS
 //   await engine.chat.completions.create({messages, max_tokens, temperature, top_p, seed, stop, stream,
-//                                         stream_options})
+//                                         stream_options, response_format})
 //                                         // OpenAI's shape: a chat.completion, or with stream: true an
 //                                         // async iterator of chat.completion.chunk objects; usage.extra has
 //                                         // prefill_tokens_per_s and decode_tokens_per_s
@@ -145,7 +148,7 @@ class BrowserEngine {
 // engine.chat.completions.create, as OpenAI's clients call it (and as `webmoe serve`'s /v1 answers): the
 // request's sampling fields map to generate()'s options; unknown fields are refused, not ignored.
 const CHAT_FIELDS = new Set(["messages", "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-                             "temperature", "top_p", "seed", "stop"]);
+                             "temperature", "top_p", "seed", "stop", "response_format"]);
 
 // OpenAI's usage, and in `extra` the speeds WebLLM reports: prompt tokens over the time to the first token,
 // and the tokens after the first over the time after it.
@@ -165,7 +168,7 @@ function chatCompletion(engine, request) {
   if (request.stream_options != null && !stream) return Promise.reject(new TypeError("stream_options needs stream: true"));
   const options = { maxNewTokens: request.max_completion_tokens ?? request.max_tokens ?? 256,
                     temperature: request.temperature ?? 1, topP: request.top_p ?? 1, seed: request.seed,
-                    stop: stop == null ? [] : [].concat(stop) };
+                    stop: stop == null ? [] : [].concat(stop), responseFormat: request.response_format };
   const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
   const created = Math.floor(Date.now() / 1000);
   const model = engine.family;

@@ -2,6 +2,7 @@
 // owns its worker imports this module there (`import "webmoe/worker"`) and passes the Worker to load().
 // Messages in: {id, op: "load"|"tokenize"|"logits"|"generate"|"stats"|"stop"|"unload"|"list"|"delete", handle
 // (the engine load returned), ...}; out: {id, ...}, and {event: "device-lost", handle, message} unasked.
+import { responseFormatGrammar } from "./constraint.js";
 import { Engine } from "./engine.js";
 import { deleteCached, listCached } from "./opfs.js";
 
@@ -35,14 +36,16 @@ const ops = {
     const out = await get(handle).engine.logits(ids);
     return { logits: out };
   },
-  async generate({ id, handle, prompt, options }) {
+  // options: generate()'s, with responseFormat (OpenAI's response_format) for a grammar
+  async generate({ id, handle, prompt, options: { responseFormat, ...options } }) {
     const slot = get(handle);
     const engine = slot.engine;
+    const grammar = await responseFormatGrammar(responseFormat);
     slot.abort = new AbortController();
     let n = 0;
     const t0 = performance.now();
     let first = null;           // when the first token was ready: prefill's end
-    const run = engine.generate(prompt, { ...options, signal: slot.abort.signal });
+    const run = engine.generate(prompt, { ...options, grammar, signal: slot.abort.signal });
     for await (const token of run) {
       n++;
       first ??= performance.now();

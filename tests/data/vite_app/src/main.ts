@@ -21,6 +21,10 @@ async function main(): Promise<void> {
     streamed += chunk.choices[0]?.delta.content ?? "";
     if (chunk.usage) streamUsage = chunk.usage;
   }
+  // structured output: the grammar library is loaded now, from beside the worker the bundler emitted
+  const json: ChatCompletion = await engine.chat.completions.create({
+    messages, max_tokens: 64, temperature: 0,
+    response_format: { type: "json_schema", json_schema: { name: "cast", schema: JSON.parse(params.get("schema")!) } } });
   let missing: string | null = null;
   try {
     await webmoe.load(new URL("no-such-model/", params.get("model")!));
@@ -29,7 +33,7 @@ async function main(): Promise<void> {
   }
   await engine.unload();
   out.dataset.result = JSON.stringify({ text: reply.choices[0].message.content, streamed, usage: reply.usage, streamUsage,
-                                        stages: [...stages], missing, adapter: engine.adapter,
+                                        json: json.choices[0].message.content, stages: [...stages], missing, adapter: engine.adapter,
                                         loadSeconds });
 }
 
