@@ -6,6 +6,7 @@ one by schemas/chat_request.schema.json; a schema XGrammar cannot use is a Promp
 and the requests after it still work; a short budget ends with "length"; XGrammar is downloaded only when a
 grammar is asked for."""
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import jsonschema
@@ -44,9 +45,9 @@ def chat_request(schema, max_tokens=120, **settings):
             "top_p": settings.get("top_p", 1), "seed": settings.get("seed"), "response_format": response_format(schema)}
 
 
-@pytest.fixture(scope="module")
-def site():
-    """The demo model loaded in a page; `requests` lists every URL the page and its worker asked for."""
+@contextmanager
+def demo_page():
+    """The demo model loaded in a fresh page; `requests` lists every URL the page and its worker asked for."""
     requests = []
     with serving(create_app([DEMO])) as url, browser() as ctx:
         ctx.on("request", lambda r: requests.append(r.url))
@@ -55,13 +56,19 @@ def site():
         yield page, requests
 
 
-def test_grammar_library_is_loaded_only_when_a_grammar_is_asked_for(site):
-    page, requests = site
-    plain = page.evaluate(CREATE_ALL, [[{"messages": ASK, "max_tokens": 8, "temperature": 0}]])
-    assert "error" not in plain[0]
-    assert not [u for u in requests if u.endswith(GRAMMAR_LIBRARY)]
-    page.evaluate(CREATE_ALL, [[chat_request(None, max_tokens=4)]])
-    assert len([u for u in requests if u.endswith(GRAMMAR_LIBRARY)]) == 1
+@pytest.fixture(scope="module")
+def site():
+    with demo_page() as (page, requests):
+        yield page, requests
+
+
+def test_grammar_library_is_loaded_only_when_a_grammar_is_asked_for():
+    with demo_page() as (page, requests):
+        plain = page.evaluate(CREATE_ALL, [[{"messages": ASK, "max_tokens": 8, "temperature": 0}]])
+        assert "error" not in plain[0]
+        assert not [u for u in requests if u.endswith(GRAMMAR_LIBRARY)]
+        page.evaluate(CREATE_ALL, [[chat_request(None, max_tokens=4), chat_request(CAST, max_tokens=4)]])
+        assert len([u for u in requests if u.endswith(GRAMMAR_LIBRARY)]) == 1
 
 
 SCHEMAS = [PERSON, CAST, None]

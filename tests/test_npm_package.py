@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import jsonschema
 import pytest
-from urllib.parse import quote
 
 from browser import browser, open_page
 from static_hosts import static_host
@@ -129,6 +133,49 @@ def test_a_vite_app_chats_with_a_package_from_another_origin(vite_app):
     assert r["usage"]["extra"]["prefill_tokens_per_s"] > 0 and r["streamUsage"]["completion_tokens"] == 16
     assert {"download", "compile", "upload"} <= set(r["stages"])
     assert r["missing"] == "package_error"
+
+
+@contextmanager
+def vite_dev_server(app: Path, config: Path):
+    """`vite` (the dev server an app's developer runs first) in the app, with `config`, on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    vite = app / "node_modules" / ".bin" / "vite"
+    server = subprocess.Popen([str(vite), "--config", str(config), "--port", str(port), "--strictPort", "--force",
+                               "--host", "127.0.0.1"], cwd=app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "vite did not start"
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_vites_dev_server_runs_the_app_as_the_readme_configures_it(vite_app, tmp_path):
+    """`vite` with web/README.md's one line (tests/data/vite_app/vite.config.js) serves an app that chats and
+    gets JSON; without it Vite pre-bundles webmoe away from its worker, and the error says what to add."""
+    bare = tmp_path / "vite.bare.config.js"
+    bare.write_text("export default {};\n")
+    schema = quote(json.dumps(CAST))
+    with static_host(DEMO.parent, cors=True) as cdn, browser() as ctx:
+        with vite_dev_server(vite_app, vite_app / "vite.config.js") as site:
+            r = wait_for_result(open_page(ctx, f"{site}/?model={cdn}/{DEMO.name}/&prompt={PROMPT}&schema={schema}"))
+        with vite_dev_server(vite_app, bare) as site:
+            failed = wait_for_result(open_page(ctx, f"{site}/?model={cdn}/{DEMO.name}/&prompt={PROMPT}&schema={schema}"))
+    assert "error" not in r, r["error"]
+    assert r["text"] == native_reply() != ""
+    jsonschema.validate(json.loads(r["json"]), CAST)
+    assert failed["error"].startswith("WorkerError: webmoe's worker could not start")
+    assert 'optimizeDeps: { exclude: ["webmoe"] }' in failed["error"]
 
 
 NO_BUNDLER = """<!doctype html><meta charset="utf-8"><pre id="out"></pre>

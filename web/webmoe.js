@@ -46,6 +46,9 @@ function startWorker() {
   return new Worker(URL.createObjectURL(blob), { type: "module" });
 }
 
+// where Vite's dev server puts the dependencies it pre-bundles (worker.js is not among them)
+const PREBUNDLED = /\/\.vite\/deps\//;
+
 class WorkerClient {
   constructor(worker) {
     this.worker = worker;
@@ -53,9 +56,13 @@ class WorkerClient {
     // a worker whose modules fail to load never answers: fail every call with what happened instead
     this.worker.onerror = (ev) => {
       ev.preventDefault?.();
+      const why = PREBUNDLED.test(import.meta.url)
+        ? "Vite's dev server pre-bundled webmoe into node_modules/.vite/deps/, away from its worker: add " +
+          "optimizeDeps: { exclude: [\"webmoe\"] } to vite.config."
+        : "Check that worker.js is served beside webmoe.js (a bundler emits it), or from a CDN that sends " +
+          "Access-Control-Allow-Origin.";
       this.broken = new WorkerError("webmoe's worker could not start" + (ev.message ? ` (${ev.message})` : "") +
-                                    ": its module failed to load. Check that worker.js is served beside webmoe.js " +
-                                    "(a bundler emits it), or from a CDN that sends Access-Control-Allow-Origin.");
+                                    `: its module failed to load. ${why}`);
       for (const p of this.pending.values()) p.reject(this.broken);
       this.pending.clear();
     };
