@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -28,6 +29,7 @@ from webmoe.tools.headless import browser, serving
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
 DEMO = ROOT / "demo" / "shakespeare-moe"
+SCHEMA = quote(json.dumps({"type": "array", "items": {"type": "string"}}))    # the app also asks for JSON
 APP = ROOT / "tests" / "data" / "vite_app"
 
 TIME_LOAD = """async ([module, manifest]) => {
@@ -104,7 +106,7 @@ def main() -> int:
                             s = page.evaluate(TIME_LOAD, ["/web/dist/standalone/webmoe.js",
                                                           f"/models/{DEMO.name}/manifest.json"])
                         else:                               # the built app, timing its own load() of the CDN's package
-                            page.goto(f"{site}/?model={cdn}/{DEMO.name}/")
+                            page.goto(f"{site}/?model={cdn}/{DEMO.name}/&schema={SCHEMA}")
                             page.wait_for_selector("#out[data-result]", state="attached", timeout=300_000)
                             result = json.loads(page.get_attribute("#out", "data-result"))
                             if "error" in result:
