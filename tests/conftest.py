@@ -16,6 +16,16 @@ def pytest_sessionstart(session):
         subprocess.run(["npm", "run", "--silent", "build"], cwd=WEB, check=True)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The largest error each numeric bound met in this run (tests/measured.py)."""
+    from measured import summary
+    lines = summary()
+    if lines:
+        terminalreporter.section("measured errors against their bounds")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def gpu():
     return open_gpu()

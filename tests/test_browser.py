@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from transformers import MixtralForCausalLM
 
-from browser import BROWSER_TOL, GREEDY, LOAD, LOGITS, browser, open_page, private_window, serving
+from browser import GREEDY, LOAD, LOGITS, assert_matches_native, browser, open_page, private_window, serving
 from parity import TOLERANCE
 from shader_cases import CASES as SHADER_CASES, FILES as SHADER_FILES
 from test_mixtral import CONFIGS, mixtral
@@ -93,8 +93,7 @@ def check_parity(page, pkg, prompt_len=21, n_greedy=16, native=None):
     rng = np.random.default_rng(5)
     ids = rng.integers(3, min(vocab, 400), prompt_len).tolist()
     ours, ref = browser_logits(page, ids), native.logits(ids)
-    scale = float(np.abs(ref).max())
-    assert np.abs(ours - ref).max() <= BROWSER_TOL * scale, (np.abs(ours - ref).max(), scale)
+    assert_matches_native(ours, ref)
     b = page.evaluate(GREEDY, [ids[:6], n_greedy])
     n = [t.id for t in native.generate(ids[:6], max_new_tokens=n_greedy, temperature=0)]
     if b != n:   # allowed only at a near tie of the native logits
@@ -221,7 +220,7 @@ def test_expert_paging_from_opfs_matches_native(packages, prefetch):
           const webmoe = await import('/web/dist/standalone/webmoe.js');
           window.engine = await webmoe.load(m, {expertCacheBytes: gpu, memoryCacheBytes: mem, prefetch});
         }""", [manifest_url(pkg), slot, 3 * slot, prefetch])
-        np.testing.assert_allclose(browser_logits(page, ids), ref, rtol=0, atol=BROWSER_TOL * np.abs(ref).max())
+        assert_matches_native(browser_logits(page, ids), ref)
         assert page.evaluate(GREEDY, [ids[:6], 12]) == ref_tokens
         stats = page.evaluate("async () => window.engine.expertStats()")
         assert stats["paging"] and stats["slots"] == 1 and stats["resident"] <= 1
@@ -260,7 +259,7 @@ def test_opfs_cache_second_load_corruption_and_resume(packages):
         size = next(s["size"] for s in m["shards"] if s["file"] == cut_shard)
         assert cut == [None, f"bytes={size // 2}-"], cut
         assert len(first) == n_shards + 1
-        np.testing.assert_allclose(browser_logits(page, ids), native, atol=BROWSER_TOL * np.abs(native).max())
+        assert_matches_native(browser_logits(page, ids), native)
 
         # a second load (new page, new worker) reads every shard from OPFS
         page.close()
@@ -286,7 +285,7 @@ def test_opfs_cache_second_load_corruption_and_resume(packages):
         page.evaluate(LOAD, [manifest_url(pkg)])
         again = rec.shard_requests()[len(first):]
         assert sorted(p.rsplit("/", 1)[1] for p, _ in again) == ["expert-L000-E002.bin", "expert-L001-E000.bin"]
-        np.testing.assert_allclose(browser_logits(page, ids), native, atol=BROWSER_TOL * np.abs(native).max())
+        assert_matches_native(browser_logits(page, ids), native)
         cached = page.evaluate("async () => (await import('/web/dist/standalone/webmoe.js')).listCached()")
         assert len(cached) == 1 and cached[0]["complete"] and cached[0]["bytes"] >= sum(s["size"] for s in m["shards"])
 
@@ -328,7 +327,7 @@ def test_experts_on_demand(tmp_path):
             time.sleep(0.5)
         else:
             raise AssertionError("the background download did not complete the model in 120 s")
-    assert np.abs(got - want).max() / np.abs(want).max() <= BROWSER_TOL
+    assert_matches_native(got, want)
     names = [Path(p).name for p, _ in rec.shard_requests()]
     assert sorted(names) == sorted(s["file"] for s in m["shards"] if s["file"].endswith(".bin"))
 
@@ -360,7 +359,7 @@ def test_hot_experts_download_with_the_dense_shards(tmp_path):
         got = browser_logits(page, ids)
     dense = {s["file"] for s in m["shards"] if s["kind"] == "dense"}
     assert at_load == dense | hot
-    assert np.abs(got - want).max() / np.abs(want).max() <= BROWSER_TOL
+    assert_matches_native(got, want)
 
 
 def test_chat_completions_create():
@@ -437,7 +436,7 @@ def test_opfs_budget_smaller_than_the_model(tmp_path):
     assert len(set(fetched)) > 3 and len(fetched) > len(set(fetched))      # more than fit; some fetched again
     assert len(cached) == 1 and cached[0]["bytes"] <= dense + 3 * expert + 4096      # + state.json
     for logits in (got, again):
-        assert np.abs(logits - want).max() / np.abs(want).max() <= BROWSER_TOL
+        assert_matches_native(logits, want)
 
 
 def test_the_link_serves_needed_shards_before_those_fetched_ahead():
@@ -537,7 +536,7 @@ def test_a_failing_mirror_is_skipped(tmp_path, packages):
     shards = sorted(s["file"] for s in m["shards"] if s["file"].endswith(".bin"))
     assert refusing.shard_requests() and bad.shard_requests()
     assert sorted(Path(p).name for p, _ in good.shard_requests()) == shards
-    assert np.abs(got - want).max() / np.abs(want).max() <= BROWSER_TOL
+    assert_matches_native(got, want)
 
 
 def test_quota_too_small_gives_a_clear_message(packages):
@@ -620,7 +619,7 @@ def test_a_model_larger_than_the_quota_runs_from_memory(tmp_path):
     assert at_load == dense
     assert len(fetched) > len(set(fetched)) > 4
     for logits in (got, paged, again):
-        assert np.abs(logits - want).max() / np.abs(want).max() <= BROWSER_TOL
+        assert_matches_native(logits, want)
     assert tokens == want_tokens
 
 

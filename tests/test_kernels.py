@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kernel_runner import as_stored, run_plan
+from measured import record
 
 rng = np.random.default_rng(0)
 
@@ -13,9 +14,12 @@ def rand(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def close(a, b, tol=1e-4):
+# relative to max(1, largest reference value): 1.44e-6 at most over 131 kernel outputs, 7x (was 1e-4); the
+# router weights (after softmax or sigmoid), held to 1e-6, measured 1.48e-7 at most over 12, 6.8x (was 1e-5)
+def close(a, b, tol=1e-5):
     scale = max(1.0, float(np.abs(b).max()))
-    assert np.abs(a - b).max() <= tol * scale, f"max abs err {np.abs(a - b).max()} (scale {scale})"
+    err = record(f"kernel outputs vs numpy ({tol:g})", tol, float(np.abs(a - b).max()) / scale)
+    assert err <= tol, f"max abs err {np.abs(a - b).max()} (scale {scale})"
 
 
 QUANTISED = ("q8", "q4", "mxfp4")
@@ -251,7 +255,7 @@ def test_router(gpu, scoring, normalize, K, scale):
     if normalize:
         w /= w.sum(-1, keepdims=True)
     np.testing.assert_array_equal(out["topk_ids"], ids)
-    close(out["topk_w"], w * scale, 1e-5)
+    close(out["topk_w"], w * scale, 1e-6)
 
 
 def hash_expert(token_id: int, E: int) -> int:
@@ -302,7 +306,7 @@ def test_router_strategies(gpu, strategy, scoring, normalize):
                 w[t] /= w[t].sum()
         assert load.max() > capacity or capacity * E >= T * K      # overflow happened, or room for all
     np.testing.assert_array_equal(out["topk_ids"], ids)
-    close(out["topk_w"], w * scale, 1e-5)
+    close(out["topk_w"], w * scale, 1e-6)
 
 
 def test_router_sparsemixer(gpu):
@@ -324,7 +328,7 @@ def test_router_sparsemixer(gpu):
             g = np.where(drop, -np.inf, masked)
             w = np.exp(g[e] - g.max()) / np.exp(g - g.max()).sum()
             assert out["topk_ids"][t, j] == e
-            assert abs(out["topk_w"][t, j] - w) < 1e-5, (t, j)
+            assert abs(out["topk_w"][t, j] - w) < 1e-6, (t, j)
             masked[e] = -np.inf
 
 
@@ -347,7 +351,7 @@ def test_router_grouped_sigmoid_with_bias(gpu, n_group, topk_group, K):
     w = np.take_along_axis(scores, ids, -1)
     w = w / (w.sum(-1, keepdims=True) + 1e-20) * scale
     np.testing.assert_array_equal(out["topk_ids"], ids)
-    close(out["topk_w"], w, 1e-5)
+    close(out["topk_w"], w, 1e-6)
 
 
 def test_attention_over_a_latent_cache(gpu):

@@ -147,9 +147,12 @@ def test_structured_outputs(site, engine):
                                          response_format=fmt, stream=True)
     assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == want
 
+    # JSON mode: any JSON object, the engine's own sampled answer for that seed, ended by the grammar
     r = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=60, temperature=1.0, seed=5,
                                   response_format={"type": "json_object"})
-    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    want = text_of(engine, MESSAGES, max_new_tokens=60, temperature=1.0, seed=5, grammar=json_grammar(None))
+    assert r.choices[0].message.content == want and r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(want), dict)
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -236,6 +239,8 @@ def test_queue_bound_and_disconnects(pkg):
         s = stats(url)
         assert s["cancelled"] == 1 and s["rejected"] == 1 and s["completed"] == 1
         assert s["completion_tokens"] < 4000 + 3
+        time.sleep(0.5)                          # the cancelled generation has stopped: nothing runs, no token
+        assert stats(url)["running"] == 0 and stats(url)["completion_tokens"] == s["completion_tokens"]
 
         # a non-streaming client that goes away
         host, port = url.split("//")[1].split(":")
@@ -258,6 +263,28 @@ def test_queue_bound_and_disconnects(pkg):
             client(url).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)
         assert e.value.status_code == 503 and int(e.value.response.headers["Retry-After"]) >= 1
         running.close()
+
+
+def test_a_job_whose_server_stopped_is_cancelled_not_raised(engine):
+    """The worker's thread sends a request's tokens through the server's event loop; when the server stopped
+    while the sequence ran, that loop is closed: the job is cancelled (the worker drops its sequences at
+    the next pass) instead of raising "Event loop is closed" from the worker's thread for every later
+    token, as it did (seen at the end of test_queue_bound_and_disconnects, now and then)."""
+    import asyncio
+    import threading
+    from webmoe.serve.api_requests import parse_chat
+    from webmoe.serve.openai_api import Job
+    req = parse_chat(json.dumps({"model": "tiny", "messages": MESSAGES, "max_tokens": 4}).encode())
+
+    async def started():
+        return Job(engine, None, req)
+    jobs = []                                     # a thread of its own: the test process may run a loop here
+    thread = threading.Thread(target=lambda: jobs.append(asyncio.run(started())))
+    thread.start()
+    thread.join(30)
+    [job] = jobs                                  # its loop is closed once run() returns
+    job.put("token", 0, None)
+    assert job.cancelled.is_set()
 
 
 ADMIN = "admin-key"
@@ -371,6 +398,39 @@ def test_ab_split_feedback_and_rollback(pkg, tmp_path):
         assert failures >= 1 and [a["weight"] for a in report["arms"]] == [1.0, 0.0]
         assert all(c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=1).model == "tiny"
                    for _ in range(20))
+
+
+def test_a_slow_arm_is_rolled_back_by_its_p95_latency(pkg, tmp_path):
+    """The andon's latency threshold end to end: the second arm's engine made slow (every prefill waits
+    0.3 s) is rolled back once its p95 over its latest requests passes 0.2 s, /routes logs why, and the
+    requests after it are the control's."""
+    import time as _time
+    from webmoe.serve.routes import Route
+    from webmoe.serve.server import REGISTRY
+    import shutil
+    route = Route("chat", [("tiny", 0.5), ("slow", 0.5)], p95_s=0.2, min_requests=3, window=5)
+    app = create_app([pkg, shutil.copytree(pkg, tmp_path / "slow")], routes=[route])
+    with serving(app) as url:
+        c = client(url)
+        c.chat.completions.create(model="slow", messages=MESSAGES, max_tokens=1)      # loads it (not the route's)
+        engine = app[REGISTRY].versions["slow"].engine
+        prefill = engine.prefill
+
+        def slow_prefill(*args, **kwargs):
+            _time.sleep(0.3)
+            return prefill(*args, **kwargs)
+        engine.prefill = slow_prefill
+        for _ in range(60):
+            c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=1, temperature=0)
+            if route.events:
+                break
+        report = json.loads(raw(url, "GET", "/routes")[2])["chat"]
+        [event] = report["events"]
+        assert event["rolled_back"] == "slow" and event["why"].startswith("p95 latency ")
+        assert "over its last " in event["why"] and event["why"].endswith("> 0.2 s")
+        assert [a["weight"] for a in report["arms"]] == [1.0, 0.0]
+        assert all(c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=1).model == "tiny"
+                   for _ in range(10))
 
 
 def test_sixteen_concurrent_streams_share_passes(pkg, engine):

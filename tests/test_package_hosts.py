@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from transformers import MixtralForCausalLM
 
-from browser import BROWSER_TOL, browser, open_page
+from browser import assert_matches_native, browser, open_page
 from static_hosts import hub_host, static_host
 from test_mixtral import mixtral
 from tiny_models import save_checkpoint
@@ -62,7 +62,7 @@ def check(r: dict, pkg: Path):
     assert "error" not in r, r["error"]
     want = Engine.load(pkg).logits(IDS)
     got = np.array(r["logits"], np.float32).reshape(len(IDS), -1)
-    assert np.abs(got - want).max() / np.abs(want).max() <= BROWSER_TOL
+    assert_matches_native(got, want)
 
 
 def test_a_host_without_range_that_drops_the_link(page_site, small):

@@ -139,8 +139,9 @@ DEEPSEEK_V3 = dict(vocab_size=129280, hidden_size=7168, intermediate_size=18432,
 
 @pytest.mark.parametrize("family", REAL)
 def test_full_size_plans_bind_at_most_128_mib(family):
-    """Every layer of the public checkpoint, from its config alone: no tensor part, expert slot or
-    per-token buffer the plan binds exceeds 128 MiB."""
+    """The public checkpoint's dimensions from its config alone, with four layers: every kind of layer it
+    has (DeepSeek-V3's three dense ones and a MoE one; the rest repeat them). No tensor part, expert slot
+    or per-token buffer the plan binds exceeds 128 MiB."""
     _, config, _ = config_of(family, layers=None)
     full = {**config.to_dict(), "num_hidden_layers": 4}
     full.pop("layer_types", None)

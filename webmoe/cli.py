@@ -78,10 +78,16 @@ def _grammar(args) -> str | None:
 
 
 def _serve(args) -> int:
+    from webmoe.serve.server import serve
+    serve(args.package, serve_options(args), host=args.host, port=args.port)
+    return 0
+
+
+def serve_options(args):
+    """`webmoe serve`'s flags (and WEBMOE_API_KEYS, WEBMOE_ADMIN_KEYS) as the server's ServeOptions."""
     import os
     from webmoe.engine.options import EngineOptions
     from webmoe.serve.options import ServeOptions
-    from webmoe.serve.server import serve
     # keys from the environment keep them out of the process list
     keys = tuple(args.api_key or ()) + tuple(k for k in os.environ.get("WEBMOE_API_KEYS", "").split(",") if k)
     from webmoe.serve.routes import parse_route
@@ -92,15 +98,13 @@ def _serve(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     routing = dict(spec.partition("=")[::2] for spec in args.routing or ())
-    options = ServeOptions(
+    return ServeOptions(
         engine=EngineOptions(adapter=args.adapter, expert_cache_bytes=_mib(args.expert_cache_mb),
                              max_batch=args.max_batch),
         api=not args.no_api, api_keys=keys, cors_origins=tuple(args.cors_origin or ()), admin_keys=admin,
         admission={"max_waiting": args.max_waiting, "max_wait_s": args.max_wait},
         memory_budget=_mib(args.memory_budget_mb), routes=tuple(routes), pin_hot_share=args.pin_hot_experts,
         routing=routing, package_roots=None if args.package_root is None else tuple(Path(r) for r in args.package_root))
-    serve(args.package, options, host=args.host, port=args.port)
-    return 0
 
 
 def _bench(args) -> int:

@@ -73,7 +73,13 @@ class Job:
         self.remaining = len(self.work)      # counted down by the worker's thread only
 
     def put(self, *event) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        """An event for the request's handler, from the worker's thread. When the server's loop has closed
+        (the server stopped while this request's sequences ran), nobody is listening: the job is cancelled,
+        and the worker drops its sequences at its next pass."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:            # the loop is closed
+            self.cancelled.set()
 
     def fail(self, message: str, status: int) -> None:
         """One of the job's sequences failed (called from the worker's thread)."""

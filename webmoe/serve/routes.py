@@ -11,7 +11,6 @@ seeds' andon).
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import re
 import time
@@ -19,31 +18,13 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from .api_errors import ApiError
+from .significance import proportion_test, welch_test
 
 
-def _two_sided_p(z: float) -> float:
-    return math.erfc(abs(z) / math.sqrt(2))
-
-
-def proportion_test(k1: int, n1: int, k2: int, n2: int) -> float | None:
-    """Two-proportion z-test: the p-value of k1/n1 and k2/n2 differing (None without data)."""
-    if not n1 or not n2:
-        return None
-    p = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
-    return 1.0 if se == 0 else _two_sided_p((k1 / n1 - k2 / n2) / se)
-
-
-def welch_test(a: list[float], b: list[float]) -> float | None:
-    """Welch's test of two means, with the normal approximation (the samples here are large or it says
-    little anyway); None with fewer than two values a side."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1)
-    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1)
-    se = math.sqrt(va / len(a) + vb / len(b))
-    return 1.0 if se == 0 else _two_sided_p((ma - mb) / se)
+def percentile95(seconds) -> float | None:
+    """The 95th percentile (nearest rank) of the latencies, or None for none."""
+    s = sorted(seconds)
+    return s[min(len(s) - 1, int(0.95 * len(s)))] if s else None
 
 
 @dataclass
@@ -56,13 +37,10 @@ class Arm:
     seconds: float = 0.0
     latencies: deque = field(default_factory=lambda: deque(maxlen=2000))   # seconds, the latest
     feedback: list = field(default_factory=lambda: [0, 0])                # [positive, negative]
-    recent: deque = field(default_factory=deque)                          # outcomes (ok?) the andon judges
+    recent: deque = field(default_factory=deque)     # (ok, seconds) of the latest requests: what the andon judges
 
     def p95(self) -> float | None:
-        if not self.latencies:
-            return None
-        s = sorted(self.latencies)
-        return s[min(len(s) - 1, int(0.95 * len(s)))]
+        return percentile95(self.latencies)
 
     def report(self) -> dict:
         lat = list(self.latencies)
@@ -100,7 +78,7 @@ class Route:
     def record(self, arm: Arm, ok: bool, seconds: float, tokens: int) -> None:
         arm.requests += 1
         arm.errors += not ok
-        arm.recent.append(ok)
+        arm.recent.append((ok, seconds))
         if ok:
             arm.latencies.append(seconds)
             arm.tokens += tokens
@@ -113,11 +91,12 @@ class Route:
         if arm is control or arm.weight == 0 or len(arm.recent) < self.min_requests:
             return
         reasons = []
-        errors = arm.recent.count(False) / len(arm.recent)
+        errors = sum(not ok for ok, _ in arm.recent) / len(arm.recent)
         if self.error_rate is not None and errors > self.error_rate:
             reasons.append(f"error rate {errors:.3f} over its last {len(arm.recent)} requests > {self.error_rate}")
-        if self.p95_s is not None and (arm.p95() or 0) > self.p95_s:
-            reasons.append(f"p95 latency {arm.p95():.2f} s > {self.p95_s} s")
+        p95 = percentile95([s for ok, s in arm.recent if ok])
+        if self.p95_s is not None and p95 is not None and p95 > self.p95_s:
+            reasons.append(f"p95 latency {p95:.2f} s over its last {len(arm.recent)} requests > {self.p95_s} s")
         if reasons:
             control.weight += arm.weight
             arm.weight = 0.0
