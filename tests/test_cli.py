@@ -98,7 +98,7 @@ def test_info_lists_the_plan_step_by_step(capsys):
 
 def test_bench_prints_its_budgets_and_draws_them(capsys, tmp_path):
     png = tmp_path / "bench.png"
-    code, out, _ = cli(capsys, "bench", DEMO, "--tokens", 4, "--png", png)
+    code, out, _ = cli(capsys, "bench", DEMO, "--tokens", 4, "--repeats", 1, "--png", png)
     assert code == 0 and out.splitlines()[-1] == f"wrote {png}"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from webmoe.tools.bench import RUNS, budgets

@@ -161,7 +161,6 @@ export class ModelStore {
   // Whether the browser lets this model store `need` more bytes; if not, a QuotaError (storage "opfs") or
   // memory only from now on. A state.json written first marks the model incomplete while it downloads.
   async checkQuota(need) {
-    if (navigator.storage.persist) await navigator.storage.persist().catch(() => false);
     const { quota = Infinity, usage = 0 } = await navigator.storage.estimate();
     let refused = need > quota - usage ? quotaError(need, quota - usage) : null;
     if (!refused) {

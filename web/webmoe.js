@@ -210,6 +210,9 @@ function client(worker) {
 // source: a manifest's URL, its folder's URL, or hf://ORG/REPO[@REVISION] (hub.js).
 export async function load(source, { onProgress, onDeviceLost, worker, ...options } = {}) {
   const url = manifestUrl(source, self.location.href);
+  // Persistent storage keeps the model in OPFS under storage pressure. Only a page may ask for it
+  // (StorageManager.persist is not exposed in workers, where the loader runs); the browser may decline.
+  if (options.storage !== "memory") await self.navigator?.storage?.persist?.().catch(() => false);
   const c = client(worker);
   const info = await c.call("load", { manifestUrl: url, options }, { onProgress });
   if (onDeviceLost) c.lostListeners.set(info.handle, onDeviceLost);

@@ -115,14 +115,14 @@ def _bench(args) -> int:
     from webmoe.tools.bench import bench, save_png, table
     if args.browser:
         from webmoe.tools.bench_browser import bench_browser
-        rows = bench_browser(args.package, tokens=args.tokens)
+        rows = bench_browser(args.package, tokens=args.tokens, repeats=args.repeats)
     else:
-        rows = bench(args.package, tokens=args.tokens, adapter=args.adapter)
+        rows = bench(args.package, tokens=args.tokens, adapter=args.adapter, repeats=args.repeats)
     where = "Chromium, " + rows[0]["adapter"] if args.browser else rows[0]["adapter"]
     from webmoe.engine.package import Package
     formats = Package(args.package).manifest["dtypes"]
     print(f"{args.package} (experts {formats['experts']}, attention {formats['attention']}) on {where}: "
-          f"{args.tokens} greedy decode tokens after a 32-token prompt")
+          f"{args.tokens} greedy decode tokens after a 32-token prompt, median of {args.repeats} rounds after a warm-up")
     print(table(rows))
     if args.png:
         save_png(rows, args.png, f"{args.package} on {where}")
@@ -295,6 +295,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="decode speed and expert-cache hit rate under several expert budgets")
     b.add_argument("package")
     b.add_argument("--tokens", type=int, default=64)
+    b.add_argument("--repeats", type=int, default=3, help="rounds over the budgets, after a warm-up (median, spread)")
     b.add_argument("--png", default=None, help="also save a chart here")
     b.add_argument("--adapter", default=None)
     b.add_argument("--browser", action="store_true", help="measure in headless Chromium (WebGPU) instead")

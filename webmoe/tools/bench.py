@@ -1,8 +1,11 @@
 """`webmoe bench`: decode speed and expert-cache behaviour of a package under several GPU budgets for
 its routed experts, measured in one run so the figures compare. The baseline is the run with every
-expert resident; each budget's speed is also given as a ratio to it. Prints a table; can save a PNG."""
+expert resident; each budget's speed is also given as a ratio to it. Every budget is measured `repeats`
+times, round after round, after one discarded warm-up run, and its speed is the median with the spread.
+Prints a table; can save a PNG."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -64,22 +67,37 @@ def relate_to_first(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def bench(path, tokens: int = 64, runs=RUNS, adapter: str | None = None) -> list[dict]:
-    """runs: (fraction of all experts held on the GPU, prefetch); fraction 0 means one slot."""
+def in_rounds(plans: list[tuple[str, int, bool]], run_one, repeats: int) -> list[dict]:
+    """Each budget of `plans` ([(label, budget bytes, prefetch)]) run `repeats` times by run_one(budget,
+    prefetch), round after round so that no budget gets the machine's quiet or busy minutes alone, after
+    one warm-up run of the first that is discarded (otherwise the baseline is the run that pays the
+    process's first-use costs: compiled pipelines, driver caches). A budget's row: its last run's
+    bookkeeping, the median of its speeds and their spread, and the speed relative to the first row's."""
+    run_one(plans[0][1], plans[0][2])
+    results = [[run_one(budget, prefetch) for _, budget, prefetch in plans] for _ in range(repeats)]
     rows = []
-    for label, budget, prefetch in budgets(path, runs)[2]:
-        rows.append({**run_budget(path, budget, tokens, adapter, prefetch), "label": label})
+    for i, (label, _, _) in enumerate(plans):
+        speeds = sorted(r[i]["tokens_per_s"] for r in results)
+        rows.append({**results[-1][i], "label": label, "tokens_per_s": statistics.median(speeds),
+                     "tokens_per_s_spread": [speeds[0], speeds[-1]], "repeats": repeats})
     return relate_to_first(rows)
 
 
+def bench(path, tokens: int = 64, runs=RUNS, adapter: str | None = None, repeats: int = 3) -> list[dict]:
+    """runs: (fraction of all experts held on the GPU, prefetch); fraction 0 means one slot."""
+    return in_rounds(budgets(path, runs)[2], lambda budget, prefetch: run_budget(path, budget, tokens, adapter, prefetch),
+                     repeats)
+
+
 def table(rows: list[dict]) -> str:
-    head = (f"{'budget':<16}{'slots':>10}{'MiB':>9}{'tok/s':>9}{'x base':>8}{'hit rate':>10}{'KiB up/tok':>12}"
-            f"{'wait':>7}{'precision':>11}{'recall':>8}")
+    head = (f"{'budget':<16}{'slots':>10}{'MiB':>9}{'tok/s':>9}{'spread':>14}{'x base':>8}{'hit rate':>10}"
+            f"{'KiB up/tok':>12}{'wait':>7}{'precision':>11}{'recall':>8}")
     lines = [head, "-" * len(head)]
     pct = lambda v: f"{v:.0%}" if v is not None else "-"   # noqa: E731
     for r in rows:
+        spread = "{:.1f}-{:.1f}".format(*r["tokens_per_s_spread"])
         lines.append(f"{r['label']:<16}{r['slots']:>5}/{r['experts']:<4}{r['budget_mib']:>9.2f}{r['tokens_per_s']:>9.1f}"
-                     f"{r['speed_vs_all_resident']:>8.2f}{r['hit_rate']:>10.1%}{r['bytes_per_token'] / 1024:>12.1f}"
+                     f"{spread:>14}{r['speed_vs_all_resident']:>8.2f}{r['hit_rate']:>10.1%}{r['bytes_per_token'] / 1024:>12.1f}"
                      f"{r['wait_share']:>7.0%}{pct(r['precision']):>11}{pct(r['recall']):>8}")
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench import RUNS, budgets, relate_to_first
+from .bench import RUNS, budgets, in_rounds
 from webmoe.engine.package import Package
 from webmoe.serve.server import create_app
 
@@ -26,24 +26,23 @@ PAGE_RUN = """async ([manifest, budget, prefetch, tokens]) => {
 }"""
 
 
-def bench_browser(path, tokens: int = 16, runs=RUNS) -> list[dict]:
+def bench_browser(path, tokens: int = 16, runs=RUNS, repeats: int = 3) -> list[dict]:
+    """As bench.bench, each budget in a fresh page of one Chromium, in rounds after a warm-up."""
     from .headless import browser, serving
     total, slot, plans = budgets(path, runs)
     name = Package(path).dir.name
-    rows = []
     with serving(create_app([Path(path)], api=False)) as url, browser() as ctx:
-        for label, budget, prefetch in plans:
+        def run_one(budget, prefetch) -> dict:
             page = ctx.new_page()
             page.goto(url + "/")
             r = page.evaluate(PAGE_RUN, [f"/models/{name}/manifest.json", budget, prefetch, tokens])
             page.close()
             tokens_done = max(1, r["tokens"])
-            rows.append({"label": label,
-                         "slots": r["slots"], "experts": total, "budget_mib": r["slots"] * slot / 2**20,
-                         "tokens_per_s": r["tokens"] / r["seconds"] if r["seconds"] else 0.0,
-                         "hit_rate": r["hits"] / r["lookups"] if r["lookups"] else 1.0,
-                         "bytes_per_token": r["bytes"] / tokens_done,
-                         "wait_share": r["wait"] / r["seconds"] if r["seconds"] else 0.0,
-                         "precision": r["used"] / r["predicted"] if r["predicted"] else None,
-                         "recall": r["used"] / r["needed"] if r["needed"] else None, "adapter": r["adapter"]})
-    return relate_to_first(rows)
+            return {"slots": r["slots"], "experts": total, "budget_mib": r["slots"] * slot / 2**20,
+                    "tokens_per_s": r["tokens"] / r["seconds"] if r["seconds"] else 0.0,
+                    "hit_rate": r["hits"] / r["lookups"] if r["lookups"] else 1.0,
+                    "bytes_per_token": r["bytes"] / tokens_done,
+                    "wait_share": r["wait"] / r["seconds"] if r["seconds"] else 0.0,
+                    "precision": r["used"] / r["predicted"] if r["predicted"] else None,
+                    "recall": r["used"] / r["needed"] if r["needed"] else None, "adapter": r["adapter"]}
+        return in_rounds(plans, run_one, repeats)
