@@ -125,3 +125,16 @@ def test_sampling_is_seeded_and_respects_top_p(tmp_path):
     greedy = [t.id for t in engine.generate(ids, max_new_tokens=10, temperature=0)]
     tiny_p = [t.id for t in engine.generate(ids, max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=3)]
     assert tiny_p == greedy
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+    {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 32},
+], ids=["linear", "llama3"])
+def test_rope_scalings_match_transformers(tmp_path, rope):
+    """RoPE position interpolation (linear, as in Llama 2's long-context checkpoints) and Llama 3.1's
+    per-frequency scaling: logits over positions past the original context, against transformers'."""
+    ref, engine = build(MixtralForCausalLM, mixtral(rope_parameters=rope, max_position_embeddings=256), tmp_path)
+    ids = prompt(70)
+    assert_logits_close(engine.logits(ids), reference_logits(ref, ids), "f32")
