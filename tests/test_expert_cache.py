@@ -63,25 +63,37 @@ def test_numerics_do_not_depend_on_the_budget(packages, name):
 
 
 def test_eviction_spares_the_running_batch_and_pinned_experts(packages):
+    """Checked from outside the cache's own bookkeeping (not its in_use set): whenever a batch of a layer's
+    experts is handed to the kernels, every expert of it is resident in slots of its own that the slot
+    table names, the batches of a layer cover exactly the experts its router chose, and pinned experts
+    never leave."""
     slot = Engine.load(packages["mixtral"]).experts.slot_bytes
     pinned = [(0, 1), (2, 6)]
     engine = Engine.load(packages["mixtral"], expert_cache_bytes=5 * slot, pinned_experts=pinned)
     cache = engine.experts
-    evicted_while_in_use = []
-    take = cache._take_slots
+    problems = []
+    batches = cache.batches
 
-    def watched():
-        before = set(cache.resident)
-        slot_ = take()
-        gone = before - set(cache.resident)
-        evicted_while_in_use.extend(k for k in gone if k in cache.in_use or k in cache.pinned)
-        return slot_
-    cache._take_slots = watched
+    def watched(layer, experts):
+        covered = []
+        for batch in batches(layer, experts):
+            slots = [list(cache.resident.get((layer, e), [])) for e in batch]
+            taken = [s for ss in slots for s in ss]
+            P = cache.pieces
+            table = [list(cache.table[(layer * cache.num_experts + e) * P:(layer * cache.num_experts + e + 1) * P])
+                     for e in batch]
+            if not all(slots) or len(set(taken)) != len(taken) or table != slots:
+                problems.append(("a batch expert without slots of its own", layer, batch))
+            if not all(p in cache.resident for p in pinned):
+                problems.append(("a pinned expert left", layer, batch))
+            covered += batch
+            yield batch
+        if sorted(covered) != sorted(set(int(e) for e in experts)):
+            problems.append(("batches do not cover the chosen experts", layer, covered))
+    cache.batches = watched
     list(engine.generate(np.random.default_rng(1).integers(3, 400, 30).tolist(), max_new_tokens=20, temperature=0))
-    stats = engine.expert_stats()
-    assert stats["total"]["evictions"] > 0
-    assert evicted_while_in_use == []
-    assert all(p in cache.resident for p in pinned)
+    assert engine.expert_stats()["total"]["evictions"] > 0
+    assert problems == []
 
 
 def test_full_budget_decodes_without_uploads(packages):
