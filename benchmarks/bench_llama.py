@@ -1,6 +1,6 @@
 """webmoe against llama.cpp's Vulkan backend on the same adapter and the same model, in one table.
 
-    .venv/bin/python benchmarks/bench_llama.py [--formats f16,q8,q4] [--rounds 2] [--peers /tmp/webmoe-peers]
+    .venv/bin/python benchmarks/bench_llama.py [--formats f16,q8,q4] [--rounds 3] [--peers /tmp/webmoe-peers]
                                             [--checkpoint HF_DIR] [--prompt 128] [--decode 32]
 
 1. Builds llama.cpp's `llama-bench` and `llama-quantize` with the Vulkan backend from the llama.cpp source
@@ -11,9 +11,11 @@
    f16 safetensors, and a 512-piece SentencePiece tokenizer both converters read (needs the `bench` extra).
 3. Converts it for both engines: llama.cpp's convert_hf_to_gguf.py (f16, q8_0; Q4_K_M by llama-quantize)
    and `webmoe convert` (f16, q8, q4).
-4. Measures each format `--rounds` times, alternating the engines: llama-bench -p 128 -n 32 -ngl 99 (every
-   layer and expert on the adapter) and `webmoe speed` with the same prompt and decode lengths (every
-   expert resident), then prints prefill and decode tokens/s of both and webmoe's ratio.
+4. Measures each format `--rounds` times, alternating which engine goes first: llama-bench -p 128 -n 32
+   -ngl 99 (every layer and expert on the adapter; its own warm-up run first) and `webmoe speed` with the
+   same prompt and decode lengths (every expert resident, warmed up), both decoding as llama-bench's tg
+   does: random token ids one at a time from an empty cache. Prints each round and the medians with their
+   spread, and webmoe's ratio of medians.
 
 `--checkpoint` measures another Hugging Face checkpoint instead (for example a full-depth one from
 scripts/full_size_checkpoint.py): webmoe converts it as it is; llama.cpp reads a folder of links to its
@@ -32,6 +34,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -194,7 +197,7 @@ def webmoe_speed(pkg: Path, prompt: int, decode: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", default="f16,q8,q4")
-    ap.add_argument("--rounds", type=int, default=2, help="measurements of each engine, alternating")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of each engine, alternating which goes first")
     ap.add_argument("--peers", type=Path, default=Path(os.environ.get("PEERS", "/tmp/webmoe-peers")))
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-llama")
     ap.add_argument("--checkpoint", type=Path, help="a Hugging Face checkpoint to measure instead of the bench model")
@@ -213,9 +216,13 @@ def main() -> int:
         if not (pkg / "manifest.json").exists():
             run([sys.executable, "-m", "webmoe", "convert", ckpt, pkg, "--dtype", fmt, "--force"],
                 stdout=subprocess.DEVNULL)
-        for i in range(args.rounds):
-            peer = llama_bench(llama, model, args.prompt, args.decode)
-            ours = webmoe_speed(pkg, args.prompt, args.decode)
+        for i in range(args.rounds):                 # the engines alternate: who goes first changes each round
+            if i % 2 == 0:
+                peer = llama_bench(llama, model, args.prompt, args.decode)
+                ours = webmoe_speed(pkg, args.prompt, args.decode)
+            else:
+                ours = webmoe_speed(pkg, args.prompt, args.decode)
+                peer = llama_bench(llama, model, args.prompt, args.decode)
             rows.append({"format": fmt, "round": i + 1, "llama": peer, "webmoe": ours})
             print(f"{fmt} round {i + 1}: llama.cpp pp{args.prompt} {peer['prefill']:.2f} tg{args.decode} {peer['decode']:.2f}; "
                   f"webmoe {ours['prefill']:.2f} / {ours['decode']:.2f}", file=sys.stderr)
@@ -234,7 +241,21 @@ def main() -> int:
         print(f"| {r['format']} ({GGUF_TYPE[r['format']]}) | {r['round']} | {p['prefill']:.2f} | {o['prefill']:.2f} | "
               f"{o['prefill'] / p['prefill']:.1f}x | {p['decode']:.2f} | {o['decode']:.2f} | "
               f"{o['decode'] / p['decode']:.1f}x | {o['share']:.0%} of {o['bandwidth'] / 1e9:.1f} GB/s |")
+    print(f"\nmedians of {args.rounds} rounds (min-max):")
+    print("| format | llama.cpp prefill | webmoe prefill | ratio | llama.cpp decode | webmoe decode | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for fmt in formats:
+        mine = [r for r in rows if r["format"] == fmt]
+        cells = []
+        for what in ("prefill", "decode"):
+            theirs, ours = ([r[e][what] for r in mine] for e in ("llama", "webmoe"))
+            cells += [spread(theirs), spread(ours), f"{statistics.median(ours) / statistics.median(theirs):.2f}x"]
+        print(f"| {fmt} ({GGUF_TYPE[fmt]}) | " + " | ".join(cells) + " |")
     return 0
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 if __name__ == "__main__":

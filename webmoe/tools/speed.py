@@ -93,20 +93,25 @@ def _spread(values: list[float]) -> dict:
 def measure(path, prompt: int = 128, tokens: int = 32, repeats: int = 3, adapter: str | None = None,
             profile: bool = False, seed: int = 0) -> dict:
     engine = Engine.load(path, adapter=adapter, max_seq_len=prompt + tokens + 1)
-    ids = np.random.default_rng(seed).integers(0, engine.vocab_size, prompt).tolist()
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, engine.vocab_size, prompt).tolist()
     prefill, decode = [], []
     engine.prefill(0, ids[:8], 0)                     # compiles and warms every pipeline
+    engine.decode([(ids[0], 0, 0)], [GREEDY])
     for _ in range(repeats):
         t0 = time.perf_counter()
-        token = engine.prefill(0, ids, 0)
+        engine.prefill(0, ids, 0)
         prefill.append(prompt / (time.perf_counter() - t0))
+        # decode as llama-bench's tg measures it: random token ids, one at a time from an empty cache
+        # (positions 0 ..), so neither engine replays its own greedy (and repetitive) text
+        stream = rng.integers(0, engine.vocab_size, tokens).tolist()
         t0 = time.perf_counter()
-        for i in range(tokens):
-            [token] = engine.decode([(token, prompt + i, 0)], [GREEDY])
+        for i, token in enumerate(stream):
+            engine.decode([(token, i, 0)], [GREEDY])
         decode.append(tokens / (time.perf_counter() - t0))
     patterns = stream_bandwidth(engine.gpu)
     bandwidth = max(patterns.values())
-    read = decode_bytes(engine, prompt + tokens // 2)
+    read = decode_bytes(engine, tokens // 2)
     result = {"package": str(path), "adapter": engine.adapter, "prompt": prompt, "tokens": tokens,
               "experts_resident": not engine.experts.paging, "prefill": _spread(prefill), "decode": _spread(decode),
               "bytes_per_token": read, "bandwidth": bandwidth, "bandwidth_patterns": patterns,
