@@ -400,6 +400,31 @@ def test_ab_split_feedback_and_rollback(pkg, tmp_path):
                    for _ in range(20))
 
 
+def test_stop_strings_and_max_completion_tokens_end_to_end(site, engine):
+    """`stop` and `max_completion_tokens` through the official client, whole and streamed, chat and text:
+    the engine's own answer with the same stop strings and budget, its finish reason and token count."""
+    c = client(site)
+    free = text_of(engine, MESSAGES, max_new_tokens=40, temperature=0)
+    stop = next(ch for ch in free[3:] if ch.strip())          # a character the free answer writes after a few
+    g = engine.generate(MESSAGES, max_new_tokens=40, temperature=0, stop=[stop, "zzz"])
+    want = "".join(t.text for t in g)
+    assert g.finish_reason == "stop" and stop not in want
+    r = c.chat.completions.create(model="tiny", messages=MESSAGES, max_completion_tokens=40, temperature=0,
+                                  stop=[stop, "zzz"])
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == (want, "stop")
+    assert r.usage.completion_tokens == g.completion_tokens
+    streamed = list(c.chat.completions.create(model="tiny", messages=MESSAGES, max_completion_tokens=40,
+                                              temperature=0, stop=[stop, "zzz"], stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == want
+    # max_completion_tokens is the budget (and wins over max_tokens, as OpenAI's does)
+    r = c.chat.completions.create(model="tiny", messages=MESSAGES, max_completion_tokens=5, max_tokens=30,
+                                  temperature=0)
+    assert r.choices[0].message.content == text_of(engine, MESSAGES, max_new_tokens=5, temperature=0)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+    t = c.completions.create(model="tiny", prompt="Hello there", max_tokens=30, temperature=0, stop=stop)
+    assert t.choices[0].text == text_of(engine, "Hello there", max_new_tokens=30, temperature=0, stop=[stop])
+
+
 def test_a_slow_arm_is_rolled_back_by_its_p95_latency(pkg, tmp_path):
     """The andon's latency threshold end to end: the second arm's engine made slow (every prefill waits
     0.3 s) is rolled back once its p95 over its latest requests passes 0.2 s, /routes logs why, and the
