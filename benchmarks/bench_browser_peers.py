@@ -37,7 +37,7 @@ from pathlib import Path
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_llama import build_llama, gguf, run, sentencepiece_tokenizer  # noqa: E402
+from bench_llama import build_llama, for_llama, gguf, run, sentencepiece_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_JS = ROOT / "benchmarks" / "browser_peers"
@@ -142,18 +142,7 @@ def convert_all(ckpt: Path, formats: list[str], peers: Path) -> None:
         target = SITE / "models" / "gguf" / f"{fmt}.gguf"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(gguf(llama, for_gguf(ckpt), fmt, WORK), target)
-
-
-def for_gguf(ckpt: Path) -> Path:
-    """The checkpoint without its tokenizer.json, so bench_llama.gguf reads its SentencePiece model (llama.cpp's
-    converter accepts a byte-level BPE only when it recognises the pre-tokenizer)."""
-    view = WORK / "qwen3moe-bench-for-llama"
-    view.mkdir(exist_ok=True)
-    for f in ckpt.iterdir():
-        if f.name != "tokenizer.json" and not (view / f.name).exists():
-            (view / f.name).symlink_to(f.resolve())
-    return view
+            shutil.copy(gguf(llama, for_llama(ckpt, WORK), fmt, WORK), target)   # read with a SentencePiece model
 
 
 def build_page() -> None:
@@ -227,7 +216,7 @@ def browser_rss() -> int:
         parents[int(d.name)], names[int(d.name)] = int(rest[1]), name
         rss[int(d.name)] = next((int(line.split()[1]) * 1024 for line in status.splitlines()
                                  if line.startswith("VmRSS:")), 0)
-    mine, total = {os.getpid()}, 0
+    mine = {os.getpid()}
     changed = True
     while changed:
         changed = False

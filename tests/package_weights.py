@@ -10,37 +10,35 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from webmoe.converter.quant import decode
+from webmoe.engine.package import Package
 
 ROLES = ("gate", "up", "down")
-
-
-def words(path, offset: int, size: int) -> np.ndarray:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return np.frombuffer(f.read(size), np.uint32)
 
 
 def package_weights(pkg) -> tuple[dict[str, np.ndarray], dict[tuple[int, int], dict[str, np.ndarray]]]:
     """Every tensor of the package decoded to float32 by name (a tensor cut into row parts, NAME.partK,
     joined again), and every expert's parts by (layer, expert) (an expert cut into pieces joined again: the
     rows of gate and up, the columns of down)."""
-    m = json.loads((pkg / "manifest.json").read_text())
+    package = Package(pkg)                      # reads each shard checked against its sha256
+    m = package.manifest
     cut: dict[str, list] = {}
     for name, t in m["tensors"].items():
-        value = decode(words(pkg / t["shard"], t["offset"], t["size"]), t["dtype"], int(np.prod(t["shape"])))
-        base, k = (lambda w: (w[1], int(w[2])) if w else (name, 0))(re.fullmatch(r"(.*)\.part(\d+)", name))
-        cut.setdefault(base, []).append((k, value.reshape(t["shape"]).astype(np.float32)))
+        value = decode(package.tensor_bytes(name), t["dtype"], int(np.prod(t["shape"]))).reshape(t["shape"])
+        part = re.fullmatch(r"(.*)\.part(\d+)", name)
+        base, k = (part[1], int(part[2])) if part else (name, 0)
+        cut.setdefault(base, []).append((k, value.astype(np.float32)))
     dense = {name: np.concatenate([v for _, v in sorted(parts, key=lambda kv: kv[0])]) for name, parts in cut.items()}
     layout, inter = m["moe"]["expert_layout"], m["moe"]["intermediate_size"]
     experts = {}
-    for key, entry in m["experts"].items():
+    for key in m["experts"]:
         layer, expert = map(int, key.split("_"))
+        data = package.expert_bytes(layer, expert)
         pieces = {role: [] for role in ROLES}
         for p in range(layout["pieces"]):
             for role in ROLES:
                 r = layout[role]
-                raw = words(pkg / entry["shard"], p * layout["slot_bytes"] + r["offset"], r["size"])
-                pieces[role].append(decode(raw, r["dtype"], int(np.prod(r["shape"]))).reshape(r["shape"]))
+                at = p * layout["slot_bytes"] + r["offset"]
+                pieces[role].append(decode(data[at:at + r["size"]], r["dtype"], int(np.prod(r["shape"]))).reshape(r["shape"]))
         experts[(layer, expert)] = {"gate": np.concatenate(pieces["gate"])[:inter].astype(np.float32),
                                     "up": np.concatenate(pieces["up"])[:inter].astype(np.float32),
                                     "down": np.concatenate(pieces["down"], axis=1)[:, :inter].astype(np.float32)}

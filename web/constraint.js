@@ -155,15 +155,16 @@ export function encodedVocab(tokenizerJson, vocabSize) {
   const prependSpace = [...flatten(tokenizerJson.normalizer), ...flatten(tokenizerJson.pre_tokenizer)]
     .some((n) => (n.type === "Prepend" && n.prepend === "▁") ||
                  (n.type === "Metaspace" && (n.prepend_scheme ?? (n.add_prefix_space ? "always" : "never")) !== "never"));
-  const size = Math.max(vocabSize, ...(tokenizerJson.added_tokens || []).map((a) => a.id + 1));
-  const vocab = new Array(size).fill("");
+  const vocab = new Array(vocabSize).fill("");       // ids past the model's vocabulary are dropped
   const model = tokenizerJson.model || {};
   const entries = Array.isArray(model.vocab) ? model.vocab.map(([piece], id) => [piece, id]) : Object.entries(model.vocab || {});
-  for (const [piece, id] of entries) if (id < size) vocab[id] = piece;
+  for (const [piece, id] of entries) if (id < vocabSize) vocab[id] = piece;
   // added tokens are written as text, not in the byte alphabet: a special one is never text (empty), a
   // plain one is spelled as the model's own tokens would spell it
-  for (const a of tokenizerJson.added_tokens || []) vocab[a.id] = a.special ? "" : kind === "byte_level" ? byteLevel(a.content) : a.content;
-  return { vocab: vocab.slice(0, vocabSize), kind, prependSpace };
+  for (const a of tokenizerJson.added_tokens || []) {
+    if (a.id < vocabSize) vocab[a.id] = a.special ? "" : kind === "byte_level" ? byteLevel(a.content) : a.content;
+  }
+  return { vocab, kind, prependSpace };
 }
 
 function flatten(part) {
