@@ -59,6 +59,7 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "matmul": {"LANES": 64, "ROWS": 64, "TOKENS": 8},
     "rope": {"WG": 32},
     "kv_write": {"WG": 64},
+    "kv_store": {"WG": 64},
     "attention": {"LANES": 16},              # each lane owns ceil(max(D, Dv) / LANES) dims (DIMS_PER_LANE);
                                              # 16 lanes: 2.6x faster decode attention than 64 on lavapipe
     "router": {"WG": 64, "MAX_K": 32, "MAX_E": 1024},
@@ -71,6 +72,16 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "sample_mass": {"LANES": 256},
     "sample_chunks": {"CHUNKS": 256},      # sample_pick walks the same chunks
 }
+
+
+def rope_args(inv_freq: str, rot: int, attn_factor: float, rot_off: int = 0, interleaved: bool = False) -> dict:
+    """Rotary embedding for the kernels that rotate on the way (kv_store's keys, attention's queries): dims
+    rot_off .. rot_off + rot of each head rotate by inv_freq [rot / 2], scaled by attn_factor; rotate_half
+    pairs, or interleaved pairs (2i, 2i + 1). Plan.rope states the same for a step that rotates in place."""
+    return {"inv_freq": inv_freq, "rot": rot, "rot_off": rot_off, "attn_factor": attn_factor,
+            "interleaved": interleaved}
+
+
 SAMPLE_BISECTION_STEPS = 30   # halvings of the nucleus threshold's interval: 2^-30 of the max token's q
 # values each lane hands to reduce.wgsl at once: a matmul's token tile, gate and up of an expert tile
 _RED_VALUES = {"rmsnorm": lambda g: 1, "sample_mass": lambda g: 1, "matmul": lambda g: g["TOKENS"],
@@ -330,42 +341,71 @@ class Plan:
         return self.step("kv_write", {"src": src, "cache": cache, "cache_rows": cache_rows}, {"T": "T", "width": width},
                          [-(-width // self.geometry["kv_write"]["WG"]), "T", 1], [], label)
 
+    def kv_store(self, k: str, v: str, k_cache: str, v_cache: str, n_kv: int, D: int, Dv: int,
+                 rope: dict | None = None, positions: str = "positions", cache_rows: str = "cache_rows",
+                 label="") -> int:
+        """Row t of k [T, n_kv * D] and v [T, n_kv * Dv] into row cache_rows[t] of their caches, the keys
+        rotated on the way when `rope` (rope_args) is given: one step where rope, and kv_write for keys and
+        for values, were three."""
+        bind = {"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache, "cache_rows": cache_rows}
+        params = {"T": "T", "n_kv": n_kv, "D": D, "Dv": Dv, "rot": 0, "rot_off": 0, "attn_factor": 1.0}
+        defines = []
+        if rope:
+            bind.update(inv_freq=rope["inv_freq"], positions=positions)
+            params.update(rot=rope["rot"], rot_off=rope["rot_off"], attn_factor=rope["attn_factor"])
+            defines = ["ROPE", *(["INTERLEAVED"] if rope["interleaved"] else [])]
+        return self.step("kv_store", bind, params,
+                         [-(-n_kv * max(D, Dv) // self.geometry["kv_store"]["WG"]), "T", 1], defines, label)
+
     def attention(self, q: str, k_cache: str, v_cache: str, out: str, n_heads: int, n_kv: int, D: int,
                   Dv: int, scale: float, window: int = 0, sinks: str | None = None, k_stride: int | None = None,
                   v_stride: int | None = None, positions: str = "positions", cache_rows: str = "cache_rows",
-                  label="") -> int:
+                  rope: dict | None = None, label="") -> int:
         """Query t at position positions[t] attends to its own sequence's cache rows, which start at
         cache_rows[t] - positions[t]. Cache rows are k_stride (default n_kv * D) and v_stride (default
-        n_kv * Dv) values apart, so keys and values may share one buffer (MLA's latent cache)."""
+        n_kv * Dv) values apart, so keys and values may share one buffer (MLA's latent cache). rope
+        (rope_args): the queries are rotated as the kernel reads them (no step rotates q in place)."""
         lanes = self.geometry["attention"]["LANES"]
         vec4_keys = D % 4 == 0 and (k_stride or n_kv * D) % 4 == 0     # keys read as vec4
         bind = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out, "positions": positions,
                 "cache_rows": cache_rows}
         if sinks is not None:
             bind["sinks"] = sinks
-        return self.step("attention", bind,
-                         {"T": "T", "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv,
-                          "k_stride": k_stride or n_kv * D, "v_stride": v_stride or n_kv * Dv, "window": window,
-                          "scale": scale},
-                         [n_heads, "T", 1], (["SINKS"] if sinks else []) + (["VEC4"] if vec4_keys else []), label,
+        params = {"T": "T", "n_heads": n_heads, "n_kv": n_kv, "D": D, "Dv": Dv, "k_stride": k_stride or n_kv * D,
+                  "v_stride": v_stride or n_kv * Dv, "window": window, "scale": scale}
+        defines = (["SINKS"] if sinks else []) + (["VEC4"] if vec4_keys else [])
+        if rope:
+            bind["inv_freq"] = rope["inv_freq"]
+            params.update(rot=rope["rot"], rot_off=rope["rot_off"], attn_factor=rope["attn_factor"])
+            defines += ["ROPE_Q", *(["INTERLEAVED"] if rope["interleaved"] else [])]
+        return self.step("attention", bind, params, [n_heads, "T", 1], defines, label,
                          consts={"DIMS_PER_LANE": -(-max(D, Dv) // lanes)})
 
     def router(self, logits: str, topk_ids: str, topk_w: str, E: int, K: int, scoring: str,
                normalize: bool, scale: float = 1.0, jitter_eps: float = 0.0, bias: str | None = None,
-               n_group: int = 1, topk_group: int = 1, label="") -> int:
+               n_group: int = 1, topk_group: int = 1, gather: tuple[str, str, str] | None = None, label="") -> int:
         """scoring: softmax | sigmoid | sparsemixer (PhiMoE) | sigmoid_grouped (DeepSeek-V3: choice by
-        sigmoid + bias within the best topk_group of n_group groups)."""
+        sigmoid + bias within the best topk_group of n_group groups). gather (offsets, order, active): the
+        same step then sorts the pairs by expert as moe_gather does (one workgroup)."""
         if K > self.geometry["router"]["MAX_K"]:
             raise ValueError(f"top-{K} routing: the router kernel chooses at most {self.geometry['router']['MAX_K']}")
+        if E > self.geometry["router"]["MAX_E"]:
+            raise ValueError(f"{E} experts: the router kernel ranks at most {self.geometry['router']['MAX_E']}")
         bind = {"logits": logits, "topk_ids": topk_ids, "topk_w": topk_w}
         if bias is not None:
             bind["bias"] = bias
+        defines = ["CHOICE_BIAS"] if bias else []
+        dispatch = [ceil_div("T", 1, self.geometry["router"]["WG"]), 1, 1]
+        if gather:
+            bind.update(expert_offsets=gather[0], pair_order=gather[1], active_experts=gather[2])
+            defines.append("GATHER")
+            dispatch = [1, 1, 1]
         return self.step("router", bind,
                          {"T": "T", "E": E, "K": K,
                           "scoring": {"softmax": 0, "sigmoid": 1, "sparsemixer": 2, "sigmoid_grouped": 3}[scoring],
                           "normalize": int(normalize), "scale": scale, "jitter_eps": jitter_eps, "n_group": n_group,
                           "topk_group": topk_group, "strategy": 0, "capacity": 0},    # the trained routing
-                         [ceil_div("T", 1, self.geometry["router"]["WG"]), 1, 1], ["CHOICE_BIAS"] if bias else [], label)
+                         dispatch, defines, label)
 
     def moe_gather(self, topk_ids: str, offsets: str, order: str, active: str, E: int, K: int, label="") -> int:
         """Sorts the (token, k) pairs by expert (offsets [E + 1], order [T * K]) and lists the experts that

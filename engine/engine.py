@@ -68,6 +68,10 @@ class Engine:
         self._logits_rb = Readback(device, self.chunk * self.vocab_size * 4)
         self._token_rb = Readback(device, 4 * max_batch)
         self.profiler = None   # an engine/profiler.py Profiler times every dispatch (webmoe speed --profile)
+        # the last decode() or prefill(): seconds recording and submitting its commands (the host's share, and
+        # the per-layer read-backs when experts are paged) and from its last submission to the sampled tokens
+        # in hand (the adapter's work and the round trip); webmoe speed reports them
+        self.last_step = {"encode_s": 0.0, "wait_s": 0.0}
 
     @classmethod
     def load(cls, path, options: EngineOptions | None = None, **changes) -> "Engine":
@@ -209,8 +213,9 @@ class Engine:
         """Appends tokens to the sequence in KV slot `slot` (positions pos0 ..) and samples the next token on
         the GPU from the last one's logits; the only read-back is the token id (with return_logits, also
         those logits, before any mask: (id, [vocab]))."""
+        t0 = time.perf_counter()
         encoder = self._chunks(slot, self._check_ids(token_ids), pos0, every_logit=False)
-        return self._sample(encoder, [sampling], return_logits)[0]
+        return self._sample(encoder, [sampling], return_logits, t0)[0]
 
     def decode(self, rows: list[tuple[int, int, int]], sampling: list[Sampling],
                return_logits: bool = False) -> list:
@@ -218,17 +223,18 @@ class Engine:
         per row. Returns the next token of each (with return_logits, (token, logits [vocab]) pairs)."""
         if not 0 < len(rows) <= self.max_batch or len({slot for _, _, slot in rows}) != len(rows):
             raise PromptError(f"a decode pass takes 1 to {self.max_batch} rows of distinct slots")
+        t0 = time.perf_counter()
         ids = self._check_ids([t for t, _, _ in rows])
         positions = np.array([p for _, p, _ in rows], np.uint32)
         slots = np.array([s for _, _, s in rows], np.uint32)
         if positions.max() >= self.max_seq_len or slots.max() >= self.max_batch:
             raise PromptError("a decode row lies outside the KV cache")
         encoder = self._forward(ids, (positions, slots * self.max_seq_len + positions), 0, len(rows))
-        return self._sample(encoder, sampling, return_logits)
+        return self._sample(encoder, sampling, return_logits, t0)
 
-    def _sample(self, encoder, sampling: list[Sampling], return_logits: bool) -> list:
+    def _sample(self, encoder, sampling: list[Sampling], return_logits: bool, t0: float) -> list:
         """Samples logits rows 0 .. B on the GPU (row b by sampler b, after its mask when it has one),
-        reads back the B tokens."""
+        reads back the B tokens. t0: when the step began (for last_step)."""
         B, V = len(sampling), self.vocab_size
         device = self.gpu.device
         if return_logits:             # before the samplers, which work in the logits buffer
@@ -241,8 +247,10 @@ class Engine:
             self.samplers[b].encode(encoder, {"temperature": s.temperature, "top_p": s.top_p, "u": s.u,
                                               "masked": int(s.mask is not None)}, profiler=self.profiler)
             encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["token"]], 0, self._token_rb.buffer, 4 * b, 4)
+        t1 = time.perf_counter()
         device.queue.submit([encoder.finish()])
         tokens = np.frombuffer(self._token_rb.read(4 * B), np.uint32).tolist()
+        self.last_step = {"encode_s": t1 - t0, "wait_s": time.perf_counter() - t1}
         if not return_logits:
             return tokens
         logits = np.frombuffer(self._logits_rb.read(B * V * 4), np.float32).reshape(B, V).copy()

@@ -11,8 +11,14 @@
 // (the plan sets it to ceil(max(D, Dv) / LANES)).
 // VEC4 (the plan sets it when D, k_stride are multiples of 4) reads keys as vec4.
 // SINKS (GPT-OSS): a learned per-head logit joins the softmax's denominator and attends to nothing.
+// ROPE_Q: the queries are rotated as they are read (rotary.wgsl; the keys were, on their way into the
+// cache: kv_store.wgsl), so no step rotates q in place.
 struct Params { T: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, k_stride: u32, v_stride: u32,
-                window: u32, scale: f32 }
+                window: u32, scale: f32,
+//!if ROPE_Q
+                rot: u32, rot_off: u32, attn_factor: f32,
+//!endif
+}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
@@ -22,6 +28,10 @@ struct Params { T: u32, n_heads: u32, n_kv: u32, D: u32, Dv: u32, k_stride: u32,
 @group(0) @binding(6) var<storage, read> cache_rows: array<u32>;
 //!if SINKS
 @group(0) @binding(7) var<storage, read> sinks: array<f32>;     // [n_heads]
+//!endif
+//!if ROPE_Q
+@group(0) @binding(8) var<storage, read> inv_freq: array<f32>;  // [rot / 2]
+//!include rotary.wgsl
 //!endif
 
 //!const LANES
@@ -40,7 +50,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var lo = 0u;
     if (p.window > 0u && pos + 1u > p.window) { lo = pos + 1u - p.window; }
 
-    for (var d = lid; d < p.D; d += LANES) { q_s[d] = q[(t * p.n_heads + head) * p.D + d] * p.scale; }
+    let q0 = (t * p.n_heads + head) * p.D;
+    for (var d = lid; d < p.D; d += LANES) {
+        var qd = q[q0 + d];
+//!if ROPE_Q
+        qd = rotary_value(d, qd, q[q0 + rotary_partner(d)], pos);
+//!endif
+        q_s[d] = qd * p.scale;
+    }
     workgroupBarrier();
 
     var m = -3.0e38;      // running max

@@ -8,6 +8,8 @@
 // best sum of their top-2 choice scores, and weighted by sigmoid(logit). normalize = 1 divides the k
 // weights by their sum; `scale` multiplies them afterwards (routed_scaling_factor).
 // Ties go to the lower expert index.
+// GATHER: the same workgroup then groups the (token, k) pairs by expert (expert_sort.wgsl, what moe_gather
+// did as a step of its own); the plan dispatches one workgroup, whose lanes take the tokens in turn.
 // strategy 0 is the model's trained routing. The others change the model's output, for experiments
 // (softmax and sigmoid scoring only; the runtime refuses the rest): 1 = top-1 switch routing (the model's
 // first choice alone, weighted as the model weighs it, renormalised when the model renormalises); 2 = hash
@@ -26,6 +28,16 @@ struct Params { T: u32, E: u32, K: u32, scoring: u32, normalize: u32, scale: f32
 //!endif
 //!if HASH
 @group(0) @binding(5) var<storage, read> ids: array<u32>;       // [T] token ids
+//!endif
+
+//!const WG
+//!const MAX_K
+//!const MAX_E
+//!if GATHER
+@group(0) @binding(6) var<storage, read_write> expert_offsets: array<u32>; // [E + 1]
+@group(0) @binding(7) var<storage, read_write> pair_order: array<u32>;     // [T * K]
+@group(0) @binding(8) var<storage, read_write> active_experts: array<u32>; // [E + 1 + E]
+//!include expert_sort.wgsl
 //!endif
 
 fn sigmoid(v: f32) -> f32 { return 1.0 / (1.0 + exp(-v)); }
@@ -63,10 +75,6 @@ fn allowed_groups(row: u32) -> u32 {
     }
     return mask;
 }
-
-//!const WG
-//!const MAX_K
-//!const MAX_E
 
 // The model's weight of expert e for the token at `row` (softmax or sigmoid scoring).
 fn weight_of(row: u32, e: u32, mx: f32, z: f32) -> f32 {
@@ -121,14 +129,8 @@ fn capacity_routing() {
     }
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-    let t = g.x;
-    if (p.strategy == 3u) {
-        if (t == 0u) { capacity_routing(); }
-        return;
-    }
-    if (t >= p.T) { return; }
+// The trained routing (and strategies 1 and 2) of token t.
+fn route_token(t: u32) {
     let row = t * p.E;
 //!if HASH
     if (p.strategy == 2u) {
@@ -189,4 +191,18 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
         if (p.normalize != 0u) { wgt = wgt / (total + 1e-20); }
         topk_w[t * p.K + j] = wgt * p.scale;
     }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+        @builtin(num_workgroups) groups: vec3<u32>) {
+    if (p.strategy == 3u) {
+        if (g.x == 0u) { capacity_routing(); }
+    } else {
+        for (var t = g.x; t < p.T; t += WG * groups.x) { route_token(t); }
+    }
+//!if GATHER
+    storageBarrier();          // every lane's topk_ids, visible to the whole workgroup
+    sort_pairs(lid, p.T * p.K, p.E);
+//!endif
 }

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kernel_runner import as_stored, run_plan
+from webmoe.converter.plan import rope_args
 from measured import record
 
 rng = np.random.default_rng(0)
@@ -133,26 +134,37 @@ def test_matmul_heads_and_strides(gpu):
     close(out["y"], ref)
 
 
-@pytest.mark.parametrize("interleaved,off", [(False, 0), (True, 0), (True, 6)])
-def test_rope(gpu, interleaved, off):
-    T, row0, pos0, nh, D, rot = 5, 3, 11, 3, 18, 12
-    x = rand(row0 + T + 2, nh, D)
-    inv_freq = (1.0 / 500.0 ** (np.arange(0, rot, 2) / rot)).astype(np.float32)
-    positions = pos0 + np.array([0, 1, 2, 40, 3])[:T]                  # tokens of a batch need not be in order
-    out = run_plan(gpu, lambda p: p.rope("x", "inv_freq", nh, D, rot, 1.5, row0=row0, interleaved=interleaved,
-                                         rot_off=off), {"inv_freq": inv_freq, "positions": positions},
-                   {"x": (x, "f32")}, {"T": T}, dtypes=PLACES)
-    ref = x.copy()
-    ang = positions[:, None] * inv_freq[None, :]                         # [T, rot/2]
-    c, s = (np.cos(ang) * 1.5)[:, None, :], (np.sin(ang) * 1.5)[:, None, :]
-    seg = x[row0:row0 + T, :, off:off + rot]
-    view = ref[row0:row0 + T, :, off:off + rot]
+def rope_ref(x, positions, inv_freq, rot, off, interleaved, factor):
+    """x [T, heads, D] with dims off .. off + rot of each head rotated (numpy, float64)."""
+    ref = x.astype(np.float64)
+    ang = positions[:, None] * inv_freq[None, :].astype(np.float64)      # [T, rot/2]
+    c, s = (np.cos(ang) * factor)[:, None, :], (np.sin(ang) * factor)[:, None, :]
+    seg = x[..., off:off + rot].astype(np.float64)
+    view = ref[..., off:off + rot]
     if interleaved:
         a, b = seg[..., 0::2], seg[..., 1::2]
         view[..., 0::2], view[..., 1::2] = a * c - b * s, b * c + a * s
     else:
         a, b = seg[..., :rot // 2], seg[..., rot // 2:]
         view[..., :rot // 2], view[..., rot // 2:] = a * c - b * s, b * c + a * s
+    return ref
+
+
+def inv_freqs(rot):
+    return (1.0 / 500.0 ** (np.arange(0, rot, 2) / rot)).astype(np.float32)
+
+
+@pytest.mark.parametrize("interleaved,off", [(False, 0), (True, 0), (True, 6)])
+def test_rope(gpu, interleaved, off):
+    T, row0, pos0, nh, D, rot = 5, 3, 11, 3, 18, 12
+    x = rand(row0 + T + 2, nh, D)
+    inv_freq = inv_freqs(rot)
+    positions = pos0 + np.array([0, 1, 2, 40, 3])[:T]                  # tokens of a batch need not be in order
+    out = run_plan(gpu, lambda p: p.rope("x", "inv_freq", nh, D, rot, 1.5, row0=row0, interleaved=interleaved,
+                                         rot_off=off), {"inv_freq": inv_freq, "positions": positions},
+                   {"x": (x, "f32")}, {"T": T}, dtypes=PLACES)
+    ref = x.copy()
+    ref[row0:row0 + T] = rope_ref(x[row0:row0 + T], positions, inv_freq, rot, off, interleaved, 1.5)
     close(out["x"], ref)
 
 
@@ -235,6 +247,42 @@ def test_kv_write(gpu):
     ref = cache.copy()
     ref[cache_rows] = src
     np.testing.assert_array_equal(out["cache"], ref.astype(np.float32))
+
+
+@pytest.mark.parametrize("rope,interleaved,off,rot", [(False, False, 0, 0), (True, False, 0, 16),
+                                                     (True, True, 0, 16), (True, True, 6, 8), (True, False, 2, 10)])
+def test_kv_store(gpu, rope, interleaved, off, rot):
+    """Keys (rotated on the way, partial rotary included) and values of T tokens into their cache rows;
+    the values' head dim differs from the keys'."""
+    T, rows, nkv, D, Dv = 4, 9, 3, 16, 12
+    k, v, kc, vc = rand(T, nkv, D), rand(T, nkv, Dv), rand(rows, nkv * D), rand(rows, nkv * Dv)
+    positions, cache_rows = np.array([5, 0, 2, 7]), np.array([7, 0, 3, 8])
+    inv_freq = inv_freqs(max(rot, 2))
+    args = rope_args("inv_freq", rot, 1.25, off, interleaved) if rope else None
+    out = run_plan(gpu, lambda p: p.kv_store("k", "v", "k_cache", "v_cache", nkv, D, Dv, args),
+                   {"k": k, "v": v, "inv_freq": inv_freq, "positions": positions, "cache_rows": cache_rows},
+                   {"k_cache": (kc, "f32"), "v_cache": (vc, "f32")}, {"T": T}, dtypes=PLACES)
+    want_k, want_v = kc.copy(), vc.copy()
+    want_k[cache_rows] = (rope_ref(k, positions, inv_freq, rot, off, interleaved, 1.25) if rope else k).reshape(T, -1)
+    want_v[cache_rows] = v.reshape(T, -1)
+    close(out["k_cache"], want_k)
+    np.testing.assert_array_equal(out["v_cache"], want_v.astype(np.float32))
+
+
+@pytest.mark.parametrize("interleaved,off,rot", [(False, 0, 20), (True, 4, 12)])
+def test_attention_rotates_its_queries(gpu, interleaved, off, rot):
+    """ROPE_Q: attention over q as it would be after rope, q itself left as it was."""
+    T, pos0, nh, nkv, D = 3, 40, 4, 2, 20
+    S = pos0 + T
+    q, kc, vc = rand(T, nh, D), rand(S, nkv, D), rand(S, nkv, D)
+    inv_freq = inv_freqs(rot)
+    args = rope_args("inv_freq", rot, 0.9, off, interleaved)
+    out = run_plan(gpu, lambda p: p.attention("q", "k_cache", "v_cache", "out", nh, nkv, D, D, 0.2, rope=args),
+                   {"q": q, "k_cache": kc, "v_cache": vc, "inv_freq": inv_freq, **one_sequence(pos0, T)},
+                   {"out": (np.zeros((T, nh, D)), "f32")}, {"T": T}, dtypes=PLACES)
+    positions = pos0 + np.arange(T)
+    close(out["out"], attention_ref(rope_ref(q, positions, inv_freq, rot, off, interleaved, 0.9), kc, vc, positions,
+                                    0, 0.2))
 
 
 @pytest.mark.parametrize("scoring,normalize,K,scale", [("softmax", 1, 2, 1.0), ("softmax", 0, 3, 1.0),
@@ -380,7 +428,11 @@ def test_moe_gather(gpu, T, K, E, used):
     """Pairs sorted by expert, and the list of experts with pairs (some experts get none)."""
     pool = rng.choice(E, used, replace=False)
     ids = np.stack([rng.choice(pool, K, replace=False) for _ in range(T)]).astype(np.uint32)
-    out = gather(gpu, ids, E)
+    check_gather(gather(gpu, ids, E), ids, E)
+
+
+def check_gather(out: dict, ids: np.ndarray, E: int) -> None:
+    """expert_offsets, pair_order and active_experts as moe_gather's contract states them, from numpy."""
     counts = np.bincount(ids.reshape(-1), minlength=E)
     np.testing.assert_array_equal(out["expert_offsets"], np.concatenate([[0], np.cumsum(counts)]))
     flat = ids.reshape(-1)
@@ -390,6 +442,23 @@ def test_moe_gather(gpu, T, K, E, used):
     active = np.nonzero(counts)[0]
     np.testing.assert_array_equal(out["active_experts"][:E + 1], np.concatenate([[0], np.cumsum(counts > 0)]))
     np.testing.assert_array_equal(out["active_experts"][E + 1:E + 1 + len(active)], active)
+
+
+@pytest.mark.parametrize("T,K,E,scoring", [(150, 2, 8, "softmax"), (1, 4, 13, "sigmoid"), (64, 8, 40, "softmax")])
+def test_router_gathers_the_pairs_by_expert(gpu, T, K, E, scoring):
+    """GATHER: one workgroup routes every token (more tokens than lanes included) and then sorts the pairs
+    by expert; the top-k equal numpy's and the sort meets moe_gather's contract."""
+    logits = rand(T, E)
+    out = run_plan(gpu, lambda p: p.router("logits", "topk_ids", "topk_w", E, K, scoring, True,
+                                           gather=("expert_offsets", "pair_order", "active_experts")),
+                   {"logits": logits}, {"topk_ids": (np.zeros((T, K)), "u32"), "topk_w": (np.zeros((T, K)), "f32"),
+                                        "expert_offsets": (np.zeros(E + 1), "u32"),
+                                        "pair_order": (np.zeros(T * K), "u32"),
+                                        "active_experts": (np.zeros(2 * E + 1), "u32")}, {"T": T})
+    score = logits if scoring == "softmax" else 1 / (1 + np.exp(-logits))      # both rank as the logits do
+    ids = np.argsort(-score, axis=-1, kind="stable")[:, :K]
+    np.testing.assert_array_equal(out["topk_ids"], ids)
+    check_gather(out, ids, E)
 
 
 def silu(v):

@@ -62,22 +62,23 @@ def test_plan_from_config_equals_the_converted_package(tmp_path):
     assert manifest["plan"] == json.loads(json.dumps(plan_from_config(json.loads((ckpt / "config.json").read_text()))))
 
 
-# What each architecture computes per layer, from its papers and model cards (not from the plan builder):
-# attention is 10 steps (norm, q, k, v projections, rotary on q and k, storing k and v, attention, output
-# projection), 2 more where q and k are normalised per head (Qwen3-MoE, OLMoE); DeepSeek-V3's multi-head
-# latent attention is 15 (norm, q down-projection and its norm, q's parts without and with rotary position,
-# q absorbed into the latent, the latent kv and its norm, the rotary key, rotary on q and k, storing the
-# latent, attention, v up-projection, output). Then the FFN norm, and a MoE block of 6 (router logits,
-# top-k, gathering tokens by expert, the experts' gate-up and down, scattering back), plus 4 for a shared
+# What each architecture computes per layer, from its papers and model cards (not from the plan builder),
+# as webmoe's fused steps state it: attention is 7 steps (norm, q, k, v projections, storing k and v with
+# rotary applied to k on the way, attention applying rotary to q as it reads it, output projection), 2
+# more where q and k are normalised per head (Qwen3-MoE, OLMoE); DeepSeek-V3's multi-head latent attention
+# is 14 (norm, q down-projection and its norm, q's parts without and with rotary position, q absorbed into
+# the latent, the latent kv and its norm, the rotary key, rotary on k, storing the latent, attention with
+# rotary on q, v up-projection, output). Then the FFN norm, and a MoE block of 5 (router logits, top-k
+# with tokens gathered by expert, the experts' gate-up and down, scattering back), plus 4 for a shared
 # expert (gate, up, SiLU x up, down) and 2 for its sigmoid gate (Qwen2-MoE), or a dense MLP of 4.
 ARCHITECTURE = {
-    "mixtral": dict(attention=10, shared=0),
-    "phimoe": dict(attention=10, shared=0),
-    "gpt_oss": dict(attention=10, shared=0),
-    "qwen3_moe": dict(attention=12, shared=0),
-    "olmoe": dict(attention=12, shared=0),
-    "qwen2_moe": dict(attention=10, shared=4 + 2),
-    "deepseek_v3": dict(attention=15, shared=4),
+    "mixtral": dict(attention=7, shared=0),
+    "phimoe": dict(attention=7, shared=0),
+    "gpt_oss": dict(attention=7, shared=0),
+    "qwen3_moe": dict(attention=9, shared=0),
+    "olmoe": dict(attention=9, shared=0),
+    "qwen2_moe": dict(attention=7, shared=4 + 2),
+    "deepseek_v3": dict(attention=14, shared=4),
 }
 
 
@@ -94,7 +95,7 @@ def test_plan_counts_and_shapes_follow_from_the_config(family):
     c = json.loads((SNAPSHOTS / f"{family}.config.json").read_text())
     plan = json.loads(json.dumps(plan_from_config(c, "f16")))
     arch, layers, moe = ARCHITECTURE[family], c["num_hidden_layers"], moe_layers(c)
-    per_moe, per_dense = arch["attention"] + 1 + 6 + arch["shared"], arch["attention"] + 1 + 4
+    per_moe, per_dense = arch["attention"] + 1 + 5 + arch["shared"], arch["attention"] + 1 + 4
     assert len(plan["steps"]) == 3 + len(moe) * per_moe + (layers - len(moe)) * per_dense   # + embed, norm, head
     assert [m["layer"] for m in plan["moe_layers"]] == moe
     H, V = c["hidden_size"], c["vocab_size"]

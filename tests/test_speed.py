@@ -17,13 +17,24 @@ from webmoe.engine.package import Package
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "shakespeare-moe"
 
 
-@pytest.fixture(scope="module")
-def figures(tmp_path_factory):
+def run_speed(tmp_path_factory, *flags):
     out = tmp_path_factory.mktemp("speed") / "speed.json"
     r = subprocess.run([sys.executable, "-m", "webmoe", "speed", str(DEMO), "--prompt", "9", "--tokens", "3",
-                        "--repeats", "2", "--profile", "--json", str(out)], capture_output=True, text=True)
+                        "--repeats", "2", "--profile", "--json", str(out), *flags], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return json.loads(out.read_text()), r.stdout
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory):
+    return run_speed(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["native", "browser"])
+def either(request, tmp_path_factory):
+    """The figures of the native engine, or of web/speed.js in headless Chromium (--browser)."""
+    return request.getfixturevalue("figures") if request.param == "native" else \
+        run_speed(tmp_path_factory, "--browser")
 
 
 def test_bytes_per_token_follow_the_manifest(figures):
@@ -49,10 +60,11 @@ def test_bytes_per_token_follow_the_manifest(figures):
     assert len(r["prefill"]["runs"]) == len(r["decode"]["runs"]) == 2
 
 
-def test_profile_times_every_step_of_a_token(figures):
+def test_profile_times_every_step_of_a_token(either):
     """Decode's profile has each role of the plan's steps (label without its layer) with as many calls
-    per token as the plan has steps dispatched at T = 1, the sampler's included; shares add up to 1."""
-    r, stdout = figures
+    per token as the plan has steps dispatched at T = 1, the sampler's included; shares add up to 1; in
+    both runtimes (profiler.py and its twin profiler.js)."""
+    r, stdout = either
     m = Package(DEMO).manifest
     env = {"T": 1, "logit_row0": 0, "n_logits": 1, "masked": 0, "bank_experts": m["moe"]["num_experts"]}
     want = Counter()
@@ -64,6 +76,20 @@ def test_profile_times_every_step_of_a_token(figures):
     assert sum(v["share"] for v in decode.values()) == pytest.approx(1.0)
     assert all(v["ms"] >= 0 for v in decode.values())
     assert "GPU time per token (decode, timestamp queries)" in stdout
+
+
+def test_a_decoded_tokens_time_is_split_in_both_runtimes(either):
+    """per_token_ms: the engine's own split of each decode (host encode, wait for the token), an empty
+    submission's round trip, generate()'s per-token time and the kernels' sum, named alike natively and
+    in the browser (which adds the page API's, through the worker); positive, and the kernels' sum is the
+    profile's."""
+    r, stdout = either
+    t = r["per_token_ms"]
+    want = {"decode", "encode", "wait", "round_trip", "generate", "kernels"} | ({"api"} if "api" in t else set())
+    assert set(t) == want and ("api" in t) == r["adapter"].startswith("google")       # Chromium's adapter
+    assert all(v > 0 for v in t.values())
+    assert t["kernels"] == pytest.approx(sum(row["ms"] for row in r["profile"]["decode"]))
+    assert "a decoded token:" in stdout
 
 
 def test_min_expressions():

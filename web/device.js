@@ -12,7 +12,7 @@ export async function openDevice({ maxBinding } = {}) {
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new DeviceError("WebGPU is present but no GPU adapter is available.");
   const L = adapter.limits;
-  const requiredFeatures = ["subgroups"].filter((f) => adapter.features.has(f));   // timestamp-query: native profiler only
+  const requiredFeatures = ["subgroups", "timestamp-query"].filter((f) => adapter.features.has(f));
   const device = await adapter.requestDevice({
     label: "webmoe",
     requiredFeatures,

@@ -103,6 +103,11 @@ export class Engine {
     }
     e.tokenRb = new Readback(e.device, 4);
     e.maxBatch = 1;          // KV slots: the browser decodes one sequence (engine.py's max_batch)
+    e.profiler = null;       // a profiler.js Profiler times every dispatch (webmoe speed --browser --profile)
+    // the last decode() or prefill(): seconds recording and submitting its commands (the host's share, and the
+    // per-layer read-backs when experts are paged) and from its last submission to the sampled token in hand
+    // (the adapter's work and the round trip); speed.js reports them
+    e.lastStep = { encode_s: 0, wait_s: 0 };
     if (o.expertsOnDemand && o.backgroundDownload) store.fillInBackground();
     e.ephemeral = store.ephemeral;     // why nothing of the model is kept in the browser (null: OPFS keeps it)
     return e;
@@ -145,16 +150,16 @@ export class Engine {
     const cache = this.experts;
     const size = ids.length * this.topK * 4;
     for (const seg of this.segments) {
-      ex.encodeRange(encoder, env, done, seg.start);
+      ex.encodeRange(encoder, env, done, seg.start, null, null, this.profiler);
       done = seg.stop;
       if (!cache.readsRouting) {              // every expert resident: no read-back
-        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.layerBanks.get(seg.layer), cache.bankEnv);
+        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.layerBanks.get(seg.layer), cache.bankEnv, this.profiler);
         continue;
       }
       encoder.copyBufferToBuffer(ex.buffers.get(seg.topkIds), 0, this.routeRb.buffer, 0, size);
       const predict = this.predict.get(seg.layer);
       if (predict) {          // the next MoE layer's router on this layer's router input
-        this.predictor.encodeRange(encoder, env, predict[0], predict[1]);
+        this.predictor.encodeRange(encoder, env, predict[0], predict[1], null, null, this.profiler);
         encoder.copyBufferToBuffer(this.predictor.buffers.get("pred_ids"), 0, this.routeRb.buffer, size, size);
       }
       this.device.queue.submit([encoder.finish()]);
@@ -166,13 +171,13 @@ export class Engine {
       if (predict) cache.fetchAhead(predict[2], routed.subarray(ids.length * this.topK));
       for await (const batch of cache.batches(seg.layer, chosen)) {
         encoder = this.device.createCommandEncoder();
-        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.banksOf(seg.layer, batch), cache.bankEnv);
+        ex.encodeRange(encoder, env, seg.start, seg.stop, cache.banksOf(seg.layer, batch), cache.bankEnv, this.profiler);
         this.device.queue.submit([encoder.finish()]);
       }
       if (predict) await cache.prefetch(predict[2], routed.subarray(ids.length * this.topK));
       encoder = this.device.createCommandEncoder();
     }
-    ex.encodeRange(encoder, env, done, ex.steps.length);
+    ex.encodeRange(encoder, env, done, ex.steps.length, null, null, this.profiler);
     return encoder;
   }
 
@@ -227,31 +232,36 @@ export class Engine {
   // Appends tokens to the sequence in KV slot `slot` (positions pos0 ..) and samples the next token on the
   // GPU from the last one's logits; reads back only its id.
   async prefill(slot, tokenIds, pos0, sampling) {
+    const t0 = performance.now();
     const enc = await this.chunks(slot, this.checkIds(tokenIds), pos0, false);
-    return (await this.sample(enc, [sampling]))[0];
+    return (await this.sample(enc, [sampling], t0))[0];
   }
 
   // One forward pass for the sequences of rows [[token, position, slot]], a token each, with a sampling
   // ({temperature, topP, u}) per row; returns the next token of each.
   async decode(rows, sampling) {
+    const t0 = performance.now();
     if (!(rows.length > 0 && rows.length <= this.maxBatch) || new Set(rows.map(([, , s]) => s)).size !== rows.length) {
       throw new PromptError(`a decode pass takes 1 to ${this.maxBatch} rows of distinct slots`);
     }
     const ids = this.checkIds(rows.map(([t]) => t));
     const places = { positions: Uint32Array.from(rows, ([, p]) => p), rows: Uint32Array.from(rows, ([, p, s]) => s * this.maxSeqLen + p) };
     if (rows.some(([, p, s]) => p >= this.maxSeqLen || s >= this.maxBatch)) throw new PromptError("a decode row lies outside the KV cache");
-    return this.sample(await this.forward(ids, places, 0, rows.length), sampling);
+    return this.sample(await this.forward(ids, places, 0, rows.length), sampling, t0);
   }
 
   // Samples logits row 0 on the GPU (after its grammar's mask when it has one) and reads back the token (one
-  // row: the browser decodes one sequence).
-  async sample(enc, sampling) {
+  // row: the browser decodes one sequence). t0: when the step began (for lastStep).
+  async sample(enc, sampling, t0) {
     const [{ temperature, topP, u, mask }] = sampling;
     if (mask) this.device.queue.writeBuffer(this.executor.buffers.get(this.io.token_mask), 0, this.maskRow(mask));
-    this.sampler.encode(enc, { temperature, top_p: topP, u, masked: mask ? 1 : 0 });
+    this.sampler.encode(enc, { temperature, top_p: topP, u, masked: mask ? 1 : 0 }, this.profiler);
     enc.copyBufferToBuffer(this.executor.buffers.get(this.io.token), 0, this.tokenRb.buffer, 0, 4);
+    const t1 = performance.now();
     this.device.queue.submit([enc.finish()]);
-    return [new Uint32Array(await this.tokenRb.read(4))[0]];
+    const token = new Uint32Array(await this.tokenRb.read(4))[0];
+    this.lastStep = { encode_s: (t1 - t0) / 1000, wait_s: (performance.now() - t1) / 1000 };
+    return [token];
   }
 
   maskRow(mask) {

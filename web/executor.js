@@ -100,33 +100,35 @@ export class Executor {
   }
 
   // Records every step into one compute pass; the caller submits before the next encode.
-  encode(encoder, env) {
+  encode(encoder, env, profiler = null) {
     this.writeParams(env);
-    this.encodeRange(encoder, env, 0, this.steps.length);
+    this.encodeRange(encoder, env, 0, this.steps.length, null, null, profiler);
   }
 
   // Records steps start .. stop; the caller wrote the params for env. Banked steps are dispatched for each
   // bank in `banks` (default: every bank), their dispatch evaluated with that bank's variables bankEnv[bank].
-  encodeRange(encoder, env, start, stop, banks = null, bankEnv = null) {
+  // With a profiler (profiler.js) every dispatch gets a timed pass of its own.
+  encodeRange(encoder, env, start, stop, banks = null, bankEnv = null, profiler = null) {
     if (start >= stop) return;
-    const pass = encoder.beginComputePass();
+    const pass = profiler ? null : encoder.beginComputePass();
+    const dispatch = (st, bank, stepEnv) => {
+      const counts = st.dispatch.map((d) => evaluate(d, stepEnv));
+      if (Math.min(...counts) <= 0) return;
+      const p = profiler ? profiler.begin(encoder, st.label) : pass;
+      p.setPipeline(st.pipeline);
+      p.setBindGroup(0, st.bindGroups[bank]);
+      for (let r = 0; r < st.repeat; r++) p.dispatchWorkgroups(...counts);
+      if (profiler) p.end();
+    };
     for (const st of this.steps.slice(start, stop)) {
       if (!st.banked) {
-        dispatch(pass, st, 0, env);
+        dispatch(st, 0, env);
         continue;
       }
-      for (const bank of banks ?? st.bindGroups.keys()) dispatch(pass, st, bank, bankEnv ? { ...env, ...bankEnv[bank] } : env);
+      for (const bank of banks ?? st.bindGroups.keys()) dispatch(st, bank, bankEnv ? { ...env, ...bankEnv[bank] } : env);
     }
-    pass.end();
+    pass?.end();
   }
-}
-
-function dispatch(pass, st, bank, env) {
-  const counts = st.dispatch.map((d) => evaluate(d, env));
-  if (Math.min(...counts) <= 0) return;
-  pass.setPipeline(st.pipeline);
-  pass.setBindGroup(0, st.bindGroups[bank]);
-  for (let r = 0; r < st.repeat; r++) pass.dispatchWorkgroups(...counts);
 }
 
 function blockSize(kernel) {

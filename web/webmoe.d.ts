@@ -135,6 +135,36 @@ export interface Engine {
   stop(): Promise<void>;
   unload(): Promise<void>;
   expertStats(): Promise<Record<string, unknown>>;
+  /** Prefill and decode tokens/s on this device and where a decoded token's time goes (ms); decodes random
+   * tokens into the KV cache, so call it between generations. */
+  speed(options?: SpeedOptions): Promise<SpeedReport>;
+}
+
+export interface SpeedOptions {
+  /** prefill tokens (128; at most maxSeqLen - tokens - 1) */
+  prompt?: number;
+  /** decoded tokens per repetition (32) */
+  tokens?: number;
+  repeats?: number;
+  /** also time every dispatch with timestamp queries (the adapter's timestamp-query feature) */
+  profile?: boolean;
+  seed?: number;
+}
+
+export interface SpeedSpread { median: number; min: number; max: number; runs: number[]; }
+
+export interface SpeedReport {
+  adapter: string;
+  prompt: number;
+  tokens: number;
+  experts_resident: boolean;
+  /** tokens/s */
+  prefill: SpeedSpread;
+  decode: SpeedSpread;
+  per_token_ms: { decode: number; encode: number; wait: number; round_trip: number; generate: number; kernels?: number };
+  subgroups: number;
+  formats: Record<string, string>;
+  profile?: Record<"prefill" | "decode", { role: string; kernel: string; calls: number; ms: number; share: number }[]>;
 }
 
 /** source: a manifest's URL, the URL of the folder holding it, or hf://ORG/REPO[@REVISION]. */

@@ -150,6 +150,13 @@ class BrowserEngine {
   async expertStats() {
     return (await this.call("stats")).stats;
   }
+
+  // Prefill and decode speed on this device, and where a decoded token's time goes (speed.js); it decodes
+  // random tokens into the model's KV cache, so call it between generations. options: prompt (tokens, 128),
+  // tokens (decoded per repetition, 32), repeats (3), profile (GPU time per kernel), seed.
+  async speed(options = {}) {
+    return (await this.call("speed", { options })).speed;
+  }
 }
 
 // engine.chat.completions.create, as OpenAI's clients call it (and as `webmoe serve`'s /v1 answers): the

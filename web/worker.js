@@ -5,6 +5,7 @@
 import { responseFormatGrammar } from "./constraint.js";
 import { Engine } from "./engine.js";
 import { deleteCached, listCached } from "./opfs.js";
+import { measureSpeed } from "./speed.js";
 
 // a page may load several models (or load while another load runs): each engine has a handle
 const engines = new Map();     // handle -> {engine, abort}
@@ -58,6 +59,9 @@ const ops = {
   },
   async stats({ handle }) {
     return { stats: get(handle).engine.expertStats() };
+  },
+  async speed({ handle, options }) {
+    return { speed: await measureSpeed(get(handle).engine, options) };
   },
   async unload({ handle }) {
     const slot = get(handle);

@@ -133,8 +133,13 @@ def _bench(args) -> int:
 def _speed(args) -> int:
     import json
     from webmoe.tools.speed import measure, table
-    r = measure(args.package, prompt=args.prompt, tokens=args.tokens, repeats=args.repeats, adapter=args.adapter,
-                profile=args.profile)
+    if args.browser:
+        from webmoe.tools.bench_browser import speed_browser
+        r = speed_browser(args.package, prompt=args.prompt, tokens=args.tokens, repeats=args.repeats,
+                          profile=args.profile)
+    else:
+        r = measure(args.package, prompt=args.prompt, tokens=args.tokens, repeats=args.repeats, adapter=args.adapter,
+                    profile=args.profile)
     print(table(r))
     if args.json:
         with open(args.json, "w") as f:
@@ -310,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--profile", action="store_true", help="also time every dispatch with timestamp queries")
     v.add_argument("--json", default=None, help="also write the figures to this file")
     v.add_argument("--adapter", default=None)
+    v.add_argument("--browser", action="store_true", help="measure in headless Chromium (WebGPU) instead")
     v.set_defaults(func=_speed)
 
     q = sub.add_parser("perplexity", help="perplexity of packages on a text (how weight formats compare)")

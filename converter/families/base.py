@@ -9,7 +9,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import ConversionError
-from ..plan import GEOMETRY, Plan
+from ..plan import GEOMETRY, Plan, rope_args
 from ..rope import max_context, rope_parameters, rope_tables
 
 
@@ -361,13 +361,10 @@ class DecoderFamily:
         elif self.qk_norm == "full":   # rows are tokens
             plan.rmsnorm(None, self.q_norm.format(l=l), q, "T", nh * D, d.rms_norm_eps, label=f"L{l}.q_norm")
             plan.rmsnorm(None, self.k_norm.format(l=l), k, "T", nkv * D, d.rms_norm_eps, label=f"L{l}.k_norm")
-        factor = rope_tables(self.config, d.rope_dim)[1]
-        plan.rope(q, "rope.inv_freq", nh, D, d.rope_dim, factor, label=f"L{l}.rope_q")
-        plan.rope(k, "rope.inv_freq", nkv, D, d.rope_dim, factor, label=f"L{l}.rope_k")
-        plan.kv_write(k, kc, nkv * D, label=f"L{l}.k_store")
-        plan.kv_write(v, vc, nkv * D, label=f"L{l}.v_store")
+        rope = rope_args("rope.inv_freq", d.rope_dim, rope_tables(self.config, d.rope_dim)[1])
+        plan.kv_store(k, v, kc, vc, nkv, D, D, rope, label=f"L{l}.kv_store")      # keys rotated on the way
         plan.attention(q, kc, vc, attn, nh, nkv, D, D, D ** -0.5, window=self.layer_window(l),
-                       sinks=self.attention_sinks(l), label=f"L{l}.attention")
+                       sinks=self.attention_sinks(l), rope=rope, label=f"L{l}.attention")   # queries too
         plan.matmul(attn, name["o"], "h", nh * D, H, accumulate=True, bias=bias["o"], label=f"L{l}.o_proj")
 
     def moe_block(self, plan: Plan, ckpt: Checkpoint | None, l: int, layout: dict, expert_dtype: str) -> None:
@@ -384,10 +381,11 @@ class DecoderFamily:
         self.block_norm(plan, self.ffn_norm.format(l=l), f"L{l}.ffn_norm")
         logits_step = plan.matmul("xn", self.resolve(ckpt, self.router, l=l), "router_logits", H, E,
                                   bias=self.router_bias(l), label=f"L{l}.router_logits")
+        # the router also sorts the (token, k) pairs by expert for the expert kernels (one step, not two)
         router_step = plan.router("router_logits", "topk_ids", "topk_w", E, K, m.scoring, m.norm_topk_prob,
                                   m.routed_scaling_factor, m.jitter_eps, self.router_choice_bias(l), m.n_group,
-                                  m.topk_group, label=f"L{l}.router")
-        plan.moe_gather("topk_ids", "expert_offsets", "pair_order", "active_experts", E, K, label=f"L{l}.moe_gather")
+                                  m.topk_group, gather=("expert_offsets", "pair_order", "active_experts"),
+                                  label=f"L{l}.router")
         experts = plan.moe_experts("xn", "act", "expert_out", "expert_offsets", "pair_order", "active_experts", l, E, K,
                                    H, I, layout, expert_dtype, self.expert_activation(), label=f"L{l}.experts")
         plan.moe_layer(l, "xn", logits_step, router_step, experts)

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from ..plan import Plan
+from ..plan import Plan, rope_args
 from ..rope import rope_parameters
 from .base import DecoderFamily, MoE, need
 
@@ -135,11 +135,11 @@ class DeepseekV3(DecoderFamily):
                     bias=a + "kv_a_proj.rope.bias" if kv_bias else None, label=f"L{l}.k_rope")
         factor = rope_tables(self.config, dr)[1]
         interleaved = bool(self.config.get("rope_interleave", True))
-        plan.rope(q, "rope.inv_freq", nh, D, dr, factor, interleaved=interleaved, rot_off=r, label=f"L{l}.rope_q")
         plan.rope(kv_new, "rope.inv_freq", 1, D, dr, factor, interleaved=interleaved, rot_off=r, label=f"L{l}.rope_k")
         plan.kv_write(kv_new, kv, D, label=f"L{l}.kv_store")
         plan.attention(q, kv, kv, out_latent, nh, 1, D, r, self.softmax_scale(), k_stride=D, v_stride=D,
-                       label=f"L{l}.attention")
+                       rope=rope_args("rope.inv_freq", dr, factor, rot_off=r, interleaved=interleaved),
+                       label=f"L{l}.attention")                   # the queries rotated as attention reads them
         plan.matmul(out_latent, a + "kv_b_proj.v.weight", attn, r, dv, x_stride=nh * r, heads=nh, x_hstride=r,
                     y_stride=nh * dv, y_hstride=dv, label=f"L{l}.v_up")
         plan.matmul(attn, a + "o_proj.weight", "h", nh * dv, H, accumulate=True, bias=b["o"], label=f"L{l}.o_proj")

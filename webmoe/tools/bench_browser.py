@@ -46,3 +46,36 @@ def bench_browser(path, tokens: int = 16, runs=RUNS, repeats: int = 3) -> list[d
                     "precision": r["used"] / r["predicted"] if r["predicted"] else None,
                     "recall": r["used"] / r["needed"] if r["needed"] else None, "adapter": r["adapter"]}
         return in_rounds(plans, run_one, repeats)
+
+
+PAGE_SPEED = """async ([manifest, options]) => {
+  const webmoe = await import('/web/dist/standalone/webmoe.js');
+  const e = await webmoe.load(manifest, {maxSeqLen: options.prompt + options.tokens + 1});
+  const r = await e.speed(options);
+  // a token through the page's API: generate() in the worker, each token a message to the page
+  const api = [];
+  for (let i = 0; i < options.repeats; i++) {
+    const times = [];
+    for await (const _ of e.generate([1], {maxNewTokens: options.tokens + 1, temperature: 0})) times.push(performance.now());
+    api.push((times.at(-1) - times[0]) / (times.length - 1));
+  }
+  r.per_token_ms.api = api.sort((a, b) => a - b)[api.length >> 1];
+  await e.unload();
+  return r;
+}"""
+
+
+def speed_browser(path, prompt: int = 128, tokens: int = 32, repeats: int = 3, profile: bool = False,
+                  seed: int = 0) -> dict:
+    """speed.measure's figures in headless Chromium (web/speed.js in the engine's worker), and per_token_ms's
+    api: a token through the page's generate() (the worker's messages added)."""
+    from .headless import browser, serving
+    name = Package(path).dir.name
+    with serving(create_app([Path(path)], api=False)) as url, browser() as ctx:
+        page = ctx.new_page()
+        page.goto(url + "/")
+        r = page.evaluate(PAGE_SPEED, [f"/models/{name}/manifest.json", {"prompt": prompt, "tokens": tokens,
+                                                                         "repeats": repeats, "profile": profile,
+                                                                         "seed": seed}])
+        page.close()
+    return {"package": str(path), **r}

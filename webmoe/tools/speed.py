@@ -90,12 +90,39 @@ def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
+def round_trip(gpu, repeats: int = 20) -> float:
+    """Seconds from submitting a command buffer that only copies 4 bytes to those bytes mapped on the host
+    (median): what each synchronisation with the adapter costs before any work."""
+    device = gpu.device
+    src = device.create_buffer(size=16, usage=STORAGE)
+    rb = Readback(device, 16)
+    times = []
+    for _ in range(repeats + 1):                     # the first warms up
+        encoder = device.create_command_encoder()
+        encoder.copy_buffer_to_buffer(src, 0, rb.buffer, 0, 4)
+        t0 = time.perf_counter()
+        device.queue.submit([encoder.finish()])
+        rb.read(4)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
 def measure(path, prompt: int = 128, tokens: int = 32, repeats: int = 3, adapter: str | None = None,
             profile: bool = False, seed: int = 0) -> dict:
-    engine = Engine.load(path, adapter=adapter, max_seq_len=prompt + tokens + 1)
+    with Engine.load(path, adapter=adapter, max_seq_len=prompt + tokens + 1) as engine:
+        return {"package": str(path), **measure_engine(engine, prompt, tokens, repeats, profile, seed)}
+
+
+def measure_engine(engine: Engine, prompt: int = 128, tokens: int = 32, repeats: int = 3, profile: bool = False,
+                   seed: int = 0) -> dict:
+    """web/speed.js's measureSpeed is its twin (the same figures in the browser, `webmoe speed --browser`).
+    per_token_ms says where a decoded token's time goes: encode (recording and submitting, the host), wait
+    (last submission to the token in hand: the adapter and the round trip), round_trip (an empty
+    submission's), generate (a token through engine.generate: tokenizer and stop checks added), kernels
+    (GPU time by timestamp queries, with profile)."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, engine.vocab_size, prompt).tolist()
-    prefill, decode = [], []
+    prefill, decode, steps = [], [], []
     engine.prefill(0, ids[:8], 0)                     # compiles and warms every pipeline
     engine.decode([(ids[0], 0, 0)], [GREEDY])
     for _ in range(repeats):
@@ -108,17 +135,28 @@ def measure(path, prompt: int = 128, tokens: int = 32, repeats: int = 3, adapter
         t0 = time.perf_counter()
         for i, token in enumerate(stream):
             engine.decode([(token, i, 0)], [GREEDY])
+            steps.append(engine.last_step)
         decode.append(tokens / (time.perf_counter() - t0))
+    generate = []
+    for _ in range(repeats):                          # from a one-token prompt: positions 1 .. as the decode's
+        times = [time.perf_counter() for _ in engine.generate(ids[:1], max_new_tokens=tokens + 1, temperature=0)]
+        generate.append((times[-1] - times[0]) / (len(times) - 1))
+    per_token = {"decode": 1e3 / statistics.median(decode),
+                 "encode": 1e3 * statistics.median(s["encode_s"] for s in steps),
+                 "wait": 1e3 * statistics.median(s["wait_s"] for s in steps),
+                 "round_trip": 1e3 * round_trip(engine.gpu), "generate": 1e3 * statistics.median(generate)}
+    result = {"adapter": engine.adapter, "prompt": prompt, "tokens": tokens,
+              "experts_resident": not engine.experts.paging, "prefill": _spread(prefill), "decode": _spread(decode),
+              "per_token_ms": per_token, "subgroups": engine.gpu.subgroup_size,
+              "formats": engine.package.manifest["dtypes"]}
     patterns = stream_bandwidth(engine.gpu)
     bandwidth = max(patterns.values())
     read = decode_bytes(engine, tokens // 2)
-    result = {"package": str(path), "adapter": engine.adapter, "prompt": prompt, "tokens": tokens,
-              "experts_resident": not engine.experts.paging, "prefill": _spread(prefill), "decode": _spread(decode),
-              "bytes_per_token": read, "bandwidth": bandwidth, "bandwidth_patterns": patterns,
-              "bandwidth_share": read["total"] * statistics.median(decode) / bandwidth,
-              "subgroups": engine.gpu.subgroup_size, "formats": engine.package.manifest["dtypes"]}
+    result.update({"bytes_per_token": read, "bandwidth": bandwidth, "bandwidth_patterns": patterns,
+                   "bandwidth_share": read["total"] * statistics.median(decode) / bandwidth})
     if profile:
         result["profile"] = profile_run(engine, ids, tokens)
+        per_token["kernels"] = sum(row["ms"] for row in result["profile"]["decode"])
     return result
 
 
@@ -157,7 +195,7 @@ def _by_role(seconds: dict[str, list[float]], kernels: dict[str, str], per: int)
 
 
 def table(r: dict) -> str:
-    p, d, b = r["prefill"], r["decode"], r["bytes_per_token"]
+    p, d, t = r["prefill"], r["decode"], r["per_token_ms"]
     lines = [
         f"{r['package']} on {r['adapter']} (experts {r['formats']['experts']}, attention "
         f"{r['formats']['attention']}; subgroups: {r['subgroups'] or 'none'}; every expert resident: "
@@ -165,12 +203,21 @@ def table(r: dict) -> str:
         f"prefill {r['prompt']} tokens: {p['median']:.2f} tokens/s (min {p['min']:.2f}, max {p['max']:.2f}, "
         f"{len(p['runs'])} runs)",
         f"decode {r['tokens']} tokens:  {d['median']:.2f} tokens/s (min {d['min']:.2f}, max {d['max']:.2f})",
-        f"bytes read per decoded token: {b['total'] / 2**20:.2f} MiB (dense weights {b['dense'] / 2**20:.2f}, "
-        f"experts {b['experts'] / 2**20:.2f}, KV cache {b['kv_cache'] / 2**20:.2f})",
-        f"adapter streaming bandwidth: {r['bandwidth'] / 1e9:.2f} GB/s (interleaved lanes "
-        f"{r['bandwidth_patterns']['interleaved'] / 1e9:.2f}, contiguous runs {r['bandwidth_patterns']['runs'] / 1e9:.2f}); "
-        f"decode reaches {r['bandwidth_share']:.0%} of it (bound: {r['bandwidth'] / b['total']:.1f} tokens/s)",
+        f"a decoded token: {t['decode']:.2f} ms = encode {t['encode']:.2f} (host) + wait {t['wait']:.2f} (submission "
+        f"to token; an empty submission's round trip {t['round_trip']:.2f})"
+        + (f"; kernels {t['kernels']:.2f} (timestamp queries)" if "kernels" in t else "")
+        + f"; through generate() {t['generate']:.2f}"
+        + (f"; through the page's API (worker messages) {t['api']:.2f}" if "api" in t else ""),
     ]
+    if "bytes_per_token" in r:                  # measured natively only
+        b = r["bytes_per_token"]
+        lines += [
+            f"bytes read per decoded token: {b['total'] / 2**20:.2f} MiB (dense weights {b['dense'] / 2**20:.2f}, "
+            f"experts {b['experts'] / 2**20:.2f}, KV cache {b['kv_cache'] / 2**20:.2f})",
+            f"adapter streaming bandwidth: {r['bandwidth'] / 1e9:.2f} GB/s (interleaved lanes "
+            f"{r['bandwidth_patterns']['interleaved'] / 1e9:.2f}, contiguous runs "
+            f"{r['bandwidth_patterns']['runs'] / 1e9:.2f}); decode reaches {r['bandwidth_share']:.0%} of it "
+            f"(bound: {r['bandwidth'] / b['total']:.1f} tokens/s)"]
     for phase, rows in (r.get("profile") or {}).items():
         lines.append(f"\nGPU time per {'token' if phase == 'decode' else 'prompt'} ({phase}, timestamp queries):")
         lines.append(f"{'step':28s} {'kernel':14s} {'calls':>6s} {'ms':>9s} {'share':>6s}")
