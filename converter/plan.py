@@ -44,7 +44,7 @@ from webmoe.format.weight_formats import encoded_size, fmt
 # provided by the runtime's expert cache: the slab (one of its banks per dispatch), the bank's slot range
 # (a uniform vec4<u32>: first slot, slot count, first expert, experts) and the slot table [layers, E, pieces]
 RUNTIME_BUFFERS = ("experts", "expert_bank", "expert_slots")
-VARIABLES = ("T", "logit_row0", "n_logits", "temperature", "top_p", "u", "masked", "bank_experts")
+VARIABLES = ("T", "logit_row0", "n_logits", "temperature", "top_p", "u", "masked", "sampling", "bank_experts")
 DEFAULT_MAX_BINDING = 128 << 20     # WebGPU's default maxStorageBufferBindingSize: every adapter grants it
 
 GEOMETRY: dict[str, dict[str, int]] = {
@@ -219,7 +219,10 @@ class Plan:
     def sampler(self, logits: str, token: str, V: int) -> None:
         """The next token from row 0 of `logits`: the grammar's forbidden tokens removed when the row has a
         mask (shaders/sample_mask.wgsl), then argmax at temperature 0, else nucleus sampling, in passes of
-        one workgroup each (shaders/sample_state.wgsl). The runtime sets `row` per batch row."""
+        one workgroup each (shaders/sample_state.wgsl). The runtime sets `row` per batch row, and the
+        variable `sampling` to 1 when the temperature is above 0: the nucleus steps (33 dispatches) are
+        dispatched only then, so a greedy token's sampler is one dispatch (its kernels also do nothing at
+        temperature 0, so a runtime that dispatches them anyway gets the same token)."""
         mask = self.buffer("token_mask", ["T", -(-V // 32)], "u32")
         state = self.buffer("sample_state", [8])
         chunks = self.geometry["sample_chunks"]["CHUNKS"]
@@ -230,13 +233,13 @@ class Plan:
             self._make_step("sample_mask", {"logits": logits, "token_mask": mask}, {"V": V, "row": 0},
                             [ceil_div("masked", -(-V // wg), 1), 1, 1]),
             self._make_step("sample_max", {"logits": logits, "token": token, "state": state}, params, [1, 1, 1]),
-            self._make_step("sample_mass", {"logits": logits, "state": state}, params, [1, 1, 1], ["TOTAL"]),
-            self._make_step("sample_mass", {"logits": logits, "state": state}, params, [1, 1, 1],
+            self._make_step("sample_mass", {"logits": logits, "state": state}, params, ["sampling", 1, 1], ["TOTAL"]),
+            self._make_step("sample_mass", {"logits": logits, "state": state}, params, ["sampling", 1, 1],
                             repeat=SAMPLE_BISECTION_STEPS),
             self._make_step("sample_chunks", {"logits": logits, "state": state, "chunk_mass": chunk_mass}, params,
-                            [1, 1, 1]),
+                            ["sampling", 1, 1]),
             self._make_step("sample_pick", {"logits": logits, "state": state, "chunk_mass": chunk_mass,
-                                            "token": token}, params, [1, 1, 1], consts={"CHUNKS": chunks})]
+                                            "token": token}, params, ["sampling", 1, 1], consts={"CHUNKS": chunks})]
         self.io.update(token=token, token_mask=mask)
 
     def resources(self, expert_layout: dict | None, n_experts: int) -> dict:

@@ -245,7 +245,8 @@ class Engine:
                 device.queue.write_buffer(self.executor.buffers[self.io["token_mask"]], b * self._mask_words * 4,
                                           self._mask_row(s.mask))
             self.samplers[b].encode(encoder, {"temperature": s.temperature, "top_p": s.top_p, "u": s.u,
-                                              "masked": int(s.mask is not None)}, profiler=self.profiler)
+                                              "masked": int(s.mask is not None),
+                                              "sampling": int(s.temperature > 0)}, profiler=self.profiler)
             encoder.copy_buffer_to_buffer(self.executor.buffers[self.io["token"]], 0, self._token_rb.buffer, 4 * b, 4)
         t1 = time.perf_counter()
         device.queue.submit([encoder.finish()])

@@ -585,7 +585,7 @@ def test_sample_greedy_ties(gpu):
     logits = rand(3, V)
     logits[1, [17, 512, 999]] = 50.0
     out = run_plan(gpu, lambda p: p.sampler("logits", "token", V), {"logits": logits[1:2]},
-                   {"token": (np.zeros(1), "u32")}, {"temperature": 0.0, "top_p": 1.0, "u": 0.5, "masked": 0})
+                   {"token": (np.zeros(1), "u32")}, {"temperature": 0.0, "top_p": 1.0, "u": 0.5, "masked": 0, "sampling": 0})
     assert out["token"][0] == 17
 
 
@@ -608,7 +608,8 @@ def test_sample_matches_inverse_cdf(gpu, temperature, top_p, V):
     logits = rand(1, V) * 3
     for u in [0.01, 0.3, 0.77, 0.999]:
         out = run_plan(gpu, lambda p: p.sampler("logits", "token", V), {"logits": logits},
-                       {"token": (np.zeros(1), "u32")}, {"temperature": temperature, "top_p": top_p, "u": u, "masked": 0})
+                       {"token": (np.zeros(1), "u32")}, {"temperature": temperature, "top_p": top_p, "u": u, "masked": 0,
+                                                          "sampling": int(temperature > 0)})
         assert out["token"][0] == sample_ref(logits[0], temperature, top_p, u), (u, out["token"][0])
 
 
@@ -628,7 +629,7 @@ def test_sample_mask_removes_forbidden_tokens(gpu, V, share):
     allowed[rng.integers(V)] = True
     masked_ref = np.where(allowed, logits[0], -np.inf)
     for temperature, top_p, u in [(0.0, 1.0, 0.5), (1.0, 1.0, 0.3), (0.7, 0.9, 0.77), (1.3, 0.5, 0.999)]:
-        env = {"temperature": temperature, "top_p": top_p, "u": u}
+        env = {"temperature": temperature, "top_p": top_p, "u": u, "sampling": int(temperature > 0)}
         want = int(np.argmax(masked_ref)) if temperature == 0 else sample_ref(masked_ref, temperature, top_p, u)
         out = run_plan(gpu, lambda p: p.sampler("logits", "token", V), {"token_mask": bit_words(allowed)},
                        {"logits": (logits, "f32"), "token": (np.zeros(1), "u32")}, {**env, "masked": 1},

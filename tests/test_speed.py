@@ -66,7 +66,7 @@ def test_profile_times_every_step_of_a_token(either):
     both runtimes (profiler.py and its twin profiler.js)."""
     r, stdout = either
     m = Package(DEMO).manifest
-    env = {"T": 1, "logit_row0": 0, "n_logits": 1, "masked": 0, "bank_experts": m["moe"]["num_experts"]}
+    env = {"T": 1, "logit_row0": 0, "n_logits": 1, "masked": 0, "sampling": 0, "bank_experts": m["moe"]["num_experts"]}
     want = Counter()
     for s in m["plan"]["steps"] + m["plan"]["sampler"]:
         if min(evaluate(d, env) for d in s["dispatch"]) > 0:

@@ -255,7 +255,8 @@ export class Engine {
   async sample(enc, sampling, t0) {
     const [{ temperature, topP, u, mask }] = sampling;
     if (mask) this.device.queue.writeBuffer(this.executor.buffers.get(this.io.token_mask), 0, this.maskRow(mask));
-    this.sampler.encode(enc, { temperature, top_p: topP, u, masked: mask ? 1 : 0 }, this.profiler);
+    this.sampler.encode(enc, { temperature, top_p: topP, u, masked: mask ? 1 : 0, sampling: temperature > 0 ? 1 : 0 },
+                        this.profiler);
     enc.copyBufferToBuffer(this.executor.buffers.get(this.io.token), 0, this.tokenRb.buffer, 0, 4);
     const t1 = performance.now();
     this.device.queue.submit([enc.finish()]);
