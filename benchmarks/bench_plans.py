@@ -26,7 +26,7 @@ from webmoe.tools.speed import measure
 def dispatches_per_token(package: Path) -> tuple[int, int]:
     """(plan steps, dispatches) of one decoded token, the sampler's included."""
     m = json.loads((package / "manifest.json").read_text())
-    env = {"T": 1, "logit_row0": 0, "n_logits": 1, "masked": 0, "bank_experts": m["moe"]["num_experts"],
+    env = {"T": 1, "logit_row0": 0, "n_logits": 1, "masked": 0, "sampling": 0, "bank_experts": m["moe"]["num_experts"],
            "temperature": 0, "top_p": 1, "u": 0}
     steps = m["plan"]["steps"] + m["plan"]["sampler"]
     run = [s for s in steps if min(evaluate(d, env) for d in s["dispatch"]) > 0]
