@@ -24,6 +24,8 @@ from safetensors.numpy import save_file
 
 from webmoe import Engine
 from webmoe.converter.convert import convert
+from webmoe.converter.families import family_for
+from webmoe.converter.model_plan import unjoin
 from webmoe.converter.quant import decode
 from webmoe.engine.generation import GREEDY
 from webmoe.engine.package import Package
@@ -56,11 +58,12 @@ def export_checkpoint(pkg: Path, out: Path) -> Path:
     p = Package(pkg)
     m = p.manifest
     out.mkdir(parents=True, exist_ok=True)
+    family = family_for(m["hf_config"])
     tensors = {}
     for name, t in m["tensors"].items():
         if not name.startswith("rope."):
             n = int(np.prod(t["shape"]))
-            tensors[name] = decode(bytes(p.tensor_bytes(name)), t["dtype"], n).reshape(t["shape"])
+            tensors.update(unjoin(family, name, decode(bytes(p.tensor_bytes(name)), t["dtype"], n).reshape(t["shape"])))
     layout = m["moe"]["expert_layout"]
     for key in m["experts"]:
         l, e = map(int, key.split("_"))

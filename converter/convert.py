@@ -78,7 +78,11 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
         with expert_encoder(dtypes["experts"], layout, expert_weights) as encode_all, \
                 tqdm(total=total, unit="param", unit_scale=True, desc=f"convert {family.name}",
                      disable=(not progress) if progress is not None else None) as bar:
+            joined = family.joined_tensors()
+            sources = {src for srcs in joined.values() for src in srcs}
             for name, shape in dense.items():
+                if name in sources:                 # written inside its joined tensor, below
+                    continue
                 if family.transforms(name):
                     for out_name, array in family.transform_dense(name, ckpt.read(name, shape)).items():
                         for part in parts_of(plan["splits"], out_name, array.shape):
@@ -89,6 +93,12 @@ def convert(src: Path, out: Path, dtype: str = "f16", force: bool = False, progr
                         writer.add_dense_blocks(part["tensor"], (part["rows"], *shape[1:]), tensors[name][1],
                                                 _row_blocks(ckpt, name, shape, part["row0"], part["rows"]))
                 bar.update(math.prod(shape))
+            for name, srcs in joined.items():
+                stacked = [(src, dense[src]) for src in srcs]
+                for part in parts_of(plan["splits"], name, tensors[name][0]):
+                    writer.add_dense_blocks(part["tensor"], (part["rows"], *tensors[name][0][1:]), tensors[name][1],
+                                            _joined_row_blocks(ckpt, stacked, part["row0"], part["rows"]))
+                bar.update(sum(math.prod(shape) for _, shape in stacked))
             for name, array in family.generated_tensors().items():
                 writer.add_dense(name, array, tensors[name][1])
             experts = (((l, e), family.expert_weights(ckpt, l, e)) for l in moe.moe_layers
@@ -136,6 +146,20 @@ def _row_blocks(ckpt: Checkpoint, name: str, shape, row0: int, rows: int):
     step = max(1, BLOCK_BYTES // (4 * width))
     for r in range(row0, row0 + rows, step):
         yield ckpt.read_rows(name, r, min(r + step, row0 + rows))
+
+
+def _joined_row_blocks(ckpt: Checkpoint, stacked: list[tuple[str, tuple]], row0: int, rows: int):
+    """Rows row0 .. row0 + rows of tensors stacked by rows ([(name, shape)] in order: a joined tensor), as
+    _row_blocks gives them."""
+    start = 0
+    for name, shape in stacked:
+        lo, hi = max(row0, start), min(row0 + rows, start + shape[0])
+        if lo < hi:
+            if len(shape) < 2:
+                yield ckpt.read(name, shape)[lo - start:hi - start]
+            else:
+                yield from _row_blocks(ckpt, name, shape, lo - start, hi - lo)
+        start += shape[0]
 
 
 def checkpoint_dir(src, revision: str | None = None) -> Path:

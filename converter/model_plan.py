@@ -24,8 +24,13 @@ def package_tensors(family: DecoderFamily, ckpt: Checkpoint | None,
     ones larger than a binding into row parts (plan["splits"]). dtypes: {part: format} (weight_dtypes)."""
     keep_f32 = family.f32_tensors(ckpt)
     parts = family.weight_parts(ckpt)
+    joined = family.joined_tensors()
+    sources = {src for srcs in joined.values() for src in srcs}
+    dense = family.dense_tensors(ckpt)
     out = {}
-    for name, shape in family.dense_tensors(ckpt).items():
+    for name, shape in dense.items():
+        if name in sources:                   # stored inside a joined tensor (below)
+            continue
         dtype = dtypes[parts.get(name, "ffn")]
         if not family.transforms(name):
             out[name] = (tuple(shape), storage_dtype(shape, name in keep_f32, dtype))
@@ -34,9 +39,28 @@ def package_tensors(family: DecoderFamily, ckpt: Checkpoint | None,
         for out_name, array in family.transform_dense(name, placeholder).items():
             out[out_name] = (tuple(array.shape), storage_dtype(array.shape, out_name in keep_f32 or name in keep_f32,
                                                                dtype))
+    for name, srcs in joined.items():
+        shape = joined_shape([dense[src] for src in srcs])
+        out[name] = (shape, storage_dtype(shape, name in keep_f32, dtypes[parts.get(srcs[0], "ffn")]))
     for name, array in family.generated_tensors().items():
         out[name] = (tuple(array.shape), "f32")
     return out
+
+
+def unjoin(family: DecoderFamily, name: str, array: np.ndarray) -> dict[str, np.ndarray]:
+    """A package tensor as the checkpoint tensors it holds: a joined tensor's rows split back into the
+    tensors stacked in it (the inverse of DecoderFamily.joined_tensors), any other tensor as it is."""
+    sources = family.joined_tensors().get(name)
+    if not sources:
+        return {name: array}
+    dense = family.dense_tensors(None)
+    edges = np.cumsum([0] + [dense[src][0] for src in sources])
+    return {src: array[lo:hi] for src, lo, hi in zip(sources, edges, edges[1:])}
+
+
+def joined_shape(shapes: list[tuple]) -> tuple:
+    """The shape of tensors stacked by rows (DecoderFamily.joined_tensors)."""
+    return (sum(s[0] for s in shapes), *shapes[0][1:])
 
 
 def build_plan(family: DecoderFamily, ckpt: Checkpoint | None, tensors: dict[str, tuple[tuple, str]],

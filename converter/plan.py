@@ -304,16 +304,26 @@ class Plan:
     def matmul(self, x: str, w: str, y: str, K: int, N: int, T="T", x_row0=0, y_row0=0,
                accumulate=False, bias: str | None = None, label="", x_stride: int | None = None, x_col0: int = 0,
                y_stride: int | None = None, y_col0: int = 0, heads: int = 1, x_hstride: int = 0,
-               y_hstride: int = 0) -> int:
+               y_hstride: int = 0, split_y: list[tuple[str, int]] | None = None) -> int:
         """For t < T (and each head h < heads, whose weights are rows h*N .. of w):
             y[y_row0 + t, y_col0 + h*y_hstride + n] (+)= sum_k x[x_row0 + t, x_col0 + h*x_hstride + k] * w[h*N + n, k]
         (+ bias[h*N + n]); rows of x are x_stride values apart (default K), of y y_stride (default N).
-        A weight split into row parts becomes one step per part, each writing its columns of y."""
+        A weight split into row parts becomes one step per part, each writing its columns of y.
+        split_y [(buffer, columns)] x 3 (y unused): the output's columns go to these buffers in turn, each
+        [T, columns] (q, k and v from one joined weight)."""
         g = self.geometry["matmul"]
         parts = self.parts(w)
         if heads > 1 and len(parts) > 1:
             raise ValueError(f"{label}: a head-batched matmul over a split weight is not supported")
         defines = self.weight_defines(w) + (["BIAS"] if bias is not None else [])
+        split = {}
+        if split_y:
+            if len(split_y) != 3 or sum(c for _, c in split_y) != N or accumulate or heads > 1 or y_stride:
+                raise ValueError(f"{label}: split_y takes three buffers whose columns add up to N, without "
+                                 "accumulate, heads or y_stride")
+            y = split_y[0][0]
+            split = {"split1": split_y[0][1], "split2": split_y[1][1], "split3": split_y[2][1]}
+            defines.append("SPLIT_Y")
         if aligned(K, self.weight_dtype(w), x_stride or K, x_col0, x_hstride):
             defines.append("W_ALIGNED")
         first = len(self.steps)
@@ -322,11 +332,13 @@ class Plan:
             bind = {"x": x, "w": part["tensor"], "y": y}
             if bias is not None:
                 bind["bias"] = bias
+            if split_y:
+                bind.update(y2=split_y[1][0], y3=split_y[2][0])
             self.step("matmul", bind,
                       {"T": T, "K": K, "N": n, "x_row0": x_row0, "x_stride": x_stride or K, "x_col0": x_col0,
                        "x_hstride": x_hstride, "y_row0": y_row0, "y_stride": y_stride or N,
                        "y_col0": y_col0 + part["row0"], "y_hstride": y_hstride, "b_off": part["row0"],
-                       "accumulate": int(accumulate)},
+                       "accumulate": int(accumulate), **split},
                       [-(-n // g["ROWS"]), ceil_div(T, 1, g["TOKENS"]), heads], defines, label)
         return first
 

@@ -8,14 +8,25 @@
 // of lanes (row_group.wgsl) that stride over K eight or 32 weights at a time (W_ALIGNED), for four tokens
 // of the tile at once (one token when decoding).
 // accumulate = 1 adds into y (the residual stream), so no separate add kernel is needed.
+// SPLIT_Y: the output's columns go to three buffers, split1 columns to y, the next split2 to y2, the last
+// split3 to y3, each with rows as wide as its columns (q, k and v from one joined weight: one step, not
+// three); y_stride and accumulate do not apply.
 struct Params { T: u32, K: u32, N: u32, x_row0: u32, x_stride: u32, x_col0: u32, x_hstride: u32, y_row0: u32,
-                y_stride: u32, y_col0: u32, y_hstride: u32, b_off: u32, accumulate: u32 }
+                y_stride: u32, y_col0: u32, y_hstride: u32, b_off: u32, accumulate: u32,
+//!if SPLIT_Y
+                split1: u32, split2: u32, split3: u32,
+//!endif
+}
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 //!if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;    // [N]
+//!endif
+//!if SPLIT_Y
+@group(0) @binding(5) var<storage, read_write> y2: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y3: array<f32>;
 //!endif
 //!include weights.wgsl
 //!include row_group.wgsl
@@ -50,13 +61,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     row_sums(lid, &acc, nt);
     if (lane == 0u && n < p.N) {
         for (var j = 0u; j < nt; j++) {
-            let i = (p.y_row0 + t0 + j) * p.y_stride + p.y_col0 + head * p.y_hstride + n;
+            let r = p.y_row0 + t0 + j;
+            let c = p.y_col0 + head * p.y_hstride + n;     // column of the output
             var v = acc[j];
 //!if BIAS
             v += bias[p.b_off + head * p.N + n];
 //!endif
+//!if SPLIT_Y
+            if (c < p.split1) {
+                y[r * p.split1 + c] = v;
+            } else if (c < p.split1 + p.split2) {
+                y2[r * p.split2 + c - p.split1] = v;
+            } else {
+                y3[r * p.split3 + c - p.split1 - p.split2] = v;
+            }
+//!else
+            let i = r * p.y_stride + c;
             if (p.accumulate != 0u) { v += y[i]; }
             y[i] = v;
+//!endif
         }
     }
 }

@@ -28,6 +28,7 @@ def package_weights(pkg) -> tuple[dict[str, np.ndarray], dict[tuple[int, int], d
         base, k = (part[1], int(part[2])) if part else (name, 0)
         cut.setdefault(base, []).append((k, value.astype(np.float32)))
     dense = {name: np.concatenate([v for _, v in sorted(parts, key=lambda kv: kv[0])]) for name, parts in cut.items()}
+    dense = unjoined(dense, m["hf_config"])
     layout, inter = m["moe"]["expert_layout"], m["moe"]["intermediate_size"]
     experts = {}
     for key in m["experts"]:
@@ -43,6 +44,24 @@ def package_weights(pkg) -> tuple[dict[str, np.ndarray], dict[tuple[int, int], d
                                     "up": np.concatenate(pieces["up"])[:inter].astype(np.float32),
                                     "down": np.concatenate(pieces["down"], axis=1)[:, :inter].astype(np.float32)}
     return dense, experts
+
+
+def unjoined(dense: dict[str, np.ndarray], config: dict) -> dict[str, np.ndarray]:
+    """A layer's joined q, k and v rows (self_attn.qkv_proj, docs/format.md) as the checkpoint's three
+    tensors again: the query heads' rows, then the key heads', then the value heads'."""
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    out = {}
+    for name, value in dense.items():
+        joined = re.fullmatch(r"(.*self_attn\.)qkv_proj\.(weight|bias)", name)
+        if not joined:
+            out[name] = value
+            continue
+        q, k = heads * head_dim, kv_heads * head_dim
+        assert value.shape[0] == q + 2 * k, name
+        for proj, rows in (("q_proj", value[:q]), ("k_proj", value[q:q + k]), ("v_proj", value[q + k:])):
+            out[f"{joined[1]}{proj}.{joined[2]}"] = rows
+    return out
 
 
 def dequantised_checkpoint(ckpt, out, dense, experts):

@@ -118,6 +118,24 @@ def test_matmul(gpu, wdtype, T, K, N, bias, acc, geometry, max_binding):
     close(out["y"], ref)
 
 
+@pytest.mark.parametrize("wdtype,max_binding", [("f32", 1 << 27), ("f16", 1024), ("q8", 1 << 27), ("q4", 1 << 27)])
+def test_matmul_splits_its_output(gpu, wdtype, max_binding):
+    """SPLIT_Y: one joined weight's output columns into three buffers of their own widths (q, k and v), with a
+    bias, over several token tiles; with a 1 KiB binding limit the f16 weight is cut into row parts whose
+    rows straddle the buffers' boundaries."""
+    T, K, widths = 11, 64, (36, 28, 24)
+    x, w, b = rand(T, K), rand(sum(widths), K), rand(sum(widths))
+    out = run_plan(gpu, lambda p: p.matmul("x", "w", "q", K, sum(widths), bias="bias",
+                                           split_y=[("q", widths[0]), ("k", widths[1]), ("v", widths[2])]),
+                   {"x": x, "w": w, "bias": b},
+                   {name: (np.zeros((T, n)), "f32") for name, n in zip("qkv", widths)}, {"T": T},
+                   dtypes={"w": wdtype}, max_binding=max_binding)
+    ref = x.astype(np.float64) @ as_stored(w, wdtype, max_binding).T.astype(np.float64) + b
+    edges = np.cumsum((0,) + widths)
+    for name, lo, hi in zip("qkv", edges, edges[1:]):
+        close(out[name], ref[:, lo:hi])
+
+
 def test_matmul_heads_and_strides(gpu):
     """Per-head weights over column slices of wider rows, written into column slices of wider rows (MLA's
     query absorption): y[t, y_col0 + h*y_hs + n] = x[t, x_col0 + h*x_hs + :K] @ w[h*N + n]."""

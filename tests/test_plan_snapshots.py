@@ -63,21 +63,21 @@ def test_plan_from_config_equals_the_converted_package(tmp_path):
 
 
 # What each architecture computes per layer, from its papers and model cards (not from the plan builder),
-# as webmoe's fused steps state it: attention is 7 steps (norm, q, k, v projections, storing k and v with
-# rotary applied to k on the way, attention applying rotary to q as it reads it, output projection), 2
-# more where q and k are normalised per head (Qwen3-MoE, OLMoE); DeepSeek-V3's multi-head latent attention
-# is 14 (norm, q down-projection and its norm, q's parts without and with rotary position, q absorbed into
-# the latent, the latent kv and its norm, the rotary key, rotary on k, storing the latent, attention with
-# rotary on q, v up-projection, output). Then the FFN norm, and a MoE block of 5 (router logits, top-k
-# with tokens gathered by expert, the experts' gate-up and down, scattering back), plus 4 for a shared
-# expert (gate, up, SiLU x up, down) and 2 for its sigmoid gate (Qwen2-MoE), or a dense MLP of 4.
+# as webmoe's fused steps state it: attention is 5 steps (norm, q, k and v projections as one matmul,
+# storing k and v with rotary applied to k on the way, attention applying rotary to q as it reads it, output
+# projection), 2 more where q and k are normalised per head (Qwen3-MoE, OLMoE); DeepSeek-V3's multi-head
+# latent attention is 14 (norm, q down-projection and its norm, q's parts without and with rotary position,
+# q absorbed into the latent, the latent kv and its norm, the rotary key, rotary on k, storing the latent,
+# attention with rotary on q, v up-projection, output). Then the FFN norm, and a MoE block of 5 (router
+# logits, top-k with tokens gathered by expert, the experts' gate-up and down, scattering back), plus 4 for
+# a shared expert (gate, up, SiLU x up, down) and 2 for its sigmoid gate (Qwen2-MoE), or a dense MLP of 4.
 ARCHITECTURE = {
-    "mixtral": dict(attention=7, shared=0),
-    "phimoe": dict(attention=7, shared=0),
-    "gpt_oss": dict(attention=7, shared=0),
-    "qwen3_moe": dict(attention=9, shared=0),
-    "olmoe": dict(attention=9, shared=0),
-    "qwen2_moe": dict(attention=7, shared=4 + 2),
+    "mixtral": dict(attention=5, shared=0),
+    "phimoe": dict(attention=5, shared=0),
+    "gpt_oss": dict(attention=5, shared=0),
+    "qwen3_moe": dict(attention=7, shared=0),
+    "olmoe": dict(attention=7, shared=0),
+    "qwen2_moe": dict(attention=5, shared=4 + 2),
     "deepseek_v3": dict(attention=14, shared=4),
 }
 

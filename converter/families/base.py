@@ -76,6 +76,9 @@ class DecoderFamily:
     attn = {"q": "model.layers.{l}.self_attn.q_proj.weight", "k": "model.layers.{l}.self_attn.k_proj.weight",
             "v": "model.layers.{l}.self_attn.v_proj.weight", "o": "model.layers.{l}.self_attn.o_proj.weight"}
     attn_bias = {k: v.replace(".weight", ".bias") for k, v in attn.items()}
+    # the package's q, k and v rows of a layer as one matrix (and one bias), for one matmul (joined_tensors)
+    qkv = "model.layers.{l}.self_attn.qkv_proj.weight"
+    qkv_bias = "model.layers.{l}.self_attn.qkv_proj.bias"
     layer_norm = False            # LayerNorm with bias instead of RMSNorm for the block and final norms
     lm_head_bias = "lm_head.bias"
     # QK-norm: None; "head" = RMSNorm over each head's dims (Qwen3); "full" = over the whole projection (OLMoE)
@@ -227,6 +230,19 @@ class DecoderFamily:
             out.update({self.q_norm.format(l=l): (qd,), self.k_norm.format(l=l): (kvd,)})
         return out
 
+    def joined_tensors(self) -> dict[str, list[str]]:
+        """Package tensors stacked by rows from checkpoint tensors, in order: each layer's q, k and v
+        projections as one matrix (one matmul instead of three), and their biases where they have them."""
+        biased = self.attention_bias_parts(self.config) & {"q", "k", "v"}
+        if biased not in (set(), {"q", "k", "v"}):
+            raise ConversionError(f"{self.name}: only some of the q, k and v projections carry a bias")
+        out = {}
+        for l in range(self.dims.num_layers):
+            out[self.qkv.format(l=l)] = [self.attn[p].format(l=l) for p in "qkv"]
+            if biased:
+                out[self.qkv_bias.format(l=l)] = [self.attn_bias[p].format(l=l) for p in "qkv"]
+        return out
+
     def transforms(self, name: str) -> bool:
         """Whether transform_dense changes this tensor (the converter streams the others in row blocks)."""
         return False
@@ -352,9 +368,9 @@ class DecoderFamily:
         parts = self.attention_bias_parts(self.config)
         bias = {k: (v.format(l=l) if k in parts else None) for k, v in self.attn_bias.items()}
         self.block_norm(plan, self.attn_norm.format(l=l), f"L{l}.attn_norm")
-        plan.matmul("xn", name["q"], q, H, nh * D, bias=bias["q"], label=f"L{l}.q_proj")
-        plan.matmul("xn", name["k"], k, H, nkv * D, bias=bias["k"], label=f"L{l}.k_proj")
-        plan.matmul("xn", name["v"], v, H, nkv * D, bias=bias["v"], label=f"L{l}.v_proj")
+        plan.matmul("xn", self.qkv.format(l=l), q, H, (nh + 2 * nkv) * D,        # q, k and v: one joined weight
+                    bias=self.qkv_bias.format(l=l) if "q" in parts else None,
+                    split_y=[(q, nh * D), (k, nkv * D), (v, nkv * D)], label=f"L{l}.qkv_proj")
         if self.qk_norm == "head":     # rows are heads: q [T * nh, D], k [T * nkv, D]
             plan.rmsnorm(None, self.q_norm.format(l=l), q, ["T", nh, 1], D, d.rms_norm_eps, label=f"L{l}.q_norm")
             plan.rmsnorm(None, self.k_norm.format(l=l), k, ["T", nkv, 1], D, d.rms_norm_eps, label=f"L{l}.k_norm")

@@ -58,6 +58,9 @@ class DeepseekV3(DecoderFamily):
     def attention_bias_parts(self, c: dict) -> set[str]:
         return {"q_a", "kv_a", "o"} if c.get("attention_bias") else set()
 
+    def joined_tensors(self) -> dict[str, list[str]]:
+        return {}                 # multi-head latent attention has no q, k and v projections to join
+
     def attention_tensors(self, l: int) -> dict[str, tuple[int, ...]]:
         H, nh = self.dims.hidden_size, self.dims.num_heads
         a, qk = ATTN.format(l=l), self.d_nope + self.d_rot
