@@ -33,11 +33,11 @@ export async function measureSpeed(engine, { prompt = 128, tokens = 32, repeats 
   for (let r = 0; r < repeats; r++) {           // from a one-token prompt: positions 1 .. as the decode's
     const times = [];
     for await (const _ of engine.generate(ids.slice(0, 1), { maxNewTokens: tokens + 1, temperature: 0 })) times.push(performance.now());
-    generate.push((times.at(-1) - times[0]) / (times.length - 1));
+    if (times.length > 1) generate.push((times.at(-1) - times[0]) / (times.length - 1));   // (none: end-of-sequence at once)
   }
   const perToken = { decode: 1e3 / median(decode), encode: 1e3 * median(steps.map((s) => s.encode_s)),
                      wait: 1e3 * median(steps.map((s) => s.wait_s)), round_trip: 1e3 * await roundTrip(engine.device),
-                     generate: median(generate) };
+                     generate: generate.length ? median(generate) : NaN };
   const result = { adapter: engine.adapter, prompt, tokens, experts_resident: !engine.experts.paging,
                    prefill: spread(prefill), decode: spread(decode), per_token_ms: perToken,
                    subgroups: engine.executor.gpu.subgroupSize, formats: engine.manifest.dtypes };

@@ -57,9 +57,9 @@ PAGE_SPEED = """async ([manifest, options]) => {
   for (let i = 0; i < options.repeats; i++) {
     const times = [];
     for await (const _ of e.generate([1], {maxNewTokens: options.tokens + 1, temperature: 0})) times.push(performance.now());
-    api.push((times.at(-1) - times[0]) / (times.length - 1));
+    if (times.length > 1) api.push((times.at(-1) - times[0]) / (times.length - 1));
   }
-  r.per_token_ms.api = api.sort((a, b) => a - b)[api.length >> 1];
+  r.per_token_ms.api = api.length ? api.sort((a, b) => a - b)[api.length >> 1] : null;
   await e.unload();
   return r;
 }"""

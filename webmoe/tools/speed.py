@@ -140,11 +140,13 @@ def measure_engine(engine: Engine, prompt: int = 128, tokens: int = 32, repeats:
     generate = []
     for _ in range(repeats):                          # from a one-token prompt: positions 1 .. as the decode's
         times = [time.perf_counter() for _ in engine.generate(ids[:1], max_new_tokens=tokens + 1, temperature=0)]
-        generate.append((times[-1] - times[0]) / (len(times) - 1))
+        if len(times) > 1:                            # (a run that met end-of-sequence at once has no interval)
+            generate.append((times[-1] - times[0]) / (len(times) - 1))
     per_token = {"decode": 1e3 / statistics.median(decode),
                  "encode": 1e3 * statistics.median(s["encode_s"] for s in steps),
                  "wait": 1e3 * statistics.median(s["wait_s"] for s in steps),
-                 "round_trip": 1e3 * round_trip(engine.gpu), "generate": 1e3 * statistics.median(generate)}
+                 "round_trip": 1e3 * round_trip(engine.gpu),
+                 "generate": 1e3 * statistics.median(generate) if generate else float("nan")}
     result = {"adapter": engine.adapter, "prompt": prompt, "tokens": tokens,
               "experts_resident": not engine.experts.paging, "prefill": _spread(prefill), "decode": _spread(decode),
               "per_token_ms": per_token, "subgroups": engine.gpu.subgroup_size,
@@ -207,7 +209,7 @@ def table(r: dict) -> str:
         f"to token; an empty submission's round trip {t['round_trip']:.2f})"
         + (f"; kernels {t['kernels']:.2f} (timestamp queries)" if "kernels" in t else "")
         + f"; through generate() {t['generate']:.2f}"
-        + (f"; through the page's API (worker messages) {t['api']:.2f}" if "api" in t else ""),
+        + (f"; through the page's API (worker messages) {t['api']:.2f}" if t.get("api") is not None else ""),
     ]
     if "bytes_per_token" in r:                  # measured natively only
         b = r["bytes_per_token"]
