@@ -51,7 +51,7 @@ def family_site(tmp_path_factory, packages):
                                   "deepseek_v3", "gpt_oss", "gpt_oss-mxfp4"])
 def test_browser_matches_native(family_site, name):
     """The same plan and kernels in Chromium (SwiftShader) give the native engine's logits and tokens, for
-    every weight format (the native kernels are checked against numpy's decoding in test_kernels.py)."""
+    every weight format (the native kernels are checked against numpy's decoding in test_kernels.py and test_kernels_moe.py)."""
     url, ctx, pkgs = family_site
     page = open_page(ctx, url + "/")
     try:
