@@ -107,6 +107,18 @@ def manifest_url(pkg):
     return f"/models/{Path(pkg).name}/manifest.json"
 
 
+def corrupt_in_opfs(page, file: str, position: int) -> None:
+    """Overwrites 16 bytes of `file` at `position` in every model folder webmoe keeps in the page's OPFS."""
+    page.evaluate("""async ([file, position]) => {
+      const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('webmoe');
+      for await (const [, dir] of root.entries()) {
+        const w = await (await dir.getFileHandle(file)).createWritable({keepExistingData: true});
+        await w.write({type: 'write', position, data: new Uint8Array(16).fill(7)});
+        await w.close();
+      }
+    }""", [file, position])
+
+
 def browser_logits(page, ids):
     return np.array(page.evaluate(LOGITS, [ids]), np.float32).reshape(len(ids), -1)
 

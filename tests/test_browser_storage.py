@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from transformers import MixtralForCausalLM
 
-from browser import (GREEDY, LOAD, Recorder, app_with, assert_matches_native, browser, browser_logits, manifest_url,
-                     open_page, packages, serving)
+from browser import (GREEDY, LOAD, Recorder, app_with, assert_matches_native, browser, browser_logits,
+                     corrupt_in_opfs, manifest_url, open_page, packages, serving)
 from test_mixtral import mixtral
 from webmoe.converter.convert import convert
 from webmoe import Engine
@@ -81,14 +81,7 @@ def test_opfs_cache_second_load_corruption_and_resume(packages):
         assert rec.shard_requests() == first
 
         # a shard corrupted in OPFS is detected by its hash and fetched again, and a deleted one too
-        page.evaluate("""async ([file]) => {
-          const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('webmoe');
-          for await (const [, dir] of root.entries()) {
-            const w = await (await dir.getFileHandle(file)).createWritable({keepExistingData: true});
-            await w.write({type: 'write', position: 64, data: new Uint8Array(16).fill(7)});
-            await w.close();
-          }
-        }""", ["expert-L000-E002.bin"])
+        corrupt_in_opfs(page, "expert-L000-E002.bin", 64)
         page.evaluate("""async ([file]) => {      // and another one deleted
           const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('webmoe');
           for await (const [, dir] of root.entries()) await dir.removeEntry(file);

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from browser import Recorder, app_with, browser, open_page, packages, private_window, serving  # packages: a fixture
+from browser import (Recorder, app_with, browser, corrupt_in_opfs, open_page, packages,  # packages: a fixture
+                     private_window, serving)
 from webmoe.serve.server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,14 +155,7 @@ def test_page_says_what_to_do_and_shows_each_load_stage(packages):
         assert page.is_hidden("#progress")
         # the next visit: remembered and in OPFS, it loads by itself; its dense shard, corrupted in OPFS,
         # fails its hash when read for the upload and is fetched again (held by the server meanwhile)
-        page.evaluate("""async ([file]) => {
-          const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('webmoe');
-          for await (const [, dir] of root.entries()) {
-            const w = await (await dir.getFileHandle(file)).createWritable({keepExistingData: true});
-            await w.write({type: 'write', position: 0, data: new Uint8Array(16).fill(7)});
-            await w.close();
-          }
-        }""", [dense])
+        corrupt_in_opfs(page, dense, 0)
         page.close()
         gate.hold(dense)
         page = open_page(ctx, url + "/")
