@@ -4,35 +4,32 @@
 // query head).
 // inv_freq [rot / 2] and attn_factor come from the converter, so every scaling scheme (default, linear,
 // YaRN, llama3) is converter work only. Default pairing is rotate_half (i, i + rot/2); INTERLEAVED pairs
-// (2i, 2i + 1) as in GPT-J-style checkpoints.
+// (2i, 2i + 1) as in GPT-J-style checkpoints. The arithmetic is rotary.wgsl's, which the kernels that rotate
+// on the way (kv_store, attention's ROPE_Q) share: one lane rotates one pair in place.
 struct Params { T: u32, row0: u32, n_heads: u32, D: u32, rot: u32, rot_off: u32, attn_factor: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> inv_freq: array<f32>;  // [rot / 2]
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;   // [rows, n_heads, D]
 @group(0) @binding(3) var<storage, read> positions: array<u32>; // [T]
+//!include rotary.wgsl
 
 //!const WG
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-    let half = p.rot / 2u;
-    let i = g.x;
+    let i = g.x;                 // the pair
     let head = g.y;
     let t = g.z;
-    if (i >= half || head >= p.n_heads || t >= p.T) { return; }
-    let angle = f32(positions[t]) * inv_freq[i];
-    let c = cos(angle) * p.attn_factor;
-    let s = sin(angle) * p.attn_factor;
-    let base = ((p.row0 + t) * p.n_heads + head) * p.D + p.rot_off;
+    if (i >= p.rot / 2u || head >= p.n_heads || t >= p.T) { return; }
+    let base = ((p.row0 + t) * p.n_heads + head) * p.D;
 //!if INTERLEAVED
-    let ia = base + 2u * i;
-    let ib = ia + 1u;
+    let da = p.rot_off + 2u * i;
 //!else
-    let ia = base + i;
-    let ib = base + i + half;
+    let da = p.rot_off + i;
 //!endif
-    let a = x[ia];
-    let b = x[ib];
-    x[ia] = a * c - b * s;
-    x[ib] = b * c + a * s;
+    let db = rotary_partner(da);
+    let a = x[base + da];
+    let b = x[base + db];
+    x[base + da] = rotary_value(da, a, b, positions[t]);
+    x[base + db] = rotary_value(db, b, a, positions[t]);
 }

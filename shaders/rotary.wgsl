@@ -1,8 +1,8 @@
-// Rotary position embedding of one element of a head, for kernels that rotate on the way (kv_store's keys,
-// attention's ROPE_Q queries); rope.wgsl rotates a buffer in place. The includer binds
-// `inv_freq: array<f32>` ([rot / 2]) and has Params fields rot, rot_off and attn_factor. Dims rot_off ..
-// rot_off + rot of a head rotate; rotate_half pairs (i, i + rot/2), INTERLEAVED pairs (2i, 2i + 1): the
-// same pairs and the same arithmetic as rope.wgsl, so the results are the same bits.
+// Rotary position embedding of one element of a head: the one statement of its arithmetic, for the kernels
+// that rotate on the way (kv_store's keys, attention's ROPE_Q queries) and for rope.wgsl, which rotates a
+// buffer in place. The includer binds `inv_freq: array<f32>` ([rot / 2]) and has Params fields rot, rot_off
+// and attn_factor. Dims rot_off .. rot_off + rot of a head rotate; rotate_half pairs (i, i + rot/2),
+// INTERLEAVED pairs (2i, 2i + 1).
 
 // The dim of the head that element d pairs with (d itself when d does not rotate).
 fn rotary_partner(d: u32) -> u32 {
