@@ -52,11 +52,12 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "rmsnorm": {"LANES": 64},
     "silu_mul": {"WG": 256},
     "gated_add": {"WG": 64},
-    # matrix kernels: ROWS output rows of up to TOKENS tokens (TILE pairs) per workgroup, LANES / ROWS lanes
-    # per row (shaders/row_group.wgsl). One lane per row measured fastest on the CPU adapters we can
-    # measure (lavapipe: 1.45x decode, 1.35x prefill against 8 lanes per row on the bench model of
-    # docs/benchmarks.md); GPUs, untested here, coalesce better with 8 lanes per row.
-    "matmul": {"LANES": 64, "ROWS": 64, "TOKENS": 8},
+    # matrix kernels: ROWS output rows of up to TOKENS tokens (TILE pairs) per workgroup of LANES lanes:
+    # LANES / ROWS lanes per row, or ROWS / LANES rows per lane (shaders/row_group.wgsl). 16 rows per lane
+    # measured fastest on the CPU adapters we can measure (docs/benchmarks.md, "Rows per lane": against one
+    # row per lane, the bench model's q/k/v matmul 2-3x faster natively, 3-8x in Chromium); GPUs, untested
+    # here, coalesce better with several lanes per row.
+    "matmul": {"LANES": 16, "ROWS": 256, "TOKENS": 8},
     "rope": {"WG": 32},
     "kv_write": {"WG": 64},
     "kv_store": {"WG": 64},
@@ -64,8 +65,8 @@ GEOMETRY: dict[str, dict[str, int]] = {
                                              # 16 lanes: 2.6x faster decode attention than 64 on lavapipe
     "router": {"WG": 64, "MAX_K": 32, "MAX_E": 1024},
     "moe_gather": {"WG": 256, "MAX_E": 1024},
-    "moe_gate_up": {"LANES": 64, "ROWS": 64, "TILE": 8},     # ROWS rows x TILE pairs of one expert
-    "moe_down": {"LANES": 64, "ROWS": 64, "TILE": 8},
+    "moe_gate_up": {"LANES": 16, "ROWS": 256, "TILE": 8},     # ROWS rows x TILE pairs of one expert
+    "moe_down": {"LANES": 16, "ROWS": 256, "TILE": 8},
     "scatter_add": {"WG": 64},
     "sample_mask": {"WG": 256},
     "sample_max": {"LANES": 256},
@@ -83,16 +84,19 @@ def rope_args(inv_freq: str, rot: int, attn_factor: float, rot_off: int = 0, int
 
 
 SAMPLE_BISECTION_STEPS = 30   # halvings of the nucleus threshold's interval: 2^-30 of the max token's q
-# values each lane hands to reduce.wgsl at once: a matmul's token tile, gate and up of an expert tile
-_RED_VALUES = {"rmsnorm": lambda g: 1, "sample_mass": lambda g: 1, "matmul": lambda g: g["TOKENS"],
-               "moe_gate_up": lambda g: 2 * g["TILE"], "moe_down": lambda g: g["TILE"]}
+# values each lane hands to reduce.wgsl at once: the matrix kernels' row groups sum four tokens (pairs) at once
+_RED_VALUES = {"rmsnorm": lambda g: 1, "sample_mass": lambda g: 1, "matmul": lambda g: 4,
+               "moe_gate_up": lambda g: 4, "moe_down": lambda g: 4}
 
 
-def aligned(K: int, dtype: str, *x_offsets: int) -> bool:
+W_STEP = 8      # weights shaders/weights.wgsl's w_step decodes at once, in every format
+
+
+def aligned(K: int, *x_offsets: int) -> bool:
     """Whether a matrix kernel may read its rows W_STEP weights at a time (weights.wgsl's w_step) and x as
-    vec4 (W_ALIGNED): rows of K weights start on multiples of the format's step and x's strides and
-    offsets are multiples of 4 values. Real models always are; odd test sizes take the scalar path."""
-    return K % fmt(dtype).step == 0 and all(o % 4 == 0 for o in x_offsets)
+    vec4 (W_ALIGNED): rows of K weights start on multiples of W_STEP and x's strides and offsets are
+    multiples of 4 values. Real models always are; odd test sizes take the scalar path."""
+    return K % W_STEP == 0 and all(o % 4 == 0 for o in x_offsets)
 
 
 def ceil_div(var, mul: int, div: int):
@@ -134,11 +138,11 @@ class Plan:
             for part in self.splits.get(n, [{"tensor": n, "rows": shape[0] if shape else 0}]):
                 self.tensors[part["tensor"]] = ((part["rows"], *shape[1:]) if n in self.splits else shape, dt)
         self.geometry = {k: {**v, **(geometry or {}).get(k, {})} for k, v in GEOMETRY.items()}
-        for kernel in ("matmul", "moe_gate_up", "moe_down"):      # row groups of LANES / ROWS lanes
+        for kernel in ("matmul", "moe_gate_up", "moe_down"):      # row groups or lane rows
             g = self.geometry[kernel]
-            row_lanes = g["LANES"] // g["ROWS"]
-            if g["LANES"] % g["ROWS"] or row_lanes & (row_lanes - 1):
-                raise ValueError(f"{kernel}: LANES {g['LANES']} / ROWS {g['ROWS']} must be a power of two")
+            ratio = max(g["LANES"], g["ROWS"]) // min(g["LANES"], g["ROWS"])
+            if max(g["LANES"], g["ROWS"]) % min(g["LANES"], g["ROWS"]) or ratio & (ratio - 1):
+                raise ValueError(f"{kernel}: LANES {g['LANES']} and ROWS {g['ROWS']} must differ by a power of two")
         self.buffers: dict[str, dict] = {}
         self.steps: list[dict] = []
         self.moe_layers: list[dict] = []
@@ -324,7 +328,7 @@ class Plan:
             y = split_y[0][0]
             split = {"split1": split_y[0][1], "split2": split_y[1][1], "split3": split_y[2][1]}
             defines.append("SPLIT_Y")
-        if aligned(K, self.weight_dtype(w), x_stride or K, x_col0, x_hstride):
+        if aligned(K, x_stride or K, x_col0, x_hstride):
             defines.append("W_ALIGNED")
         first = len(self.steps)
         for part in parts:
@@ -456,7 +460,7 @@ class Plan:
             common = {"layer": layer, "E": E, "K": K, "H": H, "I": Ip, "pieces": pieces, "piece": piece,
                       "slot_elems": layout["slot_elems"]}
             tag = f"{label}.piece{piece}" if pieces > 1 else label
-            gu_defines = defines + act_defines + (["W_ALIGNED"] if aligned(H, expert_dtype) else [])
+            gu_defines = defines + act_defines + (["W_ALIGNED"] if aligned(H) else [])
             self.step("moe_gate_up", {"x": x, "act": act, **grouped},
                       {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
                        "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha,
@@ -466,7 +470,7 @@ class Plan:
                       {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"],
                        "accumulate": int(piece > 0)},
                       [-(-H // dn["ROWS"]), experts_y, ceil_div("T", 1, dn["TILE"])],
-                      defines + (["W_ALIGNED"] if aligned(Ip, expert_dtype) else []), f"{tag}.down")
+                      defines + (["W_ALIGNED"] if aligned(Ip) else []), f"{tag}.down")
         return first, len(self.steps)
 
     def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, label="") -> int:

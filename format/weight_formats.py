@@ -32,17 +32,15 @@ class Format:
     block: int              # elements per block
     words: int              # 32-bit words per block
     define: str | None      # the weights.wgsl define that selects its decoder (None: f32)
-    step: int               # elements weights.wgsl's w_step decodes at once (W_STEP): rows aligned to it
-                            # are read that many at a time (the plan's W_ALIGNED)
 
     @property
     def bits_per_weight(self) -> float:
         return 32 * self.words / self.block
 
 
-FORMATS = {f.name: f for f in (Format("f32", 1, 1, None, 8), Format("f16", 2, 1, "W_F16", 8),
-                                Format("q8", 64, 17, "W_Q8", 32), Format("q4", 256, 37, "W_Q4", 32),
-                                Format("mxfp4", 128, 17, "W_MXFP4", 32))}
+FORMATS = {f.name: f for f in (Format("f32", 1, 1, None), Format("f16", 2, 1, "W_F16"),
+                                Format("q8", 64, 17, "W_Q8"), Format("q4", 256, 37, "W_Q4"),
+                                Format("mxfp4", 128, 17, "W_MXFP4"))}
 
 
 def fmt(dtype: str) -> Format:

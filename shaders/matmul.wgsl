@@ -4,9 +4,8 @@
 // (x_row0 + t) * x_stride + x_col0, y row t at (y_row0 + t) * y_stride + y_col0 (a row part of a split
 // weight writes its columns of y; MLA writes into its latent cache rows). Dispatch z = heads: head h reads
 // x h * x_hstride further, weights W[h * N ..], bias[b_off + h * N ..], and writes y h * y_hstride further.
-// A workgroup computes ROWS output features for a tile of up to TOKENS tokens, each feature by a row group
-// of lanes (row_group.wgsl) that stride over K eight or 32 weights at a time (W_ALIGNED), for four tokens
-// of the tile at once (one token when decoding).
+// A workgroup computes ROWS output features (row groups or lane rows, row_group.wgsl) for a tile of up to
+// TOKENS tokens, four tokens at a time (one when decoding).
 // accumulate = 1 adds into y (the residual stream), so no separate add kernel is needed.
 // SPLIT_Y: the output's columns go to three buffers, split1 columns to y, the next split2 to y2, the last
 // split3 to y3, each with rows as wide as its columns (q, k and v from one joined weight: one step, not
@@ -34,52 +33,61 @@ struct Params { T: u32, K: u32, N: u32, x_row0: u32, x_stride: u32, x_col0: u32,
 //!const ROWS
 //!const TOKENS
 
+// y[t, n] = v for token t of the call (row y_row0 + t), feature n of this head: the bias added, into the
+// split buffers or the residual stream
+fn store(t: u32, head: u32, n: u32, value: f32) {
+    let r = p.y_row0 + t;
+    let c = p.y_col0 + head * p.y_hstride + n;     // column of the output
+    var v = value;
+//!if BIAS
+    v += bias[p.b_off + head * p.N + n];
+//!endif
+//!if SPLIT_Y
+    if (c < p.split1) {
+        y[r * p.split1 + c] = v;
+    } else if (c < p.split1 + p.split2) {
+        y2[r * p.split2 + c - p.split1] = v;
+    } else {
+        y3[r * p.split3 + c - p.split1 - p.split2] = v;
+    }
+//!else
+    let i = r * p.y_stride + c;
+    if (p.accumulate != 0u) { v += y[i]; }
+    y[i] = v;
+//!endif
+}
+
 @compute @workgroup_size(LANES)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t0 = wg.y * TOKENS;
     if (t0 >= p.T) { return; }
     let nt = min(TOKENS, p.T - t0);
     let head = wg.z;
-    let n = wg.x * ROWS + lid / ROW_LANES;
+    let n0 = wg.x * ROWS + lid / ROW_LANES;          // the lane's first row; its others LANES apart
     let lane = lid % ROW_LANES;
     let x0 = (p.x_row0 + t0) * p.x_stride + p.x_col0 + head * p.x_hstride;
-    var acc = array<f32, RED_VALUES>();   // [token]; explicit: naga zeroes uninitialised locals only once
-    if (n < p.N) {
-        let wrow = (head * p.N + n) * p.K;
-        if (nt == 1u) {
-            acc[0] = row_dot(wrow, x0, p.K, lane);
-        } else {
-            for (var j = 0u; j < nt; j += 4u) {      // four tokens per pass over the row
-                let t = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(nt - 1u));
-                let d = row_dot4(wrow, vec4(x0) + t * p.x_stride, p.K, lane);
+    let wlast = (head * p.N + p.N - 1u) * p.K;       // the head's last row
+    let w0 = min((head * p.N + n0) * p.K, wlast);
+    if (nt == 1u) {
+        let a = rows_dot(w0, wlast, x0, p.K, lane);
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            let v = row_sum4(lid, vec4(a[r], 0.0, 0.0, 0.0)).x;
+            let n = n0 + r * LANES;
+            if (lane == 0u && n < p.N) { store(t0, head, n, v); }
+        }
+        return;
+    }
+    for (var j = 0u; j < nt; j += 4u) {              // four tokens per pass over the rows
+        let t = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(nt - 1u));
+        let a = rows_dot4(w0, wlast, vec4(x0) + t * p.x_stride, p.K, lane);
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            let v = row_sum4(lid, a[r]);
+            let n = n0 + r * LANES;
+            if (lane == 0u && n < p.N) {
                 for (var c = 0u; c < 4u; c++) {
-                    if (j + c < nt) { acc[j + c] = d[c]; }
+                    if (j + c < nt) { store(t0 + j + c, head, n, v[c]); }
                 }
             }
-        }
-    }
-    row_sums(lid, &acc, nt);
-    if (lane == 0u && n < p.N) {
-        for (var j = 0u; j < nt; j++) {
-            let r = p.y_row0 + t0 + j;
-            let c = p.y_col0 + head * p.y_hstride + n;     // column of the output
-            var v = acc[j];
-//!if BIAS
-            v += bias[p.b_off + head * p.N + n];
-//!endif
-//!if SPLIT_Y
-            if (c < p.split1) {
-                y[r * p.split1 + c] = v;
-            } else if (c < p.split1 + p.split2) {
-                y2[r * p.split2 + c - p.split1] = v;
-            } else {
-                y3[r * p.split3 + c - p.split1 - p.split2] = v;
-            }
-//!else
-            let i = r * p.y_stride + c;
-            if (p.accumulate != 0u) { v += y[i]; }
-            y[i] = v;
-//!endif
         }
     }
 }

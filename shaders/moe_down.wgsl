@@ -1,6 +1,6 @@
 // Expert FFN, second half: y[p, h] = act[p] . down[h] for each pair p routed to expert e.
 //   x = act: [pairs, I]   down: [H, I] inside the expert's slot   y: [pairs, H]
-// Dispatch: [ceil(H / ROWS), min(bank_experts, T * K), ceil(T / TILE)]. Rows by row groups of lanes as in moe_gate_up
+// Dispatch: [ceil(H / ROWS), min(bank_experts, T * K), ceil(T / TILE)]. Rows by row groups or lane rows as in moe_gate_up
 // (W_ALIGNED: I a multiple of W_STEP). EXPERT_BIAS adds the f32 bias at word down_bias_off.
 // accumulate = 1 adds into y: the expert's later pieces (slices of its intermediate dimension).
 struct Params { layer: u32, E: u32, K: u32, H: u32, I: u32, pieces: u32, piece: u32, slot_elems: u32,
@@ -16,31 +16,36 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let n = load_tile(lid, wg.y, wg.z);
     if (n == 0u) { return; }
     let base = workgroupUniformLoad(&tile_base);
-    let h = wg.x * ROWS + lid / ROW_LANES;
+    let h0 = wg.x * ROWS + lid / ROW_LANES;          // the lane's first row; its others LANES apart
     let lane = lid % ROW_LANES;
-    var acc = array<f32, RED_VALUES>();   // [pair of the tile]; explicit: naga zeroes once
-    if (h < p.H) {
-        let down_row = base + p.down_off + h * p.I;
-        if (n == 1u) { acc[0] = row_dot(down_row, tile_pair[0] * p.I, p.I, lane); }
-        for (var j = 0u; j < n && n > 1u; j += 4u) {          // four pairs per pass over the row
-            let q = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
-            let d = row_dot4(down_row, vec4(tile_pair[q.x], tile_pair[q.y], tile_pair[q.z], tile_pair[q.w]) * p.I,
-                             p.I, lane);
-            for (var c = 0u; c < 4u; c++) {
-                if (j + c < n) { acc[j + c] = d[c]; }
-            }
+    let last = base + p.down_off + (p.H - 1u) * p.I;
+    let row0 = min(base + p.down_off + h0 * p.I, last);
+    for (var j = 0u; j < n; j += 4u) {               // four pairs per pass over the rows (one when decoding)
+        let q = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
+        var d: array<vec4<f32>, LANE_ROWS>;
+        if (n == 1u) {
+            let d1 = rows_dot(row0, last, tile_pair[0] * p.I, p.I, lane);
+            for (var r = 0u; r < LANE_ROWS; r++) { d[r].x = d1[r]; }
+        } else {
+            d = rows_dot4(row0, last, vec4(tile_pair[q.x], tile_pair[q.y], tile_pair[q.z], tile_pair[q.w]) * p.I,
+                          p.I, lane);
         }
-    }
-    row_sums(lid, &acc, n);
-    if (lane == 0u && h < p.H) {
-        for (var j = 0u; j < n; j++) {
-            var v = acc[j];
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            let s = row_sum4(lid, d[r]);
+            let h = h0 + r * LANES;
+            if (lane == 0u && h < p.H) {
+                for (var c = 0u; c < 4u; c++) {
+                    if (j + c < n) {
+                        var v = s[c];
 //!if EXPERT_BIAS
-            v += bias_at(base, p.down_bias_off + h);
+                        v += bias_at(base, p.down_bias_off + h);
 //!endif
-            let o = tile_pair[j] * p.H + h;
-            if (p.accumulate != 0u) { v += y[o]; }
-            y[o] = v;
+                        let o = tile_pair[j + c] * p.H + h;
+                        if (p.accumulate != 0u) { v += y[o]; }
+                        y[o] = v;
+                    }
+                }
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
 // Expert FFN, first half: act[p, i] = silu(x[t] . gate[i]) * (x[t] . up[i]) for each pair p = (t, j)
 // routed to expert e.    x: [T, H]   gate, up: [I, H] inside the expert's slot   act: [pairs, I]
 // I is this piece's share of the expert's intermediate dimension (all of it when pieces = 1).
-// Dispatch: [ceil(I / ROWS), min(bank_experts, T * K), ceil(T / TILE)]. Each of the ROWS rows is computed by a row
-// group of lanes (row_group.wgsl; W_ALIGNED: H a multiple of W_STEP), four pairs at a time.
+// Dispatch: [ceil(I / ROWS), min(bank_experts, T * K), ceil(T / TILE)]. ROWS rows per workgroup by row groups or
+// lane rows (row_group.wgsl; W_ALIGNED: H a multiple of W_STEP), four pairs at a time (one when decoding).
 // EXPERT_BIAS adds f32 biases stored in the slot (word offsets gate_bias_off, up_bias_off).
 // CLAMPED_SWIGLU is GPT-OSS's activation: g = min(g, limit), u = clamp(u, -limit, limit),
 // act = (u + 1) * g * sigmoid(alpha * g).
@@ -19,46 +19,53 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let n = load_tile(lid, wg.y, wg.z);
     if (n == 0u) { return; }
     let base = workgroupUniformLoad(&tile_base);
-    let i = wg.x * ROWS + lid / ROW_LANES;
+    let i0 = wg.x * ROWS + lid / ROW_LANES;          // the lane's first row; its others LANES apart
     let lane = lid % ROW_LANES;
-    var acc = array<f32, RED_VALUES>();   // gate of pair j at j, up at n + j; explicit: naga zeroes once
-    if (i < p.I) {
-        let gate_row = base + p.gate_off + i * p.H;
-        let up_row = base + p.up_off + i * p.H;
+    let last = (p.I - 1u) * p.H;                     // the last row of gate (of up, up_off further)
+    let row0 = min(i0 * p.H, last);
+    for (var j = 0u; j < n; j += 4u) {               // four pairs per pass over the rows (one when decoding)
+        let q = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
+        var g: array<vec4<f32>, LANE_ROWS>;
+        var u: array<vec4<f32>, LANE_ROWS>;
         if (n == 1u) {
             let x0 = (tile_pair[0] / p.K) * p.H;
-            acc[0] = row_dot(gate_row, x0, p.H, lane);
-            acc[1] = row_dot(up_row, x0, p.H, lane);
-        }
-        for (var j = 0u; j < n && n > 1u; j += 4u) {          // four pairs per pass over the rows
-            let q = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
+            let g1 = rows_dot(base + p.gate_off + row0, base + p.gate_off + last, x0, p.H, lane);
+            let u1 = rows_dot(base + p.up_off + row0, base + p.up_off + last, x0, p.H, lane);
+            for (var r = 0u; r < LANE_ROWS; r++) {
+                g[r].x = g1[r];
+                u[r].x = u1[r];
+            }
+        } else {
             let x0 = vec4(tile_pair[q.x], tile_pair[q.y], tile_pair[q.z], tile_pair[q.w]) / p.K * p.H;
-            let g = row_dot4(gate_row, x0, p.H, lane);
-            let u = row_dot4(up_row, x0, p.H, lane);
-            for (var c = 0u; c < 4u; c++) {
-                if (j + c < n) {
-                    acc[j + c] = g[c];
-                    acc[n + j + c] = u[c];
+            g = rows_dot4(base + p.gate_off + row0, base + p.gate_off + last, x0, p.H, lane);
+            u = rows_dot4(base + p.up_off + row0, base + p.up_off + last, x0, p.H, lane);
+        }
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            let gs = row_sum4(lid, g[r]);
+            let us = row_sum4(lid, u[r]);
+            let i = i0 + r * LANES;
+            if (lane == 0u && i < p.I) {
+                for (var c = 0u; c < 4u; c++) {
+                    if (j + c < n) { act[tile_pair[j + c] * p.I + i] = activation(base, i, gs[c], us[c]); }
                 }
             }
         }
     }
-    row_sums(lid, &acc, 2u * n);
-    if (lane == 0u && i < p.I) {
-        for (var j = 0u; j < n; j++) {
-            var gv = acc[j];
-            var uv = acc[n + j];
+}
+
+// the activation of row i's gate and up values (biases added)
+fn activation(base: u32, i: u32, gate: f32, up: f32) -> f32 {
+    var gv = gate;
+    var uv = up;
 //!if EXPERT_BIAS
-            gv += bias_at(base, p.gate_bias_off + i);
-            uv += bias_at(base, p.up_bias_off + i);
+    gv += bias_at(base, p.gate_bias_off + i);
+    uv += bias_at(base, p.up_bias_off + i);
 //!endif
 //!if CLAMPED_SWIGLU
-            gv = min(gv, p.limit);
-            uv = clamp(uv, -p.limit, p.limit);
-            act[tile_pair[j] * p.I + i] = (uv + 1.0) * gv / (1.0 + exp(-p.alpha * gv));
+    gv = min(gv, p.limit);
+    uv = clamp(uv, -p.limit, p.limit);
+    return (uv + 1.0) * gv / (1.0 + exp(-p.alpha * gv));
 //!else
-            act[tile_pair[j] * p.I + i] = gv / (1.0 + exp(-gv)) * uv;
+    return gv / (1.0 + exp(-gv)) * uv;
 //!endif
-        }
-    }
 }

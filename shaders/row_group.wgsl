@@ -1,80 +1,94 @@
-// Row groups of the matrix kernels: a workgroup of LANES lanes computes ROWS output rows, each by a group
-// of ROW_LANES = LANES / ROWS consecutive lanes that split the row's dot product between them.
-//   row_dot(wrow, x0, K, lane)   lane's share of sum_k W[wrow + k] * x[x0 + k], k < K (elements of the
-//                                including kernel's `w` and `x`): with W_ALIGNED W_STEP weights at a time
-//                                (w_step, x read as vec4: the plan sets W_ALIGNED when rows start on
-//                                multiples of W_STEP and x offsets on multiples of 4), else one at a time
-//   row_dot4(wrow, x0, K, lane)  the same for four x rows at once (x0: vec4 of offsets)
-//   row_sums(lid, &acc, n)      adds acc[0 .. n] over lid's group; the sums are valid in the group's first
-//                                lane. With SUBGROUPS (the runtime defines it when the adapter's subgroups
-//                                hold at least ROW_LANES lanes) by subgroup shuffles, else through
-//                                workgroup memory with one barrier. Call it from uniform control flow.
+// Rows of the matrix kernels: a workgroup of LANES lanes computes ROWS output rows, as row groups or as
+// lane rows (the plan's geometry picks; both for any weight format):
+//   ROWS <= LANES  each row by a group of ROW_LANES = LANES / ROWS consecutive lanes that split the row's dot
+//                  product between them (lanes of a group read neighbouring weights, as GPUs coalesce);
+//   ROWS > LANES   each lane computes LANE_ROWS = ROWS / LANES rows alone, the workgroup's rows lid, lid + LANES,
+//                  ...: every x value a lane loads serves LANE_ROWS rows (on CPU adapters the loads of x,
+//                  not the weights, bound the matrix kernels).
+// Lane lid's row r (r < LANE_ROWS) is the workgroup's row lid / ROW_LANES + r * LANES.
+//   rows_dot(w0, wlast, x0, K, lane)   lane's share of sum_k W[row + k] * x[x0 + k], k < K, for each of its
+//                                      rows: row r starts at element min(w0 + r * LANES * K, wlast) of the
+//                                      including kernel's `w` (a row past the matrix repeats its last one)
+//   rows_dot4(w0, wlast, x0, K, lane)  the same for four x rows at once (x0: vec4 of offsets, prefill tiles):
+//                                      each weight decoded once for four dot products
+//   row_sum4(lid, v)                   v summed over lid's row group, valid in the group's first lane (v
+//                                      itself with lane rows). With SUBGROUPS (the runtime defines it when the
+//                                      adapter's subgroups hold at least ROW_LANES lanes) by subgroup shuffles,
+//                                      else through workgroup memory with two barriers. Call it from uniform
+//                                      control flow.
+// With W_ALIGNED (the plan sets it when rows start on multiples of W_STEP and x offsets on multiples of 4) a
+// lane reads W_STEP weights at a time (w_step) and x as vec4, else one at a time.
 //!include reduce.wgsl
-const ROW_LANES: u32 = LANES / ROWS;
+const ROW_LANES: u32 = max(LANES / ROWS, 1u);
+const LANE_ROWS: u32 = max(ROWS / LANES, 1u);
 
-fn row_dot(wrow: u32, x0: u32, K: u32, lane: u32) -> f32 {
+fn rows_dot(w0: u32, wlast: u32, x0: u32, K: u32, lane: u32) -> array<f32, LANE_ROWS> {
+    var a: array<f32, LANE_ROWS>;
 //!if W_ALIGNED
-    var a = vec4<f32>();
     for (var k = W_STEP * lane; k < K; k += W_STEP * ROW_LANES) {
-        let ws = w_step(wrow + k);
-        for (var c = 0u; c < W_STEP / 8u; c++) {
-            let xi = (x0 + k + 8u * c) >> 2u;
-            a += ws[c].lo * x[xi] + ws[c].hi * x[xi + 1u];
+        let xi = (x0 + k) >> 2u;
+        let xl = x[xi];
+        let xh = x[xi + 1u];
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            let wv = w_step(min(w0 + r * LANES * K, wlast) + k);
+            a[r] += dot(wv.lo, xl) + dot(wv.hi, xh);
         }
     }
-    return a.x + a.y + a.z + a.w;
 //!else
-    var a = 0.0;
     for (var k = lane; k < K; k += ROW_LANES) {
         let xi = x0 + k;
-        a += w_at(wrow + k) * x[xi >> 2u][xi & 3u];
+        let xv = x[xi >> 2u][xi & 3u];
+        for (var r = 0u; r < LANE_ROWS; r++) { a[r] += w_at(min(w0 + r * LANES * K, wlast) + k) * xv; }
     }
-    return a;
 //!endif
+    return a;
 }
 
-// Four dot products of one weight row with the x rows starting at x0.x .. x0.w (prefill tiles): each
-// weight decoded once for all four. A caller with fewer rows repeats one and ignores its sums.
-fn row_dot4(wrow: u32, x0: vec4<u32>, K: u32, lane: u32) -> vec4<f32> {
+fn rows_dot4(w0: u32, wlast: u32, x0: vec4<u32>, K: u32, lane: u32) -> array<vec4<f32>, LANE_ROWS> {
+    var a: array<vec4<f32>, LANE_ROWS>;      // [row] one sum per x row
 //!if W_ALIGNED
-    var a = vec4<f32>();                     // one sum per x row
     for (var k = W_STEP * lane; k < K; k += W_STEP * ROW_LANES) {
-        let ws = w_step(wrow + k);
-        for (var c = 0u; c < W_STEP / 8u; c++) {
-            let wv = ws[c];
-            let i = (x0 + vec4(k + 8u * c)) >> vec4(2u);
-            a += vec4(dot(wv.lo, x[i.x]) + dot(wv.hi, x[i.x + 1u]), dot(wv.lo, x[i.y]) + dot(wv.hi, x[i.y + 1u]),
-                      dot(wv.lo, x[i.z]) + dot(wv.hi, x[i.z + 1u]), dot(wv.lo, x[i.w]) + dot(wv.hi, x[i.w + 1u]));
+        let i = (x0 + vec4(k)) >> vec4(2u);
+        let x0l = x[i.x];
+        let x0h = x[i.x + 1u];
+        let x1l = x[i.y];
+        let x1h = x[i.y + 1u];
+        let x2l = x[i.z];
+        let x2h = x[i.z + 1u];
+        let x3l = x[i.w];
+        let x3h = x[i.w + 1u];
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            let wv = w_step(min(w0 + r * LANES * K, wlast) + k);
+            a[r] += vec4(dot(wv.lo, x0l) + dot(wv.hi, x0h), dot(wv.lo, x1l) + dot(wv.hi, x1h),
+                         dot(wv.lo, x2l) + dot(wv.hi, x2h), dot(wv.lo, x3l) + dot(wv.hi, x3h));
         }
     }
-    return a;
 //!else
-    var a = vec4<f32>();
     for (var k = lane; k < K; k += ROW_LANES) {
         let i = x0 + vec4(k);
-        a += w_at(wrow + k) * vec4(x[i.x >> 2u][i.x & 3u], x[i.y >> 2u][i.y & 3u], x[i.z >> 2u][i.z & 3u],
-                                   x[i.w >> 2u][i.w & 3u]);
+        let xv = vec4(x[i.x >> 2u][i.x & 3u], x[i.y >> 2u][i.y & 3u], x[i.z >> 2u][i.z & 3u], x[i.w >> 2u][i.w & 3u]);
+        for (var r = 0u; r < LANE_ROWS; r++) { a[r] += w_at(min(w0 + r * LANES * K, wlast) + k) * xv; }
     }
-    return a;
 //!endif
+    return a;
 }
 
-fn row_sums(lid: u32, acc: ptr<function, array<f32, RED_VALUES>>, n: u32) {
+fn row_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
+    if (ROW_LANES == 1u) { return v; }
 //!if SUBGROUPS
-    for (var v = 0u; v < n; v++) {
-        var s = (*acc)[v];
-        for (var o = ROW_LANES / 2u; o > 0u; o = o / 2u) { s += subgroupShuffleXor(s, o); }
-        (*acc)[v] = s;
-    }
+    var s = v;
+    for (var o = ROW_LANES / 2u; o > 0u; o = o / 2u) { s += subgroupShuffleXor(s, o); }
+    return s;
 //!else
-    for (var v = 0u; v < n; v++) { red[v * LANES + lid] = (*acc)[v]; }
+    for (var c = 0u; c < 4u; c++) { red[c * LANES + lid] = v[c]; }
     workgroupBarrier();
+    var s = vec4<f32>();
     if (lid % ROW_LANES == 0u) {
-        for (var v = 0u; v < n; v++) {
-            var s = 0.0;
-            for (var l = 0u; l < ROW_LANES; l++) { s += red[v * LANES + lid + l]; }
-            (*acc)[v] = s;
+        for (var l = 0u; l < ROW_LANES; l++) {
+            for (var c = 0u; c < 4u; c++) { s[c] += red[c * LANES + lid + l]; }
         }
     }
+    workgroupBarrier();                      // before the next call writes red again
+    return s;
 //!endif
 }

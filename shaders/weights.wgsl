@@ -2,14 +2,14 @@
 // A weight format is a sequence of blocks of W_BLOCK elements in W_BLOCK_WORDS 32-bit words
 // (format/weight_formats.py states each layout, converter/quant.py writes them). Two ways to read, both decoding in registers:
 //   w_at(i)    element i (an element index, not a word index), for any i;
-//   w_step(i)  elements i .. i + W_STEP - 1 for i a multiple of W_STEP, as W_STEP / 8 Vec8: f32 and f16
-//              eight at a time (two or one 16-byte loads), the block formats 32 at a time (the codes of
-//              one scale: q4's sub-block, q8's and MXFP4's 32-value blocks), so that a scale is loaded
-//              once per 32 weights. What the matrix kernels' inner loops use; W_STEP divides W_BLOCK.
+//   w_step(i)  elements i .. i + 7 (W_STEP) for i a multiple of 8, as one Vec8: f32 and f16 from two or one
+//              16-byte loads, the block formats from one or two words of codes and their block's scale.
+//              What the matrix kernels' inner loops use; eight values never straddle a block format's scale.
 // Arithmetic is always f32, so adapters without shader-f16 run every format.
 // The plan selects the format with one define: none (f32), W_F16, W_Q8, W_Q4 or W_MXFP4.
 
 struct Vec8 { lo: vec4<f32>, hi: vec4<f32> }     // eight consecutive values
+const W_STEP: u32 = 8u;
 
 // 32-bit word j of the buffer
 fn w_u32(j: u32) -> u32 {
@@ -27,11 +27,9 @@ fn w_at(i: u32) -> f32 {
     let pair = unpack2x16float(w_u32(i >> 1u));
     return select(pair.x, pair.y, (i & 1u) == 1u);
 }
-const W_STEP: u32 = 8u;
-fn w_step(i: u32) -> array<Vec8, 1> {
+fn w_step(i: u32) -> Vec8 {
     let q = w[i >> 3u];
-    return array(Vec8(vec4(unpack2x16float(q.x), unpack2x16float(q.y)),
-                      vec4(unpack2x16float(q.z), unpack2x16float(q.w))));
+    return Vec8(vec4(unpack2x16float(q.x), unpack2x16float(q.y)), vec4(unpack2x16float(q.z), unpack2x16float(q.w)));
 }
 //!elif W_Q8
 // 64 int8 values in words 0-15, then one word of two f16 scales (one per 32 values)
@@ -48,18 +46,13 @@ fn w_at(i: u32) -> f32 {
 fn i8x4(v: u32) -> vec4<f32> {
     return vec4<f32>((vec4(bitcast<i32>(v)) << vec4(24u, 16u, 8u, 0u)) >> vec4(24u));
 }
-const W_STEP: u32 = 32u;
-fn w_step(i: u32) -> array<Vec8, 4> {
+fn w_step(i: u32) -> Vec8 {
     let base = (i / 64u) * 17u;
-    let r = i % 64u;                         // 0 or 32
+    let r = i % 64u;
     let j = base + (r >> 2u);
     let d = unpack2x16float(w_u32(base + 16u));
     let s = select(d.x, d.y, r >= 32u);
-    var out: array<Vec8, 4>;
-    for (var c = 0u; c < 4u; c++) {
-        out[c] = Vec8(i8x4(w_u32(j + 2u * c)) * s, i8x4(w_u32(j + 2u * c + 1u)) * s);
-    }
-    return out;
+    return Vec8(i8x4(w_u32(j)) * s, i8x4(w_u32(j + 1u)) * s);
 }
 //!elif W_Q4
 // 256 4-bit values in words 0-31, 8-bit scales of the 8 sub-blocks in words 32-33, 8-bit minimums in
@@ -80,17 +73,12 @@ fn w_at(i: u32) -> f32 {
     let sm = q4_scale_min(base, r >> 5u);
     return sm.x * f32(q) - sm.y;
 }
-const W_STEP: u32 = 32u;
-fn w_step(i: u32) -> array<Vec8, 4> {
+fn w_step(i: u32) -> Vec8 {
     let base = (i / 256u) * 37u;
-    let r = i % 256u;                        // a sub-block's first element
+    let r = i % 256u;
     let sm = q4_scale_min(base, r >> 5u);
-    var out: array<Vec8, 4>;
-    for (var c = 0u; c < 4u; c++) {
-        let q = nibbles(w_u32(base + (r >> 3u) + c));
-        out[c] = Vec8(sm.x * vec4<f32>(q[0]) - sm.y, sm.x * vec4<f32>(q[1]) - sm.y);
-    }
-    return out;
+    let q = nibbles(w_u32(base + (r >> 3u)));
+    return Vec8(sm.x * vec4<f32>(q[0]) - sm.y, sm.x * vec4<f32>(q[1]) - sm.y);
 }
 //!elif W_MXFP4
 // 4 OCP MXFP4 blocks: 128 e2m1 codes in words 0-15 (low nibble first), the blocks' E8M0 exponents in word 16
@@ -113,17 +101,12 @@ fn w_at(i: u32) -> f32 {
     let code = extractBits(w_u32(base + (r >> 3u)), 4u * (r & 7u), 4u);
     return e2m1(vec4(code), mx_exponent(base, r)).x;
 }
-const W_STEP: u32 = 32u;
-fn w_step(i: u32) -> array<Vec8, 4> {
+fn w_step(i: u32) -> Vec8 {
     let base = (i / 128u) * 17u;
-    let r = i % 128u;                        // an MXFP4 block's first element
+    let r = i % 128u;
+    let q = nibbles(w_u32(base + (r >> 3u)));
     let e = mx_exponent(base, r);
-    var out: array<Vec8, 4>;
-    for (var c = 0u; c < 4u; c++) {
-        let q = nibbles(w_u32(base + (r >> 3u) + c));
-        out[c] = Vec8(e2m1(q[0], e), e2m1(q[1], e));
-    }
-    return out;
+    return Vec8(e2m1(q[0], e), e2m1(q[1], e));
 }
 //!else
 const W_BLOCK: u32 = 1u;
@@ -131,9 +114,8 @@ const W_BLOCK_WORDS: u32 = 1u;
 fn w_at(i: u32) -> f32 {
     return bitcast<f32>(w_u32(i));
 }
-const W_STEP: u32 = 8u;
-fn w_step(i: u32) -> array<Vec8, 1> {
-    return array(Vec8(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u])));
+fn w_step(i: u32) -> Vec8 {
+    return Vec8(bitcast<vec4<f32>>(w[i >> 2u]), bitcast<vec4<f32>>(w[(i >> 2u) + 1u]));
 }
 //!endif
 
