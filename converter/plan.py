@@ -189,6 +189,12 @@ class Plan:
         """The row parts a step reads `tensor` through: [{tensor, row0, rows}] (one entry if not split)."""
         return parts_of(self.splits, tensor, None if tensor in self.splits else self.tensors[tensor][0])
 
+    def rows(self, kernel: str, n: int) -> int:
+        """ROWS of a matrix kernel's step over n output rows: the geometry's, or for a smaller matrix the power of
+        two that holds its rows (a router's 8 rows: 2 lanes per row, not 16 lanes of 16 rows that repeat the
+        last one)."""
+        return min(self.geometry[kernel]["ROWS"], 1 << max(n - 1, 0).bit_length())
+
     def weight_dtype(self, tensor: str) -> str:
         """The storage format of a (possibly split) tensor."""
         return self.tensors[self.parts(tensor)[0]["tensor"]][1]
@@ -343,7 +349,8 @@ class Plan:
                        "x_hstride": x_hstride, "y_row0": y_row0, "y_stride": y_stride or N,
                        "y_col0": y_col0 + part["row0"], "y_hstride": y_hstride, "b_off": part["row0"],
                        "accumulate": int(accumulate), **split},
-                      [-(-n // g["ROWS"]), ceil_div(T, 1, g["TOKENS"]), heads], defines, label)
+                      [-(-n // self.rows("matmul", n)), ceil_div(T, 1, g["TOKENS"]), heads], defines, label,
+                      {"ROWS": self.rows("matmul", n)})
         return first
 
     def rope(self, x: str, inv_freq: str, n_heads: int, D: int, rot: int, attn_factor: float,
@@ -465,12 +472,13 @@ class Plan:
                       {**common, "gate_off": layout["gate"]["elem_offset"], "up_off": layout["up"]["elem_offset"],
                        "gate_bias_off": word["gate_bias"], "up_bias_off": word["up_bias"], "alpha": alpha,
                        "limit": limit},
-                      [-(-Ip // gu["ROWS"]), experts_y, ceil_div("T", 1, gu["TILE"])], gu_defines, f"{tag}.gate_up")
+                      [-(-Ip // self.rows("moe_gate_up", Ip)), experts_y, ceil_div("T", 1, gu["TILE"])], gu_defines,
+                      f"{tag}.gate_up", {"ROWS": self.rows("moe_gate_up", Ip)})
             self.step("moe_down", {"x": act, "y": out, **grouped},
                       {**common, "down_off": layout["down"]["elem_offset"], "down_bias_off": word["down_bias"],
                        "accumulate": int(piece > 0)},
-                      [-(-H // dn["ROWS"]), experts_y, ceil_div("T", 1, dn["TILE"])],
-                      defines + (["W_ALIGNED"] if aligned(Ip) else []), f"{tag}.down")
+                      [-(-H // self.rows("moe_down", H)), experts_y, ceil_div("T", 1, dn["TILE"])],
+                      defines + (["W_ALIGNED"] if aligned(Ip) else []), f"{tag}.down", {"ROWS": self.rows("moe_down", H)})
         return first, len(self.steps)
 
     def scatter_add(self, expert_out: str, topk_w: str, y: str, K: int, H: int, label="") -> int:

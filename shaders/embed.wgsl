@@ -4,7 +4,7 @@
 struct Params { T: u32, H: u32, row0: u32, rows: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;     // [T]
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>; // [V, H]
+@group(0) @binding(2) var<storage, read> w: array<WeightWord>; // [V, H]
 @group(0) @binding(3) var<storage, read_write> y: array<f32>; // [T, H]
 //!include weights.wgsl
 

@@ -18,7 +18,7 @@ struct Params { T: u32, K: u32, N: u32, x_row0: u32, x_stride: u32, x_col0: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> w: array<WeightWord>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 //!if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;    // [N]

@@ -1,4 +1,7 @@
-// Weight decoding, included by every kernel that reads a weight buffer `w: array<vec4<u32>>`.
+// Weight decoding, included by every kernel that reads a weight buffer `w: array<WeightWord>`: 16-byte
+// words for f32 and f16 (w_step reads eight weights in one or two loads), 32-bit words for the block
+// formats, whose codes and scales sit at word offsets (a word read out of a vec4 costs the whole vec4's
+// load in SwiftShader: the q8 and q4 prefill matmul 1.15x faster there). w_u32(j) is word j either way.
 // A weight format is a sequence of blocks of W_BLOCK elements in W_BLOCK_WORDS 32-bit words
 // (format/weight_formats.py states each layout, converter/quant.py writes them). Two ways to read, both decoding in registers:
 //   w_at(i)    element i (an element index, not a word index), for any i;
@@ -11,16 +14,14 @@
 struct Vec8 { lo: vec4<f32>, hi: vec4<f32> }     // eight consecutive values
 const W_STEP: u32 = 8u;
 
-// 32-bit word j of the buffer
-fn w_u32(j: u32) -> u32 {
-    return w[j >> 2u][j & 3u];
-}
 
 // The 8 nibbles of a word, low first, as two vec4 of 0 .. 15.
 fn nibbles(v: u32) -> array<vec4<u32>, 2> {
     return array((vec4(v) >> vec4(0u, 4u, 8u, 12u)) & vec4(15u), (vec4(v) >> vec4(16u, 20u, 24u, 28u)) & vec4(15u));
 }
 //!if W_F16
+alias WeightWord = vec4<u32>;
+fn w_u32(j: u32) -> u32 { return w[j >> 2u][j & 3u]; }
 const W_BLOCK: u32 = 2u;
 const W_BLOCK_WORDS: u32 = 1u;
 fn w_at(i: u32) -> f32 {
@@ -32,6 +33,8 @@ fn w_step(i: u32) -> Vec8 {
     return Vec8(vec4(unpack2x16float(q.x), unpack2x16float(q.y)), vec4(unpack2x16float(q.z), unpack2x16float(q.w)));
 }
 //!elif W_Q8
+alias WeightWord = u32;
+fn w_u32(j: u32) -> u32 { return w[j]; }
 // 64 int8 values in words 0-15, then one word of two f16 scales (one per 32 values)
 const W_BLOCK: u32 = 64u;
 const W_BLOCK_WORDS: u32 = 17u;
@@ -55,6 +58,8 @@ fn w_step(i: u32) -> Vec8 {
     return Vec8(i8x4(w_u32(j)) * s, i8x4(w_u32(j + 1u)) * s);
 }
 //!elif W_Q4
+alias WeightWord = u32;
+fn w_u32(j: u32) -> u32 { return w[j]; }
 // 256 4-bit values in words 0-31, 8-bit scales of the 8 sub-blocks in words 32-33, 8-bit minimums in
 // 34-35, f16 d and dmin in word 36: value = d * scale[s] * q - dmin * min[s]
 const W_BLOCK: u32 = 256u;
@@ -81,6 +86,8 @@ fn w_step(i: u32) -> Vec8 {
     return Vec8(sm.x * vec4<f32>(q[0]) - sm.y, sm.x * vec4<f32>(q[1]) - sm.y);
 }
 //!elif W_MXFP4
+alias WeightWord = u32;
+fn w_u32(j: u32) -> u32 { return w[j]; }
 // 4 OCP MXFP4 blocks: 128 e2m1 codes in words 0-15 (low nibble first), the blocks' E8M0 exponents in word 16
 const W_BLOCK: u32 = 128u;
 const W_BLOCK_WORDS: u32 = 17u;
@@ -109,6 +116,8 @@ fn w_step(i: u32) -> Vec8 {
     return Vec8(e2m1(q[0], e), e2m1(q[1], e));
 }
 //!else
+alias WeightWord = vec4<u32>;
+fn w_u32(j: u32) -> u32 { return w[j >> 2u][j & 3u]; }
 const W_BLOCK: u32 = 1u;
 const W_BLOCK_WORDS: u32 = 1u;
 fn w_at(i: u32) -> f32 {
