@@ -84,7 +84,7 @@ def rope_args(inv_freq: str, rot: int, attn_factor: float, rot_off: int = 0, int
 
 
 SAMPLE_BISECTION_STEPS = 30   # halvings of the nucleus threshold's interval: 2^-30 of the max token's q
-# values each lane hands to reduce.wgsl at once: the matrix kernels' row groups sum four tokens (pairs) at once
+# values each lane hands to reduce.wgsl at once: the matrix kernels' row groups sum four tokens (pairs) at a time
 _RED_VALUES = {"rmsnorm": lambda g: 1, "sample_mass": lambda g: 1, "matmul": lambda g: 4,
                "moe_gate_up": lambda g: 4, "moe_down": lambda g: 4}
 

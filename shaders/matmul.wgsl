@@ -5,7 +5,7 @@
 // weight writes its columns of y; MLA writes into its latent cache rows). Dispatch z = heads: head h reads
 // x h * x_hstride further, weights W[h * N ..], bias[b_off + h * N ..], and writes y h * y_hstride further.
 // A workgroup computes ROWS output features (row groups or lane rows, row_group.wgsl) for a tile of up to
-// TOKENS tokens, four tokens at a time (one when decoding).
+// TOKENS tokens, eight tokens at a time (one when decoding).
 // accumulate = 1 adds into y (the residual stream), so no separate add kernel is needed.
 // SPLIT_Y: the output's columns go to three buffers, split1 columns to y, the next split2 to y2, the last
 // split3 to y3, each with rows as wide as its columns (q, k and v from one joined weight: one step, not
@@ -77,15 +77,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         return;
     }
-    for (var j = 0u; j < nt; j += 4u) {              // four tokens per pass over the rows
-        let t = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(nt - 1u));
-        let a = rows_dot4(w0, wlast, vec4(x0) + t * p.x_stride, p.K, lane);
+    for (var j = 0u; j < nt; j += 8u) {              // eight tokens per pass over the rows
+        let ta = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(nt - 1u));
+        let tb = min(vec4(j) + vec4(4u, 5u, 6u, 7u), vec4(nt - 1u));
+        let a = rows_dot8(w0, wlast, vec4(x0) + ta * p.x_stride, vec4(x0) + tb * p.x_stride, p.K, lane);
         for (var r = 0u; r < LANE_ROWS; r++) {
-            let v = row_sum4(lid, a[r]);
+            let lo = row_sum4(lid, a[r].lo);
+            let hi = row_sum4(lid, a[r].hi);
             let n = n0 + r * LANES;
             if (lane == 0u && n < p.N) {
                 for (var c = 0u; c < 4u; c++) {
-                    if (j + c < nt) { store(t0 + j + c, head, n, v[c]); }
+                    if (j + c < nt) { store(t0 + j + c, head, n, lo[c]); }
+                    if (j + 4u + c < nt) { store(t0 + j + 4u + c, head, n, hi[c]); }
                 }
             }
         }

@@ -2,7 +2,7 @@
 // routed to expert e.    x: [T, H]   gate, up: [I, H] inside the expert's slot   act: [pairs, I]
 // I is this piece's share of the expert's intermediate dimension (all of it when pieces = 1).
 // Dispatch: [ceil(I / ROWS), min(bank_experts, T * K), ceil(T / TILE)]. ROWS rows per workgroup by row groups or
-// lane rows (row_group.wgsl; W_ALIGNED: H a multiple of W_STEP), four pairs at a time (one when decoding).
+// lane rows (row_group.wgsl; W_ALIGNED: H a multiple of W_STEP), eight pairs at a time (one when decoding).
 // EXPERT_BIAS adds f32 biases stored in the slot (word offsets gate_bias_off, up_bias_off).
 // CLAMPED_SWIGLU is GPT-OSS's activation: g = min(g, limit), u = clamp(u, -limit, limit),
 // act = (u + 1) * g * sigmoid(alpha * g).
@@ -23,30 +23,35 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let lane = lid % ROW_LANES;
     let last = (p.I - 1u) * p.H;                     // the last row of gate (of up, up_off further)
     let row0 = min(i0 * p.H, last);
-    for (var j = 0u; j < n; j += 4u) {               // four pairs per pass over the rows (one when decoding)
-        let q = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
-        var g: array<vec4<f32>, LANE_ROWS>;
-        var u: array<vec4<f32>, LANE_ROWS>;
+    for (var j = 0u; j < n; j += 8u) {               // eight pairs per pass over the rows (one when decoding)
+        let qa = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
+        let qb = min(vec4(j) + vec4(4u, 5u, 6u, 7u), vec4(n - 1u));
+        var g: array<Vec8, LANE_ROWS>;
+        var u: array<Vec8, LANE_ROWS>;
         if (n == 1u) {
             let x0 = (tile_pair[0] / p.K) * p.H;
             let g1 = rows_dot(base + p.gate_off + row0, base + p.gate_off + last, x0, p.H, lane);
             let u1 = rows_dot(base + p.up_off + row0, base + p.up_off + last, x0, p.H, lane);
             for (var r = 0u; r < LANE_ROWS; r++) {
-                g[r].x = g1[r];
-                u[r].x = u1[r];
+                g[r].lo.x = g1[r];
+                u[r].lo.x = u1[r];
             }
         } else {
-            let x0 = vec4(tile_pair[q.x], tile_pair[q.y], tile_pair[q.z], tile_pair[q.w]) / p.K * p.H;
-            g = rows_dot4(base + p.gate_off + row0, base + p.gate_off + last, x0, p.H, lane);
-            u = rows_dot4(base + p.up_off + row0, base + p.up_off + last, x0, p.H, lane);
+            let xa = vec4(tile_pair[qa.x], tile_pair[qa.y], tile_pair[qa.z], tile_pair[qa.w]) / p.K * p.H;
+            let xb = vec4(tile_pair[qb.x], tile_pair[qb.y], tile_pair[qb.z], tile_pair[qb.w]) / p.K * p.H;
+            g = rows_dot8(base + p.gate_off + row0, base + p.gate_off + last, xa, xb, p.H, lane);
+            u = rows_dot8(base + p.up_off + row0, base + p.up_off + last, xa, xb, p.H, lane);
         }
         for (var r = 0u; r < LANE_ROWS; r++) {
-            let gs = row_sum4(lid, g[r]);
-            let us = row_sum4(lid, u[r]);
+            let gs = Vec8(row_sum4(lid, g[r].lo), row_sum4(lid, g[r].hi));
+            let us = Vec8(row_sum4(lid, u[r].lo), row_sum4(lid, u[r].hi));
             let i = i0 + r * LANES;
             if (lane == 0u && i < p.I) {
-                for (var c = 0u; c < 4u; c++) {
-                    if (j + c < n) { act[tile_pair[j + c] * p.I + i] = activation(base, i, gs[c], us[c]); }
+                for (var c = 0u; c < 8u; c++) {
+                    if (j + c < n) {
+                        act[tile_pair[j + c] * p.I + i] = activation(base, i, select(gs.hi[c & 3u], gs.lo[c & 3u], c < 4u),
+                                                                     select(us.hi[c & 3u], us.lo[c & 3u], c < 4u));
+                    }
                 }
             }
         }

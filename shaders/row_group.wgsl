@@ -9,8 +9,9 @@
 //   rows_dot(w0, wlast, x0, K, lane)   lane's share of sum_k W[row + k] * x[x0 + k], k < K, for each of its
 //                                      rows: row r starts at element min(w0 + r * LANES * K, wlast) of the
 //                                      including kernel's `w` (a row past the matrix repeats its last one)
-//   rows_dot4(w0, wlast, x0, K, lane)  the same for four x rows at once (x0: vec4 of offsets, prefill tiles):
-//                                      each weight decoded once for four dot products
+//   rows_dot8(w0, wlast, xa, xb, K, lane)  the same for eight x rows at once (xa, xb: their offsets, four
+//                                      each; prefill tiles): each weight decoded once for eight dot
+//                                      products, the sums of row r in .lo (xa's) and .hi (xb's)
 //   row_sum4(lid, v)                   v summed over lid's row group, valid in the group's first lane (v
 //                                      itself with lane rows). With SUBGROUPS (the runtime defines it when the
 //                                      adapter's subgroups hold at least ROW_LANES lanes) by subgroup shuffles,
@@ -44,11 +45,12 @@ fn rows_dot(w0: u32, wlast: u32, x0: u32, K: u32, lane: u32) -> array<f32, LANE_
     return a;
 }
 
-fn rows_dot4(w0: u32, wlast: u32, x0: vec4<u32>, K: u32, lane: u32) -> array<vec4<f32>, LANE_ROWS> {
-    var a: array<vec4<f32>, LANE_ROWS>;      // [row] one sum per x row
+fn rows_dot8(w0: u32, wlast: u32, xa: vec4<u32>, xb: vec4<u32>, K: u32, lane: u32) -> array<Vec8, LANE_ROWS> {
+    var a: array<Vec8, LANE_ROWS>;           // [row] one sum per x row: lo rows xa, hi rows xb
 //!if W_ALIGNED
     for (var k = W_STEP * lane; k < K; k += W_STEP * ROW_LANES) {
-        let i = (x0 + vec4(k)) >> vec4(2u);
+        let i = (xa + vec4(k)) >> vec4(2u);
+        let j = (xb + vec4(k)) >> vec4(2u);
         let x0l = x[i.x];
         let x0h = x[i.x + 1u];
         let x1l = x[i.y];
@@ -57,17 +59,33 @@ fn rows_dot4(w0: u32, wlast: u32, x0: vec4<u32>, K: u32, lane: u32) -> array<vec
         let x2h = x[i.z + 1u];
         let x3l = x[i.w];
         let x3h = x[i.w + 1u];
+        let x4l = x[j.x];
+        let x4h = x[j.x + 1u];
+        let x5l = x[j.y];
+        let x5h = x[j.y + 1u];
+        let x6l = x[j.z];
+        let x6h = x[j.z + 1u];
+        let x7l = x[j.w];
+        let x7h = x[j.w + 1u];
         for (var r = 0u; r < LANE_ROWS; r++) {
             let wv = w_step(min(w0 + r * LANES * K, wlast) + k);
-            a[r] += vec4(dot(wv.lo, x0l) + dot(wv.hi, x0h), dot(wv.lo, x1l) + dot(wv.hi, x1h),
-                         dot(wv.lo, x2l) + dot(wv.hi, x2h), dot(wv.lo, x3l) + dot(wv.hi, x3h));
+            a[r].lo += vec4(dot(wv.lo, x0l) + dot(wv.hi, x0h), dot(wv.lo, x1l) + dot(wv.hi, x1h),
+                            dot(wv.lo, x2l) + dot(wv.hi, x2h), dot(wv.lo, x3l) + dot(wv.hi, x3h));
+            a[r].hi += vec4(dot(wv.lo, x4l) + dot(wv.hi, x4h), dot(wv.lo, x5l) + dot(wv.hi, x5h),
+                            dot(wv.lo, x6l) + dot(wv.hi, x6h), dot(wv.lo, x7l) + dot(wv.hi, x7h));
         }
     }
 //!else
     for (var k = lane; k < K; k += ROW_LANES) {
-        let i = x0 + vec4(k);
-        let xv = vec4(x[i.x >> 2u][i.x & 3u], x[i.y >> 2u][i.y & 3u], x[i.z >> 2u][i.z & 3u], x[i.w >> 2u][i.w & 3u]);
-        for (var r = 0u; r < LANE_ROWS; r++) { a[r] += w_at(min(w0 + r * LANES * K, wlast) + k) * xv; }
+        let i = xa + vec4(k);
+        let j = xb + vec4(k);
+        let xl = vec4(x[i.x >> 2u][i.x & 3u], x[i.y >> 2u][i.y & 3u], x[i.z >> 2u][i.z & 3u], x[i.w >> 2u][i.w & 3u]);
+        let xh = vec4(x[j.x >> 2u][j.x & 3u], x[j.y >> 2u][j.y & 3u], x[j.z >> 2u][j.z & 3u], x[j.w >> 2u][j.w & 3u]);
+        for (var r = 0u; r < LANE_ROWS; r++) {
+            let wv = w_at(min(w0 + r * LANES * K, wlast) + k);
+            a[r].lo += wv * xl;
+            a[r].hi += wv * xh;
+        }
     }
 //!endif
     return a;
