@@ -2,13 +2,16 @@
 geometries: what a change to shaders/matmul.wgsl or its geometry buys before a whole model is measured.
 
     .venv/bin/python benchmarks/bench_matmul.py [--K 1024] [--N 1536] [--tokens 64,1] [--formats f16,q8,q4]
-        [--geometry LANES=64,ROWS=64 --geometry LANES=16,ROWS=256] [--reps 11]
+        [--geometry LANES=64,ROWS=64 --geometry LANES=16,ROWS=256] [--reps 11] [--shaders DIR]
 
 The step is the plan's own (converter/plan.py's Plan.matmul with the geometry overridden: defines, constants,
 dispatch and Params as a package states them), its weights N x K random values encoded in the format
 (converter/quant.py), x random. Each adapter records the one dispatch, submits it and waits for it `reps`
 times after a warm-up; prints the median in ms and GFLOP/s (2 T K N per call) and each geometry's ratio to
 the first. The default shape is the 72 M bench model's joined q/k/v projection (docs/benchmarks.md).
+`--shaders DIR` reads the kernels from DIR instead of shaders/ (an earlier commit's, from `git archive REV
+shaders | tar -x -C DIR/..`); a geometry's RED_VALUES then overrides the plan's, for kernels that sized it
+otherwise.
 """
 from __future__ import annotations
 
@@ -16,13 +19,14 @@ import argparse
 import statistics
 import struct
 import time
+from pathlib import Path
 
 import numpy as np
 
 from webmoe.converter.plan import Plan
 from webmoe.converter.quant import encode
 from webmoe.engine.executor import padded
-from webmoe.engine.shaders import load_kernel
+from webmoe.engine.shaders import SHADER_DIR, kernel_of, preprocess
 from webmoe.format.expr import evaluate
 
 PAGE = """async ([source, buffers, params, dispatch, reps]) => {
@@ -58,7 +62,7 @@ PAGE = """async ([source, buffers, params, dispatch, reps]) => {
 }"""
 
 
-def matmul_case(K: int, N: int, T: int, dtype: str, geometry: dict) -> tuple:
+def matmul_case(K: int, N: int, T: int, dtype: str, geometry: dict, shaders: Path = SHADER_DIR) -> tuple:
     """(WGSL source, [(binding, bytes)], params bytes, workgroups) of the plan's matmul step."""
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((N, K)) * 0.02).astype(np.float32)
@@ -67,10 +71,11 @@ def matmul_case(K: int, N: int, T: int, dtype: str, geometry: dict) -> tuple:
     plan.buffer("y", ["T", N])
     plan.matmul("x", "w", "y", K, N)
     step = plan.steps[0]
-    kernel = load_kernel("matmul", step["defines"], step["consts"])
+    consts = {**step["consts"], **{k: v for k, v in geometry.items() if k == "RED_VALUES"}}
+    kernel = kernel_of("matmul", frozenset(step["defines"]), tuple(sorted(consts.items())),
+                       preprocess("matmul", frozenset(step["defines"]), consts, read=lambda f: (shaders / f).read_text()))
     env = {"T": T}
-    words = [evaluate(step["params"][f], env) for f, _ in kernel.params]
-    params = b"".join(struct.pack("<f" if t == "f32" else "<I", v) for v, (_, t) in zip(words, kernel.params))
+    params = b"".join(struct.pack("<f" if t == "f32" else "<I", evaluate(step["params"][f], env)) for f, t in kernel.params)
     data = {"x": rng.standard_normal((T, K)).astype(np.float32).tobytes(), "w": encode(w, dtype),
             "y": bytes(T * N * 4)}
     buffers = [(kernel.bindings[name].index, data[target] + bytes(padded(len(data[target])) - len(data[target])))
@@ -137,6 +142,7 @@ def main() -> int:
                     help="matmul geometry overrides, e.g. LANES=64,ROWS=64 (repeat to compare; default: the plan's)")
     ap.add_argument("--adapters", default="native,browser")
     ap.add_argument("--reps", type=int, default=11)
+    ap.add_argument("--shaders", type=Path, default=SHADER_DIR, help="read the kernels from here")
     a = ap.parse_args()
     geometries = a.geometry or [{}]
     browser = Browser().__enter__() if "browser" in a.adapters else None
@@ -147,7 +153,7 @@ def main() -> int:
                 for dtype in a.formats.split(","):
                     first = None
                     for g in geometries:
-                        case = matmul_case(a.K, a.N, T, dtype, g)
+                        case = matmul_case(a.K, a.N, T, dtype, g, a.shaders)
                         ms = statistics.median(run_native(*case, a.reps) if adapter == "native" else browser.run(*case, a.reps))
                         first = first or ms
                         print(f"{adapter:8} T={T:<4} {dtype:4} {g or 'plan geometry'}: {ms:8.2f} ms "

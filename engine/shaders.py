@@ -102,7 +102,11 @@ def load_kernel(name: str, defines=(), consts: dict[str, int] | None = None) -> 
 def _load_kernel(name: str, defines: frozenset[str], consts: tuple[tuple[str, int], ...]) -> Kernel:
     if not re.fullmatch(r"[a-z0-9_]+", name) or not (SHADER_DIR / f"{name}.wgsl").is_file():
         raise ShaderError(f"unknown kernel {name!r}")
-    source = preprocess(name, defines, dict(consts))
+    return kernel_of(name, defines, consts, preprocess(name, defines, dict(consts)))
+
+
+def kernel_of(name: str, defines: frozenset[str], consts: tuple[tuple[str, int], ...], source: str) -> Kernel:
+    """A preprocessed source with its interface read: bindings by variable name, the Params fields."""
     bindings = {m[3]: Binding(int(m[1]), " ".join(m[2].split())) for m in _BINDING.finditer(source)}
     struct = _PARAMS.search(source)
     params = tuple(_FIELD.findall(struct[1])) if struct else ()
