@@ -83,14 +83,31 @@ class TextTokenizer:
 
 class StreamDecoder:
     """Text of a growing list of ids, one token at a time, with `tokenizers`' own DecodeStream (which holds
-    back the bytes of an unfinished UTF-8 character and needs no re-decoding of the whole text)."""
+    back the bytes of an unfinished UTF-8 character and needs no re-decoding of the whole text). DecodeStream
+    raises ("Invalid prefix encountered") when a token changes how text it already gave decodes: with
+    byte-fallback tokenizers (Llama's, Mistral's), a byte that turns an earlier run of bytes into invalid
+    UTF-8 makes every byte of the run a replacement character, the valid ones before it too. From then on
+    this sequence decodes its ids so far again at each token, as web/tokenizer.js's twin always does: `text`
+    is then the decoding of the ids so far (its start may differ from what was handed out before)."""
 
     def __init__(self, tokenizer: TextTokenizer):
         self.tok = tokenizer.tok
         self.stream = DecodeStream(skip_special_tokens=True)
+        self.ids: list[int] = []
         self.text = ""
 
     def push(self, token_id: int) -> str:
-        piece = self.stream.step(self.tok, token_id) or ""
-        self.text += piece
+        self.ids.append(token_id)
+        if self.stream is not None:
+            try:
+                piece = self.stream.step(self.tok, token_id) or ""
+                self.text += piece
+                return piece
+            except Exception:            # tokenizers raises a bare Exception for the prefix mismatch
+                self.stream = None
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):      # an unfinished character: wait for its next byte
+            return ""
+        piece = text[len(self.text):]
+        self.text = text
         return piece
