@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from webmoe.format.expert_layout import expert_layout
+from webmoe.format.plan_variants import step_variants
 
 from .checkpoint import Checkpoint
 from .families import family_for
 from .families.base import DecoderFamily
-from .plan import DEFAULT_MAX_BINDING, Plan
+from .plan import CPU_GEOMETRY, DEFAULT_MAX_BINDING, Plan
 from .weight_dtypes import weight_dtypes
 
 
@@ -66,11 +67,19 @@ def joined_shape(shapes: list[tuple]) -> tuple:
 def build_plan(family: DecoderFamily, ckpt: Checkpoint | None, tensors: dict[str, tuple[tuple, str]],
                expert_dtype: str, geometry: dict | None = None, max_binding: int = DEFAULT_MAX_BINDING) -> dict:
     """The plan's JSON (see plan.py) over the tensors `package_tensors` gives; ckpt=None names tensors
-    by their first alias. No tensor part or expert slot it binds exceeds max_binding bytes."""
+    by their first alias. No tensor part or expert slot it binds exceeds max_binding bytes. Its steps have
+    GPUs' geometry; its "cpu" variant the steps that differ with CPU_GEOMETRY (`geometry` overrides both)."""
     layout = expert_layout(family.expert_shapes(), expert_dtype, max_binding)
-    plan = Plan(tensors, geometry, max_binding)
-    family.build_plan(plan, ckpt, layout, expert_dtype)
-    return plan.to_json(layout, len(family.moe.moe_layers) * family.moe.num_experts)
+
+    def built(geo: dict) -> Plan:
+        plan = Plan(tensors, geo, max_binding)
+        family.build_plan(plan, ckpt, layout, expert_dtype)
+        return plan
+    gpu = built(geometry or {})
+    cpu = built({k: {**CPU_GEOMETRY.get(k, {}), **(geometry or {}).get(k, {})} for k in {*CPU_GEOMETRY, *(geometry or {})}})
+    out = gpu.to_json(layout, len(family.moe.moe_layers) * family.moe.num_experts)
+    out["variants"] = {"cpu": step_variants(gpu.steps, cpu.steps)}
+    return out
 
 
 def plan_from_config(config: dict, dtype: str = "f16", max_binding: int = DEFAULT_MAX_BINDING) -> dict:

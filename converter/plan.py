@@ -31,9 +31,11 @@ Besides `buffers` and `steps` the plan holds:
     io          the buffers a runtime writes (token ids) and reads back (logits, sampled token)
     splits      tensor -> its row parts [{tensor, row0, rows}]
     resources   bytes of every buffer as a function of T and S, the largest tensor, the expert slots
+    variants    per class of adapter, the steps whose constants and dispatch differ (format/plan_variants.py)
 
-GEOMETRY is the one statement of each kernel's workgroup shape: the kernels read it as constants and
-the dispatches below are computed from the same numbers, so they cannot disagree.
+GEOMETRY is the one statement of each kernel's workgroup shape on a GPU, CPU_GEOMETRY what processors run
+instead: the kernels read it as constants and the dispatches below are computed from the same numbers, so
+they cannot disagree.
 """
 from __future__ import annotations
 
@@ -53,11 +55,11 @@ GEOMETRY: dict[str, dict[str, int]] = {
     "silu_mul": {"WG": 256},
     "gated_add": {"WG": 64},
     # matrix kernels: ROWS output rows of up to TOKENS tokens (TILE pairs) per workgroup of LANES lanes:
-    # LANES / ROWS lanes per row, or ROWS / LANES rows per lane (shaders/row_group.wgsl). 16 rows per lane
-    # measured fastest on the CPU adapters we can measure (docs/benchmarks.md, "Rows per lane": against one
-    # row per lane, the bench model's q/k/v matmul 2-3x faster natively, 3-8x in Chromium); GPUs, untested
-    # here, coalesce better with several lanes per row.
-    "matmul": {"LANES": 16, "ROWS": 256, "TOKENS": 8},
+    # LANES / ROWS lanes per row, or ROWS / LANES rows per lane (shaders/row_group.wgsl). On a GPU (an
+    # H200 through Vulkan, docs/benchmarks.md "Real GPU") 8 lanes per row ran the bench model 1.3x faster
+    # in prefill and 1.3-1.5x in decode than one row per lane, and 5-7x faster than 16 rows per lane;
+    # processors take lane rows (CPU_GEOMETRY, a plan variant).
+    "matmul": {"LANES": 256, "ROWS": 32, "TOKENS": 8},
     "rope": {"WG": 32},
     "kv_write": {"WG": 64},
     "kv_store": {"WG": 64},
@@ -65,14 +67,21 @@ GEOMETRY: dict[str, dict[str, int]] = {
                                              # 16 lanes: 2.6x faster decode attention than 64 on lavapipe
     "router": {"WG": 64, "MAX_K": 32, "MAX_E": 1024},
     "moe_gather": {"WG": 256, "MAX_E": 1024},
-    "moe_gate_up": {"LANES": 16, "ROWS": 256, "TILE": 8},     # ROWS rows x TILE pairs of one expert
-    "moe_down": {"LANES": 16, "ROWS": 256, "TILE": 8},
+    "moe_gate_up": {"LANES": 256, "ROWS": 32, "TILE": 8},    # ROWS rows x TILE pairs of one expert
+    "moe_down": {"LANES": 256, "ROWS": 32, "TILE": 8},
     "scatter_add": {"WG": 64},
     "sample_mask": {"WG": 256},
     "sample_max": {"LANES": 256},
     "sample_mass": {"LANES": 256},
     "sample_chunks": {"CHUNKS": 256},      # sample_pick walks the same chunks
 }
+
+# The matrix kernels on adapters that run WebGPU on the processor (the plan's "cpu" variant, format/plan_variants.py):
+# 16 rows per lane, so every x value a lane loads serves 16 rows; against one row per lane the bench model's
+# q/k/v matmul ran 2-3x faster on lavapipe and 3-8x in Chromium's SwiftShader (docs/benchmarks.md, "Rows per
+# lane"), and 5-7x slower on an H200.
+CPU_GEOMETRY: dict[str, dict[str, int]] = {kernel: {"LANES": 16, "ROWS": 256}
+                                           for kernel in ("matmul", "moe_gate_up", "moe_down")}
 
 
 def rope_args(inv_freq: str, rot: int, attn_factor: float, rot_off: int = 0, interleaved: bool = False) -> dict:

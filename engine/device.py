@@ -72,6 +72,11 @@ class Gpu:
     def is_cpu(self) -> bool:
         return is_cpu(self.adapter)
 
+    @property
+    def adapter_class(self) -> str:
+        """The plan variant this adapter runs (format/plan_variants.py): "cpu" or "gpu"."""
+        return "cpu" if self.is_cpu else "gpu"
+
 
 def is_cpu(adapter) -> bool:
     """A CPU adapter (lavapipe, SwiftShader): its buffers live in host memory."""

@@ -5,6 +5,8 @@ import time
 
 import numpy as np
 
+from webmoe.format.plan_variants import plan_for
+
 from .batch import Generator
 from .device import Gpu, open_gpu
 from .errors import OptionError, PromptError
@@ -34,7 +36,10 @@ class Engine:
         self.max_batch = max_batch          # sequences that can decode together, each in its own KV cache rows
         rows = self.max_seq_len * max_batch                    # KV cache rows: slot b holds rows b * L ..
         self.tokenizer = TextTokenizer(package)
-        plan = apply_routing(package.manifest["plan"], options.routing)
+        # the plan for this adapter (its steps' geometry) with the routing rule asked for
+        self.adapter_class = options.adapter_class or gpu.adapter_class
+        plan = apply_routing(plan_for(package.manifest["plan"], self.adapter_class), options.routing)
+        self.plan = plan
         self.routing = describe_routing(options.routing)
         self.io = plan["io"]                      # the buffers of token ids, places, logits and the sampled token
         check_resources(plan, gpu.max_binding, self.chunk, rows)

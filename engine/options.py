@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from webmoe.format.plan_variants import ADAPTER_CLASSES
+
 from .errors import OptionError
 
 
@@ -21,6 +23,7 @@ class EngineOptions:
     max_batch: int = 1                  # sequences that decode together, each with max_seq_len KV cache rows
     host_pinned_experts: tuple[tuple[int, int], ...] = ()   # (layer, expert) pairs held in host memory
     routing: str = "model"              # another routing rule than the trained one (engine/routing.py)
+    adapter_class: str | None = None    # the plan variant to run, "gpu" or "cpu" (default: the adapter's own)
 
     def __post_init__(self):
         def whole(name, low, allow_none=False):
@@ -34,6 +37,8 @@ class EngineOptions:
         whole("expert_cache_bytes", 0, allow_none=True)
         whole("max_binding", 1, allow_none=True)
         whole("max_batch", 1)
+        if self.adapter_class not in (None, *ADAPTER_CLASSES):
+            raise OptionError(f"adapter_class must be one of {', '.join(ADAPTER_CLASSES)}, not {self.adapter_class!r}")
         for name in ("pinned_experts", "host_pinned_experts"):
             pairs = tuple(tuple(p) for p in getattr(self, name))
             if not all(len(p) == 2 and all(isinstance(i, int) and i >= 0 for i in p) for p in pairs):

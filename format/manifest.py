@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import PackageError
 from .expr import variables
+from .plan_variants import plan_for
 from .strict_json import check_schema, parse_json, schema
 
 # The one format this webmoe writes and reads, stated once: the schema's format and format_version (its
@@ -162,13 +163,17 @@ def validate_plan(plan: dict) -> None:
     for role in ("ids", "positions", "cache_rows", "logits", "token"):
         if plan["io"][role] not in buffers:
             raise PackageError(f"malformed plan: io.{role} names no plan buffer")
+    n = len(steps)
+    for adapters, changed in plan.get("variants", {}).items():
+        if any(int(i) >= n for i in changed):
+            raise PackageError(f"malformed plan: variants.{adapters} changes a step the plan does not have")
     declared = set(plan["variables"])
-    for step in [*steps, *plan["sampler"]]:
+    adapted = [plan_for(plan, adapters)["steps"] for adapters in plan.get("variants", {})]
+    for step in [*steps, *plan["sampler"], *(s for a in adapted for s in a)]:
         used = set().union(*(variables(e) for e in [*step["dispatch"], *step["params"].values()]))
         if used - declared:
             raise PackageError(f"malformed plan: step {step.get('label') or step['kernel']} uses "
                                f"{', '.join(sorted(used - declared))}, which the plan's variables do not declare")
-    n = len(steps)
     for rec in plan["moe_layers"]:
         ok = rec["topk_ids"] in buffers and rec["router_input"] in buffers
         if not ok or not (rec["router_logits_step"] < rec["router_step"] < rec["experts"][0] < rec["experts"][1] <= n):

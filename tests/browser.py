@@ -41,7 +41,7 @@ LOAD = """async ([manifest, options]) => {
   const webmoe = await import('/web/dist/standalone/webmoe.js');
   window.engine = await webmoe.load(manifest, options || {});
   const e = window.engine;
-  return {adapter: e.adapter, family: e.family, description: e.description, ephemeral: e.ephemeral};
+  return {adapter: e.adapter, adapterClass: e.adapterClass, family: e.family, description: e.description, ephemeral: e.ephemeral};
 }"""
 LOGITS = "async ([ids]) => Array.from(await window.engine.logits(ids))"
 GREEDY = """async ([ids, n]) => {

@@ -63,6 +63,22 @@ def test_browser_matches_native(family_site, name):
         page.close()
 
 
+@pytest.mark.parametrize("name", ["odd-sizes-top3-q4", "deepseek_v3", "gpt_oss-mxfp4"])
+def test_the_gpu_plan_in_the_browser_matches_native(family_site, name):
+    """SwiftShader is a fallback adapter, so Chromium runs the plan's "cpu" variant; asked for the plan's own
+    (GPU) steps it gives the native engine's logits and tokens with the same steps."""
+    url, ctx, pkgs = family_site
+    page = open_page(ctx, url + "/")
+    try:
+        assert page.evaluate(LOAD, [manifest_url(pkgs[name])])["adapterClass"] == "cpu"
+        page.evaluate("async () => window.engine.unload()")
+        info = page.evaluate(LOAD, [manifest_url(pkgs[name]), {"adapterClass": "gpu"}])
+        assert info["adapterClass"] == "gpu"
+        check_parity(page, pkgs[name], native=Engine.load(pkgs[name], adapter_class="gpu"))
+    finally:
+        page.close()
+
+
 @pytest.fixture(scope="module")
 def lowered_site(tmp_path_factory):
     """Packages cut for 8 KiB bindings (tests/test_binding_limits.py), served to one Chromium."""
@@ -193,7 +209,7 @@ def test_engine_options_are_checked_once_by_name():
         got = page.evaluate("""async (manifest) => {
           const webmoe = await import('/web/dist/standalone/webmoe.js');
           const out = [];
-          for (const o of [{maxSeqlen: 5}, {chunkTokens: 0}, {storage: 'disk'}, {pinnedExperts: [[0]]}]) {
+          for (const o of [{maxSeqlen: 5}, {chunkTokens: 0}, {storage: 'disk'}, {pinnedExperts: [[0]]}, {adapterClass: 'npu'}]) {
             try { await webmoe.load('/models/none/manifest.json', o); out.push(null); }
             catch (e) { out.push(`${e.name}: ${e.message}`); }
           }
@@ -206,13 +222,16 @@ def test_engine_options_are_checked_once_by_name():
     assert got.pop() == f"ExpertCacheError: {native.value}"
     assert got == ["TypeError: no engine option maxSeqlen", "OptionError: chunkTokens must be an integer of at least 1, not 0",
                    "OptionError: storage must be one of auto, opfs, memory",
-                   "OptionError: pinnedExperts must be [layer, expert] pairs of non-negative integers"]
+                   "OptionError: pinnedExperts must be [layer, expert] pairs of non-negative integers",
+                   "OptionError: adapterClass must be one of gpu, cpu, not npu"]
     with pytest.raises(TypeError, match="no engine option max_seqlen"):
         Engine.load(DEMO, max_seqlen=5)
     with pytest.raises(OptionError, match="chunk_tokens must be an integer of at least 1, not 0"):
         Engine.load(DEMO, chunk_tokens=0)
     with pytest.raises(OptionError, match="pinned_experts must be"):
         Engine.load(DEMO, pinned_experts=[(0,)])
+    with pytest.raises(OptionError, match="adapter_class must be one of gpu, cpu, not 'npu'"):
+        Engine.load(DEMO, adapter_class="npu")
 
 
 def test_sampled_tokens_and_statistics_match_native():
@@ -256,9 +275,9 @@ def test_sampled_tokens_and_statistics_match_native():
 def test_browser_checks_the_manifest_digest_and_schema():
     """The page refuses a manifest with one changed byte (its own sha256) with the native message, a sealed
     but malformed one (a boolean as a size) by schemas/manifest.schema.json, and one of a newer format
-    version (the page reads its own from the served schema) or with a step reading a variable the plan does
-    not declare, with the native messages; the right one loads
-    only under its pinned digest."""
+    version (the page reads its own from the served schema), with a step (or a plan variant's step) reading a
+    variable the plan does not declare or a variant of a step the plan does not have, with the native
+    messages; the right one loads only under its pinned digest."""
     from webmoe.format.manifest import PackageError, read_manifest, seal_manifest
     raw = (DEMO / "manifest.json").read_bytes()
     changed = raw.replace(b'"hidden_size": 192', b'"hidden_size": 193')
@@ -278,6 +297,12 @@ def test_browser_checks_the_manifest_digest_and_schema():
     m = json.loads(raw)
     m["plan"]["steps"][3]["dispatch"][2] = "pos"                     # a variable format 7 removed
     undeclared = seal_manifest(m)
+    m = json.loads(raw)
+    m["plan"]["variants"]["cpu"][str(len(m["plan"]["steps"]))] = {"consts": {"LANES": 16}}   # no such step
+    beyond = seal_manifest(m)
+    m = json.loads(raw)
+    m["plan"]["variants"]["cpu"]["2"]["dispatch"] = [1, "pos", 1]     # the cpu steps read an undeclared variable
+    variant_undeclared = seal_manifest(m)
     with serving(create_app([DEMO])) as url, browser() as ctx:
         page = open_page(ctx, url + "/")
         page.route("**/changed/manifest.json", lambda route: route.fulfill(body=changed, content_type="application/json"))
@@ -288,33 +313,31 @@ def test_browser_checks_the_manifest_digest_and_schema():
         page.route("**/newer/manifest.json", lambda route: route.fulfill(body=newer, content_type="application/json"))
         page.route("**/undeclared/manifest.json", lambda route: route.fulfill(body=undeclared,
                                                                               content_type="application/json"))
+        page.route("**/beyond/manifest.json", lambda route: route.fulfill(body=beyond, content_type="application/json"))
+        page.route("**/variant/manifest.json", lambda route: route.fulfill(body=variant_undeclared,
+                                                                           content_type="application/json"))
         errors = page.evaluate("""async ([good, digest]) => {
           const webmoe = await import('/web/dist/standalone/webmoe.js');
           const out = [];
           for (const [u, d] of [['/changed/manifest.json', null], ['/sealed/manifest.json', null], [good, '0'.repeat(64)],
                                 ['/crossed/manifest.json', null], ['/misstated/manifest.json', null],
-                                ['/newer/manifest.json', null], ['/undeclared/manifest.json', null], [good, digest]]) {
+                                ['/newer/manifest.json', null], ['/undeclared/manifest.json', null], [good, digest],
+                                ['/beyond/manifest.json', null], ['/variant/manifest.json', null]]) {
             try { (await webmoe.load(u, {digest: d})).unload(); out.push(null); } catch (e) { out.push([e.name, e.message]); }
           }
           return out;
         }""", [manifest_url(DEMO), digest])
-    with pytest.raises(PackageError) as native:
-        read_manifest(changed)
-    assert errors[0] == ["PackageError", str(native.value)]
+    # the page's message is the native reader's, for each manifest either refuses
+    for i, raw, match in [(0, changed, None), (3, crossed, None), (4, misstated, "config.num_layers is 99, but the plan has 4"),
+                          (5, newer, "is newer than this webmoe"),
+                          (6, undeclared, "uses pos, which the plan's variables do not declare"),
+                          (8, beyond, "variants.cpu changes a step the plan does not have"),
+                          (9, variant_undeclared, "uses pos, which the plan's variables do not declare")]:
+        with pytest.raises(PackageError, match=match) as native:
+            read_manifest(raw)
+        assert errors[i] == ["PackageError", str(native.value)], i
     assert errors[1][0] == "PackageError" and errors[1][1].startswith("malformed manifest.json at tensors/model.norm.weight/size")
     assert errors[2] == ["PackageError", f"the package's manifest has sha256 {digest}, not the {'0' * 64} asked for"]
-    with pytest.raises(PackageError) as native:
-        read_manifest(crossed)
-    assert errors[3] == ["PackageError", str(native.value)]
-    with pytest.raises(PackageError, match="config.num_layers is 99, but the plan has 4") as native:
-        read_manifest(misstated)
-    assert errors[4] == ["PackageError", str(native.value)]
-    with pytest.raises(PackageError, match="is newer than this webmoe") as native:
-        read_manifest(newer)
-    assert errors[5] == ["PackageError", str(native.value)]
-    with pytest.raises(PackageError, match="uses pos, which the plan's variables do not declare") as native:
-        read_manifest(undeclared)
-    assert errors[6] == ["PackageError", str(native.value)]
     assert errors[7] is None                                          # its own digest pinned: it loads
     with pytest.raises(PackageError) as native:
         Engine.load(DEMO, digest="0" * 64)

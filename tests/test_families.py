@@ -122,6 +122,21 @@ def test_family_matches_transformers(tmp_path, case, dtype):
         assert_incremental_equals_prefill(engine, ids[:30], split=11)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_the_other_plan_variant_matches_transformers(tmp_path, gpu, case):
+    """A package's plan runs with GPUs' geometry or with the "cpu" variant's (format/plan_variants.py); the
+    test above runs the one of this adapter, this test the other, on the same adapter: same bounds."""
+    other = "gpu" if gpu.adapter_class == "cpu" else "cpu"
+    model_cls, config = CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    ref, engine = build(model_cls, config, tmp_path, "f32", adapter_class=other)
+    assert engine.adapter_class == other
+    assert (engine.plan["steps"] == engine.package.manifest["plan"]["steps"]) == (other == "gpu")   # GPUs': the plan's own
+    ids = rng.integers(3, 400, 70).tolist()
+    assert_logits_close(engine.logits(ids), reference_logits(ref, ids), "f32", ref, ids)
+    assert_greedy_matches(ref, engine, rng.integers(3, 400, 7).tolist(), 32, "f32")
+
+
 def quantize_mxfp4(w: np.ndarray):
     """[..., rows, cols] float -> (blocks [..., rows, cols/32, 16] uint8, scales [..., rows, cols/32] uint8)."""
     from webmoe.converter.mxfp4 import E2M1

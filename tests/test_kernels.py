@@ -8,6 +8,7 @@ import pytest
 
 from kernel_checks import QUANTISED, close, rand
 from kernel_runner import as_stored, run_plan
+from webmoe.converter.plan import CPU_GEOMETRY
 
 
 @pytest.mark.parametrize("wdtype,max_binding", [("f32", 1 << 27), ("f16", 1 << 27), ("f32", 1024), ("f16", 1024),
@@ -74,6 +75,9 @@ def test_silu_mul_and_gated_add(gpu):
     ("f16", 13, 130, 29, True, True, {"matmul": {"ROWS": 2, "TOKENS": 5, "LANES": 32}}, 1 << 27),
     ("f16", 13, 136, 29, True, True, {"matmul": {"ROWS": 2, "TOKENS": 5, "LANES": 32}}, 1 << 27),
     ("f32", 13, 136, 29, True, True, {"matmul": {"ROWS": 32, "TOKENS": 3, "LANES": 64}}, 1 << 27),
+    # the plan's cpu variant (16 rows per lane) and one row per lane
+    *((d, T, 136, 300, True, True, {"matmul": CPU_GEOMETRY["matmul"]}, 1 << 27) for d in ("f16", "q4") for T in (1, 13)),
+    ("q8", 13, 136, 29, True, False, {"matmul": {"ROWS": 64, "LANES": 64}}, 1 << 27),
     # the weight split into row parts of at most 2 KiB (one step per part, each writing its columns)
     ("f32", 13, 130, 29, True, True, None, 2048),
     ("f16", 9, 51, 33, True, False, None, 1024),

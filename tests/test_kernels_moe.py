@@ -6,6 +6,7 @@ import pytest
 
 from kernel_checks import QUANTISED, close, rand, rng
 from kernel_runner import as_stored, run_plan
+from webmoe.converter.plan import CPU_GEOMETRY
 
 
 @pytest.mark.parametrize("scoring,normalize,K,scale", [("softmax", 1, 2, 1.0), ("softmax", 0, 3, 1.0),
@@ -208,7 +209,7 @@ def stored_expert(parts: dict, layout: dict) -> dict:
     ("f16", True, None, 1 << 27, None),
     # another geometry changes kernels and dispatches together (one source): still exact (16 lanes per row
     # reduce through workgroup memory, 4 by subgroup shuffles where the adapter has them)
-    ("f16", True, {"moe_gate_up": {"ROWS": 2, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 16, "TILE": 3}}, 1 << 27,
+    ("f16", True, {"moe_gate_up": {"ROWS": 2, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 16, "TILE": 3, "LANES": 64}}, 1 << 27,
      None),
     # experts cut into pieces along I (slots of at most 3 KiB): the pieces' outputs add up
     ("f32", True, None, 3072, None), ("f16", False, None, 2048, None),
@@ -218,9 +219,11 @@ def stored_expert(parts: dict, layout: dict) -> dict:
     ("q8", True, None, 3072, None), ("q4", False, None, 1400, None), ("mxfp4", True, None, 3500, None),
     # H and I multiples of 8: eight weights at a time (VEC8) in both kernels, for every format and in pieces
     *((q, True, None, 1 << 27, (64, 96)) for q in ("f32", "f16", *QUANTISED)),
-    ("f16", False, {"moe_gate_up": {"ROWS": 2, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 16, "TILE": 3}}, 1 << 27,
+    ("f16", False, {"moe_gate_up": {"ROWS": 2, "TILE": 5, "LANES": 32}, "moe_down": {"ROWS": 16, "TILE": 3, "LANES": 64}}, 1 << 27,
      (64, 96)),
     ("q8", False, None, 8192, (64, 96)),
+    # the plan's cpu variant: 16 rows per lane in both kernels
+    ("q4", True, CPU_GEOMETRY, 1 << 27, (64, 96)), ("f16", False, CPU_GEOMETRY, 1 << 27, None),
 ])
 def test_grouped_experts_and_scatter_add(gpu, wdtype, gpt_oss, geometry, max_binding, sizes):
     """moe_gate_up + moe_down over a slab whose slots are shuffled, then scatter_add, vs a dense loop.

@@ -27,7 +27,9 @@ export async function openDevice({ maxBinding } = {}) {
   const description = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(" / ") || "unknown adapter";
   const limit = device.limits.maxStorageBufferBindingSize;
   const subgroupSize = device.features.has("subgroups") ? await probeSubgroupSize(device) : 0;
-  return { adapter, device, description, shaderF16: adapter.features.has("shader-f16"), subgroupSize,
+  // a fallback adapter is WebGPU on the processor (SwiftShader, WARP): it runs the plan's "cpu" variant
+  const adapterClass = info.isFallbackAdapter ? "cpu" : "gpu";
+  return { adapter, device, description, adapterClass, shaderF16: adapter.features.has("shader-f16"), subgroupSize,
            maxBinding: maxBinding ? Math.min(limit, maxBinding) : limit, maxBuffer: device.limits.maxBufferSize };
 }
 

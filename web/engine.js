@@ -7,6 +7,7 @@ import { Generator } from "./batch.js";
 import { GenerationConfig } from "./generation.js";
 import { ModelStore } from "./loader.js";
 import { engineOptions } from "./options.js";
+import { planFor } from "./plan_variants.js";
 import { predictorPlan } from "./prefetch.js";
 import { checkResources, planBytes } from "./resources.js";
 import { ShaderLibrary } from "./shaders.js";
@@ -43,9 +44,11 @@ export class Engine {
       storage: o.storage });
     e.store = store;
     const m = (e.manifest = store.manifest);
+    e.adapterClass = o.adapterClass || gpu.adapterClass;
+    const plan = (e.plan = planFor(m.plan, e.adapterClass));      // the steps' geometry for this adapter
     // the kernels compile (each variant once, in parallel) while the shards download
     const shaders = new ShaderLibrary(o.shaderBase);
-    const compiled = compileSteps(gpu, [...m.plan.steps, ...m.plan.sampler], shaders,
+    const compiled = compileSteps(gpu, [...plan.steps, ...plan.sampler], shaders,
                                   (done, total) => report({ stage: "compile", done, total }));
     compiled.catch(() => {});          // awaited below; a failure is reported there, after the download's
     await store.fetchMissing();
@@ -53,10 +56,10 @@ export class Engine {
     e.maxSeqLen = Math.min(o.maxSeqLen, m.config.max_position_embeddings);
     e.chunk = Math.min(o.chunkTokens, e.maxSeqLen);
     e.tokenizer = await TextTokenizer.load(store.url, m);
-    e.io = m.plan.io;             // the buffers of token ids, logits and the sampled token
-    e.maskWords = m.plan.buffers[e.io.token_mask].shape[1];     // u32 words of a token_mask row
-    checkResources(m.plan, gpu.maxBinding, e.chunk, e.maxSeqLen);
-    e.memory = planBytes(m.plan, e.chunk, e.maxSeqLen);     // buffers, kv_cache, kv_per_token
+    e.io = plan.io;             // the buffers of token ids, logits and the sampled token
+    e.maskWords = plan.buffers[e.io.token_mask].shape[1];     // u32 words of a token_mask row
+    checkResources(plan, gpu.maxBinding, e.chunk, e.maxSeqLen);
+    e.memory = planBytes(plan, e.chunk, e.maxSeqLen);     // buffers, kv_cache, kv_per_token
 
     const upload = (bytes, label) => {
       const buf = e.device.createBuffer({ size: padded(bytes.byteLength), usage: STORAGE, label });
@@ -85,18 +88,18 @@ export class Engine {
     e.experts = await ExpertCache.create(gpu, m, store, {
       budgetBytes: o.expertCacheBytes, pinned: o.pinnedExperts, observe: o.observeRouting,
       onDemand: o.expertsOnDemand, onUpload: uploaded });
-    e.segments = expertSegments(m.plan);
+    e.segments = expertSegments(plan);
     e.topK = m.moe.top_k;
     const runtime = e.experts.buffers;
     await compiled;
-    e.executor = await Executor.create(gpu, m.plan, tensors, runtime, { T: e.chunk, S: e.maxSeqLen }, shaders);
-    e.sampler = await Executor.create(gpu, { buffers: {}, steps: m.plan.sampler }, e.executor.buffers, new Map(),
+    e.executor = await Executor.create(gpu, plan, tensors, runtime, { T: e.chunk, S: e.maxSeqLen }, shaders);
+    e.sampler = await Executor.create(gpu, { buffers: {}, steps: plan.sampler }, e.executor.buffers, new Map(),
                                       {}, shaders);
     e.logitsRb = new Readback(e.device, e.chunk * e.vocab * 4);
     e.routeRb = new Readback(e.device, 2 * e.chunk * e.topK * 4);
     e.predict = new Map();
     if ((o.prefetch ?? o.expertsOnDemand) && e.experts.paging && e.segments.length > 1) {
-      const p = predictorPlan(m.plan, m.moe.num_experts, e.topK);
+      const p = predictorPlan(plan, m.moe.num_experts, e.topK);
       e.predict = p.ranges;
       e.predictor = await Executor.create(gpu, p.plan, e.executor.buffers, new Map(),
                                           { T: e.chunk, S: e.maxSeqLen }, shaders);

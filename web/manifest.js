@@ -4,6 +4,7 @@
 // version is the schema's (served with the page), stated nowhere else.
 import { Validator } from "@cfworker/json-schema";
 import { schemaJson } from "./assets.js";
+import { planFor } from "./plan_variants.js";
 import { PackageError } from "./errors.js";
 import { variables } from "./expr.js";
 
@@ -172,8 +173,14 @@ export function validatePlan(plan) {
   for (const role of ["ids", "positions", "cache_rows", "logits", "token"]) {
     if (!(plan.io[role] in buffers)) throw new PackageError(`malformed plan: io.${role} names no plan buffer`);
   }
+  for (const [adapters, changed] of Object.entries(plan.variants || {})) {
+    if (Object.keys(changed).some((i) => Number(i) >= steps.length)) {
+      throw new PackageError(`malformed plan: variants.${adapters} changes a step the plan does not have`);
+    }
+  }
   const declared = new Set(plan.variables);
-  for (const step of [...steps, ...plan.sampler]) {
+  const adapted = Object.keys(plan.variants || {}).flatMap((adapters) => planFor(plan, adapters).steps);
+  for (const step of [...steps, ...plan.sampler, ...adapted]) {
     const used = new Set([...step.dispatch, ...Object.values(step.params)].flatMap((e) => [...variables(e)]));
     const undeclared = [...used].filter((v) => !declared.has(v)).sort();
     if (undeclared.length) {

@@ -2,6 +2,7 @@
 // twin; the table in docs/web.md says which fields only one runtime has, and why). Engine.load and
 // webmoe.load take it; an unknown name is a TypeError, a bad value an OptionError naming the field.
 import { OptionError } from "./errors.js";
+import { ADAPTER_CLASSES } from "./plan_variants.js";
 
 const DEFAULTS = Object.freeze({
   maxSeqLen: 2048,            // KV cache rows (at most the model's max_position_embeddings)
@@ -12,6 +13,7 @@ const DEFAULTS = Object.freeze({
   observeRouting: false,      // read back routing even when every expert is resident (usage statistics)
   prefetch: null,             // when paging: load each next MoE layer's predicted experts early (default: on with expertsOnDemand)
   maxBinding: null,           // a lower storage binding limit to keep to (tests)
+  adapterClass: null,         // the plan variant to run, "gpu" or "cpu" (default: the adapter's own)
   digest: null,               // the manifest's sha256 to pin
   expertsOnDemand: false,     // download the dense shards only; fetch each expert when the router first asks
   opfsBudgetBytes: null,      // with expertsOnDemand: what the model may keep in OPFS (least recently used leave)
@@ -46,6 +48,9 @@ export function engineOptions(given = {}) {
   if (o.prefetch !== null && typeof o.prefetch !== "boolean") throw new OptionError("prefetch must be true or false");
   if (!(typeof o.hotExperts === "number" && o.hotExperts >= 0 && o.hotExperts <= 1)) {
     throw new OptionError("hotExperts must be a share in [0, 1]");
+  }
+  if (o.adapterClass !== null && !ADAPTER_CLASSES.includes(o.adapterClass)) {
+    throw new OptionError(`adapterClass must be one of ${ADAPTER_CLASSES.join(", ")}, not ${String(o.adapterClass).slice(0, 40)}`);
   }
   if (!STORAGE.includes(o.storage)) throw new OptionError(`storage must be one of ${STORAGE.join(", ")}`);
   if (!Array.isArray(o.pinnedExperts) ||

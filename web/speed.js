@@ -38,7 +38,7 @@ export async function measureSpeed(engine, { prompt = 128, tokens = 32, repeats 
   const perToken = { decode: 1e3 / median(decode), encode: 1e3 * median(steps.map((s) => s.encode_s)),
                      wait: 1e3 * median(steps.map((s) => s.wait_s)), round_trip: 1e3 * await roundTrip(engine.device),
                      generate: generate.length ? median(generate) : NaN };
-  const result = { adapter: engine.adapter, prompt, tokens, experts_resident: !engine.experts.paging,
+  const result = { adapter: engine.adapter, plan_variant: engine.adapterClass, prompt, tokens, experts_resident: !engine.experts.paging,
                    prefill: spread(prefill), decode: spread(decode), per_token_ms: perToken,
                    subgroups: engine.executor.gpu.subgroupSize, formats: engine.manifest.dtypes };
   if (profile) {
@@ -71,7 +71,7 @@ export async function roundTrip(device, repeats = 20) {
 // GPU time per step role (a step's label without its layer) for the prefill of ids and for each decoded token:
 // {prefill, decode: [{role, kernel, calls, ms, share}]}, as speed.py's profile_run.
 async function profileRun(engine, ids, tokens) {
-  const plan = engine.manifest.plan;
+  const plan = engine.plan;
   const kernels = new Map([...plan.steps, ...plan.sampler].map((s) => [s.label || s.kernel, s.kernel]));
   const out = {};
   engine.profiler = new Profiler(engine.device);

@@ -38,6 +38,9 @@ export interface LoadOptions {
   observeRouting?: boolean;
   prefetch?: boolean;
   maxBinding?: number;
+  /** The plan variant to run: "gpu" (the plan's own steps) or "cpu" (lane rows, for WebGPU on the processor);
+   * default: "cpu" on a fallback adapter (SwiftShader, WARP), else "gpu". */
+  adapterClass?: "gpu" | "cpu";
   /** The manifest's sha256 (as `webmoe info` prints it): any other package is refused. */
   digest?: string;
   /** Download the dense shards now and each expert the first time the router asks for it. */
@@ -117,6 +120,8 @@ export interface CachedModel { id: string; url: string | null; name: string; com
 export interface Engine {
   readonly handle: number;
   readonly adapter: string;
+  /** The plan variant it runs: "cpu" on a fallback adapter (WebGPU on the processor), else "gpu". */
+  readonly adapterClass: "gpu" | "cpu";
   readonly family: string;
   readonly description: string;
   /** null, or why nothing of the model is kept in the browser (it is downloaded again next visit). */
@@ -155,6 +160,8 @@ export interface SpeedSpread { median: number; min: number; max: number; runs: n
 
 export interface SpeedReport {
   adapter: string;
+  /** the plan variant that ran (adapterClass) */
+  plan_variant: "gpu" | "cpu";
   prompt: number;
   tokens: number;
   experts_resident: boolean;

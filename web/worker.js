@@ -25,7 +25,7 @@ const ops = {
       onDeviceLost: (message) => { if (engines.delete(handle)) postMessage({ event: "device-lost", handle, message }); },
     });
     engines.set(handle, { engine, abort: null });
-    return { handle, adapter: engine.adapter, family: engine.manifest.family, description: engine.describe(),
+    return { handle, adapter: engine.adapter, adapterClass: engine.adapterClass, family: engine.manifest.family, description: engine.describe(),
              ephemeral: engine.ephemeral,
              config: engine.manifest.config,
              moe: { ...engine.manifest.moe, expert_layout: undefined } };

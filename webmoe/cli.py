@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import webmoe
+from webmoe.format.plan_variants import ADAPTER_CLASSES
 from webmoe.format.weight_formats import FORMATS
 from webmoe.converter.weight_dtypes import PRESETS
 
@@ -136,10 +137,10 @@ def _speed(args) -> int:
     if args.browser:
         from webmoe.tools.bench_browser import speed_browser
         r = speed_browser(args.package, prompt=args.prompt, tokens=args.tokens, repeats=args.repeats,
-                          profile=args.profile)
+                          profile=args.profile, adapter_class=args.adapter_class)
     else:
         r = measure(args.package, prompt=args.prompt, tokens=args.tokens, repeats=args.repeats, adapter=args.adapter,
-                    profile=args.profile)
+                    profile=args.profile, adapter_class=args.adapter_class)
     print(table(r))
     if args.json:
         with open(args.json, "w") as f:
@@ -316,6 +317,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--json", default=None, help="also write the figures to this file")
     v.add_argument("--adapter", default=None)
     v.add_argument("--browser", action="store_true", help="measure in headless Chromium (WebGPU) instead")
+    v.add_argument("--adapter-class", choices=ADAPTER_CLASSES, default=None,
+                   help="run the plan's steps for this class of adapter (default: the adapter's own)")
     v.set_defaults(func=_speed)
 
     q = sub.add_parser("perplexity", help="perplexity of packages on a text (how weight formats compare)")

@@ -51,7 +51,8 @@ def bench_browser(path, tokens: int = 16, runs=RUNS, repeats: int = 3) -> list[d
 
 PAGE_SPEED = """async ([manifest, options]) => {
   const webmoe = await import('/web/dist/standalone/webmoe.js');
-  const e = await webmoe.load(manifest, {maxSeqLen: options.prompt + options.tokens + 1});
+  const e = await webmoe.load(manifest, {maxSeqLen: options.prompt + options.tokens + 1,
+                                         adapterClass: options.adapterClass});
   const r = await e.speed(options);
   // a token through the page's API: generate() in the worker, each token a message to the page
   const api = [];
@@ -66,9 +67,10 @@ PAGE_SPEED = """async ([manifest, options]) => {
 
 
 def speed_browser(path, prompt: int = 128, tokens: int = 32, repeats: int = 3, profile: bool = False,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, adapter_class: str | None = None) -> dict:
     """speed.measure's figures in headless Chromium (web/speed.js in the engine's worker), and per_token_ms's
-    api: a token through the page's generate() (the worker's messages added)."""
+    api: a token through the page's generate() (the worker's messages added). adapter_class: the plan
+    variant to run (default: the adapter's own)."""
     from .headless import browser, serving
     name = Package(path).dir.name
     with serving(create_app([Path(path)], api=False)) as url, browser() as ctx:
@@ -76,7 +78,7 @@ def speed_browser(path, prompt: int = 128, tokens: int = 32, repeats: int = 3, p
         page.goto(url + "/")
         r, api = page.evaluate(PAGE_SPEED, [f"/models/{name}/manifest.json", {"prompt": prompt, "tokens": tokens,
                                                                          "repeats": repeats, "profile": profile,
-                                                                         "seed": seed}])
+                                                                         "seed": seed, "adapterClass": adapter_class}])
         page.close()
     r["per_token_ms"]["api"] = statistics.median(api) if api else None
     return {"package": str(path), **r}

@@ -56,6 +56,9 @@ def describe_plan(manifest: dict) -> list[str]:
     lines.append("      -- then the sampler, on the logits row of the last token:")
     for j, step in enumerate(plan["sampler"]):
         lines += _step_line(len(plan["steps"]) + j, step, plan, tensors)
+    for adapters, changed in plan.get("variants", {}).items():
+        lines.append(f"on {adapters} adapters, steps {', '.join(changed)} run with other workgroup shapes and "
+                     f"dispatches (the plan's {adapters} variant); the same arithmetic")
     res = plan["resources"]
     big = res["largest_tensor"]
     lines.append(f"resources: dense weights {res['dense_bytes'] / 2**20:.1f} MiB (largest tensor {big['name']}, "

@@ -70,7 +70,7 @@ def decode_bytes(engine: Engine, pos: int) -> dict[str, int]:
     manifest = engine.package.manifest
     tensors = manifest["tensors"]
     dense, row = set(), 0
-    for step in manifest["plan"]["steps"]:
+    for step in engine.plan["steps"]:
         for target in step["bind"].values():
             if target in tensors:
                 if step["kernel"] == "embed":
@@ -108,8 +108,9 @@ def round_trip(gpu, repeats: int = 20) -> float:
 
 
 def measure(path, prompt: int = 128, tokens: int = 32, repeats: int = 3, adapter: str | None = None,
-            profile: bool = False, seed: int = 0) -> dict:
-    with Engine.load(path, adapter=adapter, max_seq_len=prompt + tokens + 1) as engine:
+            profile: bool = False, seed: int = 0, adapter_class: str | None = None) -> dict:
+    """adapter_class: the plan variant to run ("gpu", "cpu"; default: the adapter's own)."""
+    with Engine.load(path, adapter=adapter, max_seq_len=prompt + tokens + 1, adapter_class=adapter_class) as engine:
         return {"package": str(path), **measure_engine(engine, prompt, tokens, repeats, profile, seed)}
 
 
@@ -147,7 +148,7 @@ def measure_engine(engine: Engine, prompt: int = 128, tokens: int = 32, repeats:
                  "wait": 1e3 * statistics.median(s["wait_s"] for s in steps),
                  "round_trip": 1e3 * round_trip(engine.gpu),
                  "generate": 1e3 * statistics.median(generate) if generate else float("nan")}
-    result = {"adapter": engine.adapter, "prompt": prompt, "tokens": tokens,
+    result = {"adapter": engine.adapter, "plan_variant": engine.adapter_class, "prompt": prompt, "tokens": tokens,
               "experts_resident": not engine.experts.paging, "prefill": _spread(prefill), "decode": _spread(decode),
               "per_token_ms": per_token, "subgroups": engine.gpu.subgroup_size,
               "formats": engine.package.manifest["dtypes"]}
@@ -165,7 +166,7 @@ def measure_engine(engine: Engine, prompt: int = 128, tokens: int = 32, repeats:
 def profile_run(engine: Engine, ids: list[int], tokens: int) -> dict[str, list[dict]]:
     """GPU time per step role (a step's label without its layer, e.g. q_proj, experts.gate_up) for the
     prefill of ids and for each decoded token: [{role, kernel, calls, ms, share}] per phase."""
-    plan = engine.package.manifest["plan"]
+    plan = engine.plan
     kernels = {s.get("label") or s["kernel"]: s["kernel"] for s in plan["steps"] + plan["sampler"]}
     out = {}
     engine.profiler = Profiler(engine.gpu.device)
@@ -199,7 +200,7 @@ def _by_role(seconds: dict[str, list[float]], kernels: dict[str, str], per: int)
 def table(r: dict) -> str:
     p, d, t = r["prefill"], r["decode"], r["per_token_ms"]
     lines = [
-        f"{r['package']} on {r['adapter']} (experts {r['formats']['experts']}, attention "
+        f"{r['package']} on {r['adapter']} ({r['plan_variant']} plan; experts {r['formats']['experts']}, attention "
         f"{r['formats']['attention']}; subgroups: {r['subgroups'] or 'none'}; every expert resident: "
         f"{'yes' if r['experts_resident'] else 'no'})",
         f"prefill {r['prompt']} tokens: {p['median']:.2f} tokens/s (min {p['min']:.2f}, max {p['max']:.2f}, "
