@@ -2,9 +2,13 @@
 change to the plan's steps (fusing kernels) buys in dispatches per decoded token and in tokens/s.
 
     .venv/bin/python benchmarks/bench_plans.py OLD_PACKAGE NEW_PACKAGE [--rounds 3] [--prompt 128] [--tokens 32]
+        [--adapters native,browser]
 
 The packages must hold the same model (for example one converted before a plan change and one after, from
-the same checkpoint). Each round measures every package on both adapters with `webmoe speed`'s measurement
+the same checkpoint). A package given as PATH:gpu or PATH:cpu runs that class's steps of its plan
+(format/plan_variants.py; default: the adapter's own), so `PKG:gpu PKG:cpu` compares a plan's two
+geometries on one adapter. `--adapters native` leaves Chromium out (a machine without it, such as a
+GPU server). Each round measures every package on both adapters with `webmoe speed`'s measurement
 (speed.measure natively, web/speed.js in Chromium: random token ids decoded one at a time from an empty
 cache, after a warm-up), the packages' order alternating from round to round; prints each round and the
 medians with their spread and the new plan's ratio of medians. Dispatches per token are counted from the
@@ -17,8 +21,10 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from webmoe.format.expr import evaluate
+from webmoe.format.plan_variants import ADAPTER_CLASSES
 from webmoe.tools.bench_browser import speed_browser
 from webmoe.tools.speed import measure
 
@@ -33,15 +39,34 @@ def dispatches_per_token(package: Path) -> tuple[int, int]:
     return len(m["plan"]["steps"]), sum(s.get("repeat", 1) for s in run)
 
 
+class PlanArg(NamedTuple):
+    path: Path
+    cls: str | None         # the plan variant to run; None: the adapter's own
+
+    @property
+    def name(self) -> str:
+        return self.path.name + (f":{self.cls}" if self.cls else "")
+
+
+def package_arg(text: str) -> PlanArg:
+    for cls in ADAPTER_CLASSES:
+        if text.endswith(":" + cls):
+            return PlanArg(Path(text[:-len(cls) - 1]), cls)
+    return PlanArg(Path(text), None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("packages", nargs=2, type=Path)
+    ap.add_argument("packages", nargs=2, type=package_arg, help="PATH, or PATH:gpu / PATH:cpu")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--adapters", default="native,browser")
     args = ap.parse_args()
-    runtimes = {"native": lambda p: measure(p, args.prompt, args.tokens, repeats=1),
-                "Chromium": lambda p: speed_browser(p, args.prompt, args.tokens, repeats=1)}
+    runtimes = {"native": lambda p: measure(p.path, args.prompt, args.tokens, repeats=1, adapter_class=p.cls),
+                "Chromium": lambda p: speed_browser(p.path, args.prompt, args.tokens, repeats=1, adapter_class=p.cls)}
+    runtimes = {rt: run for rt, run in runtimes.items()
+                if {"native": "native", "Chromium": "browser"}[rt] in args.adapters.split(",")}
     figures = {(p, rt): {"prefill": [], "decode": []} for p in args.packages for rt in runtimes}
     adapters = {}
     for r in range(args.rounds):
@@ -59,7 +84,7 @@ def main() -> int:
           "  ".join(f"{rt + ' ' + ph:>28s}" for rt in runtimes for ph in ("prefill", "decode")))
     med = {}
     for p in args.packages:
-        steps, dispatches = dispatches_per_token(p)
+        steps, dispatches = dispatches_per_token(p.path)
         cells = []
         for rt in runtimes:
             for ph in ("prefill", "decode"):
