@@ -23,17 +23,16 @@
 const ROW_LANES: u32 = max(LANES / ROWS, 1u);
 const LANE_ROWS: u32 = max(ROWS / LANES, 1u);
 
+// The eight x values from x's vec4 i on, and their dot product with eight weights (W_ALIGNED's step).
+fn x8(i: u32) -> Vec8 { return Vec8(x[i], x[i + 1u]); }
+fn dot8(w: Vec8, v: Vec8) -> f32 { return dot(w.lo, v.lo) + dot(w.hi, v.hi); }
+
 fn rows_dot(w0: u32, wlast: u32, x0: u32, K: u32, lane: u32) -> array<f32, LANE_ROWS> {
     var a: array<f32, LANE_ROWS>;
 //!if W_ALIGNED
     for (var k = W_STEP * lane; k < K; k += W_STEP * ROW_LANES) {
-        let xi = (x0 + k) >> 2u;
-        let xl = x[xi];
-        let xh = x[xi + 1u];
-        for (var r = 0u; r < LANE_ROWS; r++) {
-            let wv = w_step(min(w0 + r * LANES * K, wlast) + k);
-            a[r] += dot(wv.lo, xl) + dot(wv.hi, xh);
-        }
+        let xv = x8((x0 + k) >> 2u);
+        for (var r = 0u; r < LANE_ROWS; r++) { a[r] += dot8(w_step(min(w0 + r * LANES * K, wlast) + k), xv); }
     }
 //!else
     for (var k = lane; k < K; k += ROW_LANES) {
@@ -51,28 +50,19 @@ fn rows_dot8(w0: u32, wlast: u32, xa: vec4<u32>, xb: vec4<u32>, K: u32, lane: u3
     for (var k = W_STEP * lane; k < K; k += W_STEP * ROW_LANES) {
         let i = (xa + vec4(k)) >> vec4(2u);
         let j = (xb + vec4(k)) >> vec4(2u);
-        let x0l = x[i.x];
-        let x0h = x[i.x + 1u];
-        let x1l = x[i.y];
-        let x1h = x[i.y + 1u];
-        let x2l = x[i.z];
-        let x2h = x[i.z + 1u];
-        let x3l = x[i.w];
-        let x3h = x[i.w + 1u];
-        let x4l = x[j.x];
-        let x4h = x[j.x + 1u];
-        let x5l = x[j.y];
-        let x5h = x[j.y + 1u];
-        let x6l = x[j.z];
-        let x6h = x[j.z + 1u];
-        let x7l = x[j.w];
-        let x7h = x[j.w + 1u];
+        // eight x rows in named values, not an array (SwiftShader keeps arrays in memory)
+        let x0 = x8(i.x);
+        let x1 = x8(i.y);
+        let x2 = x8(i.z);
+        let x3 = x8(i.w);
+        let x4 = x8(j.x);
+        let x5 = x8(j.y);
+        let x6 = x8(j.z);
+        let x7 = x8(j.w);
         for (var r = 0u; r < LANE_ROWS; r++) {
             let wv = w_step(min(w0 + r * LANES * K, wlast) + k);
-            a[r].lo += vec4(dot(wv.lo, x0l) + dot(wv.hi, x0h), dot(wv.lo, x1l) + dot(wv.hi, x1h),
-                            dot(wv.lo, x2l) + dot(wv.hi, x2h), dot(wv.lo, x3l) + dot(wv.hi, x3h));
-            a[r].hi += vec4(dot(wv.lo, x4l) + dot(wv.hi, x4h), dot(wv.lo, x5l) + dot(wv.hi, x5h),
-                            dot(wv.lo, x6l) + dot(wv.hi, x6h), dot(wv.lo, x7l) + dot(wv.hi, x7h));
+            a[r].lo += vec4(dot8(wv, x0), dot8(wv, x1), dot8(wv, x2), dot8(wv, x3));
+            a[r].hi += vec4(dot8(wv, x4), dot8(wv, x5), dot8(wv, x6), dot8(wv, x7));
         }
     }
 //!else
