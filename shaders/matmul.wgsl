@@ -78,17 +78,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     for (var j = 0u; j < nt; j += 8u) {              // eight tokens per pass over the rows
-        let ta = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(nt - 1u));
-        let tb = min(vec4(j) + vec4(4u, 5u, 6u, 7u), vec4(nt - 1u));
-        let a = rows_dot8(w0, wlast, vec4(x0) + ta * p.x_stride, vec4(x0) + tb * p.x_stride, p.K, lane);
+        let a = rows_dot8(w0, wlast, vec4(x0) + tile4(j, nt) * p.x_stride, vec4(x0) + tile4(j + 4u, nt) * p.x_stride,
+                          p.K, lane);
         for (var r = 0u; r < LANE_ROWS; r++) {
-            let lo = row_sum4(lid, a[r].lo);
-            let hi = row_sum4(lid, a[r].hi);
+            let s = row_sum8(lid, a[r]);
             let n = n0 + r * LANES;
             if (lane == 0u && n < p.N) {
                 for (var c = 0u; c < 4u; c++) {
-                    if (j + c < nt) { store(t0 + j + c, head, n, lo[c]); }
-                    if (j + 4u + c < nt) { store(t0 + j + 4u + c, head, n, hi[c]); }
+                    if (j + c < nt) { store(t0 + j + c, head, n, s.lo[c]); }
+                    if (j + 4u + c < nt) { store(t0 + j + 4u + c, head, n, s.hi[c]); }
                 }
             }
         }

@@ -21,8 +21,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let last = base + p.down_off + (p.H - 1u) * p.I;
     let row0 = min(base + p.down_off + h0 * p.I, last);
     for (var j = 0u; j < n; j += 8u) {               // eight pairs per pass over the rows (one when decoding)
-        let qa = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
-        let qb = min(vec4(j) + vec4(4u, 5u, 6u, 7u), vec4(n - 1u));
+        let qa = tile4(j, n);
+        let qb = tile4(j + 4u, n);
         var d: array<Vec8, LANE_ROWS>;
         if (n == 1u) {
             let d1 = rows_dot(row0, last, tile_pair[0] * p.I, p.I, lane);
@@ -32,12 +32,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                           vec4(tile_pair[qb.x], tile_pair[qb.y], tile_pair[qb.z], tile_pair[qb.w]) * p.I, p.I, lane);
         }
         for (var r = 0u; r < LANE_ROWS; r++) {
-            let s = Vec8(row_sum4(lid, d[r].lo), row_sum4(lid, d[r].hi));
+            let s = row_sum8(lid, d[r]);
             let h = h0 + r * LANES;
             if (lane == 0u && h < p.H) {
                 for (var c = 0u; c < 8u; c++) {
                     if (j + c < n) {
-                        var v = select(s.hi[c & 3u], s.lo[c & 3u], c < 4u);
+                        var v = vec8_at(s, c);
 //!if EXPERT_BIAS
                         v += bias_at(base, p.down_bias_off + h);
 //!endif

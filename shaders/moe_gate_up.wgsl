@@ -24,8 +24,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let last = (p.I - 1u) * p.H;                     // the last row of gate (of up, up_off further)
     let row0 = min(i0 * p.H, last);
     for (var j = 0u; j < n; j += 8u) {               // eight pairs per pass over the rows (one when decoding)
-        let qa = min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u));
-        let qb = min(vec4(j) + vec4(4u, 5u, 6u, 7u), vec4(n - 1u));
+        let qa = tile4(j, n);
+        let qb = tile4(j + 4u, n);
         var g: array<Vec8, LANE_ROWS>;
         var u: array<Vec8, LANE_ROWS>;
         if (n == 1u) {
@@ -43,14 +43,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             u = rows_dot8(base + p.up_off + row0, base + p.up_off + last, xa, xb, p.H, lane);
         }
         for (var r = 0u; r < LANE_ROWS; r++) {
-            let gs = Vec8(row_sum4(lid, g[r].lo), row_sum4(lid, g[r].hi));
-            let us = Vec8(row_sum4(lid, u[r].lo), row_sum4(lid, u[r].hi));
+            let gs = row_sum8(lid, g[r]);
+            let us = row_sum8(lid, u[r]);
             let i = i0 + r * LANES;
             if (lane == 0u && i < p.I) {
                 for (var c = 0u; c < 8u; c++) {
                     if (j + c < n) {
-                        act[tile_pair[j + c] * p.I + i] = activation(base, i, select(gs.hi[c & 3u], gs.lo[c & 3u], c < 4u),
-                                                                     select(us.hi[c & 3u], us.lo[c & 3u], c < 4u));
+                        act[tile_pair[j + c] * p.I + i] = activation(base, i, vec8_at(gs, c), vec8_at(us, c));
                     }
                 }
             }

@@ -81,6 +81,12 @@ fn rows_dot8(w0: u32, wlast: u32, xa: vec4<u32>, xb: vec4<u32>, K: u32, lane: u3
     return a;
 }
 
+// Rows j .. j + 3 of a tile of n, the last repeated past n (rows_dot8's xa is tile4(j, n)'s, xb tile4(j + 4, n)'s).
+fn tile4(j: u32, n: u32) -> vec4<u32> { return min(vec4(j) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u)); }
+
+// row_sum4 of both halves of rows_dot8's sums
+fn row_sum8(lid: u32, v: Vec8) -> Vec8 { return Vec8(row_sum4(lid, v.lo), row_sum4(lid, v.hi)); }
+
 fn row_sum4(lid: u32, v: vec4<f32>) -> vec4<f32> {
     if (ROW_LANES == 1u) { return v; }
 //!if SUBGROUPS

@@ -12,6 +12,7 @@
 // The plan selects the format with one define: none (f32), W_F16, W_Q8, W_Q4 or W_MXFP4.
 
 struct Vec8 { lo: vec4<f32>, hi: vec4<f32> }     // eight consecutive values
+fn vec8_at(v: Vec8, c: u32) -> f32 { return select(v.hi[c & 3u], v.lo[c & 3u], c < 4u); }     // value c < 8
 const W_STEP: u32 = 8u;
 
 
