@@ -11,6 +11,6 @@ export function planFor(plan, adapterClass) {
   }
   const changed = plan.variants?.[adapterClass] || {};
   const steps = plan.steps.map((s, i) => (Object.hasOwn(changed, String(i)) ? { ...s, ...changed[String(i)] } : s));
-  const { variants, ...rest } = plan;     // eslint-disable-line no-unused-vars
+  const { variants: _, ...rest } = plan;
   return { ...rest, steps };
 }
